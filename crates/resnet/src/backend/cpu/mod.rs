@@ -1,0 +1,321 @@
+//! The CPU backend: NHWC f32 kernels on one rayon thread pool.
+//!
+//! Every kernel runs inside the backend's own pool, sized by `--threads`, so
+//! the whole program uses exactly that many compute threads.
+
+pub mod conv;
+pub mod gemm;
+pub mod norm;
+pub mod ops;
+pub mod pool;
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use super::{
+    Backend, BnGrads, BnParams, BnSaved, BnTail, ConvDesc, ConvEpilogue, FilterUse, PadShortcutDesc, PoolDesc, SgdStep,
+};
+use crate::error::{Error, Result};
+
+/// The CPU backend: a thread pool.
+#[derive(Clone)]
+pub struct Cpu {
+    pool: Arc<rayon::ThreadPool>,
+    threads: usize,
+}
+
+impl std::fmt::Debug for Cpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Cpu({} threads)", self.threads)
+    }
+}
+
+/// The most threads [`Cpu::new`] accepts.
+pub const MAX_THREADS: usize = 1024;
+
+impl Cpu {
+    /// A backend with `threads` compute threads (`None`: one per available core).
+    pub fn new(threads: Option<usize>) -> Result<Self> {
+        let threads = match threads {
+            Some(0) => return Err(Error::Invalid("--threads must be at least 1".into())),
+            Some(t) if t > MAX_THREADS => {
+                return Err(Error::Invalid(format!("--threads {t} is more than the supported {MAX_THREADS}")));
+            }
+            Some(t) => t,
+            None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("resnet-cpu-{i}"))
+            .build()
+            .map_err(|e| Error::Invalid(format!("cannot start {threads} threads: {e}")))?;
+        Ok(Self { pool: Arc::new(pool), threads })
+    }
+
+    /// Number of compute threads.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Runs `f` inside this backend's thread pool.
+    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(f)
+    }
+}
+
+fn isa_name() -> &'static str {
+    match gemm::isa() {
+        gemm::Isa::Avx512 => "avx512",
+        gemm::Isa::Avx2 => "avx2",
+        gemm::Isa::Generic => "generic",
+    }
+}
+
+impl Backend for Cpu {
+    type Buf = Vec<f32>;
+    type Filter = conv::CpuFilter;
+
+    fn describe(&self) -> String {
+        format!("cpu ({} threads, {})", self.threads, isa_name())
+    }
+
+    fn zeros(&self, len: usize) -> Vec<f32> {
+        vec![0.0; len]
+    }
+    fn from_host(&self, data: &[f32]) -> Vec<f32> {
+        data.to_vec()
+    }
+    fn to_host(&self, buf: &Vec<f32>) -> Vec<f32> {
+        buf.clone()
+    }
+    fn len(&self, buf: &Vec<f32>) -> usize {
+        buf.len()
+    }
+    fn ensure_len(&self, buf: &mut Vec<f32>, len: usize) {
+        if buf.len() != len {
+            buf.resize(len, 0.0);
+        }
+    }
+    fn fill(&self, buf: &mut Vec<f32>, value: f32) {
+        buf.fill(value);
+    }
+    fn copy(&self, src: &Vec<f32>, dst: &mut Vec<f32>) {
+        dst.copy_from_slice(src);
+    }
+
+    fn prepare_filter(&self, d: &ConvDesc, weight: &Vec<f32>, usage: FilterUse, out: &mut conv::CpuFilter) {
+        match usage {
+            FilterUse::Forward => conv::prepare_forward(d, weight, out),
+            FilterUse::BackwardData => conv::prepare_backward_data(d, weight, out),
+        }
+    }
+
+    fn conv_forward(&self, d: &ConvDesc, x: &Vec<f32>, w: &conv::CpuFilter, y: &mut Vec<f32>, e: &ConvEpilogue<'_, Self>) {
+        debug_assert_eq!(x.len(), d.in_len());
+        debug_assert_eq!(y.len(), d.out_len());
+        let epi = gemm::Epilogue {
+            accumulate: false,
+            scale: e.scale.map(|v| v.as_slice()),
+            bias: e.bias.map(|v| v.as_slice()),
+            residual: e.residual.map(|v| (v.as_slice(), d.c_out)),
+            relu: e.relu,
+        };
+        self.install(|| conv::forward(d, x, w, y, &epi));
+    }
+
+    fn conv_backward_data(&self, d: &ConvDesc, dy: &Vec<f32>, w: &conv::CpuFilter, dx: &mut Vec<f32>, accumulate: bool) {
+        debug_assert_eq!(dy.len(), d.out_len());
+        debug_assert_eq!(dx.len(), d.in_len());
+        self.install(|| conv::backward_data(d, dy, w, dx, accumulate));
+    }
+
+    fn conv_backward_filter(&self, d: &ConvDesc, x: &Vec<f32>, dy: &Vec<f32>, dw: &mut Vec<f32>) {
+        debug_assert_eq!(dw.len(), d.weight_len());
+        self.install(|| conv::backward_filter(d, x, dy, dw));
+    }
+
+    fn bn_forward_inference(
+        &self,
+        _rows: usize,
+        c: usize,
+        x: &Vec<f32>,
+        p: &BnParams<'_, Self>,
+        running_mean: &Vec<f32>,
+        running_var: &Vec<f32>,
+        tail: &BnTail<'_, Self>,
+        y: &mut Vec<f32>,
+    ) {
+        self.install(|| {
+            norm::forward_inference(
+                c,
+                x,
+                p.weight,
+                p.bias,
+                running_mean,
+                running_var,
+                p.eps,
+                tail.residual.map(|v| v.as_slice()),
+                tail.relu,
+                y,
+            )
+        });
+    }
+
+    fn bn_forward_training(
+        &self,
+        rows: usize,
+        c: usize,
+        x: &Vec<f32>,
+        p: &BnParams<'_, Self>,
+        running: Option<(&mut Vec<f32>, &mut Vec<f32>, f32)>,
+        saved: BnSaved<'_, Self>,
+        tail: &BnTail<'_, Self>,
+        y: &mut Vec<f32>,
+    ) {
+        let running = running.map(|(m, v, mom)| (m.as_mut_slice(), v.as_mut_slice(), mom));
+        self.install(|| {
+            norm::forward_training(
+                rows,
+                c,
+                x,
+                p.weight,
+                p.bias,
+                p.eps,
+                running,
+                saved.mean,
+                saved.invstd,
+                tail.residual.map(|v| v.as_slice()),
+                tail.relu,
+                y,
+            )
+        });
+    }
+
+    fn bn_backward(
+        &self,
+        rows: usize,
+        c: usize,
+        x: &Vec<f32>,
+        y: &Vec<f32>,
+        relu: bool,
+        dy: &Vec<f32>,
+        weight: &Vec<f32>,
+        mean: &Vec<f32>,
+        invstd: &Vec<f32>,
+        g: BnGrads<'_, Self>,
+    ) {
+        let dsum = g.dsum.map(|v| v.as_mut_slice());
+        self.install(|| norm::backward(rows, c, x, y, relu, dy, weight, mean, invstd, g.dx, g.dweight, g.dbias, dsum));
+    }
+
+    fn max_pool_forward(&self, d: &PoolDesc, x: &Vec<f32>, y: &mut Vec<f32>) {
+        self.install(|| pool::max_forward(d, x, y));
+    }
+    fn max_pool_backward(&self, d: &PoolDesc, x: &Vec<f32>, dy: &Vec<f32>, dx: &mut Vec<f32>) {
+        self.install(|| pool::max_backward(d, x, dy, dx));
+    }
+    fn global_avg_pool_forward(&self, _n: usize, hw: usize, c: usize, x: &Vec<f32>, y: &mut Vec<f32>) {
+        self.install(|| pool::gap_forward(hw, c, x, y));
+    }
+    fn global_avg_pool_backward(&self, _n: usize, hw: usize, c: usize, dy: &Vec<f32>, dx: &mut Vec<f32>) {
+        self.install(|| pool::gap_backward(hw, c, dy, dx));
+    }
+
+    fn linear_forward(
+        &self,
+        n: usize,
+        c_in: usize,
+        c_out: usize,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        b: Option<&Vec<f32>>,
+        y: &mut Vec<f32>,
+    ) {
+        use gemm::{BSource, Epilogue, OutMat, Strided};
+        let a = Strided { data: x, row_stride: c_in, k_stride: 1 };
+        let bw = Strided { data: w, row_stride: c_in, k_stride: 1 };
+        let epi = Epilogue { bias: b.map(|v| v.as_slice()), ..Default::default() };
+        self.install(|| gemm::gemm(n, c_out, c_in, &a, BSource::Operand(&bw), OutMat { data: y, ld: c_out }, &epi));
+    }
+
+    fn linear_backward(
+        &self,
+        n: usize,
+        c_in: usize,
+        c_out: usize,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        dy: &Vec<f32>,
+        dx: Option<&mut Vec<f32>>,
+        dw: &mut Vec<f32>,
+        db: Option<&mut Vec<f32>>,
+    ) {
+        use gemm::{BSource, Epilogue, OutMat, Strided};
+        self.install(|| {
+            if let Some(dx) = dx {
+                let a = Strided { data: dy, row_stride: c_out, k_stride: 1 };
+                let b = Strided { data: w, row_stride: 1, k_stride: c_in };
+                gemm::gemm(n, c_in, c_out, &a, BSource::Operand(&b), OutMat { data: dx, ld: c_in }, &Epilogue::default());
+            }
+            let a = Strided { data: dy, row_stride: 1, k_stride: c_out };
+            let b = Strided { data: x, row_stride: 1, k_stride: c_in };
+            let epi = Epilogue { accumulate: true, ..Default::default() };
+            gemm::gemm(c_out, c_in, n, &a, BSource::Operand(&b), OutMat { data: dw, ld: c_in }, &epi);
+            if let Some(db) = db {
+                for row in dy.chunks_exact(c_out) {
+                    for (o, &v) in db.iter_mut().zip(row) {
+                        *o += v;
+                    }
+                }
+            }
+        });
+    }
+
+    fn relu_forward(&self, x: &Vec<f32>, y: &mut Vec<f32>) {
+        self.install(|| ops::map(x, y, |v| v.max(0.0)));
+    }
+    fn relu_backward(&self, y: &Vec<f32>, dy: &Vec<f32>, dx: &mut Vec<f32>) {
+        self.install(|| ops::zip_map(y, dy, dx, |yv, g| if yv > 0.0 { g } else { 0.0 }));
+    }
+    fn add(&self, a: &Vec<f32>, b: &Vec<f32>, relu: bool, y: &mut Vec<f32>) {
+        self.install(|| {
+            if relu {
+                ops::zip_map(a, b, y, |p, q| (p + q).max(0.0))
+            } else {
+                ops::zip_map(a, b, y, |p, q| p + q)
+            }
+        });
+    }
+    fn add_assign(&self, y: &mut Vec<f32>, x: &Vec<f32>) {
+        self.install(|| ops::update(y, x, |a, b| a + b));
+    }
+    fn pad_shortcut_forward(&self, d: &PadShortcutDesc, x: &Vec<f32>, y: &mut Vec<f32>) {
+        self.install(|| ops::pad_shortcut_forward(d, x, y));
+    }
+    fn pad_shortcut_backward(&self, d: &PadShortcutDesc, dy: &Vec<f32>, dx: &mut Vec<f32>, accumulate: bool) {
+        self.install(|| ops::pad_shortcut_backward(d, dy, dx, accumulate));
+    }
+
+    fn softmax_cross_entropy(
+        &self,
+        _n: usize,
+        classes: usize,
+        logits: &Vec<f32>,
+        labels: &[u32],
+        smoothing: f32,
+        dlogits: &mut Vec<f32>,
+    ) -> f32 {
+        self.install(|| ops::softmax_cross_entropy(classes, logits, labels, smoothing, dlogits))
+    }
+    fn sgd_update(&self, step: &SgdStep, param: &mut Vec<f32>, grad: &Vec<f32>, momentum_buf: &mut Vec<f32>) {
+        self.install(|| ops::sgd(step, param, grad, momentum_buf));
+    }
+    fn sum_squares(&self, x: &Vec<f32>) -> f64 {
+        // Collect the chunk sums and add them in order: reproducible.
+        let parts: Vec<f64> = self.install(|| {
+            x.par_chunks(1 << 14).map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>()).collect()
+        });
+        parts.iter().sum()
+    }
+}

@@ -1,0 +1,198 @@
+//! Weights in and out: state dicts in safetensors and PyTorch `.pth` files.
+//!
+//! A [`StateDict`] is PyTorch's: named tensors in PyTorch's layout (filters
+//! OIHW). Loading into a [`Network`] is strict by default: a missing or
+//! unexpected key, or a shape mismatch, is an error naming the key (and both
+//! shapes). The one exception is PyTorch's own: checkpoints written before
+//! batch norms tracked `num_batches_tracked` (e.g. torchvision's 2017
+//! ResNet-18 weights) load with the counter at zero, as in PyTorch.
+
+pub mod atomic;
+pub mod pickle;
+pub mod pth;
+pub mod safetensors;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::model::{ARCHS, Network, ResNetSpec, StateEntry};
+
+/// Values of a stored tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TensorData {
+    /// Floating point (f16, bf16 and f64 are converted on reading).
+    F32(Vec<f32>),
+    /// Integers (`num_batches_tracked`).
+    I64(Vec<i64>),
+}
+
+/// A tensor as a checkpoint stores it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostTensor {
+    /// PyTorch's shape.
+    pub shape: Vec<usize>,
+    /// Values in row-major order.
+    pub data: TensorData,
+}
+
+impl HostTensor {
+    /// Number of elements the shape implies.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// Named tensors, as PyTorch's `state_dict()`.
+pub type StateDict = BTreeMap<String, HostTensor>;
+
+/// Reads a state dict from a `.safetensors` or `.pth`/`.pt`/`.bin` file
+/// (decided by content, not by name).
+pub fn read_state_dict(path: &Path) -> Result<StateDict> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if bytes.starts_with(b"PK\x03\x04") {
+        pth::read(path, &bytes)
+    } else if bytes.first() == Some(&0x80) {
+        Err(Error::format(
+            path,
+            "this is a legacy (pre-1.6, non-zip) PyTorch file; re-save it with a current PyTorch: \
+             `torch.save(torch.load(old, weights_only=False), new)`",
+        ))
+    } else if bytes.len() >= 8 {
+        safetensors::read(path, &bytes)
+    } else {
+        Err(Error::format(path, format!("file too short ({} bytes) to be weights", bytes.len())))
+    }
+}
+
+/// Strictness of [`load_state_dict`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoadMode {
+    /// Every key of the model in the file and nothing else (PyTorch's `strict=True`).
+    Strict,
+    /// Load everything except the classifier (`fc.*`), which keeps its
+    /// initialisation: fine-tuning to a new number of classes.
+    SkipClassifier,
+}
+
+/// Copies a state dict into `net`.
+pub fn load_state_dict<B: Backend>(net: &mut Network<B>, sd: &StateDict, mode: LoadMode) -> Result<()> {
+    let backend = net.backend().clone();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut err: Option<Error> = None;
+    let model_name = net.spec.name.clone();
+    let hint = || guess_hint(sd, &model_name);
+    let mut missing: Option<String> = None;
+    let mut bad_shape: Option<(String, Vec<usize>, Vec<usize>)> = None;
+    net.visit(&mut |key, entry| {
+        if err.is_some() || missing.is_some() || bad_shape.is_some() {
+            return;
+        }
+        if mode == LoadMode::SkipClassifier && key.starts_with("fc.") {
+            seen.insert(key.to_string());
+            return;
+        }
+        let Some(t) = sd.get(key) else {
+            if !key.ends_with("num_batches_tracked") {
+                missing = Some(key.to_string());
+            }
+            return;
+        };
+        seen.insert(key.to_string());
+        match entry {
+            StateEntry::Param(p) => match &t.data {
+                TensorData::F32(v) if t.shape == p.shape => p.set_from_torch(&backend, v),
+                TensorData::F32(_) => bad_shape = Some((key.to_string(), p.shape.clone(), t.shape.clone())),
+                TensorData::I64(_) => err = Some(Error::Invalid(format!("`{key}` holds integers, expected floats"))),
+            },
+            StateEntry::Buffer(buf, len) => match &t.data {
+                TensorData::F32(v) if t.shape == [len] => *buf = backend.from_host(v),
+                TensorData::F32(_) => bad_shape = Some((key.to_string(), vec![len], t.shape.clone())),
+                TensorData::I64(_) => err = Some(Error::Invalid(format!("`{key}` holds integers, expected floats"))),
+            },
+            StateEntry::Counter(c) => match &t.data {
+                TensorData::I64(v) if v.len() == 1 => *c = v[0],
+                TensorData::F32(v) if v.len() == 1 => *c = v[0] as i64,
+                _ => bad_shape = Some((key.to_string(), vec![], t.shape.clone())),
+            },
+        }
+    });
+    if let Some(e) = err {
+        return Err(e);
+    }
+    if let Some(key) = missing {
+        return Err(Error::MissingKey { key, hint: hint() });
+    }
+    if let Some((key, expected, found)) = bad_shape {
+        let hint = if key.starts_with("fc.") && mode == LoadMode::Strict {
+            let classes = found.first().copied().unwrap_or(0);
+            format!(" (the weights have {classes} classes: pass --num-classes {classes}, or fine-tune with a new head)")
+        } else {
+            hint()
+        };
+        return Err(Error::ShapeMismatch { key, expected, found, hint });
+    }
+    if let Some(key) = sd.keys().find(|k| !seen.contains(*k) && !(mode == LoadMode::SkipClassifier && k.starts_with("fc."))) {
+        return Err(Error::UnexpectedKey { key: key.clone(), hint: hint() });
+    }
+    Ok(())
+}
+
+/// Reads the state dict of `net` (PyTorch layout and names).
+pub fn state_dict<B: Backend>(net: &mut Network<B>) -> StateDict {
+    let backend = net.backend().clone();
+    let mut sd = StateDict::new();
+    net.visit(&mut |key, entry| {
+        let t = match entry {
+            StateEntry::Param(p) => HostTensor { shape: p.shape.clone(), data: TensorData::F32(p.to_torch(&backend)) },
+            StateEntry::Buffer(buf, len) => HostTensor { shape: vec![len], data: TensorData::F32(backend.to_host(buf)) },
+            StateEntry::Counter(c) => HostTensor { shape: vec![], data: TensorData::I64(vec![*c]) },
+        };
+        sd.insert(key.to_string(), t);
+    });
+    sd
+}
+
+/// Guesses which named architecture a state dict holds, for error messages.
+pub fn guess_arch(sd: &StateDict) -> Option<ResNetSpec> {
+    let classes = sd.get("fc.weight").and_then(|t| t.shape.first().copied())?;
+    let in_ch = sd.get("conv1.weight").and_then(|t| t.shape.get(1).copied())?;
+    let shapes: BTreeMap<&str, &Vec<usize>> = sd.iter().map(|(k, v)| (k.as_str(), &v.shape)).collect();
+    for name in ARCHS {
+        let mut spec = ResNetSpec::named(name).ok()?;
+        spec.num_classes = classes;
+        spec.in_channels = in_ch;
+        if spec_shapes(&spec).is_some_and(|s| {
+            s.iter().all(|(k, v)| k.ends_with("num_batches_tracked") || shapes.get(k.as_str()) == Some(&v))
+                && s.len() >= shapes.len()
+        }) {
+            return Some(spec);
+        }
+    }
+    None
+}
+
+/// Key -> shape for a spec, without allocating weights (zero-size backend buffers
+/// are still built, but the layer structure is all that is read).
+fn spec_shapes(spec: &ResNetSpec) -> Option<BTreeMap<String, Vec<usize>>> {
+    let cpu = crate::backend::Cpu::new(Some(1)).ok()?;
+    let mut net = Network::new(spec, &cpu).ok()?;
+    let mut out = BTreeMap::new();
+    net.visit(&mut |k, e| {
+        let shape = match e {
+            StateEntry::Param(p) => p.shape.clone(),
+            StateEntry::Buffer(_, len) => vec![len],
+            StateEntry::Counter(_) => vec![],
+        };
+        out.insert(k.to_string(), shape);
+    });
+    Some(out)
+}
+
+fn guess_hint(sd: &StateDict, model: &str) -> String {
+    match guess_arch(sd) {
+        Some(spec) if spec.name != model => format!(" (the file holds {} weights; try --arch {})", spec.name, spec.name),
+        _ => String::new(),
+    }
+}

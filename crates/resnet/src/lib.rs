@@ -1,0 +1,19 @@
+//! resnet: deep residual networks (He et al. 2015, 2016) in Rust.
+//!
+//! Layers, from the bottom:
+//! * [`backend`]: kernels behind the [`Backend`](backend::Backend) trait
+//!   (cuDNN vocabulary); [`backend::Cpu`] is the CPU implementation.
+//! * [`tensor`]: NHWC activation tensors and parameters.
+//! * [`model`]: [`ResNetSpec`](model::ResNetSpec) (architecture as data),
+//!   layers, blocks, and [`Network`](model::Network) with torchvision's
+//!   parameter names.
+//! * [`io`]: state dicts in safetensors and PyTorch `.pth` files.
+//! * [`image`](mod@image): decoding and torchvision-identical preprocessing.
+pub mod backend;
+pub mod error;
+pub mod io;
+pub mod model;
+pub mod rng;
+pub mod tensor;
+
+pub use error::{Error, Result};

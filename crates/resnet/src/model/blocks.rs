@@ -1,0 +1,442 @@
+//! Residual units. Each reads like its paper:
+//!
+//! * basic (He 2015): `out = relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))`
+//! * bottleneck (He 2015; torchvision "v1.5", stride on the 3x3):
+//!   `out = relu(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1(x)))))))) + shortcut(x))`
+//! * pre-activation (He 2016): `p = relu(bn1(x))`,
+//!   `out = conv2(relu(bn2(conv1(p)))) + shortcut(x or p)`
+//!
+//! The residual add and the final ReLU are fused into the last batch norm
+//! (`BatchNorm2d`'s tail); backward sends the gradient at the sum down both the
+//! residual branch and the shortcut and adds the two input gradients.
+
+use super::Mode;
+use super::layers::{BatchNorm2d, Conv2d, PadShortcut, Visit, child, take};
+use super::spec::{BlockKind, ShortcutKind};
+use super::state::StateEntry;
+use super::summary::LayerInfo;
+use crate::backend::Backend;
+use crate::tensor::Tensor;
+
+/// The shortcut of a post-activation block.
+pub enum Shortcut<B: Backend> {
+    /// Plain network: no shortcut.
+    None,
+    /// Identity.
+    Identity,
+    /// Option A: subsample and zero-pad.
+    Pad(PadShortcut<B>),
+    /// Projection: 1x1 conv + BN (torchvision's `downsample.0`, `downsample.1`).
+    Projection(Conv2d<B>, BatchNorm2d<B>),
+}
+
+/// The shortcut of a pre-activation unit.
+pub enum PreShortcut<B: Backend> {
+    /// Plain network: no shortcut.
+    None,
+    /// Identity on the unit's input.
+    Identity,
+    /// Option A on the unit's input.
+    Pad(PadShortcut<B>),
+    /// 1x1 conv on the pre-activated input (He 2016's code), `downsample.0`.
+    Projection(Conv2d<B>),
+}
+
+/// What the builder needs to know about one unit.
+#[derive(Clone, Copy, Debug)]
+pub struct UnitShape {
+    /// Input channels.
+    pub c_in: usize,
+    /// `planes` of the stage.
+    pub planes: usize,
+    /// Bottleneck inner width.
+    pub inner: usize,
+    /// Groups of the 3x3 conv.
+    pub groups: usize,
+    /// Stride of the unit.
+    pub stride: usize,
+}
+
+/// One residual unit of any kind.
+pub enum Block<B: Backend> {
+    /// Post-activation basic block.
+    Basic(BasicBlock<B>),
+    /// Post-activation bottleneck.
+    Bottleneck(Bottleneck<B>),
+    /// Pre-activation unit (basic or bottleneck).
+    PreAct(PreActBlock<B>),
+}
+
+fn make_shortcut<B: Backend>(b: &B, kind: ShortcutKind, c_in: usize, c_out: usize, stride: usize) -> Shortcut<B> {
+    let reshape = stride != 1 || c_in != c_out;
+    match kind {
+        ShortcutKind::None => Shortcut::None,
+        ShortcutKind::A if reshape => Shortcut::Pad(PadShortcut::new(b, c_in, c_out, stride)),
+        ShortcutKind::B if reshape => projection(b, c_in, c_out, stride),
+        ShortcutKind::C => projection(b, c_in, c_out, stride),
+        _ => Shortcut::Identity,
+    }
+}
+
+fn projection<B: Backend>(b: &B, c_in: usize, c_out: usize, stride: usize) -> Shortcut<B> {
+    Shortcut::Projection(Conv2d::new(b, c_in, c_out, 1, stride, 0, 1), BatchNorm2d::new(b, c_out, false))
+}
+
+impl<B: Backend> Block<B> {
+    /// Builds a unit of `kind`.
+    pub fn new(b: &B, kind: BlockKind, sc: ShortcutKind, u: UnitShape) -> Self {
+        let c_out = u.planes * kind.expansion();
+        // Plain networks have no sum, so their last norm carries the ReLU alone.
+        match kind {
+            BlockKind::Basic => Block::Basic(BasicBlock {
+                conv1: Conv2d::new(b, u.c_in, u.planes, 3, u.stride, 1, 1),
+                bn1: BatchNorm2d::new(b, u.planes, true),
+                conv2: Conv2d::new(b, u.planes, u.planes, 3, 1, 1, 1),
+                bn2: BatchNorm2d::new(b, u.planes, true),
+                shortcut: make_shortcut(b, sc, u.c_in, c_out, u.stride),
+            }),
+            BlockKind::Bottleneck => Block::Bottleneck(Bottleneck {
+                conv1: Conv2d::new(b, u.c_in, u.inner, 1, 1, 0, 1),
+                bn1: BatchNorm2d::new(b, u.inner, true),
+                conv2: Conv2d::new(b, u.inner, u.inner, 3, u.stride, 1, u.groups),
+                bn2: BatchNorm2d::new(b, u.inner, true),
+                conv3: Conv2d::new(b, u.inner, c_out, 1, 1, 0, 1),
+                bn3: BatchNorm2d::new(b, c_out, true),
+                shortcut: make_shortcut(b, sc, u.c_in, c_out, u.stride),
+            }),
+            BlockKind::PreactBasic | BlockKind::PreactBottleneck => {
+                let reshape = u.stride != 1 || u.c_in != c_out;
+                let shortcut = match sc {
+                    ShortcutKind::None => PreShortcut::None,
+                    ShortcutKind::A if reshape => PreShortcut::Pad(PadShortcut::new(b, u.c_in, c_out, u.stride)),
+                    ShortcutKind::B if !reshape => PreShortcut::Identity,
+                    ShortcutKind::A => PreShortcut::Identity,
+                    _ => PreShortcut::Projection(Conv2d::new(b, u.c_in, c_out, 1, u.stride, 0, 1)),
+                };
+                let mut units = Vec::new();
+                if kind == BlockKind::PreactBasic {
+                    units.push((BatchNorm2d::new(b, u.c_in, true), Conv2d::new(b, u.c_in, u.planes, 3, u.stride, 1, 1)));
+                    units.push((BatchNorm2d::new(b, u.planes, true), Conv2d::new(b, u.planes, u.planes, 3, 1, 1, 1)));
+                } else {
+                    units.push((BatchNorm2d::new(b, u.c_in, true), Conv2d::new(b, u.c_in, u.inner, 1, 1, 0, 1)));
+                    units.push((
+                        BatchNorm2d::new(b, u.inner, true),
+                        Conv2d::new(b, u.inner, u.inner, 3, u.stride, 1, u.groups),
+                    ));
+                    units.push((BatchNorm2d::new(b, u.inner, true), Conv2d::new(b, u.inner, c_out, 1, 1, 0, 1)));
+                }
+                Block::PreAct(PreActBlock { units, shortcut, y: Tensor::empty(b) })
+            }
+        }
+    }
+
+    /// Forward pass; returns the unit's output.
+    pub fn forward(&mut self, b: &B, x: &Tensor<B>, mode: Mode) -> &Tensor<B> {
+        match self {
+            Block::Basic(k) => k.forward(b, x, mode),
+            Block::Bottleneck(k) => k.forward(b, x, mode),
+            Block::PreAct(k) => k.forward(b, x, mode),
+        }
+    }
+
+    /// Backward pass (after a training-mode forward with the same `x`).
+    pub fn backward(&mut self, b: &B, x: &Tensor<B>, dy: &Tensor<B>) {
+        match self {
+            Block::Basic(k) => k.backward(b, x, dy),
+            Block::Bottleneck(k) => k.backward(b, x, dy),
+            Block::PreAct(k) => k.backward(b, x, dy),
+        }
+    }
+
+    /// The output of the last forward pass.
+    pub fn output(&self) -> &Tensor<B> {
+        match self {
+            Block::Basic(k) => &k.bn2.y,
+            Block::Bottleneck(k) => &k.bn3.y,
+            Block::PreAct(k) => k.output(),
+        }
+    }
+
+    /// The input gradient of the last backward pass.
+    pub fn input_grad(&self) -> &Tensor<B> {
+        match self {
+            Block::Basic(k) => &k.conv1.dx,
+            Block::Bottleneck(k) => &k.conv1.dx,
+            Block::PreAct(k) => &k.units[0].0.dx,
+        }
+    }
+
+    /// Adds the unit's rows to a summary; returns the output shape.
+    pub fn summarize(&self, prefix: &str, x: [usize; 4], out: &mut Vec<LayerInfo>) -> [usize; 4] {
+        let name = |n: &str| child(prefix, n);
+        match self {
+            Block::Basic(k) => {
+                let h = k.conv1.summarize(&name("conv1"), x, out);
+                let h = k.bn1.summarize(&name("bn1"), h, out);
+                let h = k.conv2.summarize(&name("conv2"), h, out);
+                summarize_shortcut(&k.shortcut, prefix, x, out);
+                k.bn2.summarize(&name("bn2"), h, out)
+            }
+            Block::Bottleneck(k) => {
+                let h = k.conv1.summarize(&name("conv1"), x, out);
+                let h = k.bn1.summarize(&name("bn1"), h, out);
+                let h = k.conv2.summarize(&name("conv2"), h, out);
+                let h = k.bn2.summarize(&name("bn2"), h, out);
+                let h = k.conv3.summarize(&name("conv3"), h, out);
+                summarize_shortcut(&k.shortcut, prefix, x, out);
+                k.bn3.summarize(&name("bn3"), h, out)
+            }
+            Block::PreAct(k) => {
+                let mut h = x;
+                for (i, (bn, conv)) in k.units.iter().enumerate() {
+                    h = bn.summarize(&name(&format!("bn{}", i + 1)), h, out);
+                    h = conv.summarize(&name(&format!("conv{}", i + 1)), h, out);
+                }
+                match &k.shortcut {
+                    PreShortcut::Projection(c) => {
+                        c.summarize(&name("downsample.0"), x, out);
+                    }
+                    PreShortcut::Pad(p) => {
+                        p.summarize(&name("shortcut"), x, out);
+                    }
+                    _ => {}
+                }
+                h
+            }
+        }
+    }
+}
+
+fn summarize_shortcut<B: Backend>(s: &Shortcut<B>, prefix: &str, x: [usize; 4], out: &mut Vec<LayerInfo>) {
+    match s {
+        Shortcut::Projection(conv, bn) => {
+            let h = conv.summarize(&child(prefix, "downsample.0"), x, out);
+            bn.summarize(&child(prefix, "downsample.1"), h, out);
+        }
+        Shortcut::Pad(p) => {
+            p.summarize(&child(prefix, "shortcut"), x, out);
+        }
+        Shortcut::None | Shortcut::Identity => {}
+    }
+}
+
+/// Forward of a post-activation shortcut; `None` for plain networks.
+fn shortcut_forward<'a, B: Backend>(
+    s: &'a mut Shortcut<B>,
+    b: &B,
+    x: &'a Tensor<B>,
+    mode: Mode,
+) -> Option<&'a Tensor<B>> {
+    match s {
+        Shortcut::None => None,
+        Shortcut::Identity => Some(x),
+        Shortcut::Pad(p) => Some(p.forward(b, x)),
+        Shortcut::Projection(conv, bn) => {
+            let h = conv.forward(b, x);
+            Some(bn.forward(b, h, None, mode))
+        }
+    }
+}
+
+/// Sends `dsum` (the gradient at the residual sum) through the shortcut and
+/// adds the result to `dx`, which already holds the residual branch's part.
+fn shortcut_backward<B: Backend>(s: &mut Shortcut<B>, b: &B, x: &Tensor<B>, dsum: &Tensor<B>, dx: &mut Tensor<B>) {
+    match s {
+        Shortcut::None => {}
+        Shortcut::Identity => b.add_assign(&mut dx.buf, &dsum.buf),
+        Shortcut::Pad(p) => p.backward_accumulate(b, x.shape, dsum, dx),
+        Shortcut::Projection(conv, bn) => {
+            bn.backward(b, &conv.y, dsum);
+            conv.backward_accumulate(b, x, &bn.dx, dx);
+        }
+    }
+}
+
+fn visit_shortcut<B: Backend>(s: &mut Shortcut<B>, prefix: &str, f: &mut dyn FnMut(&str, StateEntry<'_, B>)) {
+    if let Shortcut::Projection(conv, bn) = s {
+        conv.visit(&child(prefix, "downsample.0"), f);
+        bn.visit(&child(prefix, "downsample.1"), f);
+    }
+}
+
+/// The basic block: two 3x3 convolutions.
+pub struct BasicBlock<B: Backend> {
+    /// 3x3, carries the unit's stride.
+    pub conv1: Conv2d<B>,
+    /// With ReLU.
+    pub bn1: BatchNorm2d<B>,
+    /// 3x3.
+    pub conv2: Conv2d<B>,
+    /// With the residual add and ReLU.
+    pub bn2: BatchNorm2d<B>,
+    /// The shortcut.
+    pub shortcut: Shortcut<B>,
+}
+
+impl<B: Backend> BasicBlock<B> {
+    fn forward(&mut self, b: &B, x: &Tensor<B>, mode: Mode) -> &Tensor<B> {
+        let h = self.conv1.forward(b, x);
+        let h = self.bn1.forward(b, h, None, mode);
+        let h = self.conv2.forward(b, h);
+        let s = shortcut_forward(&mut self.shortcut, b, x, mode);
+        self.bn2.forward(b, h, s, mode)
+    }
+
+    fn backward(&mut self, b: &B, x: &Tensor<B>, dy: &Tensor<B>) {
+        self.bn2.backward(b, &self.conv2.y, dy);
+        self.conv2.backward(b, &self.bn1.y, &self.bn2.dx, true);
+        self.bn1.backward(b, &self.conv1.y, &self.conv2.dx);
+        self.conv1.backward(b, x, &self.bn1.dx, true);
+        shortcut_backward(&mut self.shortcut, b, x, &self.bn2.dsum, &mut self.conv1.dx);
+    }
+}
+
+/// The bottleneck block: 1x1, 3x3 (grouped), 1x1.
+pub struct Bottleneck<B: Backend> {
+    /// 1x1 reduce.
+    pub conv1: Conv2d<B>,
+    /// With ReLU.
+    pub bn1: BatchNorm2d<B>,
+    /// 3x3, grouped, carries the stride.
+    pub conv2: Conv2d<B>,
+    /// With ReLU.
+    pub bn2: BatchNorm2d<B>,
+    /// 1x1 expand.
+    pub conv3: Conv2d<B>,
+    /// With the residual add and ReLU.
+    pub bn3: BatchNorm2d<B>,
+    /// The shortcut.
+    pub shortcut: Shortcut<B>,
+}
+
+impl<B: Backend> Bottleneck<B> {
+    fn forward(&mut self, b: &B, x: &Tensor<B>, mode: Mode) -> &Tensor<B> {
+        let h = self.conv1.forward(b, x);
+        let h = self.bn1.forward(b, h, None, mode);
+        let h = self.conv2.forward(b, h);
+        let h = self.bn2.forward(b, h, None, mode);
+        let h = self.conv3.forward(b, h);
+        let s = shortcut_forward(&mut self.shortcut, b, x, mode);
+        self.bn3.forward(b, h, s, mode)
+    }
+
+    fn backward(&mut self, b: &B, x: &Tensor<B>, dy: &Tensor<B>) {
+        self.bn3.backward(b, &self.conv3.y, dy);
+        self.conv3.backward(b, &self.bn2.y, &self.bn3.dx, true);
+        self.bn2.backward(b, &self.conv2.y, &self.conv3.dx);
+        self.conv2.backward(b, &self.bn1.y, &self.bn2.dx, true);
+        self.bn1.backward(b, &self.conv1.y, &self.conv2.dx);
+        self.conv1.backward(b, x, &self.bn1.dx, true);
+        shortcut_backward(&mut self.shortcut, b, x, &self.bn3.dsum, &mut self.conv1.dx);
+    }
+}
+
+/// A pre-activation unit: `(BN-ReLU-conv)` x 2 or 3, plus the shortcut.
+pub struct PreActBlock<B: Backend> {
+    /// `(bn_i, conv_i)` in order; `bn1` sees the unit's input.
+    pub units: Vec<(BatchNorm2d<B>, Conv2d<B>)>,
+    /// The shortcut.
+    pub shortcut: PreShortcut<B>,
+    /// Output (the sum), unless the network is plain.
+    pub y: Tensor<B>,
+}
+
+impl<B: Backend> PreActBlock<B> {
+    fn output(&self) -> &Tensor<B> {
+        match self.shortcut {
+            PreShortcut::None => &self.units.last().expect("a unit has convolutions").1.y,
+            _ => &self.y,
+        }
+    }
+
+    fn forward(&mut self, b: &B, x: &Tensor<B>, mode: Mode) -> &Tensor<B> {
+        let mut h = x;
+        for (i, (bn, conv)) in self.units.iter_mut().enumerate() {
+            let p = bn.forward(b, h, None, mode);
+            if i == 0 {
+                match &mut self.shortcut {
+                    PreShortcut::Projection(c) => {
+                        c.forward(b, p);
+                    }
+                    PreShortcut::Pad(s) => {
+                        s.forward(b, x);
+                    }
+                    PreShortcut::None | PreShortcut::Identity => {}
+                }
+            }
+            h = conv.forward(b, p);
+        }
+        let h = &self.units.last().expect("a unit has convolutions").1.y;
+        let s = match &self.shortcut {
+            PreShortcut::None => return h,
+            PreShortcut::Identity => x,
+            PreShortcut::Pad(p) => &p.y,
+            PreShortcut::Projection(c) => &c.y,
+        };
+        self.y.reshape(b, h.shape);
+        b.add(&h.buf, &s.buf, false, &mut self.y.buf);
+        &self.y
+    }
+
+    fn backward(&mut self, b: &B, x: &Tensor<B>, dy: &Tensor<B>) {
+        let n = self.units.len();
+        // Residual branch, last unit first: conv_i sees relu(bn_i(...)).
+        for i in (0..n).rev() {
+            let (head, tail) = self.units.split_at_mut(i + 1);
+            let (prev, cur) = head.split_at_mut(i);
+            let (bn, conv) = &mut cur[0];
+            let g = if i + 1 == n { dy } else { &tail[0].0.dx };
+            conv.backward(b, &bn.y, g, true);
+            if i == 0 {
+                // The projection reads p = relu(bn1(x)); its gradient joins conv1's.
+                if let PreShortcut::Projection(c) = &mut self.shortcut {
+                    c.backward_accumulate(b, &bn.y, dy, &mut conv.dx);
+                }
+            }
+            let input = if i == 0 { x } else { &prev[i - 1].1.y };
+            bn.backward(b, input, &conv.dx);
+        }
+        let bn1 = &mut self.units[0].0;
+        match &self.shortcut {
+            PreShortcut::Identity => b.add_assign(&mut bn1.dx.buf, &dy.buf),
+            PreShortcut::Pad(p) => {
+                let mut dx = take(&mut bn1.dx, b);
+                p.backward_accumulate(b, x.shape, dy, &mut dx);
+                bn1.dx = dx;
+            }
+            PreShortcut::None | PreShortcut::Projection(_) => {}
+        }
+    }
+}
+
+impl<B: Backend> Visit<B> for Block<B> {
+    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, StateEntry<'_, B>)) {
+        match self {
+            Block::Basic(k) => {
+                k.conv1.visit(&child(prefix, "conv1"), f);
+                k.bn1.visit(&child(prefix, "bn1"), f);
+                k.conv2.visit(&child(prefix, "conv2"), f);
+                k.bn2.visit(&child(prefix, "bn2"), f);
+                visit_shortcut(&mut k.shortcut, prefix, f);
+            }
+            Block::Bottleneck(k) => {
+                k.conv1.visit(&child(prefix, "conv1"), f);
+                k.bn1.visit(&child(prefix, "bn1"), f);
+                k.conv2.visit(&child(prefix, "conv2"), f);
+                k.bn2.visit(&child(prefix, "bn2"), f);
+                k.conv3.visit(&child(prefix, "conv3"), f);
+                k.bn3.visit(&child(prefix, "bn3"), f);
+                visit_shortcut(&mut k.shortcut, prefix, f);
+            }
+            Block::PreAct(k) => {
+                for (i, (bn, conv)) in k.units.iter_mut().enumerate() {
+                    bn.visit(&child(prefix, &format!("bn{}", i + 1)), f);
+                    conv.visit(&child(prefix, &format!("conv{}", i + 1)), f);
+                }
+                if let PreShortcut::Projection(c) = &mut k.shortcut {
+                    c.visit(&child(prefix, "downsample.0"), f);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! 2-D convolution, no bias (every ResNet convolution is followed by a batch
+//! norm, which makes a bias redundant).
+//!
+//! Shapes: `x [n, h, w, c_in]` -> `y [n, oh, ow, c_out]`; weight
+//! `[c_out, c_in/groups, kh, kw]` in PyTorch's naming, stored OHWI.
+
+use super::{Visit, push_info, take};
+use crate::backend::{Backend, ConvDesc, ConvEpilogue, FilterUse};
+use crate::model::state::{StateEntry, key};
+use crate::model::summary::LayerInfo;
+use crate::tensor::{Param, ParamLayout, Tensor};
+
+/// A convolution layer.
+pub struct Conv2d<B: Backend> {
+    /// Input channels.
+    pub c_in: usize,
+    /// Output channels.
+    pub c_out: usize,
+    /// Kernel (height, width).
+    pub kernel: [usize; 2],
+    /// Stride.
+    pub stride: [usize; 2],
+    /// Zero padding per side.
+    pub pad: [usize; 2],
+    /// Dilation.
+    pub dilation: [usize; 2],
+    /// Channel groups.
+    pub groups: usize,
+    /// The filter.
+    pub weight: Param<B>,
+    /// Output of the last forward pass.
+    pub y: Tensor<B>,
+    /// Input gradient of the last backward pass.
+    pub dx: Tensor<B>,
+    fwd: B::Filter,
+    fwd_version: Option<u64>,
+    bwd: B::Filter,
+    bwd_version: Option<u64>,
+}
+
+impl<B: Backend> Conv2d<B> {
+    /// A `k x k` convolution with `pad`, `stride` and `groups` (dilation 1).
+    pub fn new(b: &B, c_in: usize, c_out: usize, k: usize, stride: usize, pad: usize, groups: usize) -> Self {
+        Self::with_dilation(b, c_in, c_out, [k, k], [stride, stride], [pad, pad], [1, 1], groups)
+    }
+
+    /// The general form.
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_dilation(
+        b: &B,
+        c_in: usize,
+        c_out: usize,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        pad: [usize; 2],
+        dilation: [usize; 2],
+        groups: usize,
+    ) -> Self {
+        let shape = [c_out, c_in / groups, kernel[0], kernel[1]];
+        Self {
+            c_in,
+            c_out,
+            kernel,
+            stride,
+            pad,
+            dilation,
+            groups,
+            weight: Param::zeros(b, &shape, ParamLayout::ConvOhwi),
+            y: Tensor::empty(b),
+            dx: Tensor::empty(b),
+            fwd: Default::default(),
+            fwd_version: None,
+            bwd: Default::default(),
+            bwd_version: None,
+        }
+    }
+
+    /// The descriptor for an input of shape `x` (NHWC).
+    pub fn desc(&self, x: [usize; 4]) -> ConvDesc {
+        ConvDesc {
+            n: x[0],
+            h: x[1],
+            w: x[2],
+            c_in: self.c_in,
+            c_out: self.c_out,
+            kernel: self.kernel,
+            stride: self.stride,
+            pad: self.pad,
+            dilation: self.dilation,
+            groups: self.groups,
+        }
+    }
+
+    /// Output shape for an input shape.
+    pub fn out_shape(&self, x: [usize; 4]) -> [usize; 4] {
+        let d = self.desc(x);
+        [x[0], d.out_h(), d.out_w(), self.c_out]
+    }
+
+    /// Multiply-accumulates per batch for an input shape.
+    pub fn macs(&self, x: [usize; 4]) -> u64 {
+        let d = self.desc(x);
+        (d.out_h() * d.out_w() * self.c_out * d.k_len()) as u64 * x[0] as u64
+    }
+
+    /// Adds this layer's summary row; returns the output shape.
+    pub fn summarize(&self, name: &str, x: [usize; 4], out: &mut Vec<LayerInfo>) -> [usize; 4] {
+        let y = self.out_shape(x);
+        let k = self.kernel;
+        let mut kind = format!("Conv2d {}x{}", k[0], k[1]);
+        if self.stride != [1, 1] {
+            kind += &format!("/{}", self.stride[0]);
+        }
+        if self.groups > 1 {
+            kind += &format!(" g{}", self.groups);
+        }
+        push_info(out, name, kind, y, self.weight.numel(), self.macs(x));
+        y
+    }
+
+    /// `y = conv(x)` followed by `epi`.
+    pub fn forward_with(&mut self, b: &B, x: &Tensor<B>, epi: &ConvEpilogue<'_, B>) -> &Tensor<B> {
+        assert_eq!(x.shape[3], self.c_in, "conv input has {} channels, expected {}", x.shape[3], self.c_in);
+        let d = self.desc(x.shape);
+        if self.fwd_version != Some(self.weight.version) {
+            b.prepare_filter(&d, &self.weight.value, FilterUse::Forward, &mut self.fwd);
+            self.fwd_version = Some(self.weight.version);
+        }
+        self.y.reshape(b, self.out_shape(x.shape));
+        b.conv_forward(&d, &x.buf, &self.fwd, &mut self.y.buf, epi);
+        &self.y
+    }
+
+    /// `y = conv(x)`.
+    pub fn forward(&mut self, b: &B, x: &Tensor<B>) -> &Tensor<B> {
+        self.forward_with(b, x, &ConvEpilogue::default())
+    }
+
+    /// Accumulates the filter gradient and, when `want_dx`, writes `self.dx`.
+    pub fn backward(&mut self, b: &B, x: &Tensor<B>, dy: &Tensor<B>, want_dx: bool) {
+        let mut dx = take(&mut self.dx, b);
+        if want_dx {
+            dx.reshape(b, x.shape);
+            self.backward_into(b, x, dy, Some((&mut dx, false)));
+        } else {
+            self.backward_into(b, x, dy, None);
+        }
+        self.dx = dx;
+    }
+
+    /// Accumulates the filter gradient and adds the input gradient to `dx`.
+    pub fn backward_accumulate(&mut self, b: &B, x: &Tensor<B>, dy: &Tensor<B>, dx: &mut Tensor<B>) {
+        self.backward_into(b, x, dy, Some((dx, true)));
+    }
+
+    fn backward_into(&mut self, b: &B, x: &Tensor<B>, dy: &Tensor<B>, dx: Option<(&mut Tensor<B>, bool)>) {
+        let d = self.desc(x.shape);
+        self.weight.ensure_grad(b);
+        b.conv_backward_filter(&d, &x.buf, &dy.buf, &mut self.weight.grad);
+        if let Some((dx, accumulate)) = dx {
+            if self.bwd_version != Some(self.weight.version) {
+                b.prepare_filter(&d, &self.weight.value, FilterUse::BackwardData, &mut self.bwd);
+                self.bwd_version = Some(self.weight.version);
+            }
+            b.conv_backward_data(&d, &dy.buf, &self.bwd, &mut dx.buf, accumulate);
+        }
+    }
+}
+
+impl<B: Backend> Visit<B> for Conv2d<B> {
+    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, StateEntry<'_, B>)) {
+        f(&key(prefix, "weight"), StateEntry::Param(&mut self.weight));
+    }
+}

@@ -1,0 +1,95 @@
+//! Max pooling and global average pooling.
+//!
+//! Shapes: max pool `[n, h, w, c] -> [n, oh, ow, c]`; global average pool
+//! `[n, h, w, c] -> [n, 1, 1, c]`.
+
+use super::push_info;
+use crate::backend::{Backend, PoolDesc};
+use crate::model::summary::LayerInfo;
+use crate::tensor::Tensor;
+
+/// Max pooling with a square window.
+pub struct MaxPool2d<B: Backend> {
+    /// Window size.
+    pub kernel: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Padding (implicit -inf).
+    pub pad: usize,
+    /// Output.
+    pub y: Tensor<B>,
+    /// Input gradient.
+    pub dx: Tensor<B>,
+}
+
+impl<B: Backend> MaxPool2d<B> {
+    /// A `kernel x kernel` max pool.
+    pub fn new(b: &B, kernel: usize, stride: usize, pad: usize) -> Self {
+        Self { kernel, stride, pad, y: Tensor::empty(b), dx: Tensor::empty(b) }
+    }
+
+    fn desc(&self, x: [usize; 4]) -> PoolDesc {
+        PoolDesc { n: x[0], h: x[1], w: x[2], c: x[3], kernel: self.kernel, stride: self.stride, pad: self.pad }
+    }
+
+    /// Output shape.
+    pub fn out_shape(&self, x: [usize; 4]) -> [usize; 4] {
+        let d = self.desc(x);
+        [x[0], d.out_h(), d.out_w(), x[3]]
+    }
+
+    /// Adds this layer's summary row.
+    pub fn summarize(&self, name: &str, x: [usize; 4], out: &mut Vec<LayerInfo>) -> [usize; 4] {
+        let y = self.out_shape(x);
+        push_info(out, name, format!("MaxPool2d {0}x{0}/{1}", self.kernel, self.stride), y, 0, 0);
+        y
+    }
+
+    /// Forward.
+    pub fn forward(&mut self, b: &B, x: &Tensor<B>) -> &Tensor<B> {
+        self.y.reshape(b, self.out_shape(x.shape));
+        b.max_pool_forward(&self.desc(x.shape), &x.buf, &mut self.y.buf);
+        &self.y
+    }
+
+    /// Backward into `self.dx`.
+    pub fn backward(&mut self, b: &B, x: &Tensor<B>, dy: &Tensor<B>) {
+        self.dx.reshape(b, x.shape);
+        b.max_pool_backward(&self.desc(x.shape), &x.buf, &dy.buf, &mut self.dx.buf);
+    }
+}
+
+/// Mean over all positions of each channel.
+pub struct GlobalAvgPool<B: Backend> {
+    /// Output `[n, 1, 1, c]`.
+    pub y: Tensor<B>,
+    /// Input gradient.
+    pub dx: Tensor<B>,
+}
+
+impl<B: Backend> GlobalAvgPool<B> {
+    /// A global average pool.
+    pub fn new(b: &B) -> Self {
+        Self { y: Tensor::empty(b), dx: Tensor::empty(b) }
+    }
+
+    /// Adds this layer's summary row.
+    pub fn summarize(&self, name: &str, x: [usize; 4], out: &mut Vec<LayerInfo>) -> [usize; 4] {
+        let y = [x[0], 1, 1, x[3]];
+        push_info(out, name, "GlobalAvgPool".into(), y, 0, 0);
+        y
+    }
+
+    /// Forward.
+    pub fn forward(&mut self, b: &B, x: &Tensor<B>) -> &Tensor<B> {
+        self.y.reshape(b, [x.shape[0], 1, 1, x.shape[3]]);
+        b.global_avg_pool_forward(x.shape[0], x.shape[1] * x.shape[2], x.shape[3], &x.buf, &mut self.y.buf);
+        &self.y
+    }
+
+    /// Backward into `self.dx`.
+    pub fn backward(&mut self, b: &B, x: &Tensor<B>, dy: &Tensor<B>) {
+        self.dx.reshape(b, x.shape);
+        b.global_avg_pool_backward(x.shape[0], x.shape[1] * x.shape[2], x.shape[3], &dy.buf, &mut self.dx.buf);
+    }
+}

@@ -1,0 +1,68 @@
+//! The option-A shortcut (He 2015, sec. 4.2): identity, subsampled by the
+//! stride, with the extra channels zero. No parameters.
+//!
+//! Which channels are zero is a convention the paper leaves open; we pad
+//! `(c_out - c_in) / 2` channels on each side, as the widely used PyTorch
+//! CIFAR ResNets do (`F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, p, p))`).
+//!
+//! Shapes: `[n, h, w, c_in] -> [n, ceil(h/s), ceil(w/s), c_out]`.
+
+use super::push_info;
+use crate::backend::{Backend, PadShortcutDesc};
+use crate::model::summary::LayerInfo;
+use crate::tensor::Tensor;
+
+/// Zero-padded identity shortcut.
+pub struct PadShortcut<B: Backend> {
+    /// Input channels.
+    pub c_in: usize,
+    /// Output channels.
+    pub c_out: usize,
+    /// Spatial subsampling.
+    pub stride: usize,
+    /// Output.
+    pub y: Tensor<B>,
+}
+
+impl<B: Backend> PadShortcut<B> {
+    /// A shortcut from `c_in` to `c_out >= c_in` channels.
+    pub fn new(b: &B, c_in: usize, c_out: usize, stride: usize) -> Self {
+        Self { c_in, c_out, stride, y: Tensor::empty(b) }
+    }
+
+    fn desc(&self, x: [usize; 4]) -> PadShortcutDesc {
+        PadShortcutDesc {
+            n: x[0],
+            h: x[1],
+            w: x[2],
+            c_in: self.c_in,
+            c_out: self.c_out,
+            stride: self.stride,
+            pad_before: (self.c_out - self.c_in) / 2,
+        }
+    }
+
+    /// Output shape.
+    pub fn out_shape(&self, x: [usize; 4]) -> [usize; 4] {
+        [x[0], x[1].div_ceil(self.stride), x[2].div_ceil(self.stride), self.c_out]
+    }
+
+    /// Adds this layer's summary row.
+    pub fn summarize(&self, name: &str, x: [usize; 4], out: &mut Vec<LayerInfo>) -> [usize; 4] {
+        let y = self.out_shape(x);
+        push_info(out, name, format!("ZeroPadShortcut /{}", self.stride), y, 0, 0);
+        y
+    }
+
+    /// Forward.
+    pub fn forward(&mut self, b: &B, x: &Tensor<B>) -> &Tensor<B> {
+        self.y.reshape(b, self.out_shape(x.shape));
+        b.pad_shortcut_forward(&self.desc(x.shape), &x.buf, &mut self.y.buf);
+        &self.y
+    }
+
+    /// Adds the input gradient into `dx`.
+    pub fn backward_accumulate(&self, b: &B, x_shape: [usize; 4], dy: &Tensor<B>, dx: &mut Tensor<B>) {
+        b.pad_shortcut_backward(&self.desc(x_shape), &dy.buf, &mut dx.buf, true);
+    }
+}

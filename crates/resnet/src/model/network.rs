@@ -1,0 +1,268 @@
+//! The network: stem, residual stages, head.
+//!
+//! Parameter names are torchvision's (`conv1.weight`, `layer2.0.downsample.0.weight`,
+//! `fc.bias`), so torchvision checkpoints load with no remapping and ours load
+//! in PyTorch. Pre-activation nets add `bn_final` (the BN-ReLU before pooling).
+
+use super::Mode;
+use super::blocks::{Block, UnitShape};
+use super::layers::{BatchNorm2d, Conv2d, GlobalAvgPool, Linear, MaxPool2d, Visit, child};
+use super::spec::{BlockKind, ResNetSpec, Stem};
+use super::state::StateEntry;
+use super::summary::{LayerInfo, Summary};
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// A ResNet on backend `B`.
+pub struct Network<B: Backend> {
+    /// What it is.
+    pub spec: ResNetSpec,
+    backend: B,
+    /// Stem convolution.
+    pub conv1: Conv2d<B>,
+    /// Stem norm (absent in pre-activation nets).
+    pub bn1: Option<BatchNorm2d<B>>,
+    /// Stem max-pool (ImageNet nets).
+    pub maxpool: Option<MaxPool2d<B>>,
+    /// Residual units, stage after stage.
+    pub blocks: Vec<Block<B>>,
+    /// `(stage, index)` of each unit, for names (`layer{stage+1}.{index}`).
+    pub block_names: Vec<String>,
+    /// Final BN-ReLU of pre-activation nets.
+    pub bn_final: Option<BatchNorm2d<B>>,
+    /// Global average pool.
+    pub avgpool: GlobalAvgPool<B>,
+    /// Classifier.
+    pub fc: Linear<B>,
+    checked_input: Option<[usize; 4]>,
+}
+
+impl<B: Backend> Network<B> {
+    /// Builds the network for `spec` with zero weights (call an `init_*`
+    /// method or load a state dict).
+    pub fn new(spec: &ResNetSpec, backend: &B) -> Result<Self> {
+        spec.validate()?;
+        let b = backend;
+        let (conv1, bn1, maxpool) = match spec.stem {
+            Stem::Imagenet => (
+                Conv2d::new(b, spec.in_channels, spec.stem_width, 7, 2, 3, 1),
+                Some(BatchNorm2d::new(b, spec.stem_width, true)),
+                Some(MaxPool2d::new(b, 3, 2, 1)),
+            ),
+            Stem::Cifar => (
+                Conv2d::new(b, spec.in_channels, spec.stem_width, 3, 1, 1, 1),
+                Some(BatchNorm2d::new(b, spec.stem_width, true)),
+                None,
+            ),
+            Stem::CifarPreact => (Conv2d::new(b, spec.in_channels, spec.stem_width, 3, 1, 1, 1), None, None),
+        };
+        let mut blocks = Vec::new();
+        let mut block_names = Vec::new();
+        let mut c = spec.stem_width;
+        for (s, (&depth, &planes)) in spec.depths.iter().zip(&spec.widths).enumerate() {
+            for i in 0..depth {
+                let stride = if i == 0 && s > 0 { 2 } else { 1 };
+                let inner = spec.bottleneck_width(planes);
+                let u = UnitShape { c_in: c, planes, inner, groups: spec.groups, stride };
+                blocks.push(Block::new(b, spec.block, spec.shortcut, u));
+                block_names.push(format!("layer{}.{i}", s + 1));
+                c = planes * spec.block.expansion();
+            }
+        }
+        let bn_final = spec.block.is_preact().then(|| BatchNorm2d::new(b, c, true));
+        Ok(Self {
+            spec: spec.clone(),
+            backend: backend.clone(),
+            conv1,
+            bn1,
+            maxpool,
+            blocks,
+            block_names,
+            bn_final,
+            avgpool: GlobalAvgPool::new(b),
+            fc: Linear::new(b, c, spec.num_classes),
+            checked_input: None,
+        })
+    }
+}
+
+/// The stem's output, from its parts (a free function so callers can borrow
+/// other fields of the network at the same time).
+fn stem_output<'a, B: Backend>(
+    conv1: &'a Conv2d<B>,
+    bn1: &'a Option<BatchNorm2d<B>>,
+    maxpool: &'a Option<MaxPool2d<B>>,
+) -> &'a Tensor<B> {
+    match (maxpool, bn1) {
+        (Some(m), _) => &m.y,
+        (None, Some(bn)) => &bn.y,
+        (None, None) => &conv1.y,
+    }
+}
+
+impl<B: Backend> Network<B> {
+    /// The backend the network runs on.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// Calls `f` for every entry of the state dict, in torchvision's order.
+    pub fn visit(&mut self, f: &mut dyn FnMut(&str, StateEntry<'_, B>)) {
+        self.conv1.visit("conv1", f);
+        if let Some(bn) = &mut self.bn1 {
+            bn.visit("bn1", f);
+        }
+        for (blk, name) in self.blocks.iter_mut().zip(&self.block_names) {
+            blk.visit(name, f);
+        }
+        if let Some(bn) = &mut self.bn_final {
+            bn.visit("bn_final", f);
+        }
+        self.fc.visit("fc", f);
+    }
+
+    /// Number of trainable parameters.
+    pub fn num_params(&mut self) -> usize {
+        let mut n = 0;
+        self.visit(&mut |_, e| {
+            if let StateEntry::Param(p) = e {
+                n += p.numel();
+            }
+        });
+        n
+    }
+
+    /// The module names of the last batch norm in each residual branch.
+    pub fn residual_branch_ends(&self) -> Vec<String> {
+        let last = match self.spec.block {
+            BlockKind::Basic => "bn2",
+            BlockKind::Bottleneck => "bn3",
+            // Pre-activation branches end in a convolution.
+            _ => return Vec::new(),
+        };
+        self.block_names.iter().map(|n| child(n, last)).collect()
+    }
+
+    /// Per-layer summary for a batch of one `[in_channels, height, width]` image.
+    pub fn summary(&self, height: usize, width: usize) -> Result<Summary> {
+        let x = [1, height, width, self.spec.in_channels];
+        let mut rows: Vec<LayerInfo> = Vec::new();
+        let mut h = self.conv1.summarize("conv1", x, &mut rows);
+        if let Some(bn) = &self.bn1 {
+            h = bn.summarize("bn1", h, &mut rows);
+        }
+        if let Some(m) = &self.maxpool {
+            h = m.summarize("maxpool", h, &mut rows);
+        }
+        for (blk, name) in self.blocks.iter().zip(&self.block_names) {
+            h = blk.summarize(name, h, &mut rows);
+        }
+        if let Some(bn) = &self.bn_final {
+            h = bn.summarize("bn_final", h, &mut rows);
+        }
+        if let Some(bad) = rows.iter().find(|r| r.output[1] == 0 || r.output[2] == 0) {
+            return Err(Error::Invalid(format!(
+                "input {height}x{width} is too small for {}: `{}` would have no output pixels",
+                self.spec.name, bad.name
+            )));
+        }
+        h = self.avgpool.summarize("avgpool", h, &mut rows);
+        self.fc.summarize("fc", h, &mut rows);
+        Ok(Summary {
+            arch: self.spec.name.clone(),
+            params: rows.iter().map(|r| r.params).sum(),
+            macs: rows.iter().map(|r| r.macs).sum(),
+            input: [self.spec.in_channels, height, width],
+            layers: rows,
+        })
+    }
+
+    /// Checks that `shape` (NHWC) is an input this network accepts.
+    pub fn check_input(&mut self, shape: [usize; 4]) -> Result<()> {
+        if self.checked_input == Some(shape) {
+            return Ok(());
+        }
+        if shape[3] != self.spec.in_channels {
+            return Err(Error::Invalid(format!(
+                "{} expects {}-channel input, got {} channels",
+                self.spec.name, self.spec.in_channels, shape[3]
+            )));
+        }
+        if shape[0] == 0 {
+            return Err(Error::Invalid("empty batch".into()));
+        }
+        self.summary(shape[1], shape[2])?;
+        self.checked_input = Some(shape);
+        Ok(())
+    }
+
+    /// Runs the network on an NHWC batch and returns the logits `[n, 1, 1, classes]`.
+    pub fn forward(&mut self, x: &Tensor<B>, mode: Mode) -> Result<&Tensor<B>> {
+        self.check_input(x.shape)?;
+        let b = &self.backend;
+        let mut h = self.conv1.forward(b, x);
+        if let Some(bn) = &mut self.bn1 {
+            h = bn.forward(b, h, None, mode);
+        }
+        if let Some(m) = &mut self.maxpool {
+            h = m.forward(b, h);
+        }
+        for blk in self.blocks.iter_mut() {
+            h = blk.forward(b, h, mode);
+        }
+        if let Some(bn) = &mut self.bn_final {
+            h = bn.forward(b, h, None, mode);
+        }
+        let h = self.avgpool.forward(b, h);
+        Ok(self.fc.forward(b, h))
+    }
+
+    /// Back-propagates `dlogits` (the loss gradient at the logits) after a
+    /// training-mode [`forward`](Self::forward) of the same `x`, accumulating
+    /// every parameter gradient.
+    pub fn backward(&mut self, x: &Tensor<B>, dlogits: &Tensor<B>) {
+        let b = &self.backend;
+        let nblocks = self.blocks.len();
+        let features = match nblocks {
+            0 => stem_output(&self.conv1, &self.bn1, &self.maxpool),
+            n => self.blocks[n - 1].output(),
+        };
+        let pooled_in = self.bn_final.as_ref().map_or(features, |bn| &bn.y);
+        self.fc.backward(b, &self.avgpool.y, dlogits);
+        self.avgpool.backward(b, pooled_in, &self.fc.dx);
+        if let Some(bn) = &mut self.bn_final {
+            bn.backward(b, features, &self.avgpool.dx);
+        }
+        let head_grad = self.bn_final.as_ref().map_or(&self.avgpool.dx, |bn| &bn.dx);
+        let stem_out = stem_output(&self.conv1, &self.bn1, &self.maxpool);
+        for i in (0..nblocks).rev() {
+            let (before, rest) = self.blocks.split_at_mut(i);
+            let (cur, after) = rest.split_first_mut().expect("i < nblocks");
+            let input = before.last().map_or(stem_out, |p| p.output());
+            let dy = after.first().map_or(head_grad, |n| n.input_grad());
+            cur.backward(b, input, dy);
+        }
+        let mut g = self.blocks.first().map_or(head_grad, |blk| blk.input_grad());
+        if let Some(m) = &mut self.maxpool {
+            let pre = self.bn1.as_ref().map_or(&self.conv1.y, |bn| &bn.y);
+            m.backward(b, pre, g);
+            g = &m.dx;
+        }
+        if let Some(bn) = &mut self.bn1 {
+            bn.backward(b, &self.conv1.y, g);
+            g = &bn.dx;
+        }
+        self.conv1.backward(b, x, g, false);
+    }
+
+    /// Zeroes (and allocates, the first time) every parameter gradient.
+    pub fn zero_grad(&mut self) {
+        let b = self.backend.clone();
+        self.visit(&mut |_, e| {
+            if let StateEntry::Param(p) = e {
+                p.zero_grad(&b);
+            }
+        });
+    }
+}

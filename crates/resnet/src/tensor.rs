@@ -1,0 +1,167 @@
+//! Activation tensors and trainable parameters.
+
+use crate::backend::Backend;
+
+/// A batch of activations in NHWC layout, held by a backend.
+///
+/// Layers own their output tensors and reuse them from one call to the next:
+/// [`Tensor::reshape`] only reallocates when the element count changes.
+pub struct Tensor<B: Backend> {
+    /// `[batch, height, width, channels]`.
+    pub shape: [usize; 4],
+    /// The values, channels fastest.
+    pub buf: B::Buf,
+}
+
+impl<B: Backend> std::fmt::Debug for Tensor<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor{:?}", self.shape)
+    }
+}
+
+impl<B: Backend> Tensor<B> {
+    /// An empty tensor (shape all zeros); layers start with these.
+    pub fn empty(b: &B) -> Self {
+        Self { shape: [0; 4], buf: b.zeros(0) }
+    }
+
+    /// A tensor of zeros.
+    pub fn zeros(b: &B, shape: [usize; 4]) -> Self {
+        Self { shape, buf: b.zeros(shape.iter().product()) }
+    }
+
+    /// A tensor holding `data` (NHWC).
+    pub fn from_host(b: &B, shape: [usize; 4], data: &[f32]) -> Self {
+        assert_eq!(data.len(), shape.iter().product::<usize>(), "data does not match shape {shape:?}");
+        Self { shape, buf: b.from_host(data) }
+    }
+
+    /// A tensor from an NCHW batch (PyTorch's layout).
+    pub fn from_nchw(b: &B, n: usize, c: usize, h: usize, w: usize, data: &[f32]) -> Self {
+        assert_eq!(data.len(), n * c * h * w, "data does not match [{n}, {c}, {h}, {w}]");
+        let mut nhwc = vec![0.0; data.len()];
+        for i in 0..n {
+            for ch in 0..c {
+                let src = &data[(i * c + ch) * h * w..][..h * w];
+                for (p, &v) in src.iter().enumerate() {
+                    nhwc[(i * h * w + p) * c + ch] = v;
+                }
+            }
+        }
+        Self::from_host(b, [n, h, w, c], &nhwc)
+    }
+
+    /// Gives the tensor a new shape, reusing its memory when the size matches.
+    pub fn reshape(&mut self, b: &B, shape: [usize; 4]) {
+        self.shape = shape;
+        b.ensure_len(&mut self.buf, shape.iter().product());
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// True when the tensor holds no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Copies the values to the host (NHWC).
+    pub fn to_host(&self, b: &B) -> Vec<f32> {
+        b.to_host(&self.buf)
+    }
+}
+
+/// How a parameter's values are laid out relative to PyTorch's tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamLayout {
+    /// Same order as PyTorch.
+    Plain,
+    /// A convolution filter stored OHWI; PyTorch's is OIHW.
+    ConvOhwi,
+}
+
+/// A trainable tensor: value and accumulated gradient.
+pub struct Param<B: Backend> {
+    /// PyTorch's shape (e.g. `[out, in/groups, kh, kw]` for a filter).
+    pub shape: Vec<usize>,
+    /// Memory order of `value` and `grad`.
+    pub layout: ParamLayout,
+    /// The values.
+    pub value: B::Buf,
+    /// The gradient; empty until [`Param::ensure_grad`] (inference needs none).
+    pub grad: B::Buf,
+    /// Incremented whenever `value` changes, so that derived data (packed
+    /// filters) knows when to refresh.
+    pub version: u64,
+    /// Whether weight decay applies (false for BN and bias parameters when the
+    /// optimiser exempts them; set by the layer).
+    pub is_scale_or_bias: bool,
+}
+
+impl<B: Backend> Param<B> {
+    /// A zero parameter.
+    pub fn zeros(b: &B, shape: &[usize], layout: ParamLayout) -> Self {
+        Self {
+            shape: shape.to_vec(),
+            layout,
+            value: b.zeros(shape.iter().product()),
+            grad: b.zeros(0),
+            version: 0,
+            is_scale_or_bias: false,
+        }
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Allocates (if needed) and zeroes the gradient.
+    pub fn zero_grad(&mut self, b: &B) {
+        let n = self.numel();
+        b.ensure_len(&mut self.grad, n);
+        b.fill(&mut self.grad, 0.0);
+    }
+
+    /// Allocates the gradient if it is not there yet.
+    pub fn ensure_grad(&mut self, b: &B) {
+        if b.len(&self.grad) != self.numel() {
+            self.zero_grad(b);
+        }
+    }
+
+    /// Replaces the values from host memory in PyTorch's order.
+    pub fn set_from_torch(&mut self, b: &B, data: &[f32]) {
+        self.value = b.from_host(&to_internal(self.layout, &self.shape, data));
+        self.version += 1;
+    }
+
+    /// The values in PyTorch's order.
+    pub fn to_torch(&self, b: &B) -> Vec<f32> {
+        to_torch(self.layout, &self.shape, &b.to_host(&self.value))
+    }
+}
+
+/// PyTorch order -> internal order.
+pub fn to_internal(layout: ParamLayout, shape: &[usize], data: &[f32]) -> Vec<f32> {
+    match layout {
+        ParamLayout::Plain => data.to_vec(),
+        ParamLayout::ConvOhwi => {
+            let (o, i, kh, kw) = (shape[0], shape[1], shape[2], shape[3]);
+            crate::backend::reference::oihw_to_ohwi(data, o, i, kh, kw)
+        }
+    }
+}
+
+/// Internal order -> PyTorch order.
+pub fn to_torch(layout: ParamLayout, shape: &[usize], data: &[f32]) -> Vec<f32> {
+    match layout {
+        ParamLayout::Plain => data.to_vec(),
+        ParamLayout::ConvOhwi => {
+            let (o, i, kh, kw) = (shape[0], shape[1], shape[2], shape[3]);
+            crate::backend::reference::ohwi_to_oihw(data, o, i, kh, kw)
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! The fast CPU convolution kernels against the naive NCHW reference, over
+//! random shapes: forward directly, backward-data and backward-filter through
+//! the adjoint identities `<conv(x), dy> = <x, bwd_data(dy)> = <w, bwd_filter(x, dy)>`.
+
+use resnet::backend::reference::{conv2d_nchw, nchw_to_nhwc, nhwc_to_nchw, ohwi_to_oihw};
+use resnet::backend::{Backend, ConvDesc, ConvEpilogue, Cpu, FilterUse};
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn vec(&mut self, len: usize) -> Vec<f32> {
+        (0..len).map(|_| (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0).collect()
+    }
+}
+
+fn random_desc(r: &mut Rng) -> ConvDesc {
+    loop {
+        let groups = [1, 1, 2, 4][r.below(4)];
+        let k = [1, 3, 3, 5, 7][r.below(5)];
+        let kw = if r.below(4) == 0 { [1, 3][r.below(2)] } else { k };
+        let d = ConvDesc {
+            n: 1 + r.below(3),
+            h: 1 + r.below(12),
+            w: 1 + r.below(12),
+            c_in: groups * (1 + r.below(9)),
+            c_out: groups * (1 + r.below(20)),
+            kernel: [k, kw],
+            stride: [1 + r.below(3), 1 + r.below(2)],
+            pad: [r.below(4), r.below(3)],
+            dilation: [1 + r.below(2), 1 + r.below(2)],
+            groups,
+        };
+        if d.out_h() > 0 && d.out_w() > 0 {
+            return d;
+        }
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
+}
+
+#[test]
+fn conv_matches_reference_and_adjoints() {
+    let cpu = Cpu::new(Some(2)).unwrap();
+    let mut r = Rng(0x9e3779b97f4a7c15);
+    for case in 0..300 {
+        let d = random_desc(&mut r);
+        let x = r.vec(d.in_len());
+        let w = r.vec(d.weight_len());
+        let dy = r.vec(d.out_len());
+        let (oh, ow) = (d.out_h(), d.out_w());
+
+        // Forward against the reference.
+        let mut f = Default::default();
+        cpu.prepare_filter(&d, &w, FilterUse::Forward, &mut f);
+        let mut y = vec![0.0; d.out_len()];
+        cpu.conv_forward(&d, &x, &f, &mut y, &ConvEpilogue::default());
+        let x_nchw = nhwc_to_nchw(&x, d.n, d.c_in, d.h, d.w);
+        let w_oihw = ohwi_to_oihw(&w, d.c_out, d.cin_g(), d.kernel[0], d.kernel[1]);
+        let want = conv2d_nchw(
+            &x_nchw, d.n, d.c_in, d.h, d.w, &w_oihw, d.c_out, d.kernel, d.stride, d.pad, d.dilation, d.groups,
+        );
+        let want = nchw_to_nhwc(&want, d.n, d.c_out, oh, ow);
+        for (i, (a, b)) in y.iter().zip(&want).enumerate() {
+            assert!((a - b).abs() < 1e-4, "case {case} {d:?}: y[{i}] = {a}, reference {b}");
+        }
+
+        // Backward-data: <y, dy> = <x, dx>.
+        let mut fb = Default::default();
+        cpu.prepare_filter(&d, &w, FilterUse::BackwardData, &mut fb);
+        let mut dx = vec![f32::NAN; d.in_len()];
+        cpu.conv_backward_data(&d, &dy, &fb, &mut dx, false);
+        let (lhs, rhs) = (dot(&y, &dy), dot(&x, &dx));
+        assert!((lhs - rhs).abs() < 1e-4 * (1.0 + lhs.abs()), "case {case} {d:?}: bwd-data {lhs} vs {rhs}");
+
+        // Backward-filter: <y, dy> = <w, dw>.
+        let mut dw = vec![0.0; d.weight_len()];
+        cpu.conv_backward_filter(&d, &x, &dy, &mut dw);
+        let rhs = dot(&w, &dw);
+        assert!((lhs - rhs).abs() < 1e-4 * (1.0 + lhs.abs()), "case {case} {d:?}: bwd-filter {lhs} vs {rhs}");
+
+        // Accumulation adds.
+        let mut dx2 = dx.clone();
+        cpu.conv_backward_data(&d, &dy, &fb, &mut dx2, true);
+        for (a, b) in dx2.iter().zip(&dx) {
+            assert!((a - 2.0 * b).abs() < 1e-4);
+        }
+    }
+}
