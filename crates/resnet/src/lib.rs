@@ -13,6 +13,7 @@ pub mod backend;
 pub mod error;
 pub mod io;
 pub mod model;
+pub mod preprocess;
 pub mod rng;
 pub mod tensor;
 

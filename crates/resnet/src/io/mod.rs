@@ -159,8 +159,12 @@ pub fn guess_arch(sd: &StateDict) -> Option<ResNetSpec> {
     let classes = sd.get("fc.weight").and_then(|t| t.shape.first().copied())?;
     let in_ch = sd.get("conv1.weight").and_then(|t| t.shape.get(1).copied())?;
     let shapes: BTreeMap<&str, &Vec<usize>> = sd.iter().map(|(k, v)| (k.as_str(), &v.shape)).collect();
-    for name in ARCHS {
-        let mut spec = ResNetSpec::named(name).ok()?;
+    // The named family, then CIFAR depths with as many units per stage as the file has.
+    let n = (0..).take_while(|i| sd.keys().any(|k| k.starts_with(&format!("layer1.{i}.")))).count();
+    let cifar = [format!("resnet{}", 6 * n + 2), format!("plain{}", 6 * n + 2), format!("preact_resnet{}", 6 * n + 2)];
+    let cifar = cifar.into_iter().chain(std::iter::once(format!("preact_resnet{}", 9 * n + 2)));
+    for name in ARCHS.iter().map(|s| s.to_string()).chain(cifar) {
+        let Ok(mut spec) = ResNetSpec::named(&name) else { continue };
         spec.num_classes = classes;
         spec.in_channels = in_ch;
         if spec_shapes(&spec).is_some_and(|s| {

@@ -59,7 +59,7 @@ fn read_entry(zip: &mut Archive<'_>, name: &str) -> std::result::Result<Vec<u8>,
 /// The `str -> tensor` dict inside a checkpoint.
 fn find_state_dict(v: Value) -> Option<Vec<(String, Value)>> {
     let Value::Dict(d) = v else { return None };
-    let as_tensors = |d: &Vec<(Value, Value)>| d.iter().any(|(_, v)| matches!(v, Value::Tensor { .. }));
+    let as_tensors = |d: &Vec<(Value, Value)>| !d.is_empty() && d.iter().all(|(_, v)| matches!(v, Value::Tensor { .. }));
     if as_tensors(&d) {
         return Some(d.into_iter().filter_map(|(k, v)| if let Value::Str(k) = k { Some((k, v)) } else { None }).collect());
     }

@@ -1,0 +1,105 @@
+//! Weights written by PyTorch load and give PyTorch's logits: a `.pth` from
+//! `torch.save(model.state_dict())`, the same weights as safetensors, and a
+//! training checkpoint dict in half precision with `module.` keys. Bad files
+//! give clear errors.
+
+mod common;
+
+use common::*;
+use resnet::Error;
+use resnet::backend::Cpu;
+use resnet::io::{LoadMode, load_state_dict, read_state_dict, state_dict};
+use resnet::model::{Mode, Network, ResNetSpec};
+use resnet::tensor::Tensor;
+
+fn logits_with(file: &str) -> Vec<f32> {
+    let cpu = Cpu::new(Some(2)).unwrap();
+    let mut net = Network::new(&ResNetSpec::named("resnet8").unwrap(), &cpu).unwrap();
+    let sd = read_state_dict(&fixtures().join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+    load_state_dict(&mut net, &sd, LoadMode::Strict).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let x = Tensor::from_nchw(&cpu, 2, 3, 32, 32, &formula_input(2 * 3 * 32 * 32));
+    net.forward(&x, Mode::Eval).unwrap().to_host(&cpu)
+}
+
+#[test]
+fn pth_and_safetensors_from_pytorch_give_pytorchs_logits() {
+    let (want, _) = load("resnet8_logits.safetensors");
+    let (y32, _) = get(&want, "logits");
+    let pth = logits_with("resnet8.pth");
+    let st = logits_with("resnet8.safetensors");
+    assert!(max_abs_diff(&pth, &y32) <= 1e-4, "pth: {}", max_abs_diff(&pth, &y32));
+    assert!(max_abs_diff(&st, &y32) <= 1e-4, "safetensors: {}", max_abs_diff(&st, &y32));
+    assert_eq!(pth, st, "both files hold the same weights");
+    let (y16, _) = get(&want, "logits_f16");
+    let half = logits_with("resnet8_checkpoint_f16.pth");
+    assert!(max_abs_diff(&half, &y16) <= 1e-4, "f16 checkpoint: {}", max_abs_diff(&half, &y16));
+}
+
+#[test]
+fn pth_round_trips_through_our_safetensors_writer() {
+    let cpu = Cpu::new(Some(1)).unwrap();
+    let sd = read_state_dict(&fixtures().join("resnet8.pth")).unwrap();
+    let mut net = Network::new(&ResNetSpec::named("resnet8").unwrap(), &cpu).unwrap();
+    load_state_dict(&mut net, &sd, LoadMode::Strict).unwrap();
+    let ours = state_dict(&mut net);
+    assert_eq!(ours, sd, "state dict survives load + save unchanged (layouts converted back)");
+    let dir = std::env::temp_dir().join(format!("resnet-ckpt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("w.safetensors");
+    resnet::io::safetensors::write(&path, &ours, None).unwrap();
+    assert_eq!(read_state_dict(&path).unwrap(), sd);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_weights_are_clear_errors() {
+    let cpu = Cpu::new(Some(1)).unwrap();
+    let legacy = read_state_dict(&fixtures().join("legacy.pth")).unwrap_err().to_string();
+    assert!(legacy.contains("legacy") && legacy.contains("re-save"), "{legacy}");
+
+    // Truncated files.
+    let dir = std::env::temp_dir().join(format!("resnet-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in ["resnet8.pth", "resnet8.safetensors"] {
+        let bytes = std::fs::read(fixtures().join(name)).unwrap();
+        let cut = dir.join(name);
+        std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
+        let e = read_state_dict(&cut).unwrap_err();
+        assert!(matches!(e, Error::Format { .. }), "{name}: {e}");
+    }
+    let garbage = dir.join("garbage.bin");
+    std::fs::write(&garbage, b"this is not a weights file at all").unwrap();
+    assert!(read_state_dict(&garbage).is_err());
+    assert!(matches!(read_state_dict(&dir.join("missing.pth")), Err(Error::Io { .. })));
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // Weights for another architecture: a missing key, named, with a hint.
+    let sd = read_state_dict(&fixtures().join("resnet8.pth")).unwrap();
+    let mut net = Network::new(&ResNetSpec::named("resnet20").unwrap(), &cpu).unwrap();
+    let e = load_state_dict(&mut net, &sd, LoadMode::Strict).unwrap_err();
+    assert!(matches!(e, Error::MissingKey { .. }), "{e}");
+    assert!(e.to_string().contains("layer1.1.conv1.weight"), "{e}");
+    let mut net = Network::new(&ResNetSpec::named("resnet18").unwrap(), &cpu).unwrap();
+    let e = load_state_dict(&mut net, &sd, LoadMode::Strict).unwrap_err().to_string();
+    assert!(e.contains("conv1.weight") && e.contains("[64, 3, 7, 7]") && e.contains("[16, 3, 3, 3]"), "{e}");
+    assert!(e.contains("resnet8"), "hint names the file's architecture: {e}");
+
+    // Another class count: the error says how to fix it.
+    let mut spec = ResNetSpec::named("resnet8").unwrap();
+    spec.num_classes = 100;
+    let mut net = Network::new(&spec, &cpu).unwrap();
+    let e = load_state_dict(&mut net, &sd, LoadMode::Strict).unwrap_err().to_string();
+    assert!(e.contains("fc.weight") && e.contains("--num-classes 10"), "{e}");
+    load_state_dict(&mut net, &sd, LoadMode::SkipClassifier).unwrap();
+
+    // An unexpected key.
+    let mut extra = sd.clone();
+    extra.insert("fc2.weight".into(), sd["fc.weight"].clone());
+    let mut net = Network::new(&ResNetSpec::named("resnet8").unwrap(), &cpu).unwrap();
+    let e = load_state_dict(&mut net, &extra, LoadMode::Strict).unwrap_err();
+    assert!(matches!(e, Error::UnexpectedKey { ref key, .. } if key == "fc2.weight"), "{e}");
+
+    // Old checkpoints without num_batches_tracked load, as in PyTorch.
+    let old: resnet::io::StateDict = sd.into_iter().filter(|(k, _)| !k.ends_with("num_batches_tracked")).collect();
+    load_state_dict(&mut net, &old, LoadMode::Strict).unwrap();
+}
