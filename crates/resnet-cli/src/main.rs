@@ -1,1 +1,46 @@
-fn main(){resnet::x()}
+//! `resnet`: define, train, evaluate and run deep residual networks.
+//!
+//! A thin layer over the `resnet` library: argument parsing, human and JSON
+//! output, and error reporting (one line on stderr, non-zero exit, never a
+//! panic for bad input).
+
+mod archs;
+mod classify;
+mod summary;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+/// Deep residual networks (He et al. 2015, 2016): the ResNet family on CPU.
+#[derive(Parser)]
+#[command(name = "resnet", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List every architecture with its parameters and multiply-accumulates.
+    Archs(archs::Args),
+    /// Per-layer table of an architecture: output shapes, parameters, MACs.
+    Summary(summary::Args),
+    /// Classify images with a trained network.
+    Classify(classify::Args),
+}
+
+fn main() {
+    util::install_panic_hook();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => util::exit_on_clap_error(e),
+    };
+    let result = match cli.command {
+        Command::Archs(a) => archs::run(a),
+        Command::Summary(a) => summary::run(a),
+        Command::Classify(a) => classify::run(a),
+    };
+    if let Err(e) = result {
+        util::fail(&e);
+    }
+}

@@ -10,8 +10,10 @@
 //! * [`io`]: state dicts in safetensors and PyTorch `.pth` files.
 //! * [`image`](mod@image): decoding and torchvision-identical preprocessing.
 pub mod backend;
+pub mod classify;
 pub mod error;
 pub mod io;
+pub mod labels;
 pub mod model;
 pub mod preprocess;
 pub mod rng;

@@ -42,9 +42,8 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
 /// Decodes image bytes (JPEG or PNG) to RGB with Pillow's conversion rules.
 pub fn decode_rgb(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
     use ::image::{DynamicImage, ImageFormat, ImageReader};
-    let reader = ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| format!("cannot read: {e}"))?;
+    let reader =
+        ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| format!("cannot read: {e}"))?;
     match reader.format() {
         Some(ImageFormat::Png | ImageFormat::Jpeg) => {}
         Some(f) => return Err(format!("unsupported image format {f:?} (JPEG and PNG are supported)")),

@@ -33,7 +33,7 @@ impl<B: Backend> Tensor<B> {
     /// A tensor holding `data` (NHWC).
     pub fn from_host(b: &B, shape: [usize; 4], data: &[f32]) -> Self {
         assert_eq!(data.len(), shape.iter().product::<usize>(), "data does not match shape {shape:?}");
-        Self { shape, buf: b.from_host(data) }
+        Self { shape, buf: b.upload(data) }
     }
 
     /// A tensor from an NCHW batch (PyTorch's layout).
@@ -69,7 +69,7 @@ impl<B: Backend> Tensor<B> {
 
     /// Copies the values to the host (NHWC).
     pub fn to_host(&self, b: &B) -> Vec<f32> {
-        b.to_host(&self.buf)
+        b.download(&self.buf)
     }
 }
 
@@ -134,13 +134,13 @@ impl<B: Backend> Param<B> {
 
     /// Replaces the values from host memory in PyTorch's order.
     pub fn set_from_torch(&mut self, b: &B, data: &[f32]) {
-        self.value = b.from_host(&to_internal(self.layout, &self.shape, data));
+        self.value = b.upload(&to_internal(self.layout, &self.shape, data));
         self.version += 1;
     }
 
     /// The values in PyTorch's order.
     pub fn to_torch(&self, b: &B) -> Vec<f32> {
-        to_torch(self.layout, &self.shape, &b.to_host(&self.value))
+        to_torch(self.layout, &self.shape, &b.download(&self.value))
     }
 }
 

@@ -143,7 +143,7 @@ pub struct PadShortcutDesc {
 
 /// How a convolution's output is finished (fused into the GEMM's epilogue on
 /// the CPU): `y = relu?(conv(x) * scale + bias + residual)`.
-pub struct ConvEpilogue<'a, B: Backend + ?Sized> {
+pub struct ConvEpilogue<'a, B: Backend> {
     /// Per-output-channel multiplier (a folded batch norm).
     pub scale: Option<&'a B::Buf>,
     /// Per-output-channel addend (a conv bias or folded batch norm).
@@ -154,7 +154,7 @@ pub struct ConvEpilogue<'a, B: Backend + ?Sized> {
     pub relu: bool,
 }
 
-impl<B: Backend + ?Sized> Default for ConvEpilogue<'_, B> {
+impl<B: Backend> Default for ConvEpilogue<'_, B> {
     fn default() -> Self {
         Self { scale: None, bias: None, residual: None, relu: false }
     }
@@ -170,7 +170,7 @@ pub enum FilterUse {
 }
 
 /// Per-channel batch-norm parameters and statistics.
-pub struct BnParams<'a, B: Backend + ?Sized> {
+pub struct BnParams<'a, B: Backend> {
     /// gamma.
     pub weight: &'a B::Buf,
     /// beta.
@@ -181,7 +181,7 @@ pub struct BnParams<'a, B: Backend + ?Sized> {
 
 /// What comes after a batch norm, fused into its kernel:
 /// `y = relu?(bn(x) + residual?)`.
-pub struct BnTail<'a, B: Backend + ?Sized> {
+pub struct BnTail<'a, B: Backend> {
     /// Added after normalisation (the shortcut of a residual block).
     pub residual: Option<&'a B::Buf>,
     /// Clamp at zero.
@@ -189,7 +189,7 @@ pub struct BnTail<'a, B: Backend + ?Sized> {
 }
 
 /// The statistics a training-mode batch norm saves for its backward pass.
-pub struct BnSaved<'a, B: Backend + ?Sized> {
+pub struct BnSaved<'a, B: Backend> {
     /// Batch mean per channel.
     pub mean: &'a mut B::Buf,
     /// 1 / sqrt(biased batch variance + eps) per channel.
@@ -197,7 +197,7 @@ pub struct BnSaved<'a, B: Backend + ?Sized> {
 }
 
 /// Gradient outputs of a batch-norm backward pass.
-pub struct BnGrads<'a, B: Backend + ?Sized> {
+pub struct BnGrads<'a, B: Backend> {
     /// Gradient for the input (overwritten).
     pub dx: &'a mut B::Buf,
     /// Accumulated gradient of gamma.
@@ -242,9 +242,9 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// A buffer of `len` zeros.
     fn zeros(&self, len: usize) -> Self::Buf;
     /// A buffer holding a copy of `data`.
-    fn from_host(&self, data: &[f32]) -> Self::Buf;
+    fn upload(&self, data: &[f32]) -> Self::Buf;
     /// Copies a buffer to host memory.
-    fn to_host(&self, buf: &Self::Buf) -> Vec<f32>;
+    fn download(&self, buf: &Self::Buf) -> Vec<f32>;
     /// Number of elements.
     fn len(&self, buf: &Self::Buf) -> usize;
     /// Makes `buf` hold `len` elements, reusing its allocation when it can.
@@ -259,7 +259,14 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// Prepares an OHWI weight tensor for `conv_forward` or `conv_backward_data`.
     fn prepare_filter(&self, d: &ConvDesc, weight: &Self::Buf, usage: FilterUse, out: &mut Self::Filter);
     /// `y = epilogue(conv(x, w))`.
-    fn conv_forward(&self, d: &ConvDesc, x: &Self::Buf, w: &Self::Filter, y: &mut Self::Buf, epi: &ConvEpilogue<'_, Self>);
+    fn conv_forward(
+        &self,
+        d: &ConvDesc,
+        x: &Self::Buf,
+        w: &Self::Filter,
+        y: &mut Self::Buf,
+        epi: &ConvEpilogue<'_, Self>,
+    );
     /// `dx (+)= conv_transpose(dy, w)`; accumulates into `dx` when asked.
     fn conv_backward_data(&self, d: &ConvDesc, dy: &Self::Buf, w: &Self::Filter, dx: &mut Self::Buf, accumulate: bool);
     /// `dw += correlation(x, dy)` (accumulates).

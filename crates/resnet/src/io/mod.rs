@@ -107,7 +107,7 @@ pub fn load_state_dict<B: Backend>(net: &mut Network<B>, sd: &StateDict, mode: L
                 TensorData::I64(_) => err = Some(Error::Invalid(format!("`{key}` holds integers, expected floats"))),
             },
             StateEntry::Buffer(buf, len) => match &t.data {
-                TensorData::F32(v) if t.shape == [len] => *buf = backend.from_host(v),
+                TensorData::F32(v) if t.shape == [len] => *buf = backend.upload(v),
                 TensorData::F32(_) => bad_shape = Some((key.to_string(), vec![len], t.shape.clone())),
                 TensorData::I64(_) => err = Some(Error::Invalid(format!("`{key}` holds integers, expected floats"))),
             },
@@ -133,7 +133,9 @@ pub fn load_state_dict<B: Backend>(net: &mut Network<B>, sd: &StateDict, mode: L
         };
         return Err(Error::ShapeMismatch { key, expected, found, hint });
     }
-    if let Some(key) = sd.keys().find(|k| !seen.contains(*k) && !(mode == LoadMode::SkipClassifier && k.starts_with("fc."))) {
+    if let Some(key) =
+        sd.keys().find(|k| !(seen.contains(*k) || mode == LoadMode::SkipClassifier && k.starts_with("fc.")))
+    {
         return Err(Error::UnexpectedKey { key: key.clone(), hint: hint() });
     }
     Ok(())
@@ -146,7 +148,9 @@ pub fn state_dict<B: Backend>(net: &mut Network<B>) -> StateDict {
     net.visit(&mut |key, entry| {
         let t = match entry {
             StateEntry::Param(p) => HostTensor { shape: p.shape.clone(), data: TensorData::F32(p.to_torch(&backend)) },
-            StateEntry::Buffer(buf, len) => HostTensor { shape: vec![len], data: TensorData::F32(backend.to_host(buf)) },
+            StateEntry::Buffer(buf, len) => {
+                HostTensor { shape: vec![len], data: TensorData::F32(backend.download(buf)) }
+            }
             StateEntry::Counter(c) => HostTensor { shape: vec![], data: TensorData::I64(vec![*c]) },
         };
         sd.insert(key.to_string(), t);
@@ -196,7 +200,9 @@ fn spec_shapes(spec: &ResNetSpec) -> Option<BTreeMap<String, Vec<usize>>> {
 
 fn guess_hint(sd: &StateDict, model: &str) -> String {
     match guess_arch(sd) {
-        Some(spec) if spec.name != model => format!(" (the file holds {} weights; try --arch {})", spec.name, spec.name),
+        Some(spec) if spec.name != model => {
+            format!(" (the file holds {} weights; try --arch {})", spec.name, spec.name)
+        }
         _ => String::new(),
     }
 }

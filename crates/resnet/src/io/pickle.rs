@@ -129,7 +129,9 @@ fn reduce(callable: Value, args: Value) -> Value {
         "torch._utils._rebuild_tensor_v2" | "torch._utils._rebuild_tensor" => {
             let dims = |v: &Value| -> Option<Vec<usize>> {
                 match v {
-                    Value::Tuple(t) => t.iter().map(|x| if let Value::Int(i) = x { usize::try_from(*i).ok() } else { None }).collect(),
+                    Value::Tuple(t) => {
+                        t.iter().map(|x| if let Value::Int(i) = x { usize::try_from(*i).ok() } else { None }).collect()
+                    }
                     _ => None,
                 }
             };
@@ -149,17 +151,17 @@ fn reduce(callable: Value, args: Value) -> Value {
 
 /// Storage from a persistent id `('storage', torch.XStorage, key, location, numel)`.
 fn persistent(pid: Value) -> Value {
-    if let Value::Tuple(t) = &pid {
-        if let (Some(Value::Str(tag)), Some(Value::Global(cls)), Some(key)) = (t.first(), t.get(1), t.get(2)) {
-            let key = match key {
-                Value::Str(s) => s.clone(),
-                Value::Int(i) => i.to_string(),
-                _ => return Value::Object("persistent".into()),
-            };
-            if tag == "storage" {
-                let kind = cls.rsplit('.').next().unwrap_or(cls).to_string();
-                return Value::Storage { kind, key };
-            }
+    if let Value::Tuple(t) = &pid
+        && let (Some(Value::Str(tag)), Some(Value::Global(cls)), Some(key)) = (t.first(), t.get(1), t.get(2))
+    {
+        let key = match key {
+            Value::Str(s) => s.clone(),
+            Value::Int(i) => i.to_string(),
+            _ => return Value::Object("persistent".into()),
+        };
+        if tag == "storage" {
+            let kind = cls.rsplit('.').next().unwrap_or(cls).to_string();
+            return Value::Storage { kind, key };
         }
     }
     Value::Object("persistent".into())

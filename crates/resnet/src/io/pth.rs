@@ -19,7 +19,8 @@ type Archive<'a> = zip::ZipArchive<Cursor<&'a [u8]>>;
 /// Reads the state dict from a zip-format `.pth` file held in memory.
 pub fn read(path: &Path, bytes: &[u8]) -> Result<StateDict> {
     let bad = |m: String| Error::format(path, m);
-    let mut zip = zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| bad(format!("not a readable zip archive: {e}")))?;
+    let mut zip =
+        zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| bad(format!("not a readable zip archive: {e}")))?;
     let pkl_name = zip
         .file_names()
         .filter_map(|n| n.ok())
@@ -59,15 +60,18 @@ fn read_entry(zip: &mut Archive<'_>, name: &str) -> std::result::Result<Vec<u8>,
 /// The `str -> tensor` dict inside a checkpoint.
 fn find_state_dict(v: Value) -> Option<Vec<(String, Value)>> {
     let Value::Dict(d) = v else { return None };
-    let as_tensors = |d: &Vec<(Value, Value)>| !d.is_empty() && d.iter().all(|(_, v)| matches!(v, Value::Tensor { .. }));
+    let as_tensors =
+        |d: &Vec<(Value, Value)>| !d.is_empty() && d.iter().all(|(_, v)| matches!(v, Value::Tensor { .. }));
     if as_tensors(&d) {
-        return Some(d.into_iter().filter_map(|(k, v)| if let Value::Str(k) = k { Some((k, v)) } else { None }).collect());
+        return Some(
+            d.into_iter().filter_map(|(k, v)| if let Value::Str(k) = k { Some((k, v)) } else { None }).collect(),
+        );
     }
     for want in ["state_dict", "model", "model_state_dict", "net"] {
-        if let Some((_, inner)) = d.iter().find(|(k, _)| *k == Value::Str(want.into())) {
-            if let Some(found) = find_state_dict(inner.clone()) {
-                return Some(found);
-            }
+        if let Some((_, inner)) = d.iter().find(|(k, _)| *k == Value::Str(want.into()))
+            && let Some(found) = find_state_dict(inner.clone())
+        {
+            return Some(found);
         }
     }
     None
@@ -100,7 +104,13 @@ fn decode_storage(kind: &str, raw: &[u8], big: bool) -> std::result::Result<Deco
 }
 
 /// Materialises a strided view of a storage as a contiguous tensor.
-fn gather(name: &str, data: Decoded, offset: usize, size: &[usize], stride: &[usize]) -> std::result::Result<HostTensor, String> {
+fn gather(
+    name: &str,
+    data: Decoded,
+    offset: usize,
+    size: &[usize],
+    stride: &[usize],
+) -> std::result::Result<HostTensor, String> {
     if size.len() != stride.len() {
         return Err(format!("tensor `{name}`: size and stride ranks differ"));
     }

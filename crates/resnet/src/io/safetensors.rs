@@ -19,14 +19,22 @@ pub fn read(path: &Path, bytes: &[u8]) -> Result<StateDict> {
         let shape = view.shape().to_vec();
         let raw = view.data();
         let data = match view.dtype() {
-            Dtype::F32 => TensorData::F32(raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()),
-            Dtype::F16 => TensorData::F32(raw.chunks_exact(2).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect()),
-            Dtype::BF16 => TensorData::F32(raw.chunks_exact(2).map(|b| bf16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect()),
+            Dtype::F32 => {
+                TensorData::F32(raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+            }
+            Dtype::F16 => {
+                TensorData::F32(raw.chunks_exact(2).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect())
+            }
+            Dtype::BF16 => {
+                TensorData::F32(raw.chunks_exact(2).map(|b| bf16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect())
+            }
             Dtype::F64 => TensorData::F32(
                 raw.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32).collect(),
             ),
             Dtype::U8 => TensorData::F32(raw.iter().map(|&b| b as f32).collect()),
-            Dtype::I64 => TensorData::I64(raw.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))).collect()),
+            Dtype::I64 => TensorData::I64(
+                raw.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))).collect(),
+            ),
             other => return Err(Error::format(path, format!("tensor `{name}` has unsupported dtype {other:?}"))),
         };
         sd.insert(name, HostTensor { shape, data });
@@ -126,7 +134,10 @@ mod tests {
     #[test]
     fn round_trip() {
         let mut sd = StateDict::new();
-        sd.insert("a.weight".into(), HostTensor { shape: vec![2, 3], data: TensorData::F32(vec![1., 2., 3., 4., 5., 6.]) });
+        sd.insert(
+            "a.weight".into(),
+            HostTensor { shape: vec![2, 3], data: TensorData::F32(vec![1., 2., 3., 4., 5., 6.]) },
+        );
         sd.insert("a.num_batches_tracked".into(), HostTensor { shape: vec![], data: TensorData::I64(vec![7]) });
         let bytes = to_bytes(&sd, None).unwrap();
         assert_eq!(read(Path::new("mem"), &bytes).unwrap(), sd);

@@ -19,6 +19,8 @@ use crate::backend::Backend;
 use crate::tensor::Tensor;
 
 /// The shortcut of a post-activation block.
+// A network holds a few hundred blocks at most: variant sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Shortcut<B: Backend> {
     /// Plain network: no shortcut.
     None,
@@ -58,6 +60,7 @@ pub struct UnitShape {
 }
 
 /// One residual unit of any kind.
+#[allow(clippy::large_enum_variant)]
 pub enum Block<B: Backend> {
     /// Post-activation basic block.
     Basic(BasicBlock<B>),
@@ -115,7 +118,8 @@ impl<B: Backend> Block<B> {
                 };
                 let mut units = Vec::new();
                 if kind == BlockKind::PreactBasic {
-                    units.push((BatchNorm2d::new(b, u.c_in, true), Conv2d::new(b, u.c_in, u.planes, 3, u.stride, 1, 1)));
+                    units
+                        .push((BatchNorm2d::new(b, u.c_in, true), Conv2d::new(b, u.c_in, u.planes, 3, u.stride, 1, 1)));
                     units.push((BatchNorm2d::new(b, u.planes, true), Conv2d::new(b, u.planes, u.planes, 3, 1, 1, 1)));
                 } else {
                     units.push((BatchNorm2d::new(b, u.c_in, true), Conv2d::new(b, u.c_in, u.inner, 1, 1, 0, 1)));

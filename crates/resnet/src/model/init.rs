@@ -32,12 +32,12 @@ impl<B: Backend> Network<B> {
                 } else {
                     vec![0.0; n]
                 };
-                p.value = backend.from_host(&values);
+                p.value = backend.upload(&values);
                 p.version += 1;
             }
             StateEntry::Buffer(buf, len) => {
                 let v = if key.ends_with("running_var") { 1.0 } else { 0.0 };
-                *buf = backend.from_host(&vec![v; len]);
+                *buf = backend.upload(&vec![v; len]);
             }
             StateEntry::Counter(c) => *c = 0,
         });
@@ -55,7 +55,7 @@ impl<B: Backend> Network<B> {
             }
             StateEntry::Buffer(buf, len) => {
                 let v: Vec<f32> = (0..len).map(|i| formula_value(key, &[len], i)).collect();
-                *buf = backend.from_host(&v);
+                *buf = backend.upload(&v);
             }
             StateEntry::Counter(c) => *c = 0,
         });

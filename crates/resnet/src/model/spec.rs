@@ -191,10 +191,12 @@ impl ResNetSpec {
             return Err(unknown());
         }
         for (prefix, sc) in [("resnet", ShortcutKind::A), ("plain", ShortcutKind::None)] {
-            if let Some(d) = depth(prefix) {
-                if d >= 8 && (d - 2) % 6 == 0 && d <= 6 * 1000 + 2 {
-                    return Ok(Self::cifar(name, BlockKind::Basic, (d - 2) / 6, sc));
-                }
+            if let Some(d) = depth(prefix)
+                && d >= 8
+                && (d - 2) % 6 == 0
+                && d <= 6 * 1000 + 2
+            {
+                return Ok(Self::cifar(name, BlockKind::Basic, (d - 2) / 6, sc));
             }
         }
         Err(unknown())
@@ -249,8 +251,11 @@ impl ResNetSpec {
         if bottleneck {
             for &w in &self.widths {
                 let inner = self.bottleneck_width(w);
-                if inner == 0 || inner % self.groups != 0 {
-                    return bad(format!("bottleneck width {inner} is not a positive multiple of {} groups", self.groups));
+                if inner == 0 || !inner.is_multiple_of(self.groups) {
+                    return bad(format!(
+                        "bottleneck width {inner} is not a positive multiple of {} groups",
+                        self.groups
+                    ));
                 }
             }
         }

@@ -276,7 +276,16 @@ impl CPtr {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn gemm_packed(isa: Isa, m: usize, n: usize, k: usize, a: &dyn Operand, b: &PackedB, c: OutMat<'_>, epi: &Epilogue<'_>) {
+fn gemm_packed(
+    isa: Isa,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &dyn Operand,
+    b: &PackedB,
+    c: OutMat<'_>,
+    epi: &Epilogue<'_>,
+) {
     let mr = mr_of(isa);
     let ld = c.ld;
     let cptr = CPtr(c.data.as_mut_ptr());
@@ -646,7 +655,9 @@ mod tests {
 
     #[test]
     fn matches_reference_over_shapes() {
-        for &(m, n, k) in &[(1, 1, 1), (3, 5, 7), (28, 16, 256), (29, 17, 257), (100, 70, 600), (200, 33, 40), (7, 300, 513)] {
+        for &(m, n, k) in
+            &[(1, 1, 1), (3, 5, 7), (28, 16, 256), (29, 17, 257), (100, 70, 600), (200, 33, 40), (7, 300, 513)]
+        {
             check(m, n, k, false);
             check(m, n, k, true);
         }

@@ -83,10 +83,10 @@ impl Backend for Cpu {
     fn zeros(&self, len: usize) -> Vec<f32> {
         vec![0.0; len]
     }
-    fn from_host(&self, data: &[f32]) -> Vec<f32> {
+    fn upload(&self, data: &[f32]) -> Vec<f32> {
         data.to_vec()
     }
-    fn to_host(&self, buf: &Vec<f32>) -> Vec<f32> {
+    fn download(&self, buf: &Vec<f32>) -> Vec<f32> {
         buf.clone()
     }
     fn len(&self, buf: &Vec<f32>) -> usize {
@@ -111,7 +111,14 @@ impl Backend for Cpu {
         }
     }
 
-    fn conv_forward(&self, d: &ConvDesc, x: &Vec<f32>, w: &conv::CpuFilter, y: &mut Vec<f32>, e: &ConvEpilogue<'_, Self>) {
+    fn conv_forward(
+        &self,
+        d: &ConvDesc,
+        x: &Vec<f32>,
+        w: &conv::CpuFilter,
+        y: &mut Vec<f32>,
+        e: &ConvEpilogue<'_, Self>,
+    ) {
         debug_assert_eq!(x.len(), d.in_len());
         debug_assert_eq!(y.len(), d.out_len());
         let epi = gemm::Epilogue {
@@ -124,7 +131,14 @@ impl Backend for Cpu {
         self.install(|| conv::forward(d, x, w, y, &epi));
     }
 
-    fn conv_backward_data(&self, d: &ConvDesc, dy: &Vec<f32>, w: &conv::CpuFilter, dx: &mut Vec<f32>, accumulate: bool) {
+    fn conv_backward_data(
+        &self,
+        d: &ConvDesc,
+        dy: &Vec<f32>,
+        w: &conv::CpuFilter,
+        dx: &mut Vec<f32>,
+        accumulate: bool,
+    ) {
         debug_assert_eq!(dy.len(), d.out_len());
         debug_assert_eq!(dx.len(), d.in_len());
         self.install(|| conv::backward_data(d, dy, w, dx, accumulate));
@@ -256,7 +270,15 @@ impl Backend for Cpu {
             if let Some(dx) = dx {
                 let a = Strided { data: dy, row_stride: c_out, k_stride: 1 };
                 let b = Strided { data: w, row_stride: 1, k_stride: c_in };
-                gemm::gemm(n, c_in, c_out, &a, BSource::Operand(&b), OutMat { data: dx, ld: c_in }, &Epilogue::default());
+                gemm::gemm(
+                    n,
+                    c_in,
+                    c_out,
+                    &a,
+                    BSource::Operand(&b),
+                    OutMat { data: dx, ld: c_in },
+                    &Epilogue::default(),
+                );
             }
             let a = Strided { data: dy, row_stride: 1, k_stride: c_out };
             let b = Strided { data: x, row_stride: 1, k_stride: c_in };
@@ -280,11 +302,7 @@ impl Backend for Cpu {
     }
     fn add(&self, a: &Vec<f32>, b: &Vec<f32>, relu: bool, y: &mut Vec<f32>) {
         self.install(|| {
-            if relu {
-                ops::zip_map(a, b, y, |p, q| (p + q).max(0.0))
-            } else {
-                ops::zip_map(a, b, y, |p, q| p + q)
-            }
+            if relu { ops::zip_map(a, b, y, |p, q| (p + q).max(0.0)) } else { ops::zip_map(a, b, y, |p, q| p + q) }
         });
     }
     fn add_assign(&self, y: &mut Vec<f32>, x: &Vec<f32>) {

@@ -46,7 +46,7 @@ impl<B: Backend> BatchNorm2d<B> {
     /// A batch norm over `c` channels, gamma = 1, beta = 0, running stats (0, 1).
     pub fn new(b: &B, c: usize, relu: bool) -> Self {
         let mut weight = Param::zeros(b, &[c], ParamLayout::Plain);
-        weight.value = b.from_host(&vec![1.0; c]);
+        weight.value = b.upload(&vec![1.0; c]);
         weight.is_scale_or_bias = true;
         let mut bias = Param::zeros(b, &[c], ParamLayout::Plain);
         bias.is_scale_or_bias = true;
@@ -58,7 +58,7 @@ impl<B: Backend> BatchNorm2d<B> {
             weight,
             bias,
             running_mean: b.zeros(c),
-            running_var: b.from_host(&vec![1.0; c]),
+            running_var: b.upload(&vec![1.0; c]),
             num_batches_tracked: 0,
             y: Tensor::empty(b),
             dx: Tensor::empty(b),
@@ -88,9 +88,16 @@ impl<B: Backend> BatchNorm2d<B> {
         let p = BnParams { weight: &self.weight.value, bias: &self.bias.value, eps: self.eps };
         let tail = BnTail { residual: residual.map(|r| &r.buf), relu: self.relu };
         match mode {
-            Mode::Eval => {
-                b.bn_forward_inference(rows, self.c, &x.buf, &p, &self.running_mean, &self.running_var, &tail, &mut self.y.buf)
-            }
+            Mode::Eval => b.bn_forward_inference(
+                rows,
+                self.c,
+                &x.buf,
+                &p,
+                &self.running_mean,
+                &self.running_var,
+                &tail,
+                &mut self.y.buf,
+            ),
             Mode::Train => {
                 self.num_batches_tracked += 1;
                 let saved = BnSaved { mean: &mut self.save_mean, invstd: &mut self.save_invstd };

@@ -21,8 +21,8 @@ pub use linear::Linear;
 pub use pool::{GlobalAvgPool, MaxPool2d};
 pub use shortcut::PadShortcut;
 
-use super::summary::LayerInfo;
 use super::state::{StateEntry, key};
+use super::summary::LayerInfo;
 use crate::backend::Backend;
 use crate::tensor::Tensor;
 
@@ -39,7 +39,14 @@ pub trait Visit<B: Backend> {
 }
 
 /// Adds the row of a leaf layer to a summary.
-pub(crate) fn push_info(out: &mut Vec<LayerInfo>, name: &str, kind: String, shape: [usize; 4], params: usize, macs: u64) {
+pub(crate) fn push_info(
+    out: &mut Vec<LayerInfo>,
+    name: &str,
+    kind: String,
+    shape: [usize; 4],
+    params: usize,
+    macs: u64,
+) {
     out.push(LayerInfo { name: name.to_string(), kind, output: shape, params, macs });
 }
 

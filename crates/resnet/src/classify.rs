@@ -1,0 +1,204 @@
+//! Image classification and embeddings: a network, its preprocessing and its
+//! class names, ready to run on images.
+//!
+//! ```no_run
+//! use resnet::backend::Cpu;
+//! use resnet::classify::Classifier;
+//! # fn main() -> resnet::Result<()> {
+//! let cpu = Cpu::new(None)?;
+//! let mut clf = Classifier::load(&cpu, Some("resnet50"), "resnet50-11ad3fa6.pth".as_ref(), None)?;
+//! let img = resnet::preprocess::load_rgb("cat.jpg".as_ref())?;
+//! for p in &clf.classify(&[img], 5)?[0] {
+//!     println!("{:5.1}%  {}", 100.0 * p.probability, p.label);
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::io::{self, LoadMode};
+use crate::model::{Mode, Network, ResNetSpec};
+use crate::preprocess::{RgbImage, Transform};
+use crate::tensor::Tensor;
+
+/// One ranked class.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Prediction {
+    /// Class index.
+    pub index: usize,
+    /// Class name.
+    pub label: String,
+    /// Softmax probability.
+    pub probability: f64,
+    /// Raw logit.
+    pub logit: f32,
+}
+
+/// A network with everything needed to classify images.
+pub struct Classifier<B: Backend> {
+    /// The network (evaluation mode).
+    pub net: Network<B>,
+    /// Its preprocessing.
+    pub transform: Transform,
+    /// Class names, one per output.
+    pub labels: Vec<String>,
+}
+
+/// What a trained checkpoint's sidecar says about its model (see `train`).
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
+pub struct ModelCard {
+    /// The architecture, with its class and channel counts.
+    pub spec: ResNetSpec,
+    /// The preprocessing it was trained with.
+    pub transform: Option<Transform>,
+    /// Class names.
+    pub labels: Option<Vec<String>>,
+}
+
+/// The sidecar JSON of a weights file: `best.safetensors` -> `best.json`.
+pub fn sidecar_path(weights: &Path) -> std::path::PathBuf {
+    weights.with_extension("json")
+}
+
+/// Reads the model card from a weights file's sidecar, if there is one.
+pub fn read_card(weights: &Path) -> Result<Option<ModelCard>> {
+    let p = sidecar_path(weights);
+    if !p.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+    #[derive(serde::Deserialize)]
+    struct Wrapper {
+        model: ModelCard,
+    }
+    let w: Wrapper = serde_json::from_str(&text).map_err(|e| Error::format(&p, format!("bad sidecar: {e}")))?;
+    Ok(Some(w.model))
+}
+
+impl<B: Backend> Classifier<B> {
+    /// Loads weights for `arch` (or for the architecture the weights' sidecar
+    /// names, or failing that the one whose keys and shapes they match). The class count comes from `num_classes`, else the sidecar,
+    /// else the weights' classifier; the input channels from the sidecar or
+    /// the weights' first convolution. Preprocessing defaults to the sidecar's
+    /// or torchvision's `v1` preset; labels to the sidecar's or ImageNet's for
+    /// 1000 classes.
+    pub fn load(backend: &B, arch: Option<&str>, weights: &Path, num_classes: Option<usize>) -> Result<Self> {
+        let sd = io::read_state_dict(weights)?;
+        let card = read_card(weights)?;
+        let mut spec = match (arch, &card) {
+            (Some(a), Some(c)) if a != c.spec.name => {
+                return Err(Error::Invalid(format!(
+                    "--arch {a} does not match the checkpoint's architecture {} (from {})",
+                    c.spec.name,
+                    sidecar_path(weights).display()
+                )));
+            }
+            (_, Some(c)) => c.spec.clone(),
+            (Some(a), None) => {
+                let mut s = ResNetSpec::named(a)?;
+                if let Some(t) = sd.get("fc.weight") {
+                    s.num_classes = t.shape[0];
+                }
+                if let Some(t) = sd.get("conv1.weight").filter(|t| t.shape.len() == 4) {
+                    s.in_channels = t.shape[1];
+                }
+                s
+            }
+            (None, None) => io::guess_arch(&sd).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "--arch is needed: the weights match no known architecture and {} has no sidecar ({})",
+                    weights.display(),
+                    sidecar_path(weights).display()
+                ))
+            })?,
+        };
+        if let Some(n) = num_classes {
+            spec.num_classes = n;
+        }
+        let mut net = Network::new(&spec, backend)?;
+        io::load_state_dict(&mut net, &sd, LoadMode::Strict)?;
+        let mut transform = card.as_ref().and_then(|c| c.transform.clone()).unwrap_or(Transform::preset("v1")?);
+        if spec.in_channels == 1 {
+            transform.grayscale = true;
+        }
+        let labels = match card.and_then(|c| c.labels) {
+            Some(l) => l,
+            None if spec.num_classes == 1000 => crate::labels::imagenet(),
+            None => (0..spec.num_classes).map(|i| format!("class {i}")).collect(),
+        };
+        Ok(Self { net, transform, labels })
+    }
+
+    /// Replaces the class names (their number must match the outputs).
+    pub fn set_labels(&mut self, labels: Vec<String>) -> Result<()> {
+        if labels.len() != self.net.spec.num_classes {
+            return Err(Error::Invalid(format!(
+                "{} labels given for a model with {} classes",
+                labels.len(),
+                self.net.spec.num_classes
+            )));
+        }
+        self.labels = labels;
+        Ok(())
+    }
+
+    /// Preprocesses images into one NHWC batch tensor.
+    fn batch(&self, images: &[RgbImage]) -> Tensor<B> {
+        let (c, s) = (self.transform.channels(), self.transform.crop);
+        let mut data = Vec::with_capacity(images.len() * c * s * s);
+        for img in images {
+            data.extend(self.transform.apply(img));
+        }
+        Tensor::from_nchw(self.net.backend(), images.len(), c, s, s, &data)
+    }
+
+    /// Logits, one row per image.
+    pub fn logits(&mut self, images: &[RgbImage]) -> Result<Vec<Vec<f32>>> {
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        let x = self.batch(images);
+        let b = self.net.backend().clone();
+        let y = self.net.forward(&x, Mode::Eval)?.to_host(&b);
+        Ok(y.chunks(self.net.spec.num_classes).map(<[f32]>::to_vec).collect())
+    }
+
+    /// The `k` most likely classes of each image.
+    pub fn classify(&mut self, images: &[RgbImage], k: usize) -> Result<Vec<Vec<Prediction>>> {
+        Ok(self.logits(images)?.iter().map(|z| top_k(z, k, &self.labels)).collect())
+    }
+
+    /// Image embeddings: the pooled features before the classifier
+    /// (`feature_dim` values per image).
+    pub fn embed(&mut self, images: &[RgbImage]) -> Result<Vec<Vec<f32>>> {
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        let x = self.batch(images);
+        let b = self.net.backend().clone();
+        self.net.forward(&x, Mode::Eval)?;
+        let d = self.net.spec.feature_dim();
+        Ok(self.net.avgpool.y.to_host(&b).chunks(d).map(<[f32]>::to_vec).collect())
+    }
+}
+
+/// Softmax and the `k` largest entries, most likely first (ties: lower index first).
+pub fn top_k(logits: &[f32], k: usize, labels: &[String]) -> Vec<Prediction> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = logits.iter().map(|&z| (z as f64 - max).exp()).sum();
+    let mut idx: Vec<usize> = (0..logits.len()).collect();
+    idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx.into_iter()
+        .map(|i| Prediction {
+            index: i,
+            label: labels.get(i).cloned().unwrap_or_else(|| format!("class {i}")),
+            probability: (logits[i] as f64 - max).exp() / sum,
+            logit: logits[i],
+        })
+        .collect()
+}
