@@ -293,6 +293,182 @@ def network_logits():
 
 
 # --------------------------------------------------------------------------------------
+# Any ResNetSpec (mirrors crates/resnet/src/model/network.rs), for the training golden test.
+
+
+class SpecBlock(nn.Module):
+    """Post-activation basic or bottleneck unit with any shortcut option."""
+
+    def __init__(self, kind, shortcut, c_in, planes, inner, groups, stride):
+        super().__init__()
+        self.bottleneck = kind == "bottleneck"
+        c_out = planes * (4 if self.bottleneck else 1)
+        if self.bottleneck:
+            self.conv1 = nn.Conv2d(c_in, inner, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(inner)
+            self.conv2 = nn.Conv2d(inner, inner, 3, stride, 1, groups=groups, bias=False)
+            self.bn2 = nn.BatchNorm2d(inner)
+            self.conv3 = nn.Conv2d(inner, c_out, 1, bias=False)
+            self.bn3 = nn.BatchNorm2d(c_out)
+        else:
+            self.conv1 = nn.Conv2d(c_in, planes, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(planes)
+            self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(planes)
+        reshape = stride != 1 or c_in != c_out
+        self.mode = "none" if shortcut == "none" else "identity"
+        if (shortcut == "b" and reshape) or shortcut == "c":
+            self.downsample = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+            self.mode = "projection"
+        elif shortcut == "a" and reshape:
+            self.pad = PadShortcut(c_in, c_out, stride)
+            self.mode = "pad"
+
+    def forward(self, x):
+        h = F.relu(self.bn1(self.conv1(x)))
+        if self.bottleneck:
+            h = F.relu(self.bn2(self.conv2(h)))
+            h = self.bn3(self.conv3(h))
+        else:
+            h = self.bn2(self.conv2(h))
+        if self.mode == "identity":
+            h = h + x
+        elif self.mode == "projection":
+            h = h + self.downsample(x)
+        elif self.mode == "pad":
+            h = h + self.pad(x)
+        return F.relu(h)
+
+
+class SpecPreAct(nn.Module):
+    """Pre-activation unit (basic or bottleneck) with any shortcut option."""
+
+    def __init__(self, kind, shortcut, c_in, planes, inner, groups, stride):
+        super().__init__()
+        bottleneck = kind == "preact_bottleneck"
+        c_out = planes * (4 if bottleneck else 1)
+        if bottleneck:
+            dims = [(c_in, inner, 1, 1, 1), (inner, inner, 3, stride, groups), (inner, c_out, 1, 1, 1)]
+        else:
+            dims = [(c_in, planes, 3, stride, 1), (planes, planes, 3, 1, 1)]
+        self.n = len(dims)
+        for i, (ci, co, k, s, g) in enumerate(dims):
+            setattr(self, f"bn{i + 1}", nn.BatchNorm2d(ci))
+            setattr(self, f"conv{i + 1}", nn.Conv2d(ci, co, k, s, k // 2, groups=g, bias=False))
+        reshape = stride != 1 or c_in != c_out
+        self.mode = "none" if shortcut == "none" else "identity"
+        if (shortcut == "b" and reshape) or shortcut == "c":
+            self.downsample = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False))
+            self.mode = "projection"
+        elif shortcut == "a" and reshape:
+            self.pad = PadShortcut(c_in, c_out, stride)
+            self.mode = "pad"
+
+    def forward(self, x):
+        h, p1 = x, None
+        for i in range(self.n):
+            p = F.relu(getattr(self, f"bn{i + 1}")(h))
+            p1 = p if i == 0 else p1
+            h = getattr(self, f"conv{i + 1}")(p)
+        if self.mode == "identity":
+            h = h + x
+        elif self.mode == "projection":
+            h = h + self.downsample(p1)
+        elif self.mode == "pad":
+            h = h + self.pad(x)
+        return h
+
+
+class SpecNet(nn.Module):
+    def __init__(self, spec):
+        super().__init__()
+        stem, sw, kind = spec["stem"], spec["stem_width"], spec["block"]
+        self.stem = stem
+        if stem == "imagenet":
+            self.conv1 = nn.Conv2d(spec["in_channels"], sw, 7, 2, 3, bias=False)
+        else:
+            self.conv1 = nn.Conv2d(spec["in_channels"], sw, 3, 1, 1, bias=False)
+        if stem != "cifar_preact":
+            self.bn1 = nn.BatchNorm2d(sw)
+        preact = kind.startswith("preact")
+        expansion = 4 if kind in ("bottleneck", "preact_bottleneck") else 1
+        c = sw
+        for s, (depth, planes) in enumerate(zip(spec["depths"], spec["widths"])):
+            units = []
+            for i in range(depth):
+                stride = 2 if (i == 0 and s > 0) else 1
+                inner = planes * spec["width_per_group"] // 64 * spec["groups"]
+                cls = SpecPreAct if preact else SpecBlock
+                units.append(cls(kind, spec["shortcut"], c, planes, inner, spec["groups"], stride))
+                c = planes * expansion
+            setattr(self, f"layer{s + 1}", nn.Sequential(*units))
+        self.nstages = len(spec["depths"])
+        if preact:
+            self.bn_final = nn.BatchNorm2d(c)
+        self.fc = nn.Linear(c, spec["num_classes"])
+
+    def forward(self, x):
+        x = self.conv1(x)
+        if self.stem != "cifar_preact":
+            x = F.relu(self.bn1(x))
+        if self.stem == "imagenet":
+            x = F.max_pool2d(x, 3, 2, 1)
+        for s in range(self.nstages):
+            x = getattr(self, f"layer{s + 1}")(x)
+        if hasattr(self, "bn_final"):
+            x = F.relu(self.bn_final(x))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def tiny_spec(name, stem, block, widths, shortcut, groups=1, wpg=64, in_channels=3, stem_width=4, classes=5):
+    return {"name": name, "stem": stem, "stem_width": stem_width, "block": block, "depths": [1, 1],
+            "widths": widths, "groups": groups, "width_per_group": wpg, "shortcut": shortcut,
+            "num_classes": classes, "in_channels": in_channels}
+
+
+def training_fixtures():
+    """One and then three SGD steps on tiny nets covering every unit and shortcut."""
+    cases = [
+        (tiny_spec("basic_a", "cifar", "basic", [4, 8], "a"), [6, 3, 8, 8], 0.1),
+        (tiny_spec("bottleneck_grouped_b", "imagenet", "bottleneck", [4, 8], "b", groups=2, wpg=32, stem_width=8),
+         [4, 3, 16, 16], 0.0),
+        (tiny_spec("preact_basic_b", "cifar_preact", "preact_basic", [4, 8], "b"), [6, 3, 8, 8], 0.0),
+        (tiny_spec("preact_bottleneck_c", "cifar_preact", "preact_bottleneck", [2, 4], "c"), [6, 3, 8, 8], 0.0),
+        (tiny_spec("basic_c_gray", "cifar", "basic", [4, 8], "c", in_channels=1), [6, 1, 8, 8], 0.0),
+        (tiny_spec("plain", "cifar", "basic", [4, 8], "none"), [6, 3, 8, 8], 0.0),
+    ]
+    out, meta = {}, {}
+    g = torch.Generator().manual_seed(99)
+    for spec, shape, smoothing in cases:
+        name = spec["name"]
+        model = SpecNet(spec)
+        apply_formula(model)
+        model.double().train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+        loss_fn = nn.CrossEntropyLoss(label_smoothing=smoothing)
+        batches = [(torch.randn(*shape, generator=g).double(), torch.randint(0, spec["num_classes"], (shape[0],), generator=g))
+                   for _ in range(3)]
+        for k, (x, y) in enumerate(batches):
+            out[f"{name}.x{k}"] = x.float()
+            out[f"{name}.y{k}"] = y.float()
+            opt.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            if k in (0, 2):
+                out[f"{name}.step{k + 1}.loss"] = loss.detach().float().reshape(1)
+                for pn, p in model.named_parameters():
+                    out[f"{name}.step{k + 1}.grad.{pn}"] = p.grad.detach().float().clone()
+            opt.step()
+            if k in (0, 2):
+                for sn, v in model.state_dict().items():
+                    out[f"{name}.step{k + 1}.state.{sn}"] = v.detach().float().clone() if v.is_floating_point() else v.clone()
+        meta[name] = json.dumps({"spec": spec, "input": shape, "label_smoothing": smoothing, "lr": 0.1,
+                                 "momentum": 0.9, "weight_decay": 5e-4})
+        print(f"  {name}: loss {out[f'{name}.step1.loss'].item():.4f} -> {out[f'{name}.step3.loss'].item():.4f}")
+    save_file({k: v.contiguous() for k, v in out.items()}, os.path.join(OUT, "training.safetensors"), metadata=meta)
+
+
+# --------------------------------------------------------------------------------------
 # Layer fixtures.
 
 
@@ -436,9 +612,9 @@ def preprocess_fixtures():
 
 def main():
     os.makedirs(OUT, exist_ok=True)
-    which = sys.argv[1:] or ["layers", "checkpoints", "preprocess", "logits"]
+    which = sys.argv[1:] or ["layers", "checkpoints", "preprocess", "logits", "training"]
     steps = {"layers": layer_fixtures, "checkpoints": checkpoint_fixtures, "preprocess": preprocess_fixtures,
-             "logits": network_logits}
+             "logits": network_logits, "training": training_fixtures}
     for w in which:
         print(f"writing {w} fixtures", flush=True)
         steps[w]()

@@ -7,6 +7,7 @@
 mod archs;
 mod classify;
 mod summary;
+mod train;
 mod util;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +28,8 @@ enum Command {
     Summary(summary::Args),
     /// Classify images with a trained network.
     Classify(classify::Args),
+    /// Train a network (SGD, the papers' recipes, checkpoints, metrics, plots).
+    Train(Box<train::Args>),
 }
 
 fn main() {
@@ -39,6 +42,7 @@ fn main() {
         Command::Archs(a) => archs::run(a),
         Command::Summary(a) => summary::run(a),
         Command::Classify(a) => classify::run(a),
+        Command::Train(a) => train::run(*a),
     };
     if let Err(e) = result {
         util::fail(&e);

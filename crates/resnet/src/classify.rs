@@ -148,7 +148,7 @@ impl<B: Backend> Classifier<B> {
 
     /// Preprocesses images into one NHWC batch tensor.
     fn batch(&self, images: &[RgbImage]) -> Tensor<B> {
-        let (c, s) = (self.transform.channels(), self.transform.crop);
+        let (c, s) = (self.transform.channels(), self.transform.size());
         let mut data = Vec::with_capacity(images.len() * c * s * s);
         for img in images {
             data.extend(self.transform.apply(img));

@@ -247,6 +247,10 @@ pub struct Transform {
     /// Convert to one gray channel (ITU-R 601-2 luma, as PIL's `convert("L")`).
     #[serde(default)]
     pub grayscale: bool,
+    /// After cropping, zero-pad to this square size (models trained on
+    /// padded small images, e.g. 28 -> 32).
+    #[serde(default)]
+    pub pad_to: Option<usize>,
 }
 
 impl Transform {
@@ -258,12 +262,29 @@ impl Transform {
             "v2" => (232, 224),
             other => return Err(Error::Invalid(format!("unknown preset `{other}` (use v1 or v2)"))),
         };
-        Ok(Self { resize, crop, mean: IMAGENET_MEAN.to_vec(), std: IMAGENET_STD.to_vec(), grayscale: false })
+        Ok(Self {
+            resize,
+            crop,
+            mean: IMAGENET_MEAN.to_vec(),
+            std: IMAGENET_STD.to_vec(),
+            grayscale: false,
+            pad_to: None,
+        })
     }
 
-    /// Resize and crop: the 8-bit image the network will see.
+    /// Resize, crop (and pad): the 8-bit image the network will see.
     pub fn geometry(&self, img: &RgbImage) -> RgbImage {
-        center_crop(&resize_shorter(img, self.resize), self.crop)
+        let g = center_crop(&resize_shorter(img, self.resize), self.crop);
+        match self.pad_to {
+            // Centre-cropping to a larger size zero-pads, as torchvision does.
+            Some(p) if p > g.width => center_crop(&g, p),
+            _ => g,
+        }
+    }
+
+    /// Side of the network input.
+    pub fn size(&self) -> usize {
+        self.pad_to.map_or(self.crop, |p| p.max(self.crop))
     }
 
     /// The full transform to a CHW f32 tensor (`ToTensor` + `Normalize`).

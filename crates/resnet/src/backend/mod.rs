@@ -245,6 +245,8 @@ pub trait Backend: Clone + Send + Sync + 'static {
     fn upload(&self, data: &[f32]) -> Self::Buf;
     /// Copies a buffer to host memory.
     fn download(&self, buf: &Self::Buf) -> Vec<f32>;
+    /// Overwrites `dst` with host data, resizing it (reusing its memory) as needed.
+    fn write(&self, dst: &mut Self::Buf, src: &[f32]);
     /// Number of elements.
     fn len(&self, buf: &Self::Buf) -> usize;
     /// Makes `buf` hold `len` elements, reusing its allocation when it can.

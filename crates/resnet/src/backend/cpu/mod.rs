@@ -89,6 +89,10 @@ impl Backend for Cpu {
     fn download(&self, buf: &Vec<f32>) -> Vec<f32> {
         buf.clone()
     }
+    fn write(&self, dst: &mut Vec<f32>, src: &[f32]) {
+        dst.clear();
+        dst.extend_from_slice(src);
+    }
     fn len(&self, buf: &Vec<f32>) -> usize {
         buf.len()
     }

@@ -1,0 +1,370 @@
+//! `resnet train`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use resnet::backend::{Backend, Cpu};
+use resnet::data::DataSpec;
+use resnet::model::ResNetSpec;
+use resnet::optim::{LrPolicy, Schedule, SgdConfig};
+use resnet::train::{Observer, StepReport, TestPoint, TrainConfig, TrainPoint, TrainSummary, Trainer, load_data};
+
+use crate::util::{check_batch, cpu};
+
+/// Arguments of `resnet train`.
+#[derive(clap::Args, Clone)]
+pub struct Args {
+    /// Architecture (see `resnet archs`).
+    #[arg(long, required_unless_present = "resume")]
+    pub arch: Option<String>,
+    /// Data: KIND:PATH with KIND one of mnist, fashion-mnist, cifar10, cifar100, folder.
+    #[arg(long, required_unless_present = "resume")]
+    pub data: Option<String>,
+    /// Epochs to train.
+    #[arg(long, conflicts_with = "iterations")]
+    pub epochs: Option<usize>,
+    /// Iterations (mini-batch steps) to train, instead of epochs.
+    #[arg(long)]
+    pub iterations: Option<u64>,
+    /// Mini-batch size [default: 128].
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Base learning rate [default: 0.1].
+    #[arg(long)]
+    pub lr: Option<f32>,
+    /// Momentum [default: 0.9].
+    #[arg(long)]
+    pub momentum: Option<f32>,
+    /// Nesterov momentum.
+    #[arg(long)]
+    pub nesterov: bool,
+    /// Weight decay (L2, PyTorch semantics) [default: 1e-4].
+    #[arg(long)]
+    pub wd: Option<f32>,
+    /// No weight decay on batch-norm parameters and biases.
+    #[arg(long)]
+    pub no_decay_bn: bool,
+    /// Learning-rate schedule: constant, step or cosine [default: cosine; the recipe's: step].
+    #[arg(long)]
+    pub schedule: Option<String>,
+    /// Step schedule milestones in epochs, comma-separated [default: 50% and 75% of the run].
+    #[arg(long, value_delimiter = ',')]
+    pub milestones: Option<Vec<f64>>,
+    /// Step schedule factor.
+    #[arg(long, default_value_t = 0.1)]
+    pub gamma: f32,
+    /// Linear warm-up length in epochs.
+    #[arg(long, default_value_t = 0.0)]
+    pub warmup_epochs: f64,
+    /// A published recipe: he2015-cifar (He et al. 2015, sec. 4.2).
+    #[arg(long)]
+    pub recipe: Option<String>,
+    /// Label smoothing.
+    #[arg(long, default_value_t = 0.0)]
+    pub label_smoothing: f32,
+    /// Random seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Data-loading threads [default: 1, or 2 per compute thread for image folders].
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Output folder for checkpoints, metrics and plots.
+    #[arg(long, default_value = "runs/train")]
+    pub out: PathBuf,
+    /// Start from these weights; with another class count the classifier is re-initialised.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// Classifier outputs (default: the data set's classes).
+    #[arg(long)]
+    pub num_classes: Option<usize>,
+    /// Model input channels (default: the data set's; gray is replicated to 3, RGB turned to gray for 1).
+    #[arg(long)]
+    pub in_channels: Option<usize>,
+    /// Augmentation: standard (pad-4 crop + flip; random resized crop + flip for folders) or none.
+    #[arg(long, default_value = "standard")]
+    pub augment: String,
+    /// Keep the data order fixed.
+    #[arg(long)]
+    pub no_shuffle: bool,
+    /// Zero-pad images to this size (e.g. 32 for 28x28 data on the CIFAR nets).
+    #[arg(long)]
+    pub pad_to: Option<usize>,
+    /// Network input size for image folders.
+    #[arg(long, default_value_t = 224)]
+    pub image_size: usize,
+    /// Use only the first N training images of each class.
+    #[arg(long)]
+    pub train_per_class: Option<usize>,
+    /// Use only the first N test images of each class.
+    #[arg(long)]
+    pub test_per_class: Option<usize>,
+    /// Zero-initialise the last batch norm of each residual branch.
+    #[arg(long)]
+    pub zero_init_residual: bool,
+    /// Log a training point every N iterations [default: about 20 per epoch].
+    #[arg(long)]
+    pub log_every: Option<u64>,
+    /// Continue the run saved in this folder (other settings come from its checkpoint).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Builds the run's configuration from the arguments and the loaded data set.
+pub fn config(a: &Args, threads: usize, data: DataSpec, ds: &resnet::data::Dataset) -> Result<TrainConfig> {
+    let arch = a.arch.as_deref().expect("clap requires --arch");
+    let mut spec = ResNetSpec::named(arch)?;
+    let recipe = match a.recipe.as_deref() {
+        None => false,
+        Some("he2015-cifar") => true,
+        Some(r) => bail!("unknown recipe `{r}` (available: he2015-cifar)"),
+    };
+    let batch = check_batch(a.batch.unwrap_or(128))?;
+    let lr = a.lr.unwrap_or(0.1);
+    if !(lr > 0.0 && lr.is_finite()) {
+        bail!("--lr must be a positive number, got {lr}");
+    }
+    let augment = match a.augment.as_str() {
+        "standard" => true,
+        "none" => false,
+        other => bail!("--augment must be `standard` or `none`, got `{other}`"),
+    };
+    // The data set decides classes and channels unless told otherwise.
+    spec.num_classes = a.num_classes.unwrap_or(ds.classes.len());
+    spec.in_channels = a.in_channels.unwrap_or(ds.channels);
+    let (epochs, iterations) = match (a.epochs, a.iterations, recipe) {
+        (Some(e), None, _) => (e, None),
+        (None, Some(i), _) => (0, Some(i)),
+        (None, None, true) => (0, Some(64_000)),
+        (None, None, false) => bail!("give --epochs or --iterations (or --recipe he2015-cifar)"),
+        (Some(_), Some(_), _) => unreachable!("clap makes them conflict"),
+    };
+    let schedule_name = a.schedule.clone().unwrap_or(if recipe { "step".into() } else { "cosine".into() });
+    let schedule = match schedule_name.as_str() {
+        "constant" => Schedule::Constant,
+        "cosine" => Schedule::Cosine { min_lr: 0.0 },
+        // Milestones are resolved into iterations once the epoch length is known.
+        "step" => Schedule::MultiStep { milestones: Vec::new(), gamma: a.gamma },
+        other => bail!("--schedule must be constant, step or cosine, got `{other}`"),
+    };
+    // He et al. (2015, sec. 4.2): ResNet-110 warms up at 0.01 until the
+    // training error is below 80%, then goes back to 0.1.
+    let warmup_until_error = (recipe && spec.depth() >= 110).then_some((lr / 10.0, 0.8));
+    Ok(TrainConfig {
+        spec,
+        data,
+        epochs,
+        iterations,
+        batch,
+        policy: LrPolicy { lr, schedule, total_iters: 0, warmup_iters: 0, warmup_start: 0.0, warmup_until_error },
+        sgd: SgdConfig {
+            momentum: a.momentum.unwrap_or(0.9),
+            dampening: 0.0,
+            weight_decay: a.wd.unwrap_or(1e-4),
+            nesterov: a.nesterov,
+            no_decay_bn_bias: a.no_decay_bn,
+        },
+        label_smoothing: a.label_smoothing,
+        seed: a.seed,
+        threads,
+        augment,
+        shuffle: !a.no_shuffle,
+        pad_to: a.pad_to,
+        image_size: a.image_size,
+        train_per_class: a.train_per_class,
+        test_per_class: a.test_per_class,
+        workers: a.workers.unwrap_or(1),
+        init: a.init.clone(),
+        log_every: a.log_every.unwrap_or(0),
+        zero_init_residual: a.zero_init_residual,
+    })
+}
+
+/// Fills in what depends on the data: milestones, warm-up, log interval, workers.
+pub fn finish_config(cfg: &mut TrainConfig, a: &Args, train_len: usize, folder: bool) -> Result<()> {
+    let per_epoch = train_len.div_ceil(cfg.batch) as u64;
+    let total = cfg.iterations.unwrap_or(cfg.epochs as u64 * per_epoch);
+    if let Schedule::MultiStep { milestones, .. } = &mut cfg.policy.schedule {
+        *milestones = match &a.milestones {
+            Some(m) => m.iter().map(|&e| (e * per_epoch as f64).round() as u64).collect(),
+            None => vec![total / 2, total * 3 / 4],
+        };
+    }
+    cfg.policy.warmup_iters = (a.warmup_epochs * per_epoch as f64).round() as u64;
+    if cfg.log_every == 0 {
+        cfg.log_every = (per_epoch / 20).max(1);
+    }
+    if a.workers.is_none() && folder {
+        cfg.workers = (2 * cfg.threads).max(2);
+    }
+    if cfg.workers == 0 || cfg.workers > 256 {
+        bail!("--workers must be between 1 and 256");
+    }
+    Ok(())
+}
+
+/// Progress bars and epoch lines.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    quiet: bool,
+    epochs: usize,
+}
+
+impl Progress {
+    /// Bars on stderr when it is a terminal and not `quiet`.
+    pub fn new(quiet: bool) -> Self {
+        Self { bar: None, quiet, epochs: 0 }
+    }
+}
+
+impl Observer for Progress {
+    fn epoch_start(&mut self, epoch: usize, epochs: usize, steps: usize, start: usize) {
+        self.epochs = epochs;
+        if self.quiet {
+            return;
+        }
+        let bar = ProgressBar::with_draw_target(Some(steps as u64), ProgressDrawTarget::stderr_with_hz(8));
+        bar.set_style(
+            ProgressStyle::with_template("epoch {prefix} [{bar:28.cyan/blue}] {pos}/{len} {msg} ETA {eta}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("{}/{}", epoch + 1, epochs));
+        bar.set_position(start as u64);
+        bar.enable_steady_tick(Duration::from_millis(250));
+        self.bar = Some(bar);
+    }
+
+    fn step(&mut self, r: &StepReport) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(r.step as u64);
+            bar.set_message(format!(
+                "loss {:.4} acc {:5.1}% {:4.0} img/s lr {:.4}",
+                r.mean_loss,
+                100.0 * r.accuracy,
+                r.images_per_second,
+                r.lr
+            ));
+        }
+    }
+
+    fn eval_progress(&mut self, done: usize, total: usize) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(format!("evaluating {done}/{total}"));
+        }
+    }
+
+    fn epoch_end(&mut self, epoch: usize, test: &TestPoint, train: &TrainPoint) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        println!(
+            "epoch {:>3}/{}  iter {:>6}  train loss {:.4} err {:5.2}%  test loss {:.4} err {:5.2}% (top-5 {:.2}%)  {:.0} img/s",
+            epoch + 1,
+            self.epochs,
+            test.iteration,
+            train.loss,
+            100.0 * train.error,
+            test.loss,
+            100.0 * test.error,
+            100.0 * test.top5_error,
+            train.images_per_second
+        );
+    }
+
+    fn message(&mut self, msg: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(msg),
+            None => println!("{msg}"),
+        }
+    }
+}
+
+/// Stops the run on Ctrl-C (the trainer saves a checkpoint); a second Ctrl-C exits at once.
+pub fn install_ctrlc(flag: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            eprintln!("error: interrupted twice: exiting without saving");
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupt: saving a checkpoint (Ctrl-C again to exit at once)");
+    });
+}
+
+/// Runs a trainer to the end with progress output; maps interruption to a message.
+pub fn drive(trainer: &mut Trainer<Cpu>, quiet: bool) -> Result<TrainSummary> {
+    install_ctrlc(trainer.interrupt_flag());
+    let mut progress = Progress::new(quiet);
+    match trainer.run(&mut progress) {
+        Err(resnet::Error::Interrupted) => {
+            if let Some(bar) = progress.bar.take() {
+                bar.finish_and_clear();
+            }
+            let dir = trainer.out_dir().to_path_buf();
+            eprintln!(
+                "error: interrupted at iteration {}: checkpoint saved; continue with `resnet train --resume {}`",
+                trainer.state.iteration,
+                dir.display()
+            );
+            std::process::exit(130);
+        }
+        other => Ok(other?),
+    }
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let cpu = cpu(a.threads)?;
+    let mut trainer = match &a.resume {
+        Some(dir) => {
+            let t = Trainer::resume(dir, &cpu, a.epochs)
+                .with_context(|| format!("cannot resume from {}", dir.display()))?;
+            if t.config.threads != cpu.threads() {
+                eprintln!(
+                    "note: the run started with {} threads and continues with {}: the result will not be bit-identical",
+                    t.config.threads,
+                    cpu.threads()
+                );
+            }
+            println!("resuming {} at epoch {}, iteration {}", dir.display(), t.state.epoch + 1, t.state.iteration);
+            t
+        }
+        None => {
+            let spec: DataSpec = a.data.as_deref().expect("clap requires --data").parse()?;
+            let data = load_data(&spec, a.train_per_class, a.test_per_class)?;
+            let mut cfg = config(&a, cpu.threads(), spec, &data)?;
+            let folder = matches!(data.train.images, resnet::data::Images::Files(_));
+            finish_config(&mut cfg, &a, data.train.len(), folder)?;
+            println!(
+                "training {} ({} parameters) on {}: {} training and {} test images, {} classes, {}",
+                cfg.spec.name,
+                crate::util::human(resnet::model::Network::new(&cfg.spec, &cpu)?.num_params() as f64),
+                cfg.data,
+                data.train.len(),
+                data.test.len(),
+                cfg.spec.num_classes,
+                cpu.describe()
+            );
+            Trainer::new(cfg, &cpu, data, &a.out)?
+        }
+    };
+    let summary = drive(&mut trainer, a.quiet)?;
+    if let Some(t) = &summary.test {
+        println!(
+            "done: {} epochs, {} iterations in {:.1} s of training; test accuracy: {:.2}% (best {:.2}%)",
+            summary.epochs,
+            summary.iterations,
+            summary.train_seconds,
+            100.0 * (1.0 - t.error),
+            100.0 * (1.0 - summary.best_test_error.unwrap_or(t.error))
+        );
+    }
+    println!("checkpoints, metrics and curves in {}", trainer.out_dir().display());
+    Ok(())
+}
