@@ -5,7 +5,9 @@
 //! panic for bad input).
 
 mod archs;
+mod bench;
 mod classify;
+mod eval;
 mod summary;
 mod train;
 mod util;
@@ -28,6 +30,10 @@ enum Command {
     Summary(summary::Args),
     /// Classify images with a trained network.
     Classify(classify::Args),
+    /// Measure speed: images/s, latency and peak memory of inference or training steps.
+    Bench(bench::Args),
+    /// Evaluate a network on a data set: top-1/top-5, per-class accuracy, confusion matrix.
+    Eval(eval::Args),
     /// Train a network (SGD, the papers' recipes, checkpoints, metrics, plots).
     Train(Box<train::Args>),
 }
@@ -43,6 +49,8 @@ fn main() {
         Command::Summary(a) => summary::run(a),
         Command::Classify(a) => classify::run(a),
         Command::Train(a) => train::run(*a),
+        Command::Eval(a) => eval::run(a),
+        Command::Bench(a) => bench::run(a),
     };
     if let Err(e) = result {
         util::fail(&e);

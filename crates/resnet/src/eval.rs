@@ -6,9 +6,11 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::backend::Backend;
-use crate::data::Split;
+use crate::classify::ModelCard;
+use crate::data::augment::Geometry;
 use crate::data::augment::SampleTransform;
 use crate::data::loader::Loader;
+use crate::data::{Dataset, Images, Split};
 use crate::error::Result;
 use crate::model::{Mode, Network};
 use crate::rng::Rng;
@@ -89,6 +91,25 @@ impl EvalAccumulator {
             confusion: self.confusion.clone(),
         }
     }
+}
+
+/// The evaluation transform for a model on a data set: the model card's
+/// (from a training sidecar) when there is one, else the data set's
+/// normalisation (and torchvision's resize 256 / crop 224 for image folders).
+pub fn eval_transform(in_channels: usize, ds: &Dataset, card: Option<&ModelCard>) -> SampleTransform {
+    let t = card.and_then(|c| c.transform.clone());
+    let (mean, std) = match &t {
+        Some(t) => (t.mean.clone(), t.std.clone()),
+        None if ds.channels == in_channels => (ds.mean.clone(), ds.std.clone()),
+        None if in_channels == 3 => (vec![ds.mean[0]; 3], vec![ds.std[0]; 3]),
+        None => (vec![ds.mean.iter().sum::<f32>() / 3.0], vec![ds.std.iter().sum::<f32>() / 3.0]),
+    };
+    let geometry = match (&ds.test.images, &t) {
+        (Images::Memory { .. }, _) => Geometry::Identity,
+        (Images::Files(_), Some(t)) => Geometry::ResizeCrop { resize: t.resize, crop: t.crop },
+        (Images::Files(_), None) => Geometry::ResizeCrop { resize: 256, crop: 224 },
+    };
+    SampleTransform { geometry, flip: false, pad_to: t.and_then(|t| t.pad_to), channels: in_channels, mean, std }
 }
 
 /// Evaluates `net` on `split` (evaluation mode), calling `progress(done, total)`

@@ -12,9 +12,8 @@
 //! The window never exists in memory: [`Window`] packs GEMM panels straight
 //! from the image.
 
-use rayon::prelude::*;
-
-use super::gemm::{self, BSource, Epilogue, KC, Operand, OutMat, PackedB, Strided};
+use super::direct::{self, Panels};
+use super::gemm::Epilogue;
 use crate::backend::ConvDesc;
 
 /// A sliding-window view of one group of channels of an NHWC image, seen as a
@@ -37,6 +36,7 @@ pub struct Window<'a> {
     c_len: usize,
     dst_h: usize,
     dst_w: usize,
+    kh: usize,
     kw: usize,
     mul: [isize; 2],
     add: [isize; 2],
@@ -50,96 +50,100 @@ impl Window<'_> {
     fn coord(&self, axis: usize, dst: usize, k: usize, size: usize) -> Option<usize> {
         let num = dst as isize * self.mul[axis] + self.add[axis] + k as isize * self.tap[axis];
         let d = self.div[axis];
+        if d == 1 {
+            // The forward window (and stride-1 backward): no division.
+            return (num >= 0 && (num as usize) < size).then_some(num as usize);
+        }
         if num < 0 || num % d != 0 {
             return None;
         }
         let v = (num / d) as usize;
         (v < size).then_some(v)
     }
-
-    /// Offset of the first channel of the group at the source pixel of
-    /// destination row `m`, tap `(ky, kx)`, or None for a zero tap.
-    #[inline(always)]
-    fn src_offset(&self, m: usize, ky: usize, kx: usize) -> Option<usize> {
-        let x = m % self.dst_w;
-        let y = (m / self.dst_w) % self.dst_h;
-        let n = m / (self.dst_w * self.dst_h);
-        let sy = self.coord(0, y, ky, self.src_h)?;
-        let sx = self.coord(1, x, kx, self.src_w)?;
-        Some(((n * self.src_h + sy) * self.src_w + sx) * self.src_c + self.c_off)
-    }
-
-    /// Calls `f(offset_in_k, tap_source, channel_start, run_len)` for each run
-    /// of consecutive channels that `k0..k0 + kc` covers for row `m`.
-    #[inline(always)]
-    fn for_runs(&self, m: usize, k0: usize, kc: usize, mut f: impl FnMut(usize, Option<usize>, usize, usize)) {
-        let mut k = k0;
-        let end = k0 + kc;
-        while k < end {
-            let tap = k / self.c_len;
-            let ci = k % self.c_len;
-            let run = (self.c_len - ci).min(end - k);
-            let src = self.src_offset(m, tap / self.kw, tap % self.kw);
-            f(k - k0, src, ci, run);
-            k += run;
-        }
-    }
 }
 
-/// The window as the `A` operand: rows are destination pixels.
-impl Operand for Window<'_> {
-    fn pack(&self, row0: usize, rows: usize, k0: usize, kc: usize, width: usize, dst: &mut [f32]) {
-        let panels = rows.div_ceil(width);
-        for p in 0..panels {
-            let out = &mut dst[p * kc * width..(p + 1) * kc * width];
-            let r_begin = row0 + p * width;
-            let n = width.min(row0 + rows - r_begin);
-            for r in 0..n {
-                self.for_runs(r_begin + r, k0, kc, |at, src, ci, run| match src {
-                    Some(s) => {
-                        let s = &self.src[s + ci..s + ci + run];
-                        for (j, &v) in s.iter().enumerate() {
-                            out[(at + j) * width + r] = v;
-                        }
-                    }
-                    None => {
-                        for j in 0..run {
-                            out[(at + j) * width + r] = 0.0;
-                        }
-                    }
-                });
+/// The window for the indirect kernels: one channel run per (pixel, tap).
+impl direct::Taps for Window<'_> {
+    fn rows(&self) -> usize {
+        self.src.len() / (self.src_h * self.src_w * self.src_c).max(1) * self.dst_h * self.dst_w
+    }
+    fn taps(&self) -> usize {
+        self.kh * self.kw
+    }
+    fn klen(&self) -> usize {
+        self.c_len
+    }
+    fn fill_tap(&self, m0: usize, count: usize, t: usize, zero: *const f32, out: &mut Vec<*const f32>) {
+        let base = self.src.as_ptr();
+        let (ky, kx) = (t / self.kw, t % self.kw);
+        let mut x = m0 % self.dst_w;
+        let mut y = (m0 / self.dst_w) % self.dst_h;
+        let mut n = m0 / (self.dst_w * self.dst_h);
+        let mut sy = self.coord(0, y, ky, self.src_h);
+        for _ in 0..count {
+            out.push(match (sy, self.coord(1, x, kx, self.src_w)) {
+                // SAFETY: (sy, sx) is inside the image, so the run is inside `src`.
+                (Some(sy), Some(sx)) => unsafe {
+                    base.add(((n * self.src_h + sy) * self.src_w + sx) * self.src_c + self.c_off)
+                },
+                _ => zero,
+            });
+            // Next pixel, without divisions.
+            x += 1;
+            if x == self.dst_w {
+                x = 0;
+                y += 1;
+                if y == self.dst_h {
+                    y = 0;
+                    n += 1;
+                }
+                sy = self.coord(0, y, ky, self.src_h);
             }
-            if n < width {
-                for kk in 0..kc {
-                    out[kk * width + n..(kk + 1) * width].fill(0.0);
+        }
+    }
+    fn fill(&self, m0: usize, zero: *const f32, out: &mut [[*const f32; direct::MR]]) {
+        let rows = direct::Taps::rows(self);
+        let base = self.src.as_ptr();
+        // Walk the pixels incrementally (no divisions after the first).
+        let mut x = m0 % self.dst_w;
+        let mut y = (m0 / self.dst_w) % self.dst_h;
+        let mut n = m0 / (self.dst_w * self.dst_h);
+        let mut sy = [None; 16];
+        let kh = self.kh.min(16);
+        let row_taps = |y: usize, sy: &mut [Option<usize>; 16]| {
+            for (ky, s) in sy.iter_mut().enumerate().take(kh) {
+                *s = self.coord(0, y, ky, self.src_h);
+            }
+        };
+        row_taps(y, &mut sy);
+        for i in 0..direct::MR {
+            if m0 + i >= rows {
+                out.iter_mut().for_each(|t| t[i] = zero);
+                continue;
+            }
+            let img = n * self.src_h;
+            for kx in 0..self.kw {
+                let sx = self.coord(1, x, kx, self.src_w);
+                for ky in 0..self.kh {
+                    let yy = if ky < 16 { sy[ky] } else { self.coord(0, y, ky, self.src_h) };
+                    out[ky * self.kw + kx][i] = match (yy, sx) {
+                        // SAFETY: (yy, sx) is inside the image, so the run is inside `src`.
+                        (Some(yy), Some(sx)) => unsafe {
+                            base.add(((img + yy) * self.src_w + sx) * self.src_c + self.c_off)
+                        },
+                        _ => zero,
+                    };
                 }
             }
-        }
-    }
-}
-
-/// The window transposed, as the `B` operand of the filter gradient: rows are
-/// taps `(ky, kx, ci)`, the reduction runs over destination pixels `m0..`.
-struct WindowT<'a> {
-    w: Window<'a>,
-    m0: usize,
-}
-
-impl Operand for WindowT<'_> {
-    fn pack(&self, row0: usize, rows: usize, k0: usize, kc: usize, width: usize, dst: &mut [f32]) {
-        let w = &self.w;
-        let panels = rows.div_ceil(width);
-        for p in 0..panels {
-            let out = &mut dst[p * kc * width..(p + 1) * kc * width];
-            let t_begin = row0 + p * width;
-            let n = width.min(row0 + rows - t_begin);
-            for kk in 0..kc {
-                let o = &mut out[kk * width..(kk + 1) * width];
-                w.for_runs(self.m0 + k0 + kk, t_begin, n, |at, src, ci, run| match src {
-                    Some(s) => o[at..at + run].copy_from_slice(&w.src[s + ci..s + ci + run]),
-                    None => o[at..at + run].fill(0.0),
-                });
-                o[n..].fill(0.0);
+            x += 1;
+            if x == self.dst_w {
+                x = 0;
+                y += 1;
+                if y == self.dst_h {
+                    y = 0;
+                    n += 1;
+                }
+                row_taps(y, &mut sy);
             }
         }
     }
@@ -156,6 +160,7 @@ fn forward_window<'a>(d: &ConvDesc, x: &'a [f32], g: usize) -> Window<'a> {
         c_len: d.cin_g(),
         dst_h: d.out_h(),
         dst_w: d.out_w(),
+        kh: d.kernel[0],
         kw: d.kernel[1],
         mul: [d.stride[0] as isize, d.stride[1] as isize],
         add: [-(d.pad[0] as isize), -(d.pad[1] as isize)],
@@ -175,6 +180,7 @@ fn backward_window<'a>(d: &ConvDesc, dy: &'a [f32], g: usize) -> Window<'a> {
         c_len: d.cout_g(),
         dst_h: d.h,
         dst_w: d.w,
+        kh: d.kernel[0],
         kw: d.kernel[1],
         mul: [1, 1],
         add: [d.pad[0] as isize, d.pad[1] as isize],
@@ -183,31 +189,30 @@ fn backward_window<'a>(d: &ConvDesc, dy: &'a [f32], g: usize) -> Window<'a> {
     }
 }
 
-/// A filter packed for the CPU GEMM: one packed `B` per group.
+/// A filter packed for the CPU kernels: one set of panels per group.
 #[derive(Debug, Default)]
 pub struct CpuFilter {
-    groups: Vec<PackedB>,
+    groups: Vec<Panels>,
     scratch: Vec<f32>,
 }
 
-/// Packs OHWI weights for the forward GEMM: `B[k, co] = w[co, k]` per group.
+/// Packs OHWI weights for the forward pass: per group, `w[co][k]`.
 pub fn prepare_forward(d: &ConvDesc, w: &[f32], out: &mut CpuFilter) {
     let (kl, cg) = (d.k_len(), d.cout_g());
-    out.groups.resize_with(d.groups, PackedB::default);
-    for (g, pb) in out.groups.iter_mut().enumerate() {
-        let wg = &w[g * cg * kl..(g + 1) * cg * kl];
-        pb.pack(&Strided { data: wg, row_stride: kl, k_stride: 1 }, cg, kl);
+    out.groups.resize_with(d.groups, Panels::default);
+    for (g, p) in out.groups.iter_mut().enumerate() {
+        p.pack(&w[g * cg * kl..(g + 1) * cg * kl], cg, kl, kl);
     }
 }
 
-/// Packs OHWI weights for the backward-data GEMM:
-/// `B[(ky, kx, co), ci] = w[co, ky, kx, ci]` per group.
+/// Packs OHWI weights for the backward-data pass: per group,
+/// `B[(tap, co)][ci] = w[co][tap][ci]`.
 pub fn prepare_backward_data(d: &ConvDesc, w: &[f32], out: &mut CpuFilter) {
     let (kl, cg, cig) = (d.k_len(), d.cout_g(), d.cin_g());
     let taps = d.kernel[0] * d.kernel[1];
-    out.groups.resize_with(d.groups, PackedB::default);
+    out.groups.resize_with(d.groups, Panels::default);
     out.scratch.resize(taps * cg * cig, 0.0);
-    for (g, pb) in out.groups.iter_mut().enumerate() {
+    for (g, p) in out.groups.iter_mut().enumerate() {
         let wg = &w[g * cg * kl..(g + 1) * cg * kl];
         // Reorder to [tap][co][ci] so that (tap, co) is one reduction index.
         for co in 0..cg {
@@ -216,104 +221,37 @@ pub fn prepare_backward_data(d: &ConvDesc, w: &[f32], out: &mut CpuFilter) {
                 out.scratch[(t * cg + co) * cig..(t * cg + co + 1) * cig].copy_from_slice(src);
             }
         }
-        pb.pack(&Strided { data: &out.scratch, row_stride: 1, k_stride: cig }, cig, taps * cg);
+        p.pack_transposed(&out.scratch, cig, taps * cg, cig);
     }
 }
 
 /// Convolution forward with a fused epilogue.
 pub fn forward(d: &ConvDesc, x: &[f32], f: &CpuFilter, y: &mut [f32], epi: &Epilogue<'_>) {
-    let m = d.n * d.out_h() * d.out_w();
-    let (cg, cig) = (d.cout_g(), d.cin_g());
+    let cg = d.cout_g();
     for g in 0..d.groups {
         let off = g * cg;
-        let ge = Epilogue {
-            scale: epi.scale.map(|s| &s[off..]),
-            bias: epi.bias.map(|b| &b[off..]),
-            residual: epi.residual.map(|(r, ld)| (&r[off..], ld)),
-            ..*epi
-        };
-        let out = OutMat { data: &mut y[off..], ld: d.c_out };
-        let b = BSource::Packed(&f.groups[g]);
-        if d.is_pointwise() && d.stride == [1, 1] {
-            let a = Strided { data: &x[g * cig..], row_stride: d.c_in, k_stride: 1 };
-            gemm::gemm(m, cg, d.k_len(), &a, b, out, &ge);
-        } else {
-            gemm::gemm(m, cg, d.k_len(), &forward_window(d, x, g), b, out, &ge);
-        }
+        let ge =
+            Epilogue { scale: epi.scale.map(|s| &s[off..]), bias: epi.bias.map(|b| &b[off..]), residual: None, ..*epi };
+        let residual = epi.residual.map(|(r, ld)| (&r[off..], ld));
+        direct::run(&forward_window(d, x, g), &f.groups[g], &mut y[off..], d.c_out, 0, &ge, residual);
     }
 }
 
 /// Convolution backward-data (gather form).
 pub fn backward_data(d: &ConvDesc, dy: &[f32], f: &CpuFilter, dx: &mut [f32], accumulate: bool) {
-    let m = d.n * d.h * d.w;
-    let (cg, cig) = (d.cout_g(), d.cin_g());
-    let k = d.kernel[0] * d.kernel[1] * cg;
+    let cig = d.cin_g();
     let epi = Epilogue { accumulate, ..Default::default() };
     for g in 0..d.groups {
-        let out = OutMat { data: &mut dx[g * cig..], ld: d.c_in };
-        let b = BSource::Packed(&f.groups[g]);
-        if d.is_pointwise() && d.stride == [1, 1] {
-            let a = Strided { data: &dy[g * cg..], row_stride: d.c_out, k_stride: 1 };
-            gemm::gemm(m, cig, k, &a, b, out, &epi);
-        } else {
-            gemm::gemm(m, cig, k, &backward_window(d, dy, g), b, out, &epi);
-        }
+        direct::run(&backward_window(d, dy, g), &f.groups[g], &mut dx[g * cig..], d.c_in, 0, &epi, None);
     }
 }
 
-/// Pixels per reduction chunk of the filter gradient: bounds the packed
-/// window (`chunk x k_len` values) to about 4 MB.
-fn filter_chunk(k_len: usize) -> usize {
-    ((1 << 20) / k_len.max(1)).clamp(KC, 16 * KC) / KC * KC
-}
-
-/// Convolution backward-filter: `dw += correlation(x, dy)`.
-///
-/// The pixel reduction is cut into fixed chunks; chunk `j` goes to partial
-/// sum `j % parts` and the partials are added in order, so the result depends
-/// only on the thread count, not on scheduling.
+/// Convolution backward-filter: `dw += correlation(x, dy)`, by outer products
+/// read in place (see [`direct::filter_gradient`]).
 pub fn backward_filter(d: &ConvDesc, x: &[f32], dy: &[f32], dw: &mut [f32]) {
-    let m = d.n * d.out_h() * d.out_w();
     let (cg, kl) = (d.cout_g(), d.k_len());
-    let chunk = filter_chunk(kl);
-    let chunks = m.div_ceil(chunk);
-    let parts = rayon::current_num_threads().min(chunks).max(1);
     for g in 0..d.groups {
         let dwg = &mut dw[g * cg * kl..(g + 1) * cg * kl];
-        let window = forward_window(d, x, g);
-        let partial = |p: usize, acc: &mut [f32], accumulate: bool| {
-            let mut first = !accumulate;
-            for j in (p..chunks).step_by(parts) {
-                let m0 = j * chunk;
-                let mm = chunk.min(m - m0);
-                // A = dy^T restricted to this chunk: rows co, reduction pixels.
-                let a = Strided { data: &dy[m0 * d.c_out + g * cg..], row_stride: 1, k_stride: d.c_out };
-                let b = WindowT { w: window, m0 };
-                let epi = Epilogue { accumulate: !first, ..Default::default() };
-                gemm::gemm(cg, kl, mm, &a, BSource::Operand(&b), OutMat { data: acc, ld: kl }, &epi);
-                first = false;
-            }
-        };
-        if parts == 1 {
-            partial(0, dwg, true);
-        } else {
-            let mut bufs: Vec<Vec<f32>> = PARTIALS.with(|p| std::mem::take(&mut *p.borrow_mut()));
-            bufs.resize_with(parts, Vec::new);
-            for b in bufs.iter_mut() {
-                b.resize(cg * kl, 0.0);
-            }
-            bufs.par_iter_mut().enumerate().for_each(|(p, b)| partial(p, b, false));
-            for b in &bufs {
-                for (o, v) in dwg.iter_mut().zip(b.iter()) {
-                    *o += v;
-                }
-            }
-            PARTIALS.with(|p| *p.borrow_mut() = bufs);
-        }
+        direct::filter_gradient(&forward_window(d, x, g), &dy[g * cg..], d.c_out, cg, dwg);
     }
-}
-
-thread_local! {
-    /// Recycled partial-sum buffers for `backward_filter` (taken, not borrowed, across rayon calls).
-    static PARTIALS: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
 }

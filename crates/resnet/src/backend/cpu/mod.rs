@@ -4,6 +4,7 @@
 //! the whole program uses exactly that many compute threads.
 
 pub mod conv;
+pub mod direct;
 pub mod gemm;
 pub mod norm;
 pub mod ops;

@@ -1,56 +1,46 @@
 //! Batch normalisation over NHWC rows (`rows = n*h*w`, `c` channels), with
 //! PyTorch's semantics: biased batch variance to normalise, unbiased variance
 //! for the running estimate, and a fused tail (`+ residual`, ReLU).
+//!
+//! Rows are processed in fixed chunks (so sums are reproducible whatever the
+//! thread count) with the channel loop innermost, where it vectorises.
 
 use rayon::prelude::*;
 
-/// Rows per reduction chunk. Chunking depends only on the shape, so sums are
-/// reproducible whatever the thread count.
+/// Rows per chunk: a chunk of a 64-channel tensor is 64 KB.
 const CHUNK_ROWS: usize = 256;
 
-/// Per-channel sums over rows: `f(row, out)` adds row `row`'s contributions
-/// into `out` (`per_row` values per channel). Chunks are summed in f64.
-fn channel_sums(rows: usize, width: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f64> {
+/// Per-chunk results, reduced in chunk order.
+fn per_chunk<T: Send>(rows: usize, f: impl Fn(std::ops::Range<usize>) -> T + Sync) -> Vec<T> {
     let chunks = rows.div_ceil(CHUNK_ROWS);
-    let partial: Vec<Vec<f32>> = (0..chunks)
-        .into_par_iter()
-        .map(|j| {
-            let mut acc = vec![0.0f32; width];
-            for r in j * CHUNK_ROWS..((j + 1) * CHUNK_ROWS).min(rows) {
-                f(r, &mut acc);
-            }
-            acc
-        })
-        .collect();
-    let mut total = vec![0.0f64; width];
-    for p in &partial {
-        for (t, &v) in total.iter_mut().zip(p) {
-            *t += v as f64;
-        }
-    }
-    total
+    (0..chunks).into_par_iter().map(|j| f(j * CHUNK_ROWS..((j + 1) * CHUNK_ROWS).min(rows))).collect()
 }
 
-/// `y = relu?(x * a + b + residual?)` row by row, `a`, `b` per channel.
+/// Applies `f(row_range, y_chunk)` over chunks of rows of `y` in parallel.
+fn rows_mut(y: &mut [f32], c: usize, f: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync) {
+    y.par_chunks_mut(CHUNK_ROWS * c).enumerate().for_each(|(j, yc)| {
+        let r0 = j * CHUNK_ROWS;
+        f(r0..r0 + yc.len() / c, yc)
+    });
+}
+
+/// `y = relu?(x * a + b + residual?)`, `a` and `b` per channel.
 fn affine_tail(c: usize, x: &[f32], a: &[f32], b: &[f32], residual: Option<&[f32]>, relu: bool, y: &mut [f32]) {
-    let rows_per_task = (16384 / c.max(1)).max(1);
-    y.par_chunks_mut(rows_per_task * c).enumerate().for_each(|(t, yc)| {
-        let base = t * rows_per_task * c;
-        let xc = &x[base..base + yc.len()];
-        for (r, (yr, xr)) in yc.chunks_exact_mut(c).zip(xc.chunks_exact(c)).enumerate() {
-            for ch in 0..c {
-                yr[ch] = xr[ch] * a[ch] + b[ch];
+    rows_mut(y, c, |rows, yc| {
+        let xc = &x[rows.start * c..rows.end * c];
+        for (yr, xr) in yc.chunks_exact_mut(c).zip(xc.chunks_exact(c)) {
+            for (((yv, &xv), &av), &bv) in yr.iter_mut().zip(xr).zip(a).zip(b) {
+                *yv = xv * av + bv;
             }
-            if let Some(res) = residual {
-                let rr = &res[base + r * c..base + (r + 1) * c];
-                for ch in 0..c {
-                    yr[ch] += rr[ch];
-                }
+        }
+        if let Some(res) = residual {
+            for (yv, &rv) in yc.iter_mut().zip(&res[rows.start * c..rows.end * c]) {
+                *yv += rv;
             }
-            if relu {
-                for v in yr.iter_mut() {
-                    *v = v.max(0.0);
-                }
+        }
+        if relu {
+            for v in yc.iter_mut() {
+                *v = v.max(0.0);
             }
         }
     });
@@ -81,6 +71,27 @@ pub fn fold(gamma: &[f32], beta: &[f32], mean: &[f32], var: &[f32], eps: f32) ->
     (a, b)
 }
 
+/// Per-channel mean and sum of squared deviations of a chunk (two passes over
+/// cache-resident data).
+fn chunk_moments(c: usize, x: &[f32]) -> (usize, Vec<f64>, Vec<f64>) {
+    let n = x.len() / c;
+    let mut sum = vec![0.0f32; c];
+    for xr in x.chunks_exact(c) {
+        for (s, &v) in sum.iter_mut().zip(xr) {
+            *s += v;
+        }
+    }
+    let mean: Vec<f32> = sum.iter().map(|s| s / n as f32).collect();
+    let mut m2 = vec![0.0f32; c];
+    for xr in x.chunks_exact(c) {
+        for ((s, &v), &m) in m2.iter_mut().zip(xr).zip(&mean) {
+            let d = v - m;
+            *s += d * d;
+        }
+    }
+    (n, mean.iter().map(|&v| v as f64).collect(), m2.iter().map(|&v| v as f64).collect())
+}
+
 /// Training forward: batch statistics, saved for backward, running update.
 #[allow(clippy::too_many_arguments)]
 pub fn forward_training(
@@ -97,41 +108,54 @@ pub fn forward_training(
     relu: bool,
     y: &mut [f32],
 ) {
-    let n = rows as f64;
-    let sums = channel_sums(rows, c, |r, acc| {
-        for (a, &v) in acc.iter_mut().zip(&x[r * c..(r + 1) * c]) {
-            *a += v;
+    // Chunk moments combined in order with Chan et al.'s parallel formula, in f64.
+    let parts = per_chunk(rows, |r| chunk_moments(c, &x[r.start * c..r.end * c]));
+    let mut n = 0usize;
+    let mut mean = vec![0.0f64; c];
+    let mut m2 = vec![0.0f64; c];
+    for (nb, mb, m2b) in parts {
+        let total = (n + nb) as f64;
+        for ch in 0..c {
+            let delta = mb[ch] - mean[ch];
+            mean[ch] += delta * nb as f64 / total;
+            m2[ch] += m2b[ch] + delta * delta * n as f64 * nb as f64 / total;
         }
-    });
-    let mean: Vec<f32> = sums.iter().map(|s| (s / n) as f32).collect();
-    let sq = channel_sums(rows, c, |r, acc| {
-        for ((a, &v), &m) in acc.iter_mut().zip(&x[r * c..(r + 1) * c]).zip(&mean) {
-            let d = v - m;
-            *a += d * d;
-        }
-    });
+        n += nb;
+    }
+    let nf = rows as f64;
     for ch in 0..c {
-        let var = sq[ch] / n;
-        save_mean[ch] = mean[ch];
-        save_invstd[ch] = (1.0 / (var + eps as f64).sqrt()) as f32;
+        save_mean[ch] = mean[ch] as f32;
+        save_invstd[ch] = (1.0 / (m2[ch] / nf + eps as f64).sqrt()) as f32;
     }
     if let Some((rm, rv, momentum)) = running {
-        let unbias = if rows > 1 { n / (n - 1.0) } else { 1.0 };
+        let unbias = if rows > 1 { nf / (nf - 1.0) } else { 1.0 };
         for ch in 0..c {
-            let var_u = sq[ch] / n * unbias;
-            rm[ch] = (1.0 - momentum) * rm[ch] + momentum * mean[ch];
+            let var_u = m2[ch] / nf * unbias;
+            rm[ch] = (1.0 - momentum) * rm[ch] + momentum * save_mean[ch];
             rv[ch] = ((1.0 - momentum as f64) * rv[ch] as f64 + momentum as f64 * var_u) as f32;
         }
     }
     let a: Vec<f32> = gamma.iter().zip(save_invstd.iter()).map(|(&g, &s)| g * s).collect();
-    let b: Vec<f32> = beta.iter().zip(&mean).zip(&a).map(|((&be, &m), &s)| be - m * s).collect();
+    let b: Vec<f32> = beta.iter().zip(save_mean.iter()).zip(&a).map(|((&be, &m), &s)| be - m * s).collect();
     affine_tail(c, x, &a, &b, residual, relu, y);
+}
+
+/// Writes the effective output gradient of a chunk: `dy * (y > 0)` with a
+/// ReLU, else `dy`.
+fn effective(dy: &[f32], y: &[f32], relu: bool, out: &mut [f32]) {
+    if relu {
+        for ((o, &g), &yv) in out.iter_mut().zip(dy).zip(y) {
+            *o = if yv > 0.0 { g } else { 0.0 };
+        }
+    } else {
+        out.copy_from_slice(dy);
+    }
 }
 
 /// Backward of a training-mode batch norm with its fused tail.
 ///
-/// `dy_eff = dy * (y > 0)` when the forward pass had a ReLU, else `dy`.
-/// `dx = gamma * invstd * (dy_eff - mean(dy_eff) - xhat * mean(dy_eff * xhat))`.
+/// `g = dy * (y > 0)` when the forward pass had a ReLU, else `dy`;
+/// `dx = gamma * invstd * (g - mean(g) - xhat * mean(g * xhat))`.
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     rows: usize,
@@ -148,51 +172,63 @@ pub fn backward(
     dbeta: &mut [f32],
     dsum: Option<&mut [f32]>,
 ) {
-    let eff = |i: usize| if relu && y[i] <= 0.0 { 0.0 } else { dy[i] };
-    // Two sums per channel, interleaved: [sum dy, sum dy*xhat].
-    let sums = channel_sums(rows, 2 * c, |r, acc| {
-        let (s_dy, s_dyx) = acc.split_at_mut(c);
-        for ch in 0..c {
-            let i = r * c + ch;
-            let g = eff(i);
-            s_dy[ch] += g;
-            s_dyx[ch] += g * (x[i] - mean[ch]) * invstd[ch];
+    // Sums of g and g * (x - mean) per channel, chunk by chunk.
+    let parts = per_chunk(rows, |r| {
+        let (xs, ys, gs) = (&x[r.start * c..r.end * c], &y[r.start * c..r.end * c], &dy[r.start * c..r.end * c]);
+        let mut s1 = vec![0.0f32; c];
+        let mut s2 = vec![0.0f32; c];
+        let mut g = vec![0.0f32; c];
+        for ((xr, yr), gr) in xs.chunks_exact(c).zip(ys.chunks_exact(c)).zip(gs.chunks_exact(c)) {
+            effective(gr, yr, relu, &mut g);
+            for ch in 0..c {
+                s1[ch] += g[ch];
+                s2[ch] += g[ch] * (xr[ch] - mean[ch]);
+            }
         }
+        (s1, s2)
     });
-    let n = rows as f64;
-    let mut k1 = vec![0.0f32; c];
-    let mut k2 = vec![0.0f32; c];
-    let mut scale = vec![0.0f32; c];
-    for ch in 0..c {
-        dbeta[ch] += sums[ch] as f32;
-        dgamma[ch] += sums[c + ch] as f32;
-        k1[ch] = (sums[ch] / n) as f32;
-        k2[ch] = (sums[c + ch] / n) as f32;
-        scale[ch] = gamma[ch] * invstd[ch];
-    }
-    let rows_per_task = (16384 / c.max(1)).max(1);
-    let task = |t: usize, dxc: &mut [f32], ds: Option<&mut [f32]>| {
-        let base = t * rows_per_task * c;
-        for (j, d) in dxc.iter_mut().enumerate() {
-            let i = base + j;
-            let ch = i % c;
-            let g = eff(i);
-            let xhat = (x[i] - mean[ch]) * invstd[ch];
-            *d = scale[ch] * (g - k1[ch] - xhat * k2[ch]);
+    let mut sum_g = vec![0.0f64; c];
+    let mut sum_gx = vec![0.0f64; c];
+    for (s1, s2) in &parts {
+        for ch in 0..c {
+            sum_g[ch] += s1[ch] as f64;
+            sum_gx[ch] += s2[ch] as f64;
         }
-        if let Some(ds) = ds {
-            for (j, d) in ds.iter_mut().enumerate() {
-                *d = eff(base + j);
+    }
+    // dx = A g + B (x - mean) + C, per channel.
+    let n = rows as f64;
+    let mut ka = vec![0.0f32; c];
+    let mut kb = vec![0.0f32; c];
+    let mut kc = vec![0.0f32; c];
+    for ch in 0..c {
+        let is = invstd[ch] as f64;
+        dbeta[ch] += sum_g[ch] as f32;
+        dgamma[ch] += (sum_gx[ch] * is) as f32;
+        let scale = gamma[ch] as f64 * is;
+        ka[ch] = scale as f32;
+        kb[ch] = (-scale * is * is * sum_gx[ch] / n) as f32;
+        kc[ch] = (-scale * sum_g[ch] / n) as f32;
+    }
+    let write_dx = |r: std::ops::Range<usize>, dxc: &mut [f32]| {
+        let (xs, ys, gs) = (&x[r.start * c..r.end * c], &y[r.start * c..r.end * c], &dy[r.start * c..r.end * c]);
+        let mut g = vec![0.0f32; c];
+        for (((dr, xr), yr), gr) in
+            dxc.chunks_exact_mut(c).zip(xs.chunks_exact(c)).zip(ys.chunks_exact(c)).zip(gs.chunks_exact(c))
+        {
+            effective(gr, yr, relu, &mut g);
+            for ch in 0..c {
+                dr[ch] = ka[ch] * g[ch] + kb[ch] * (xr[ch] - mean[ch]) + kc[ch];
             }
         }
     };
-    let len = rows_per_task * c;
     match dsum {
-        Some(ds) => dx
-            .par_chunks_mut(len)
-            .zip(ds.par_chunks_mut(len))
-            .enumerate()
-            .for_each(|(t, (dxc, dsc))| task(t, dxc, Some(dsc))),
-        None => dx.par_chunks_mut(len).enumerate().for_each(|(t, dxc)| task(t, dxc, None)),
+        Some(ds) => {
+            ds.par_chunks_mut(CHUNK_ROWS * c).enumerate().for_each(|(j, dc)| {
+                let s = j * CHUNK_ROWS * c;
+                effective(&dy[s..s + dc.len()], &y[s..s + dc.len()], relu, dc);
+            });
+            rows_mut(dx, c, write_dx);
+        }
+        None => rows_mut(dx, c, write_dx),
     }
 }

@@ -1,0 +1,97 @@
+//! `resnet eval`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use resnet::classify::{Classifier, read_card};
+use resnet::data::{DataSpec, Dataset};
+use resnet::eval::{eval_transform, evaluate};
+
+use crate::util::{check_batch, cpu};
+
+/// Arguments of `resnet eval`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Architecture (optional for our checkpoints and recognisable weights).
+    #[arg(long)]
+    arch: Option<String>,
+    /// Weights (.safetensors or .pth).
+    #[arg(long)]
+    weights: PathBuf,
+    /// Data: KIND:PATH (the test split is evaluated; `val/` for folders).
+    #[arg(long)]
+    data: String,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Folder for confusion.png/.svg and eval.json (default: the weights' folder).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print one JSON object: top1, top5 (fractions), loss, per_class, confusion, classes.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let batch = check_batch(a.batch)?;
+    let cpu = cpu(a.threads)?;
+    let spec: DataSpec = a.data.parse()?;
+    let ds = Dataset::load(&spec)?;
+    let clf = Classifier::load(&cpu, a.arch.as_deref(), &a.weights, Some(ds.classes.len()))
+        .with_context(|| format!("cannot load {}", a.weights.display()))?;
+    let mut net = clf.net;
+    if net.spec.num_classes != ds.classes.len() {
+        bail!("the model has {} classes, {} has {}", net.spec.num_classes, spec, ds.classes.len());
+    }
+    let card = read_card(&a.weights)?;
+    let tf = eval_transform(net.spec.in_channels, &ds, card.as_ref());
+    tf.validate(ds.channels)?;
+    let workers = if matches!(ds.test.images, resnet::data::Images::Files(_)) { 2 * cpu.threads() } else { 1 };
+    let r = evaluate(&mut net, ds.test.clone(), Arc::new(tf), batch, workers, |_, _| {}, |_, _, _| {})?;
+    let out = a.out.clone().unwrap_or_else(|| a.weights.parent().map(PathBuf::from).unwrap_or_default());
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let title = format!("{} on {} ({} images)", net.spec.name, spec.kind_name(), r.n);
+    resnet::plot::confusion_heatmap(&out.join("confusion"), &title, &r.confusion, &ds.classes)?;
+    let json = serde_json::json!({
+        "arch": net.spec.name, "weights": a.weights, "data": spec.to_string(), "n": r.n,
+        "top1": r.top1, "top5": r.top5, "loss": r.loss,
+        "per_class": ds.classes.iter().zip(&r.per_class).map(|(c, v)| serde_json::json!({"class": c, "accuracy": v})).collect::<Vec<_>>(),
+        "confusion": r.confusion, "classes": ds.classes,
+    });
+    resnet::io::atomic::write(&out.join("eval.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&json)?);
+        return Ok(());
+    }
+    println!("{title}");
+    println!("top-1 accuracy: {:.2}%   top-5 accuracy: {:.2}%   loss: {:.4}", 100.0 * r.top1, 100.0 * r.top5, r.loss);
+    println!("\nper class:");
+    for (c, v) in ds.classes.iter().zip(&r.per_class) {
+        println!("  {c:<24} {:6.2}%", 100.0 * v);
+    }
+    if ds.classes.len() <= 20 {
+        println!("\nconfusion (rows: true class, columns: predicted):");
+        print!("{:>24}", "");
+        for j in 0..ds.classes.len() {
+            print!("{j:>6}");
+        }
+        println!();
+        for (i, row) in r.confusion.iter().enumerate() {
+            print!("{:>20} {i:>3}", truncate(&ds.classes[i], 20));
+            for v in row {
+                print!("{v:>6}");
+            }
+            println!();
+        }
+    }
+    println!("\nheat map: {}  results: {}", out.join("confusion.png").display(), out.join("eval.json").display());
+    Ok(())
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}

@@ -1,0 +1,472 @@
+//! Convolution by indirection: the micro-kernel reads each output pixel's
+//! input rows in place, through one pointer per (pixel, tap), instead of
+//! packing an im2col panel.
+//!
+//! In NHWC a tap of a pixel is `c_in` contiguous floats, so a tile of `MR`
+//! pixels needs `MR` pointers per tap and nothing is copied; padding taps
+//! point at a shared zero row. Packing im2col panels costs as much as the
+//! arithmetic when a layer has few output channels (each input value feeds
+//! only `c_out` multiply-adds), which is exactly the CIFAR ResNets' case
+//! (16-64 channels); reading in place removes that cost. The filter is packed
+//! once per weight update into panels of [`NR`] output channels.
+
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+use super::gemm::{Epilogue, Isa, isa};
+
+/// Output channels per panel (one AVX-512 vector).
+pub const NR: usize = 16;
+/// Output pixels per micro-kernel call (pointers kept in registers).
+pub const MR: usize = 12;
+
+/// A zero row as long as any channel run: the source of padding taps.
+pub fn zeros(len: usize) -> *const f32 {
+    static Z: OnceLock<Vec<f32>> = OnceLock::new();
+    let z = Z.get_or_init(|| vec![0.0; 1 << 16]);
+    assert!(len <= z.len(), "channel run of {len} exceeds the zero row");
+    z.as_ptr()
+}
+
+/// Filter panels: for each panel of `NR` output channels, `k` rows of `NR`
+/// values (`k = taps * channels per tap`), zero-padded past the last channel.
+#[derive(Clone, Debug, Default)]
+pub struct Panels {
+    /// Output channels.
+    pub n: usize,
+    /// Reduction length.
+    pub k: usize,
+    data: Vec<f32>,
+}
+
+impl Panels {
+    /// Packs `w[n][k]` (row-major, row stride `ld`).
+    pub fn pack(&mut self, w: &[f32], n: usize, k: usize, ld: usize) {
+        self.n = n;
+        self.k = k;
+        let np = n.div_ceil(NR);
+        self.data.clear();
+        self.data.resize(np * k * NR, 0.0);
+        for p in 0..np {
+            for j in 0..NR.min(n - p * NR) {
+                let row = &w[(p * NR + j) * ld..][..k];
+                for (kk, &v) in row.iter().enumerate() {
+                    self.data[(p * k + kk) * NR + j] = v;
+                }
+            }
+        }
+    }
+
+    /// Packs `w[k][n]` (row-major, row stride `ld`): the transpose of [`pack`](Self::pack).
+    pub fn pack_transposed(&mut self, w: &[f32], n: usize, k: usize, ld: usize) {
+        self.n = n;
+        self.k = k;
+        let np = n.div_ceil(NR);
+        self.data.clear();
+        self.data.resize(np * k * NR, 0.0);
+        for kk in 0..k {
+            let row = &w[kk * ld..][..n];
+            for p in 0..np {
+                let m = NR.min(n - p * NR);
+                self.data[(p * k + kk) * NR..][..m].copy_from_slice(&row[p * NR..p * NR + m]);
+            }
+        }
+    }
+
+    fn panel(&self, p: usize) -> &[f32] {
+        &self.data[p * self.k * NR..(p + 1) * self.k * NR]
+    }
+}
+
+/// Where a tile's results go and how they are finished.
+struct Out<'a> {
+    /// `MR` row pointers (null past the last row).
+    rows: [*mut f32; MR],
+    /// Valid columns (<= NR).
+    nr: usize,
+    /// Column offset of this panel within the rows.
+    col: usize,
+    /// Residual rows, same layout as `rows`.
+    res: [*const f32; MR],
+    epi: &'a Epilogue<'a>,
+}
+
+/// Computes `MR x NR` outputs: `sum_t sum_c a[t][i][c] * b[t * klen + c][j]`.
+///
+/// # Safety
+/// Every `a[t][i]` points at `klen` readable floats; `b` holds
+/// `a.len() * klen * NR` floats; `out` rows are valid for `col + nr` floats
+/// and written by this call alone.
+unsafe fn kernel(isa: Isa, a: &[[*const f32; MR]], klen: usize, b: &[f32], out: &Out<'_>) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Avx512 is selected only when the CPU has avx512f; the rest is the caller's contract.
+        Isa::Avx512 => unsafe { x86::kernel_avx512(a, klen, b, out) },
+        // SAFETY: the caller's contract.
+        _ => unsafe { kernel_generic(a, klen, b, out) },
+    }
+}
+
+/// Portable version.
+///
+/// # Safety
+/// As [`kernel`].
+unsafe fn kernel_generic(a: &[[*const f32; MR]], klen: usize, b: &[f32], out: &Out<'_>) {
+    let mut acc = [[0.0f32; NR]; MR];
+    for (t, rows) in a.iter().enumerate() {
+        for c in 0..klen {
+            let bv = &b[(t * klen + c) * NR..][..NR];
+            for (i, &r) in rows.iter().enumerate() {
+                // SAFETY: r points at klen floats (contract).
+                let av = unsafe { *r.add(c) };
+                for j in 0..NR {
+                    acc[i][j] = av.mul_add(bv[j], acc[i][j]);
+                }
+            }
+        }
+    }
+    for (i, row) in acc.iter().enumerate() {
+        if out.rows[i].is_null() {
+            continue;
+        }
+        for (j, &v) in row.iter().enumerate().take(out.nr) {
+            // SAFETY: the row has col + nr floats (contract).
+            unsafe {
+                let dst = out.rows[i].add(out.col + j);
+                let mut x = if out.epi.accumulate { v + *dst } else { v };
+                if let Some(s) = out.epi.scale {
+                    x *= s[out.col + j];
+                }
+                if let Some(bias) = out.epi.bias {
+                    x += bias[out.col + j];
+                }
+                if !out.res[i].is_null() {
+                    x += *out.res[i].add(out.col + j);
+                }
+                if out.epi.relu && x < 0.0 {
+                    x = 0.0;
+                }
+                *dst = x;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{MO, MR, NR, Out};
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// avx512f must be available; otherwise as `outer`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn outer_avx512(a: *const f32, lda: usize, xs: &[*const f32], rows: &[*mut f32; MO], nr: usize) {
+        let mask: __mmask16 = if nr >= 16 { 0xffff } else { (1u16 << nr) - 1 };
+        let mut acc = [_mm512_setzero_ps(); MO];
+        for (j, &x) in xs.iter().enumerate() {
+            // SAFETY: x holds nr floats (masked load); a row j holds MO floats.
+            unsafe {
+                let xv = _mm512_maskz_loadu_ps(mask, x);
+                let ar = a.add(j * lda);
+                for (i, acc_i) in acc.iter_mut().enumerate() {
+                    *acc_i = _mm512_fmadd_ps(_mm512_set1_ps(*ar.add(i)), xv, *acc_i);
+                }
+            }
+        }
+        for (i, &r) in rows.iter().enumerate() {
+            if !r.is_null() {
+                // SAFETY: r is writable for nr floats (masked).
+                unsafe { _mm512_mask_storeu_ps(r, mask, _mm512_add_ps(_mm512_maskz_loadu_ps(mask, r), acc[i])) };
+            }
+        }
+    }
+
+    /// # Safety
+    /// avx512f must be available; otherwise as `kernel`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn kernel_avx512(a: &[[*const f32; MR]], klen: usize, b: &[f32], out: &Out<'_>) {
+        let mut acc = [_mm512_setzero_ps(); MR];
+        let mut bp = b.as_ptr();
+        for rows in a {
+            let r = *rows;
+            for c in 0..klen {
+                // SAFETY: b holds a.len() * klen * NR floats; each row pointer klen floats.
+                unsafe {
+                    let bv = _mm512_loadu_ps(bp.add(c * NR));
+                    for i in 0..MR {
+                        acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(*r[i].add(c)), bv, acc[i]);
+                    }
+                }
+            }
+            // SAFETY: advancing within b (see above).
+            bp = unsafe { bp.add(klen * NR) };
+        }
+        let mask: __mmask16 = if out.nr >= 16 { 0xffff } else { (1u16 << out.nr) - 1 };
+        let e = out.epi;
+        for (i, &v) in acc.iter().enumerate() {
+            if out.rows[i].is_null() {
+                continue;
+            }
+            // SAFETY: rows are valid for col + nr floats; masks keep accesses inside.
+            unsafe {
+                let dst = out.rows[i].add(out.col);
+                let mut x = v;
+                if e.accumulate {
+                    x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, dst));
+                }
+                if let Some(s) = e.scale {
+                    x = _mm512_mul_ps(x, _mm512_maskz_loadu_ps(mask, s.as_ptr().add(out.col)));
+                }
+                if let Some(bias) = e.bias {
+                    x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, bias.as_ptr().add(out.col)));
+                }
+                if !out.res[i].is_null() {
+                    x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, out.res[i].add(out.col)));
+                }
+                if e.relu {
+                    x = _mm512_max_ps(x, _mm512_setzero_ps());
+                }
+                _mm512_mask_storeu_ps(dst, mask, x);
+            }
+        }
+    }
+}
+
+/// A sliding window: which source row each destination pixel reads at each
+/// tap (see `conv.rs` for the forward and backward-data mappings).
+pub trait Taps: Sync {
+    /// Destination pixels.
+    fn rows(&self) -> usize;
+    /// Taps per pixel.
+    fn taps(&self) -> usize;
+    /// Floats per tap (the channel run).
+    fn klen(&self) -> usize;
+    /// Fills `out[t][i]` with the run of destination pixel `m0 + i` at tap
+    /// `t`, or `zero` where the tap reads padding (or `m0 + i` is past the end).
+    fn fill(&self, m0: usize, zero: *const f32, out: &mut [[*const f32; MR]]);
+    /// Appends the runs of destination pixels `m0..m0 + count` at tap `t`.
+    fn fill_tap(&self, m0: usize, count: usize, t: usize, zero: *const f32, out: &mut Vec<*const f32>);
+}
+
+/// Raw pointer wrapper shared by tasks that write disjoint rows.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: tasks write disjoint tiles (distinct rows or columns).
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// `out[m][col0 + j] = epilogue(sum over taps and runs)` for every destination
+/// pixel `m` and output channel `j < panels.n`; rows of `out` have stride `ld`.
+pub fn run(
+    w: &dyn Taps,
+    panels: &Panels,
+    out: &mut [f32],
+    ld: usize,
+    col0: usize,
+    epi: &Epilogue<'_>,
+    residual: Option<(&[f32], usize)>,
+) {
+    let m = w.rows();
+    let (taps, klen) = (w.taps(), w.klen());
+    assert_eq!(panels.k, taps * klen, "filter does not match the window");
+    if m == 0 || panels.n == 0 {
+        return;
+    }
+    assert!(out.len() >= (m - 1) * ld + col0 + panels.n, "output too small");
+    let isa = isa();
+    let np = panels.n.div_ceil(NR);
+    let groups = m.div_ceil(MR);
+    let threads = rayon::current_num_threads();
+    // Tasks: row groups x panel chunks, at least ~4 per thread when possible.
+    let mut pchunk = np;
+    while groups * np.div_ceil(pchunk) < 4 * threads && pchunk > 1 {
+        pchunk = pchunk.div_ceil(2);
+    }
+    let gchunk = (groups * np.div_ceil(pchunk)).div_ceil(8 * threads).max(1).min(groups);
+    let tasks_g = groups.div_ceil(gchunk);
+    let tasks = tasks_g * np.div_ceil(pchunk);
+    let optr = SendPtr(out.as_mut_ptr());
+    let task = |tk: usize| {
+        let zero = zeros(klen);
+        let (tg, tp) = (tk % tasks_g, tk / tasks_g);
+        let mut ptrs: Vec<[*const f32; MR]> = vec![[zero; MR]; taps];
+        let mut active: Vec<[*const f32; MR]> = Vec::with_capacity(taps);
+        let mut boffs: Vec<usize> = Vec::with_capacity(taps);
+        for g in tg * gchunk..((tg + 1) * gchunk).min(groups) {
+            let r0 = g * MR;
+            let mut rows = [std::ptr::null_mut(); MR];
+            let mut res = [std::ptr::null(); MR];
+            for i in 0..MR.min(m - r0) {
+                // SAFETY: row r0 + i < m lies inside `out` (asserted above).
+                rows[i] = unsafe { optr.get().add((r0 + i) * ld) };
+                if let Some((r, rld)) = residual {
+                    res[i] = r[(r0 + i) * rld..].as_ptr();
+                }
+            }
+            w.fill(r0, zero, &mut ptrs);
+            // Skip taps where every pixel of the tile reads padding.
+            active.clear();
+            boffs.clear();
+            for (t, p) in ptrs.iter().enumerate() {
+                if p.iter().any(|&q| q != zero) {
+                    active.push(*p);
+                    boffs.push(t);
+                }
+            }
+            for p in tp * pchunk..((tp + 1) * pchunk).min(np) {
+                let nr = NR.min(panels.n - p * NR);
+                let o = Out { rows, nr, col: col0 + p * NR, res, epi };
+                let panel = panels.panel(p);
+                if active.len() == taps {
+                    // SAFETY: pointers come from the window (valid runs of klen) or the zero row.
+                    unsafe { kernel(isa, &active, klen, panel, &o) };
+                } else {
+                    // Contiguous runs of active taps share one kernel call.
+                    let mut s = 0;
+                    let mut first = true;
+                    while s < active.len() {
+                        let mut e = s + 1;
+                        while e < active.len() && boffs[e] == boffs[e - 1] + 1 {
+                            e += 1;
+                        }
+                        let sub = &panel[boffs[s] * klen * NR..];
+                        let last = e == active.len();
+                        let part = Epilogue {
+                            accumulate: epi.accumulate || !first,
+                            scale: if last { epi.scale } else { None },
+                            bias: if last { epi.bias } else { None },
+                            relu: last && epi.relu,
+                            residual: None,
+                        };
+                        let o = Out { res: if last { res } else { [std::ptr::null(); MR] }, epi: &part, ..o };
+                        // SAFETY: as above; the panel slice starts at the run's first tap.
+                        unsafe { kernel(isa, &active[s..e], klen, sub, &o) };
+                        s = e;
+                        first = false;
+                    }
+                    if active.is_empty() {
+                        // Every tap is padding: the result is the epilogue of zero.
+                        // SAFETY: as above.
+                        unsafe { kernel(isa, &[], klen, panel, &o) };
+                    }
+                }
+            }
+        }
+    };
+    if tasks == 1 || threads == 1 {
+        (0..tasks).for_each(task);
+    } else {
+        (0..tasks).into_par_iter().for_each(task);
+    }
+}
+
+/// Rows of the filter gradient per outer-product tile.
+pub const MO: usize = 16;
+
+/// Accumulates `rows[i][0..nr] += sum_j a[j * lda + i] * x[j][0..nr]` for
+/// `i < MO` (rows with a null pointer are skipped).
+///
+/// # Safety
+/// `a` is readable for `(xs.len() - 1) * lda + MO` floats; each `xs[j]` for
+/// `nr` floats; non-null rows are writable for `nr` floats, by this call alone.
+unsafe fn outer(isa: Isa, a: *const f32, lda: usize, xs: &[*const f32], rows: &[*mut f32; MO], nr: usize) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Avx512 is selected only when the CPU has avx512f; the rest is the caller's contract.
+        Isa::Avx512 => unsafe { x86::outer_avx512(a, lda, xs, rows, nr) },
+        _ => {
+            let mut acc = [[0.0f32; NR]; MO];
+            for (j, &x) in xs.iter().enumerate() {
+                for (i, acc_i) in acc.iter_mut().enumerate() {
+                    // SAFETY: the caller's contract.
+                    let av = unsafe { *a.add(j * lda + i) };
+                    for (l, acc_il) in acc_i.iter_mut().enumerate().take(nr) {
+                        // SAFETY: x has nr floats.
+                        *acc_il = av.mul_add(unsafe { *x.add(l) }, *acc_il);
+                    }
+                }
+            }
+            for (i, &r) in rows.iter().enumerate() {
+                if !r.is_null() {
+                    for (l, &v) in acc[i].iter().enumerate().take(nr) {
+                        // SAFETY: the caller's contract.
+                        unsafe { *r.add(l) += v };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A convolution's filter gradient by outer products, tile by tile: task
+/// `(tap, channel panel)` owns its columns of `dw` and reduces over every
+/// pixel in order, so the result does not depend on the thread count.
+///
+/// `dw` is `[c_out][taps][c_in]` for this group (row stride `taps * cin`);
+/// `dy` rows have stride `ldy` and start at this group's first channel.
+pub fn filter_gradient(w: &dyn Taps, dy: &[f32], ldy: usize, cout: usize, dw: &mut [f32]) {
+    let (m, taps, cin) = (w.rows(), w.taps(), w.klen());
+    let k = taps * cin;
+    assert!(dw.len() >= cout * k, "filter gradient too small");
+    if m == 0 {
+        return;
+    }
+    let isa = isa();
+    let np = cin.div_ceil(NR);
+    let ncb = cout.div_ceil(MO);
+    let dptr = SendPtr(dw.as_mut_ptr());
+    const CHUNK: usize = 96;
+    let task = |tk: usize| {
+        let (t, p) = (tk / np, tk % np);
+        let nr = NR.min(cin - p * NR);
+        let zero = zeros(cin);
+        let mut xs: Vec<*const f32> = Vec::with_capacity(CHUNK);
+        let mut packed = vec![0.0f32; CHUNK * MO];
+        for m0 in (0..m).step_by(CHUNK) {
+            let ms = CHUNK.min(m - m0);
+            xs.clear();
+            w.fill_tap(m0, ms, t, zero, &mut xs);
+            if p > 0 {
+                for q in xs.iter_mut().filter(|q| **q != zero) {
+                    // SAFETY: q is a run of `cin` floats and p * NR < cin.
+                    *q = unsafe { q.add(p * NR) };
+                }
+            }
+            for cb in 0..ncb {
+                let mo = MO.min(cout - cb * MO);
+                let mut rows = [std::ptr::null_mut(); MO];
+                for (i, r) in rows.iter_mut().enumerate().take(mo) {
+                    // SAFETY: row cb*MO + i < cout, column t*cin + p*NR + nr <= k: inside dw.
+                    *r = unsafe { dptr.get().add((cb * MO + i) * k + t * cin + p * NR) };
+                }
+                let (a, lda) = if mo == MO {
+                    (dy[m0 * ldy + cb * MO..].as_ptr(), ldy)
+                } else {
+                    // A partial block (or the very last rows): a zero-padded copy.
+                    for j in 0..ms {
+                        let src = &dy[(m0 + j) * ldy + cb * MO..][..mo];
+                        packed[j * MO..j * MO + mo].copy_from_slice(src);
+                        packed[j * MO + mo..(j + 1) * MO].fill(0.0);
+                    }
+                    (packed.as_ptr(), MO)
+                };
+                // SAFETY: a covers ms rows of MO readable floats (a full block lies inside each
+                // dy row); xs hold nr floats each; rows are this task's own columns.
+                unsafe { outer(isa, a, lda, &xs, &rows, nr) };
+            }
+        }
+    };
+    let tasks = taps * np;
+    if tasks == 1 || rayon::current_num_threads() == 1 {
+        (0..tasks).for_each(task);
+    } else {
+        (0..tasks).into_par_iter().for_each(task);
+    }
+}
