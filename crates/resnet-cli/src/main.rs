@@ -7,6 +7,7 @@
 mod archs;
 mod bench;
 mod classify;
+mod demo;
 mod eval;
 mod summary;
 mod train;
@@ -30,6 +31,8 @@ enum Command {
     Summary(summary::Args),
     /// Classify images with a trained network.
     Classify(classify::Args),
+    /// Train a ResNet-20 on a bundled Fashion-MNIST subset in about two minutes and show the results.
+    Demo(demo::Args),
     /// Measure speed: images/s, latency and peak memory of inference or training steps.
     Bench(bench::Args),
     /// Evaluate a network on a data set: top-1/top-5, per-class accuracy, confusion matrix.
@@ -51,6 +54,7 @@ fn main() {
         Command::Train(a) => train::run(*a),
         Command::Eval(a) => eval::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Demo(a) => demo::run(a),
     };
     if let Err(e) = result {
         util::fail(&e);

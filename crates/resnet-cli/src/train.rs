@@ -9,7 +9,7 @@ use resnet::backend::{Backend, Cpu};
 use resnet::data::DataSpec;
 use resnet::model::ResNetSpec;
 use resnet::optim::{LrPolicy, Schedule, SgdConfig};
-use resnet::train::{Observer, StepReport, TestPoint, TrainConfig, TrainPoint, TrainSummary, Trainer, load_data};
+use resnet::train::{Observer, StepReport, TestPoint, TrainConfig, TrainSummary, Trainer, load_data};
 
 use crate::util::{check_batch, cpu};
 
@@ -261,7 +261,7 @@ impl Observer for Progress {
         }
     }
 
-    fn epoch_end(&mut self, epoch: usize, test: &TestPoint, train: &TrainPoint) {
+    fn epoch_end(&mut self, epoch: usize, test: &TestPoint) {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
@@ -270,12 +270,12 @@ impl Observer for Progress {
             epoch + 1,
             self.epochs,
             test.iteration,
-            train.loss,
-            100.0 * train.error,
+            test.train_loss,
+            100.0 * test.train_error,
             test.loss,
             100.0 * test.error,
             100.0 * test.top5_error,
-            train.images_per_second
+            test.images_per_second
         );
     }
 

@@ -240,6 +240,55 @@ pub fn confusion_heatmap(stem: &Path, title: &str, m: &[Vec<u64>], labels: &[Str
     render(stem, (side, side), |r| draw_heatmap(r, title, m, labels), |r| draw_heatmap(r, title, m, labels))
 }
 
+/// A small image for [`image_grid`]: 8-bit gray (`c = 1`) or RGB (`c = 3`), HWC.
+pub struct Thumb<'a> {
+    /// Width.
+    pub w: usize,
+    /// Height.
+    pub h: usize,
+    /// Channels.
+    pub c: usize,
+    /// Pixels.
+    pub data: &'a [u8],
+    /// Caption lines under the image.
+    pub caption: Vec<String>,
+    /// Caption colour: true for a correct prediction (green), false (red).
+    pub ok: bool,
+}
+
+fn draw_grid<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, thumbs: &[Thumb<'_>], cols: usize, scale: usize, cell: (usize, usize)) -> Result<()> {
+    root.fill(&WHITE).map_err(err)?;
+    for (k, t) in thumbs.iter().enumerate() {
+        let (cx, cy) = ((k % cols) * cell.0 + 10, (k / cols) * cell.1 + 10);
+        for y in 0..t.h {
+            for x in 0..t.w {
+                let p = &t.data[(y * t.w + x) * t.c..][..t.c];
+                let color = if t.c == 1 { RGBColor(p[0], p[0], p[0]) } else { RGBColor(p[0], p[1], p[2]) };
+                let (x0, y0) = ((cx + x * scale) as i32, (cy + y * scale) as i32);
+                root.draw(&Rectangle::new([(x0, y0), (x0 + scale as i32, y0 + scale as i32)], color.filled())).map_err(err)?;
+            }
+        }
+        let color = if t.ok { RGBColor(20, 120, 20) } else { RGBColor(200, 30, 30) };
+        for (l, line) in t.caption.iter().enumerate() {
+            let at = (cx as i32, (cy + t.h * scale + 4 + 15 * l) as i32);
+            root.draw(&Text::new(line.clone(), at, ("sans-serif", 13).into_font().color(&color))).map_err(err)?;
+        }
+    }
+    root.present().map_err(err)
+}
+
+/// Writes a grid of small images with captions (`stem.svg`, `stem.png`).
+pub fn image_grid(stem: &Path, thumbs: &[Thumb<'_>], cols: usize) -> Result<()> {
+    let cols = cols.max(1);
+    let (w, h) = thumbs.iter().fold((1, 1), |(a, b), t| (a.max(t.w), b.max(t.h)));
+    let scale = (112 / w.max(h)).max(1);
+    let lines = thumbs.iter().map(|t| t.caption.len()).max().unwrap_or(0);
+    let cell = ((w * scale + 60).max(150), h * scale + 20 + 15 * lines);
+    let rows = thumbs.len().div_ceil(cols);
+    let size = ((cols * cell.0 + 20) as u32, (rows * cell.1 + 20) as u32);
+    render(stem, size, |r| draw_grid(r, thumbs, cols, scale, cell), |r| draw_grid(r, thumbs, cols, scale, cell))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

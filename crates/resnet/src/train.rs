@@ -121,6 +121,16 @@ pub struct TestPoint {
     pub error: f64,
     /// Top-5 error (fraction).
     pub top5_error: f64,
+    /// Mean training loss over the epoch (over the part run by this process
+    /// when it resumed mid-epoch).
+    #[serde(default)]
+    pub train_loss: f64,
+    /// Training error over the epoch (fraction), likewise.
+    #[serde(default)]
+    pub train_error: f64,
+    /// Training images per second over the epoch.
+    #[serde(default)]
+    pub images_per_second: f64,
 }
 
 /// A logged training point (means over the iterations since the last one).
@@ -173,8 +183,8 @@ pub trait Observer {
     fn step(&mut self, _r: &StepReport) {}
     /// Evaluation progress.
     fn eval_progress(&mut self, _done: usize, _total: usize) {}
-    /// An epoch finished with this test result.
-    fn epoch_end(&mut self, _epoch: usize, _test: &TestPoint, _train: &TrainPoint) {}
+    /// An epoch finished with this result.
+    fn epoch_end(&mut self, _epoch: usize, _result: &TestPoint) {}
     /// A line of information.
     fn message(&mut self, _msg: &str) {}
 }
@@ -534,6 +544,7 @@ impl<B: Backend> Trainer<B> {
             let mut log_t = Instant::now();
             let ep_t = Instant::now();
             let mut ep_images = 0usize;
+            let mut epoch_train_seconds = 0.0f64;
             for batch in loader {
                 let batch = batch?;
                 let t0 = Instant::now();
@@ -564,7 +575,9 @@ impl<B: Backend> Trainer<B> {
                 let host_logits = logits.to_host(&backend);
                 self.net.backward(&x, &dlogits);
                 self.sgd.step(&mut self.net, lr);
-                self.state.train_seconds += t0.elapsed().as_secs_f64();
+                let dt = t0.elapsed().as_secs_f64();
+                self.state.train_seconds += dt;
+                epoch_train_seconds += dt;
                 self.state.iteration += 1;
                 self.state.step_in_epoch += 1;
 
@@ -574,8 +587,11 @@ impl<B: Backend> Trainer<B> {
                 let after = ep.finish();
                 let batch_err = 1.0 - ((after.top1 * after.n as f64).round() - correct_before) / n as f64;
                 self.state.train_error_ema = 0.9 * self.state.train_error_ema + 0.1 * batch_err;
-                if let Some((_, until)) = self.config.policy.warmup_until_error {
-                    if !self.state.warmup_done && self.state.train_error_ema < until as f64 {
+                if let Some((_, until)) = self.config.policy.warmup_until_error
+                    && !self.state.warmup_done
+                    && self.state.train_error_ema < until as f64
+                {
+                    {
                         self.state.warmup_done = true;
                         obs.message(&format!(
                             "warm-up done at iteration {}: training error below {:.0}%",
@@ -605,7 +621,7 @@ impl<B: Backend> Trainer<B> {
                     images_per_second: ips,
                 });
                 let done = self.state.iteration >= total;
-                if self.state.iteration % self.config.log_every == 0 || done || self.state.step_in_epoch == steps {
+                if self.state.iteration.is_multiple_of(self.config.log_every) || done || self.state.step_in_epoch == steps {
                     let p = TrainPoint {
                         epoch,
                         iteration: self.state.iteration,
@@ -631,12 +647,16 @@ impl<B: Backend> Trainer<B> {
             let test = self.evaluate_test(obs)?;
             self.state.epoch += 1;
             self.state.step_in_epoch = 0;
+            let train_acc = ep.finish();
             let tp = TestPoint {
                 epoch: self.state.epoch,
                 iteration: self.state.iteration,
                 loss: test.loss,
                 error: 1.0 - test.top1,
                 top5_error: 1.0 - test.top5,
+                train_loss: ep_loss / ep_n.max(1) as f64,
+                train_error: if ep_n == 0 { f64::NAN } else { 1.0 - train_acc.top1 },
+                images_per_second: ep_images as f64 / epoch_train_seconds.max(1e-9),
             };
             self.log(&serde_json::json!({"kind": "test", "point": tp}))?;
             self.test_points.push(tp.clone());
@@ -651,15 +671,7 @@ impl<B: Backend> Trainer<B> {
             }
             self.write_csv()?;
             self.plot()?;
-            let last_train = self.train_points.last().cloned().unwrap_or(TrainPoint {
-                epoch,
-                iteration: self.state.iteration,
-                lr: 0.0,
-                loss: f64::NAN,
-                error: f64::NAN,
-                images_per_second: 0.0,
-            });
-            obs.epoch_end(epoch, &tp, &last_train);
+            obs.epoch_end(epoch, &tp);
             if self.interrupt.load(Ordering::SeqCst) {
                 return Err(Error::Interrupted);
             }
@@ -716,22 +728,22 @@ impl<B: Backend> Trainer<B> {
     }
 
     fn write_csv(&self) -> Result<()> {
-        let mut s = String::from("epoch,iteration,lr,train_loss,train_error,test_loss,test_error,test_top5_error\n");
+        let mut s = String::from(
+            "epoch,iteration,lr,train_loss,train_error,test_loss,test_error,test_top5_error,images_per_second\n",
+        );
         for t in &self.test_points {
-            // Training figures: the mean over the points logged during that epoch.
-            let pts: Vec<&TrainPoint> = self.train_points.iter().filter(|p| p.epoch + 1 == t.epoch).collect();
-            let mean = |f: fn(&TrainPoint) -> f64| pts.iter().map(|p| f(p)).sum::<f64>() / pts.len().max(1) as f64;
-            let lr = pts.last().map_or(0.0, |p| p.lr);
+            let lr = self.train_points.iter().rev().find(|p| p.iteration <= t.iteration).map_or(0.0, |p| p.lr);
             s += &format!(
-                "{},{},{},{:.6},{:.6},{:.6},{:.6},{:.6}\n",
+                "{},{},{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.1}\n",
                 t.epoch,
                 t.iteration,
                 lr,
-                mean(|p| p.loss),
-                mean(|p| p.error),
+                t.train_loss,
+                t.train_error,
                 t.loss,
                 t.error,
-                t.top5_error
+                t.top5_error,
+                t.images_per_second
             );
         }
         io::atomic::write(&self.out.join("metrics.csv"), s.as_bytes())

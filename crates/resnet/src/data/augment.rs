@@ -119,8 +119,8 @@ impl SampleTransform {
                         }
                     }
                     (1, 3) => {
-                        for ch in 0..3 {
-                            o[ch] = (px[0] as f32 / 255.0 - self.mean[ch]) / self.std[ch];
+                        for ((ov, &m), &s) in o.iter_mut().zip(&self.mean).zip(&self.std) {
+                            *ov = (px[0] as f32 / 255.0 - m) / s;
                         }
                     }
                     _ => {
