@@ -112,6 +112,9 @@ pub struct Args {
     /// Continue the run saved in this folder (other settings come from its checkpoint).
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// Start a new run even where one is saved (its files are overwritten).
+    #[arg(long)]
+    pub force: bool,
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
@@ -351,6 +354,7 @@ pub fn run(a: Args) -> Result<()> {
                 cfg.spec.num_classes,
                 cpu.describe()
             );
+            resnet::train::check_fresh_out_dir(&a.out, a.force)?;
             Trainer::new(cfg, &cpu, data, &a.out)?
         }
     };

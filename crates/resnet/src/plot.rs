@@ -256,7 +256,13 @@ pub struct Thumb<'a> {
     pub ok: bool,
 }
 
-fn draw_grid<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, thumbs: &[Thumb<'_>], cols: usize, scale: usize, cell: (usize, usize)) -> Result<()> {
+fn draw_grid<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    thumbs: &[Thumb<'_>],
+    cols: usize,
+    scale: usize,
+    cell: (usize, usize),
+) -> Result<()> {
     root.fill(&WHITE).map_err(err)?;
     for (k, t) in thumbs.iter().enumerate() {
         let (cx, cy) = ((k % cols) * cell.0 + 10, (k / cols) * cell.1 + 10);
@@ -265,7 +271,8 @@ fn draw_grid<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, thumbs: &[Thumb<'
                 let p = &t.data[(y * t.w + x) * t.c..][..t.c];
                 let color = if t.c == 1 { RGBColor(p[0], p[0], p[0]) } else { RGBColor(p[0], p[1], p[2]) };
                 let (x0, y0) = ((cx + x * scale) as i32, (cy + y * scale) as i32);
-                root.draw(&Rectangle::new([(x0, y0), (x0 + scale as i32, y0 + scale as i32)], color.filled())).map_err(err)?;
+                root.draw(&Rectangle::new([(x0, y0), (x0 + scale as i32, y0 + scale as i32)], color.filled()))
+                    .map_err(err)?;
             }
         }
         let color = if t.ok { RGBColor(20, 120, 20) } else { RGBColor(200, 30, 30) };

@@ -621,7 +621,10 @@ impl<B: Backend> Trainer<B> {
                     images_per_second: ips,
                 });
                 let done = self.state.iteration >= total;
-                if self.state.iteration.is_multiple_of(self.config.log_every) || done || self.state.step_in_epoch == steps {
+                if self.state.iteration.is_multiple_of(self.config.log_every)
+                    || done
+                    || self.state.step_in_epoch == steps
+                {
                     let p = TrainPoint {
                         epoch,
                         iteration: self.state.iteration,
@@ -779,6 +782,20 @@ impl<B: Backend> Trainer<B> {
     /// Writes `name.safetensors` and `name.json` (and the momentum buffers when
     /// `with_optimizer`), each atomically.
     pub fn save(&mut self, name: &str, with_optimizer: bool) -> Result<()> {
+        let sd = io::state_dict(&mut self.net);
+        if let Some(key) = sd.iter().find_map(|(k, t)| match &t.data {
+            TensorData::F32(v) if v.iter().any(|x| !x.is_finite()) => Some(k),
+            _ => None,
+        }) {
+            // Batch norm can keep the loss finite while weights overflow: never save those.
+            return Err(Error::Diverged(format!(
+                "`{key}` became non-finite by iteration {} (epoch {}): stopping; try a lower --lr. \
+                 The last checkpoint in {} is intact",
+                self.state.iteration,
+                self.state.epoch,
+                self.out.display()
+            )));
+        }
         let meta: HashMap<String, String> = [
             ("iteration".to_string(), self.state.iteration.to_string()),
             ("arch".to_string(), self.config.spec.name.clone()),
@@ -805,7 +822,6 @@ impl<B: Backend> Trainer<B> {
         } else {
             None
         };
-        let sd = io::state_dict(&mut self.net);
         io::safetensors::write(&self.out.join(format!("{name}.safetensors")), &sd, Some(meta))?;
         let side = Sidecar {
             format: FORMAT.into(),
@@ -840,6 +856,19 @@ impl DataSpec {
             DataKind::Folder => "images",
         }
     }
+}
+
+/// Refuses to start a new run where one already is (its checkpoints and logs
+/// would be overwritten) unless `force`.
+pub fn check_fresh_out_dir(out: &Path, force: bool) -> Result<()> {
+    if !force && out.join("last.json").exists() {
+        return Err(Error::Invalid(format!(
+            "{} already holds a run: continue it with --resume {}, or pass --force to start over there",
+            out.display(),
+            out.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Creates the output folder and checks that it is writable.

@@ -1,0 +1,256 @@
+//! `resnet train`, `eval`, `classify` on a trained checkpoint, Ctrl-C and
+//! resume, and bad training input, end to end through the binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn resnet(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_resnet")).args(args).output().expect("runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("resnet-train-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A small Fashion-MNIST-shaped IDX set (random pixels with a class-coded stripe).
+fn toy_data(dir: &Path, train: usize) {
+    let mut state = 1u32;
+    let mut rnd = || {
+        state = state.wrapping_mul(1664525).wrapping_add(1013904223);
+        (state >> 24) as u8
+    };
+    for (prefix, n) in [("train", train), ("t10k", 40)] {
+        let mut px = Vec::new();
+        let mut labels = Vec::new();
+        for i in 0..n {
+            let c = i % 10;
+            labels.push(c as u8);
+            for y in 0..28 {
+                for _ in 0..28 {
+                    px.push(if y / 2 == c { 255 } else { rnd() / 4 });
+                }
+            }
+        }
+        resnet::data::idx::write(&dir.join(format!("{prefix}-images-idx3-ubyte.gz")), &[n, 28, 28], &px, true).unwrap();
+        resnet::data::idx::write(&dir.join(format!("{prefix}-labels-idx1-ubyte.gz")), &[n], &labels, true).unwrap();
+    }
+}
+
+fn fails_with(args: &[&str], want: &str) {
+    let out = resnet(args);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: not one line:\n{err}");
+    assert!(err.contains(want), "{args:?}: {err:?} lacks {want:?}");
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn train_then_eval_and_classify_from_the_checkpoint() {
+    let data = tmp("data");
+    toy_data(&data, 80);
+    let spec = format!("fashion-mnist:{}", s(&data));
+    let out = tmp("run");
+    let r = resnet(&[
+        "train",
+        "--arch",
+        "resnet8",
+        "--data",
+        &spec,
+        "--epochs",
+        "2",
+        "--batch",
+        "16",
+        "--out",
+        s(&out),
+        "--threads",
+        "2",
+        "--seed",
+        "3",
+    ]);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    let stdout = text(&r.stdout);
+    assert!(stdout.contains("epoch   2/2") && stdout.contains("test accuracy:"), "{stdout}");
+    let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    assert!(std::fs::metadata(out.join("curves.png")).unwrap().len() > 5000);
+
+    // eval: JSON with the contract's fields, and a heat map.
+    let r = resnet(&["eval", "--weights", s(&out.join("best.safetensors")), "--data", &spec, "--json"]);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    for k in ["top1", "top5", "per_class", "confusion"] {
+        assert!(v.get(k).is_some(), "eval JSON lacks {k}");
+    }
+    let top1 = v["top1"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&top1));
+    let confusion: u64 = v["confusion"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_u64().unwrap()))
+        .sum();
+    assert_eq!(confusion, 40);
+    assert!(out.join("confusion.png").is_file());
+
+    // classify picks up arch, classes and preprocessing from the sidecar.
+    let img = out.join("shirt.png");
+    image::GrayImage::from_fn(28, 28, |_, y| image::Luma([if y / 2 == 6 { 255 } else { 10 }])).save(&img).unwrap();
+    let r = resnet(&["classify", s(&img), "--weights", s(&out.join("best.safetensors")), "--json", "--topk", "2"]);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    let label = v[0]["top"][0]["label"].as_str().unwrap().to_string();
+    assert!(resnet::labels::FASHION_MNIST.contains(&label.as_str()), "{label}");
+
+    // Starting over where a run is saved needs --force.
+    fails_with(&["train", "--arch", "resnet8", "--data", &spec, "--epochs", "1", "--out", s(&out)], "--resume");
+    // --init with weights of another architecture.
+    let w8 = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/resnet8.pth");
+    fails_with(
+        &["train", "--arch", "resnet20", "--data", &spec, "--epochs", "1", "--out", s(&tmp("x")), "--init", s(&w8)],
+        "--init",
+    );
+    // --init from our checkpoint works (fine-tuning).
+    let r = resnet(&[
+        "train",
+        "--arch",
+        "resnet8",
+        "--data",
+        &spec,
+        "--epochs",
+        "1",
+        "--out",
+        s(&tmp("ft")),
+        "--init",
+        s(&out.join("best.safetensors")),
+    ]);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    // --resume where the weights are another architecture's.
+    let bad = tmp("bad-resume");
+    for f in ["last.json", "last.optim.safetensors", "metrics.jsonl"] {
+        std::fs::copy(out.join(f), bad.join(f)).unwrap();
+    }
+    std::fs::copy(&w8, bad.join("last.safetensors")).unwrap();
+    fails_with(&["train", "--resume", s(&bad)], "last.safetensors");
+    fails_with(&["train", "--resume", s(&tmp("empty"))], "last.json");
+}
+
+#[test]
+fn bad_training_input_is_one_clear_line_and_loses_nothing() {
+    let data = tmp("data2");
+    toy_data(&data, 40);
+    let spec = format!("fashion-mnist:{}", s(&data));
+    // An output folder that cannot be created (its parent is a file).
+    let file = tmp("f").join("plain-file");
+    std::fs::write(&file, b"x").unwrap();
+    fails_with(
+        &["train", "--arch", "resnet8", "--data", &spec, "--epochs", "1", "--out", s(&file.join("run"))],
+        "output folder",
+    );
+    // Bad data specifications.
+    fails_with(&["train", "--arch", "resnet8", "--data", "fashion-mnist", "--epochs", "1"], "KIND:PATH");
+    fails_with(&["train", "--arch", "resnet8", "--data", "svhn:/tmp", "--epochs", "1"], "unknown data kind");
+    fails_with(&["train", "--arch", "resnet8", "--data", "cifar10:/does/not/exist", "--epochs", "1"], "does not exist");
+    fails_with(&["train", "--arch", "resnet8", "--data", &spec, "--epochs", "1", "--batch", "0"], "--batch");
+    fails_with(&["train", "--arch", "resnet8", "--data", &spec, "--epochs", "1", "--threads", "0"], "--threads");
+    fails_with(&["train", "--arch", "resnet8", "--data", &spec, "--epochs", "1", "--lr", "0"], "--lr");
+    fails_with(&["train", "--arch", "resnet8", "--data", &spec], "--epochs");
+    // A diverging run: the learning rate jumps 1e12-fold after epoch 1. It
+    // stops with a clear message and epoch 1's checkpoint stays as it was.
+    let out = tmp("nan");
+    let args = [
+        "train",
+        "--arch",
+        "resnet8",
+        "--data",
+        &spec,
+        "--epochs",
+        "3",
+        "--batch",
+        "8",
+        "--out",
+        s(&out),
+        "--schedule",
+        "step",
+        "--milestones",
+        "1",
+        "--gamma",
+        "1e12",
+    ];
+    let r = resnet(&args);
+    assert_eq!(r.status.code(), Some(1), "{}", text(&r.stdout));
+    let err = text(&r.stderr);
+    assert!(err.contains("became") && err.contains("intact"), "{err}");
+    // "... (epoch E) ...": the checkpoint is that of the last good epoch, E - 1.
+    let epoch: u64 =
+        err.split("(epoch ").nth(1).and_then(|t| t.split(')').next()).and_then(|t| t.parse().ok()).unwrap();
+    assert!(epoch >= 2, "{err}");
+    let side: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("last.json")).unwrap()).unwrap();
+    assert_eq!(side["state"]["epoch"].as_u64(), Some(epoch - 1), "the checkpoint is the last completed epoch's");
+    assert_eq!(side["state"]["iteration"].as_u64(), Some(5 * (epoch - 1)));
+    let sd = resnet::io::read_state_dict(&out.join("last.safetensors")).unwrap();
+    let finite = sd.values().all(|t| match &t.data {
+        resnet::io::TensorData::F32(v) => v.iter().all(|x| x.is_finite()),
+        _ => true,
+    });
+    assert!(finite, "the saved weights are the good ones");
+}
+
+#[test]
+fn ctrl_c_saves_a_checkpoint_and_resume_finishes() {
+    let data = tmp("data3");
+    toy_data(&data, 400);
+    let spec = format!("fashion-mnist:{}", s(&data));
+    let out = tmp("sigint");
+    let child = Command::new(env!("CARGO_BIN_EXE_resnet"))
+        .args([
+            "train",
+            "--arch",
+            "resnet8",
+            "--data",
+            &spec,
+            "--epochs",
+            "50",
+            "--batch",
+            "8",
+            "--out",
+            s(&out),
+            "--log-every",
+            "1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until it is training, then interrupt it.
+    let t0 = std::time::Instant::now();
+    while std::fs::read_to_string(out.join("metrics.jsonl")).map(|s| s.lines().count()).unwrap_or(0) < 3 {
+        assert!(t0.elapsed().as_secs() < 120, "training did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let r = child.wait_with_output().unwrap();
+    let err = text(&r.stderr);
+    assert_eq!(r.status.code(), Some(130), "{err}");
+    assert!(err.contains("checkpoint saved") && err.contains("--resume"), "{err}");
+    let side: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("last.json")).unwrap()).unwrap();
+    let it = side["state"]["iteration"].as_u64().unwrap();
+    assert!(it >= 3, "saved at iteration {it}");
+    // Resume, shortened to 2 epochs, runs to the end.
+    let r = resnet(&["train", "--resume", s(&out), "--epochs", "2"]);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    assert!(text(&r.stdout).contains("test accuracy"));
+}
