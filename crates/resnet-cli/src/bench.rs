@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 use resnet::backend::Backend;
+use resnet::infer::InferencePlan;
 use resnet::model::{Mode, Network, ResNetSpec, Stem};
 use resnet::optim::{Sgd, SgdConfig};
 use resnet::rng::Rng;
@@ -41,6 +42,12 @@ pub struct Args {
     /// Load these weights instead of random ones.
     #[arg(long)]
     weights: Option<std::path::PathBuf>,
+    /// Write the last logits here (JSON rows), to compare engines.
+    #[arg(long)]
+    logits_out: Option<std::path::PathBuf>,
+    /// Print the time of each operation of the inference plan (infer mode).
+    #[arg(long)]
+    profile: bool,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -79,42 +86,71 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(w) = &a.weights {
         resnet::io::load_state_dict(&mut net, &resnet::io::read_state_dict(w)?, resnet::io::LoadMode::Strict)?;
     }
-    let mut rng = Rng::new(1);
-    let data: Vec<f32> = (0..batch * side * side * spec.in_channels).map(|_| rng.normal() as f32).collect();
-    let x = Tensor::from_host(&cpu, [batch, side, side, spec.in_channels], &data);
+    // The formula input of tools/make_fixtures.py (unit variance), so peers can use the same values.
+    let c = spec.in_channels;
+    let data: Vec<f32> = (0..batch * c * side * side)
+        .map(|i| (resnet::model::init::formula_u("input", i) * 3.4641016151377544) as f32)
+        .collect();
+    let x = Tensor::from_nchw(&cpu, batch, c, side, side, &data);
     let labels: Vec<u32> = (0..batch).map(|i| (i % spec.num_classes) as u32).collect();
+    let macs = net.summary(side, side)?.macs as f64;
     let mut sgd: Sgd<resnet::backend::Cpu> = Sgd::new(SgdConfig::default())?;
     let mut dl = Tensor::empty(&cpu);
-    let mut step = |net: &mut Network<resnet::backend::Cpu>| -> Result<()> {
-        if train {
+    // Inference runs the compiled plan; the network itself is then dropped (as a deployment would).
+    let mut plan = (!train).then(|| InferencePlan::new(&net));
+    if let (true, Some(p)) = (a.profile, plan.as_mut()) {
+        p.enable_profiling();
+    }
+    let mut net = if train { Some(net) } else { None };
+    let mut logits = Vec::new();
+    let mut step = |keep: bool| -> Result<()> {
+        if let Some(net) = net.as_mut() {
             net.zero_grad();
-            let logits = net.forward(&x, Mode::Train)?;
-            dl.reshape(&cpu, logits.shape);
-            let loss = cpu.softmax_cross_entropy(batch, spec.num_classes, &logits.buf, &labels, 0.0, &mut dl.buf);
+            let out = net.forward(&x, Mode::Train)?;
+            dl.reshape(&cpu, out.shape);
+            let loss = cpu.softmax_cross_entropy(batch, spec.num_classes, &out.buf, &labels, 0.0, &mut dl.buf);
             std::hint::black_box(loss);
+            if keep {
+                logits = out.to_host(&cpu);
+            }
             net.backward(&x, &dl);
             sgd.step(net, 0.01);
-        } else {
-            std::hint::black_box(net.forward(&x, Mode::Eval)?);
+        } else if let Some(plan) = plan.as_mut() {
+            let out = plan.run(&x)?;
+            if keep {
+                logits = out.to_host(&cpu);
+            }
         }
         Ok(())
     };
     for _ in 0..a.warmup {
-        step(&mut net)?;
+        step(false)?;
     }
     let mut times = Vec::with_capacity(a.iters);
     let t0 = Instant::now();
-    for _ in 0..a.iters {
+    for i in 0..a.iters {
         let t = Instant::now();
-        step(&mut net)?;
+        step(i + 1 == a.iters)?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
     let total = t0.elapsed().as_secs_f64();
+    if let (true, Some(p)) = (a.profile, plan.as_ref()) {
+        let prof = p.profile();
+        let total: f64 = prof.iter().map(|(_, t)| t).sum();
+        println!("{:<48} {:>9} {:>6}", "operation (last run)", "ms", "share");
+        for (name, t) in &prof {
+            println!("{name:<48} {:>9.3} {:>5.1}%", 1e3 * t, 100.0 * t / total);
+        }
+        println!("{:<48} {:>9.3}", "total", 1e3 * total);
+    }
+    if let Some(p) = &a.logits_out {
+        let rows: Vec<&[f32]> = logits.chunks(spec.num_classes).collect();
+        resnet::io::atomic::write(p, serde_json::to_string(&rows)?.as_bytes())?;
+    }
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
     let pct = |p: f64| sorted[((p * (sorted.len() - 1) as f64).round() as usize).min(sorted.len() - 1)];
     let ips = (batch * a.iters) as f64 / total;
-    let macs = net.summary(side, side)?.macs as f64;
     let gflops = ips * macs * 2.0 * if train { 3.0 } else { 1.0 } / 1e9;
     let v = serde_json::json!({
         "arch": spec.name, "mode": a.mode, "precision": a.precision, "batch": batch, "threads": cpu.threads(),
@@ -138,5 +174,44 @@ pub fn run(a: Args) -> Result<()> {
             peak_rss_mb()
         );
     }
+    Ok(())
+}
+
+/// Arguments of `resnet init`.
+#[derive(clap::Args)]
+pub struct InitArgs {
+    /// Architecture.
+    #[arg(long)]
+    arch: String,
+    /// Output .safetensors file.
+    #[arg(long)]
+    out: std::path::PathBuf,
+    /// Random seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Classifier outputs.
+    #[arg(long)]
+    num_classes: Option<usize>,
+    /// Input channels.
+    #[arg(long)]
+    in_channels: Option<usize>,
+}
+
+/// `resnet init`: writes freshly initialised weights (torchvision's scheme) for
+/// benchmarks and fine-tuning experiments.
+pub fn init(a: InitArgs) -> Result<()> {
+    let mut spec = ResNetSpec::named(&a.arch)?;
+    if let Some(n) = a.num_classes {
+        spec.num_classes = n;
+    }
+    if let Some(c) = a.in_channels {
+        spec.in_channels = c;
+    }
+    let cpu = cpu(Some(1))?;
+    let mut net = Network::new(&spec, &cpu)?;
+    net.init_kaiming(&mut Rng::new(a.seed), false);
+    let meta = [("arch".to_string(), spec.name.clone())].into();
+    resnet::io::safetensors::write(&a.out, &resnet::io::state_dict(&mut net), Some(meta))?;
+    println!("wrote {} ({} parameters) to {}", spec.name, net.num_params(), a.out.display());
     Ok(())
 }

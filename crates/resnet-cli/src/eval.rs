@@ -43,21 +43,22 @@ pub fn run(a: Args) -> Result<()> {
     let ds = Dataset::load(&spec)?;
     let clf = Classifier::load(&cpu, a.arch.as_deref(), &a.weights, Some(ds.classes.len()))
         .with_context(|| format!("cannot load {}", a.weights.display()))?;
-    let mut net = clf.net;
-    if net.spec.num_classes != ds.classes.len() {
-        bail!("the model has {} classes, {} has {}", net.spec.num_classes, spec, ds.classes.len());
+    let arch = clf.spec.clone();
+    let mut plan = clf.plan;
+    if arch.num_classes != ds.classes.len() {
+        bail!("the model has {} classes, {} has {}", arch.num_classes, spec, ds.classes.len());
     }
     let card = read_card(&a.weights)?;
-    let tf = eval_transform(net.spec.in_channels, &ds, card.as_ref());
+    let tf = eval_transform(arch.in_channels, &ds, card.as_ref());
     tf.validate(ds.channels)?;
     let workers = if matches!(ds.test.images, resnet::data::Images::Files(_)) { 2 * cpu.threads() } else { 1 };
-    let r = evaluate(&mut net, ds.test.clone(), Arc::new(tf), batch, workers, |_, _| {}, |_, _, _| {})?;
+    let r = evaluate(&mut plan, ds.test.clone(), Arc::new(tf), batch, workers, |_, _| {}, |_, _, _| {})?;
     let out = a.out.clone().unwrap_or_else(|| a.weights.parent().map(PathBuf::from).unwrap_or_default());
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
-    let title = format!("{} on {} ({} images)", net.spec.name, spec.kind_name(), r.n);
+    let title = format!("{} on {} ({} images)", arch.name, spec.kind_name(), r.n);
     resnet::plot::confusion_heatmap(&out.join("confusion"), &title, &r.confusion, &ds.classes)?;
     let json = serde_json::json!({
-        "arch": net.spec.name, "weights": a.weights, "data": spec.to_string(), "n": r.n,
+        "arch": arch.name, "weights": a.weights, "data": spec.to_string(), "n": r.n,
         "top1": r.top1, "top5": r.top5, "loss": r.loss,
         "per_class": ds.classes.iter().zip(&r.per_class).map(|(c, v)| serde_json::json!({"class": c, "accuracy": v})).collect::<Vec<_>>(),
         "confusion": r.confusion, "classes": ds.classes,

@@ -9,6 +9,7 @@ mod bench;
 mod classify;
 mod demo;
 mod eval;
+mod experiment;
 mod summary;
 mod train;
 mod util;
@@ -33,6 +34,10 @@ enum Command {
     Classify(classify::Args),
     /// Train a ResNet-20 on a bundled Fashion-MNIST subset in about two minutes and show the results.
     Demo(demo::Args),
+    /// The residual-learning lab: experiments that reproduce the papers' findings.
+    Experiment(experiment::Args),
+    /// Write freshly initialised weights for an architecture.
+    Init(bench::InitArgs),
     /// Measure speed: images/s, latency and peak memory of inference or training steps.
     Bench(bench::Args),
     /// Evaluate a network on a data set: top-1/top-5, per-class accuracy, confusion matrix.
@@ -54,7 +59,9 @@ fn main() {
         Command::Train(a) => train::run(*a),
         Command::Eval(a) => eval::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Init(a) => bench::init(a),
         Command::Demo(a) => demo::run(a),
+        Command::Experiment(a) => experiment::run(a),
     };
     if let Err(e) = result {
         util::fail(&e);

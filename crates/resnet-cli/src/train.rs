@@ -22,6 +22,31 @@ pub struct Args {
     /// Data: KIND:PATH with KIND one of mnist, fashion-mnist, cifar10, cifar100, folder.
     #[arg(long, required_unless_present = "resume")]
     pub data: Option<String>,
+    /// Output folder for checkpoints, metrics and plots.
+    #[arg(long, default_value = "runs/train")]
+    pub out: PathBuf,
+    /// Start from these weights; with another class count the classifier is re-initialised.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// Classifier outputs (default: the data set's classes).
+    #[arg(long)]
+    pub num_classes: Option<usize>,
+    /// Model input channels (default: the data set's; gray is replicated to 3, RGB turned to gray for 1).
+    #[arg(long)]
+    pub in_channels: Option<usize>,
+    /// Continue the run saved in this folder (settings come from its checkpoint; --epochs may extend it).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Start a new run even where one is saved (its files are overwritten).
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub recipe: Recipe,
+}
+
+/// How to train: shared by `train` and the experiments.
+#[derive(clap::Args, Clone)]
+pub struct Recipe {
     /// Epochs to train.
     #[arg(long, conflicts_with = "iterations")]
     pub epochs: Option<usize>,
@@ -73,18 +98,6 @@ pub struct Args {
     /// Data-loading threads [default: 1, or 2 per compute thread for image folders].
     #[arg(long)]
     pub workers: Option<usize>,
-    /// Output folder for checkpoints, metrics and plots.
-    #[arg(long, default_value = "runs/train")]
-    pub out: PathBuf,
-    /// Start from these weights; with another class count the classifier is re-initialised.
-    #[arg(long)]
-    pub init: Option<PathBuf>,
-    /// Classifier outputs (default: the data set's classes).
-    #[arg(long)]
-    pub num_classes: Option<usize>,
-    /// Model input channels (default: the data set's; gray is replicated to 3, RGB turned to gray for 1).
-    #[arg(long)]
-    pub in_channels: Option<usize>,
     /// Augmentation: standard (pad-4 crop + flip; random resized crop + flip for folders) or none.
     #[arg(long, default_value = "standard")]
     pub augment: String,
@@ -109,20 +122,23 @@ pub struct Args {
     /// Log a training point every N iterations [default: about 20 per epoch].
     #[arg(long)]
     pub log_every: Option<u64>,
-    /// Continue the run saved in this folder (other settings come from its checkpoint).
-    #[arg(long)]
-    pub resume: Option<PathBuf>,
-    /// Start a new run even where one is saved (its files are overwritten).
-    #[arg(long)]
-    pub force: bool,
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
 }
 
-/// Builds the run's configuration from the arguments and the loaded data set.
-pub fn config(a: &Args, threads: usize, data: DataSpec, ds: &resnet::data::Dataset) -> Result<TrainConfig> {
-    let arch = a.arch.as_deref().expect("clap requires --arch");
+/// Builds a run's configuration for `arch` from a recipe and the loaded data set.
+#[allow(clippy::too_many_arguments)]
+pub fn config(
+    a: &Recipe,
+    arch: &str,
+    threads: usize,
+    data: DataSpec,
+    ds: &resnet::data::Dataset,
+    num_classes: Option<usize>,
+    in_channels: Option<usize>,
+    init: Option<PathBuf>,
+) -> Result<TrainConfig> {
     let mut spec = ResNetSpec::named(arch)?;
     let recipe = match a.recipe.as_deref() {
         None => false,
@@ -140,8 +156,8 @@ pub fn config(a: &Args, threads: usize, data: DataSpec, ds: &resnet::data::Datas
         other => bail!("--augment must be `standard` or `none`, got `{other}`"),
     };
     // The data set decides classes and channels unless told otherwise.
-    spec.num_classes = a.num_classes.unwrap_or(ds.classes.len());
-    spec.in_channels = a.in_channels.unwrap_or(ds.channels);
+    spec.num_classes = num_classes.unwrap_or(ds.classes.len());
+    spec.in_channels = in_channels.unwrap_or(ds.channels);
     let (epochs, iterations) = match (a.epochs, a.iterations, recipe) {
         (Some(e), None, _) => (e, None),
         (None, Some(i), _) => (0, Some(i)),
@@ -160,7 +176,7 @@ pub fn config(a: &Args, threads: usize, data: DataSpec, ds: &resnet::data::Datas
     // He et al. (2015, sec. 4.2): ResNet-110 warms up at 0.01 until the
     // training error is below 80%, then goes back to 0.1.
     let warmup_until_error = (recipe && spec.depth() >= 110).then_some((lr / 10.0, 0.8));
-    Ok(TrainConfig {
+    let mut cfg = TrainConfig {
         spec,
         data,
         epochs,
@@ -184,14 +200,16 @@ pub fn config(a: &Args, threads: usize, data: DataSpec, ds: &resnet::data::Datas
         train_per_class: a.train_per_class,
         test_per_class: a.test_per_class,
         workers: a.workers.unwrap_or(1),
-        init: a.init.clone(),
+        init,
         log_every: a.log_every.unwrap_or(0),
         zero_init_residual: a.zero_init_residual,
-    })
+    };
+    finish_config(&mut cfg, a, ds.train.len(), matches!(ds.train.images, resnet::data::Images::Files(_)))?;
+    Ok(cfg)
 }
 
 /// Fills in what depends on the data: milestones, warm-up, log interval, workers.
-pub fn finish_config(cfg: &mut TrainConfig, a: &Args, train_len: usize, folder: bool) -> Result<()> {
+fn finish_config(cfg: &mut TrainConfig, a: &Recipe, train_len: usize, folder: bool) -> Result<()> {
     let per_epoch = train_len.div_ceil(cfg.batch) as u64;
     let total = cfg.iterations.unwrap_or(cfg.epochs as u64 * per_epoch);
     if let Schedule::MultiStep { milestones, .. } = &mut cfg.policy.schedule {
@@ -218,12 +236,26 @@ pub struct Progress {
     bar: Option<ProgressBar>,
     quiet: bool,
     epochs: usize,
+    /// Shown after the step figures (an experiment's overall progress).
+    extra: String,
 }
 
 impl Progress {
     /// Bars on stderr when it is a terminal and not `quiet`.
     pub fn new(quiet: bool) -> Self {
-        Self { bar: None, quiet, epochs: 0 }
+        Self { bar: None, quiet, epochs: 0, extra: String::new() }
+    }
+
+    /// Sets text shown after the step figures.
+    pub fn message_bar(&mut self, s: &str) {
+        self.extra = s.to_string();
+    }
+
+    /// Removes the bar.
+    pub fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
     }
 }
 
@@ -248,13 +280,13 @@ impl Observer for Progress {
     fn step(&mut self, r: &StepReport) {
         if let Some(bar) = &self.bar {
             bar.set_position(r.step as u64);
-            bar.set_message(format!(
-                "loss {:.4} acc {:5.1}% {:4.0} img/s lr {:.4}",
-                r.mean_loss,
-                100.0 * r.accuracy,
-                r.images_per_second,
-                r.lr
-            ));
+            let acc = if r.accuracy.is_finite() { format!(" acc {:5.1}%", 100.0 * r.accuracy) } else { String::new() };
+            let ips = if r.images_per_second.is_finite() {
+                format!(" {:4.0} img/s", r.images_per_second)
+            } else {
+                String::new()
+            };
+            bar.set_message(format!("loss {:.4}{acc}{ips} lr {:.4}  {}", r.mean_loss, r.lr, self.extra));
         }
     }
 
@@ -307,9 +339,7 @@ pub fn drive(trainer: &mut Trainer<Cpu>, quiet: bool) -> Result<TrainSummary> {
     let mut progress = Progress::new(quiet);
     match trainer.run(&mut progress) {
         Err(resnet::Error::Interrupted) => {
-            if let Some(bar) = progress.bar.take() {
-                bar.finish_and_clear();
-            }
+            progress.finish();
             let dir = trainer.out_dir().to_path_buf();
             eprintln!(
                 "error: interrupted at iteration {}: checkpoint saved; continue with `resnet train --resume {}`",
@@ -323,10 +353,10 @@ pub fn drive(trainer: &mut Trainer<Cpu>, quiet: bool) -> Result<TrainSummary> {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let cpu = cpu(a.threads)?;
+    let cpu = cpu(a.recipe.threads)?;
     let mut trainer = match &a.resume {
         Some(dir) => {
-            let t = Trainer::resume(dir, &cpu, a.epochs)
+            let t = Trainer::resume(dir, &cpu, a.recipe.epochs)
                 .with_context(|| format!("cannot resume from {}", dir.display()))?;
             if t.config.threads != cpu.threads() {
                 eprintln!(
@@ -340,10 +370,10 @@ pub fn run(a: Args) -> Result<()> {
         }
         None => {
             let spec: DataSpec = a.data.as_deref().expect("clap requires --data").parse()?;
-            let data = load_data(&spec, a.train_per_class, a.test_per_class)?;
-            let mut cfg = config(&a, cpu.threads(), spec, &data)?;
-            let folder = matches!(data.train.images, resnet::data::Images::Files(_));
-            finish_config(&mut cfg, &a, data.train.len(), folder)?;
+            let r = &a.recipe;
+            let data = load_data(&spec, r.train_per_class, r.test_per_class)?;
+            let arch = a.arch.as_deref().expect("clap requires --arch");
+            let cfg = config(r, arch, cpu.threads(), spec, &data, a.num_classes, a.in_channels, a.init.clone())?;
             println!(
                 "training {} ({} parameters) on {}: {} training and {} test images, {} classes, {}",
                 cfg.spec.name,
@@ -358,7 +388,7 @@ pub fn run(a: Args) -> Result<()> {
             Trainer::new(cfg, &cpu, data, &a.out)?
         }
     };
-    let summary = drive(&mut trainer, a.quiet)?;
+    let summary = drive(&mut trainer, a.recipe.quiet)?;
     if let Some(t) = &summary.test {
         println!(
             "done: {} epochs, {} iterations in {:.1} s of training; test accuracy: {:.2}% (best {:.2}%)",

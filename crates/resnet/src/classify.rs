@@ -20,8 +20,9 @@ use serde::Serialize;
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::infer::{Infer, InferencePlan};
 use crate::io::{self, LoadMode};
-use crate::model::{Mode, Network, ResNetSpec};
+use crate::model::{Network, ResNetSpec};
 use crate::preprocess::{RgbImage, Transform};
 use crate::tensor::Tensor;
 
@@ -40,8 +41,10 @@ pub struct Prediction {
 
 /// A network with everything needed to classify images.
 pub struct Classifier<B: Backend> {
-    /// The network (evaluation mode).
-    pub net: Network<B>,
+    /// The architecture.
+    pub spec: ResNetSpec,
+    /// The network, compiled for inference (batch norms folded, buffers reused).
+    pub plan: InferencePlan<B>,
     /// Its preprocessing.
     pub transform: Transform,
     /// Class names, one per output.
@@ -121,6 +124,7 @@ impl<B: Backend> Classifier<B> {
         }
         let mut net = Network::new(&spec, backend)?;
         io::load_state_dict(&mut net, &sd, LoadMode::Strict)?;
+        drop(sd);
         let mut transform = card.as_ref().and_then(|c| c.transform.clone()).unwrap_or(Transform::preset("v1")?);
         if spec.in_channels == 1 {
             transform.grayscale = true;
@@ -130,16 +134,16 @@ impl<B: Backend> Classifier<B> {
             None if spec.num_classes == 1000 => crate::labels::imagenet(),
             None => (0..spec.num_classes).map(|i| format!("class {i}")).collect(),
         };
-        Ok(Self { net, transform, labels })
+        Ok(Self { spec, plan: InferencePlan::new(&net), transform, labels })
     }
 
     /// Replaces the class names (their number must match the outputs).
     pub fn set_labels(&mut self, labels: Vec<String>) -> Result<()> {
-        if labels.len() != self.net.spec.num_classes {
+        if labels.len() != self.spec.num_classes {
             return Err(Error::Invalid(format!(
                 "{} labels given for a model with {} classes",
                 labels.len(),
-                self.net.spec.num_classes
+                self.spec.num_classes
             )));
         }
         self.labels = labels;
@@ -153,7 +157,7 @@ impl<B: Backend> Classifier<B> {
         for img in images {
             data.extend(self.transform.apply(img));
         }
-        Tensor::from_nchw(self.net.backend(), images.len(), c, s, s, &data)
+        Tensor::from_nchw(self.plan.backend(), images.len(), c, s, s, &data)
     }
 
     /// Logits, one row per image.
@@ -162,9 +166,9 @@ impl<B: Backend> Classifier<B> {
             return Ok(Vec::new());
         }
         let x = self.batch(images);
-        let b = self.net.backend().clone();
-        let y = self.net.forward(&x, Mode::Eval)?.to_host(&b);
-        Ok(y.chunks(self.net.spec.num_classes).map(<[f32]>::to_vec).collect())
+        let b = self.plan.backend().clone();
+        let y = self.plan.run(&x)?.to_host(&b);
+        Ok(y.chunks(self.spec.num_classes).map(<[f32]>::to_vec).collect())
     }
 
     /// The `k` most likely classes of each image.
@@ -179,10 +183,10 @@ impl<B: Backend> Classifier<B> {
             return Ok(Vec::new());
         }
         let x = self.batch(images);
-        let b = self.net.backend().clone();
-        self.net.forward(&x, Mode::Eval)?;
-        let d = self.net.spec.feature_dim();
-        Ok(self.net.avgpool.y.to_host(&b).chunks(d).map(<[f32]>::to_vec).collect())
+        let b = self.plan.backend().clone();
+        self.plan.run(&x)?;
+        let d = self.spec.feature_dim();
+        Ok(self.plan.features().to_host(&b).chunks(d).map(<[f32]>::to_vec).collect())
     }
 }
 

@@ -12,7 +12,7 @@ use crate::data::augment::SampleTransform;
 use crate::data::loader::Loader;
 use crate::data::{Dataset, Images, Split};
 use crate::error::Result;
-use crate::model::{Mode, Network};
+use crate::infer::Infer;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 
@@ -115,8 +115,8 @@ pub fn eval_transform(in_channels: usize, ds: &Dataset, card: Option<&ModelCard>
 /// Evaluates `net` on `split` (evaluation mode), calling `progress(done, total)`
 /// after each batch. `on_batch` sees each batch's predictions.
 #[allow(clippy::too_many_arguments)]
-pub fn evaluate<B: Backend>(
-    net: &mut Network<B>,
+pub fn evaluate<B: Backend, M: Infer<B>>(
+    net: &mut M,
     split: Arc<Split>,
     tf: Arc<SampleTransform>,
     batch: usize,
@@ -124,7 +124,7 @@ pub fn evaluate<B: Backend>(
     mut progress: impl FnMut(usize, usize),
     mut on_batch: impl FnMut(&[usize], &[u32], &[usize]),
 ) -> Result<EvalResult> {
-    let classes = net.spec.num_classes;
+    let classes = net.num_classes();
     let order = Arc::new((0..split.len()).collect::<Vec<_>>());
     let loader = Loader::spawn(split.clone(), order, batch, tf, Rng::new(0), 0, workers);
     let total = split.len();
@@ -136,7 +136,7 @@ pub fn evaluate<B: Backend>(
         let bt = bt?;
         x.shape = bt.shape;
         b.write(&mut x.buf, &bt.x);
-        let logits = net.forward(&x, Mode::Eval)?.to_host(&b);
+        let logits = net.infer(&x)?.to_host(&b);
         let preds = acc.add(&logits, &bt.labels);
         on_batch(&bt.indices, &bt.labels, &preds);
         done += bt.labels.len();

@@ -14,6 +14,8 @@ pub mod classify;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod experiment;
+pub mod infer;
 pub mod io;
 pub mod labels;
 pub mod model;

@@ -87,6 +87,15 @@ pub struct TrainConfig {
     pub zero_init_residual: bool,
 }
 
+impl TrainConfig {
+    /// True when `other` trains the same way: everything but the thread,
+    /// worker and logging settings is equal.
+    pub fn same_recipe(&self, other: &TrainConfig) -> bool {
+        let norm = |c: &TrainConfig| TrainConfig { threads: 0, workers: 0, log_every: 0, ..c.clone() };
+        norm(self) == norm(other)
+    }
+}
+
 /// Where a run stands (saved in the checkpoint sidecar).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TrainState {
@@ -481,6 +490,17 @@ impl<B: Backend> Trainer<B> {
     /// trainer saves a checkpoint and returns [`Error::Interrupted`].
     pub fn interrupt_flag(&self) -> Arc<AtomicBool> {
         self.interrupt.clone()
+    }
+
+    /// Makes the run stop (saving a checkpoint) when `flag` is set; shared
+    /// by the runs of an experiment.
+    pub fn set_interrupt_flag(&mut self, flag: Arc<AtomicBool>) {
+        self.interrupt = flag;
+    }
+
+    /// Logged training points and test evaluations so far.
+    pub fn curves(&self) -> (Vec<TrainPoint>, Vec<TestPoint>) {
+        (self.train_points.clone(), self.test_points.clone())
     }
 
     /// The output folder.

@@ -96,3 +96,59 @@ fn conv_matches_reference_and_adjoints() {
         }
     }
 }
+
+/// 3x3 stride-1 layers with 32+ channels take the Winograd path by default:
+/// forward against the reference, backward-data through the adjoint identity.
+#[test]
+fn winograd_layers_match_reference() {
+    let cpu = Cpu::new(Some(2)).unwrap();
+    let mut r = Rng(0x1234567);
+    for &(n, h, w, ci, co, pad) in
+        &[(1, 7, 7, 32, 48, 1), (2, 9, 6, 40, 32, 1), (1, 14, 14, 64, 64, 1), (2, 5, 8, 33, 35, 0)]
+    {
+        let d = ConvDesc {
+            n,
+            h,
+            w,
+            c_in: ci,
+            c_out: co,
+            kernel: [3, 3],
+            stride: [1, 1],
+            pad: [pad, pad],
+            dilation: [1, 1],
+            groups: 1,
+        };
+        let x = r.vec(d.in_len());
+        let wt = r.vec(d.weight_len());
+        let mut f = Default::default();
+        cpu.prepare_filter(&d, &wt, FilterUse::Forward, &mut f);
+        let mut y = vec![0.0; d.out_len()];
+        cpu.conv_forward(&d, &x, &f, &mut y, &ConvEpilogue::default());
+        let want = conv2d_nchw(
+            &nhwc_to_nchw(&x, n, ci, h, w),
+            n,
+            ci,
+            h,
+            w,
+            &ohwi_to_oihw(&wt, co, ci, 3, 3),
+            co,
+            [3, 3],
+            [1, 1],
+            [pad, pad],
+            [1, 1],
+            1,
+        );
+        let want = nchw_to_nhwc(&want, n, co, d.out_h(), d.out_w());
+        let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        for (a, b) in y.iter().zip(&want) {
+            assert!((a - b).abs() <= 1e-4 * scale, "{d:?}: {a} vs {b}");
+        }
+        let dy = r.vec(d.out_len());
+        let mut fb = Default::default();
+        cpu.prepare_filter(&d, &wt, FilterUse::BackwardData, &mut fb);
+        let mut dx = vec![0.0; d.in_len()];
+        cpu.conv_backward_data(&d, &dy, &fb, &mut dx, false);
+        let (lhs, rhs) = (dot(&y, &dy), dot(&x, &dx));
+        assert!((lhs - rhs).abs() < 1e-4 * (1.0 + lhs.abs()), "{d:?}: bwd-data {lhs} vs {rhs}");
+    }
+}

@@ -7,6 +7,7 @@ mod common;
 
 use common::*;
 use resnet::backend::Cpu;
+use resnet::infer::InferencePlan;
 use resnet::model::{Mode, Network, ResNetSpec};
 use resnet::tensor::Tensor;
 
@@ -38,9 +39,17 @@ fn every_architecture_matches_pytorch() {
         let (want, _) = get(&sd, key);
         let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
         let err = max_abs_diff(&y, &want) / scale;
-        eprintln!("{key:40} max |logit| {scale:9.3}  max error / scale {err:.2e}");
-        worst = worst.max(err);
+        // Evaluation mode also through the compiled plan (folded norms, fused epilogues).
+        let plan_err = if mode == Mode::Eval {
+            let mut plan = InferencePlan::new(&net);
+            max_abs_diff(&plan.run(&x).unwrap().to_host(&cpu), &want) / scale
+        } else {
+            0.0
+        };
+        eprintln!("{key:40} max |logit| {scale:9.3}  max error / scale {err:.2e}, plan {plan_err:.2e}");
+        worst = worst.max(err).max(plan_err);
         assert!(err <= 1e-4, "{key}: logits differ by {err:e} (relative to {scale})");
+        assert!(plan_err <= 1e-4, "{key}: the inference plan's logits differ by {plan_err:e}");
     }
     eprintln!("worst relative error {worst:.2e}");
 }

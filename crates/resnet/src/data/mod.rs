@@ -153,7 +153,9 @@ impl Split {
     }
 }
 
-/// A data set: training and test splits and what describes them.
+/// A data set: training and test splits and what describes them (cheap to
+/// clone: the splits are shared).
+#[derive(Clone)]
 pub struct Dataset {
     /// Where it came from.
     pub spec: DataSpec,

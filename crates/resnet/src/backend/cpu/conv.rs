@@ -14,6 +14,7 @@
 
 use super::direct::{self, Panels};
 use super::gemm::Epilogue;
+use super::winograd;
 use crate::backend::ConvDesc;
 
 /// A sliding-window view of one group of channels of an NHWC image, seen as a
@@ -189,15 +190,39 @@ fn backward_window<'a>(d: &ConvDesc, dy: &'a [f32], g: usize) -> Window<'a> {
     }
 }
 
-/// A filter packed for the CPU kernels: one set of panels per group.
+/// A filter packed for the CPU kernels: one set of panels per group, or a
+/// Winograd-transformed filter for the 3x3 stride-1 layers.
 #[derive(Debug, Default)]
 pub struct CpuFilter {
     groups: Vec<Panels>,
     scratch: Vec<f32>,
+    winograd: Option<winograd::WinogradFilter>,
+}
+
+/// The Winograd tile for a layer: 0 (direct), 2 or 4. `RESNET_WINOGRAD=0|2|4`
+/// overrides the choice (for benchmarks and tests).
+fn winograd_tile(d: &ConvDesc) -> usize {
+    static MODE: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let forced = *MODE.get_or_init(|| std::env::var("RESNET_WINOGRAD").ok().and_then(|v| v.parse().ok()));
+    if !winograd::applicable(d) {
+        return 0;
+    }
+    match forced {
+        Some(m @ (0 | 2 | 4)) => m,
+        _ if d.c_in >= 32 && d.c_out >= 32 => 4,
+        _ => 0,
+    }
 }
 
 /// Packs OHWI weights for the forward pass: per group, `w[co][k]`.
 pub fn prepare_forward(d: &ConvDesc, w: &[f32], out: &mut CpuFilter) {
+    let m = winograd_tile(d);
+    if m > 0 {
+        let wf = out.winograd.get_or_insert_with(Default::default);
+        winograd::prepare(m, w, d.c_out, d.c_in, wf);
+        return;
+    }
+    out.winograd = None;
     let (kl, cg) = (d.k_len(), d.cout_g());
     out.groups.resize_with(d.groups, Panels::default);
     for (g, p) in out.groups.iter_mut().enumerate() {
@@ -210,6 +235,26 @@ pub fn prepare_forward(d: &ConvDesc, w: &[f32], out: &mut CpuFilter) {
 pub fn prepare_backward_data(d: &ConvDesc, w: &[f32], out: &mut CpuFilter) {
     let (kl, cg, cig) = (d.k_len(), d.cout_g(), d.cin_g());
     let taps = d.kernel[0] * d.kernel[1];
+    let m = winograd_tile(d);
+    if m > 0 {
+        // The gradient is a 3x3 convolution of dy with the flipped, transposed
+        // filter: w'[ci][ky][kx][co] = w[co][2 - ky][2 - kx][ci].
+        out.scratch.resize(d.weight_len(), 0.0);
+        for co in 0..d.c_out {
+            for ky in 0..3 {
+                for kx in 0..3 {
+                    for ci in 0..d.c_in {
+                        out.scratch[((ci * 3 + ky) * 3 + kx) * d.c_out + co] =
+                            w[((co * 3 + 2 - ky) * 3 + 2 - kx) * d.c_in + ci];
+                    }
+                }
+            }
+        }
+        let wf = out.winograd.get_or_insert_with(Default::default);
+        winograd::prepare(m, &out.scratch, d.c_in, d.c_out, wf);
+        return;
+    }
+    out.winograd = None;
     out.groups.resize_with(d.groups, Panels::default);
     out.scratch.resize(taps * cg * cig, 0.0);
     for (g, p) in out.groups.iter_mut().enumerate() {
@@ -227,6 +272,9 @@ pub fn prepare_backward_data(d: &ConvDesc, w: &[f32], out: &mut CpuFilter) {
 
 /// Convolution forward with a fused epilogue.
 pub fn forward(d: &ConvDesc, x: &[f32], f: &CpuFilter, y: &mut [f32], epi: &Epilogue<'_>) {
+    if let Some(wf) = &f.winograd {
+        return winograd::forward(d, x, wf, y, epi);
+    }
     let cg = d.cout_g();
     for g in 0..d.groups {
         let off = g * cg;
@@ -241,6 +289,18 @@ pub fn forward(d: &ConvDesc, x: &[f32], f: &CpuFilter, y: &mut [f32], epi: &Epil
 pub fn backward_data(d: &ConvDesc, dy: &[f32], f: &CpuFilter, dx: &mut [f32], accumulate: bool) {
     let cig = d.cin_g();
     let epi = Epilogue { accumulate, ..Default::default() };
+    if let Some(wf) = &f.winograd {
+        // Stride 1: dx has dy's size; the transposed convolution pads by 2 - pad.
+        let t = ConvDesc {
+            h: d.out_h(),
+            w: d.out_w(),
+            c_in: d.c_out,
+            c_out: d.c_in,
+            pad: [2 - d.pad[0], 2 - d.pad[1]],
+            ..*d
+        };
+        return winograd::forward(&t, dy, wf, dx, &epi);
+    }
     for g in 0..d.groups {
         direct::run(&backward_window(d, dy, g), &f.groups[g], &mut dx[g * cig..], d.c_in, 0, &epi, None);
     }

@@ -9,6 +9,7 @@ pub mod gemm;
 pub mod norm;
 pub mod ops;
 pub mod pool;
+pub mod winograd;
 
 use std::sync::Arc;
 

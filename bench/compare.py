@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""Runs `resnet bench` and the peers (ONNX Runtime, PyTorch NCHW and channels-last)
+alternately on the same random-weight networks and prints medians and ratios.
+
+Invoked by bench/compare.sh, which prepares the virtual environment and the binary.
+Options: --runs N (timed runs per engine, default 5), --only SUBSTRING, --quick.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+WORK = os.path.join(HERE, ".work")
+RESNET = os.environ.get("RESNET_BIN", os.path.join(ROOT, "target", "release", "resnet"))
+PY = sys.executable
+
+# name, arch, batch, threads, mode, input side, peers
+WORKLOADS = [
+    ("resnet50 inference, batch 1", "resnet50", 1, 2, "infer", 224, ["ort", "torch", "torch-cl"]),
+    ("resnet50 inference, batch 16", "resnet50", 16, 2, "infer", 224, ["ort", "torch", "torch-cl"]),
+    ("resnet18 inference, batch 1", "resnet18", 1, 2, "infer", 224, ["ort", "torch", "torch-cl"]),
+    ("resnet18 inference, batch 16", "resnet18", 16, 2, "infer", 224, ["ort", "torch", "torch-cl"]),
+    ("resnet50 inference, batch 1, 1 thread", "resnet50", 1, 1, "infer", 224, ["ort", "torch", "torch-cl"]),
+    ("resnet18 inference, batch 1, 1 thread", "resnet18", 1, 1, "infer", 224, ["ort", "torch", "torch-cl"]),
+    ("resnet20 (CIFAR, 32x32) training step, batch 128", "resnet20", 128, 2, "train", 32, ["torch", "torch-cl"]),
+    ("resnet18 training step, 224x224, batch 16", "resnet18", 16, 2, "train", 224, ["torch", "torch-cl"]),
+]
+
+
+def sh(cmd, **kw):
+    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if r.returncode != 0:
+        sys.exit(f"error: {' '.join(cmd)} failed:\n{r.stderr}")
+    return r.stdout
+
+
+def ours(arch, weights, batch, threads, mode, side, iters, precision="f32", logits=None):
+    cmd = [RESNET, "bench", "--arch", arch, "--weights", weights, "--batch", str(batch), "--threads", str(threads),
+           "--mode", mode, "--input", str(side), "--iters", str(iters), "--precision", precision, "--json"]
+    if logits:
+        cmd += ["--logits-out", logits]
+    return json.loads(sh(cmd))
+
+
+def peer(engine, arch, weights, onnx, batch, threads, mode, side, iters, logits=None):
+    cmd = [PY, os.path.join(HERE, "peer.py"), "--engine", engine, "--arch", arch, "--weights", weights, "--batch",
+           str(batch), "--threads", str(threads), "--mode", mode, "--input", str(side), "--iters", str(iters)]
+    if onnx:
+        cmd += ["--onnx", onnx]
+    if logits:
+        cmd += ["--logits-out", logits]
+    return json.loads(sh(cmd))
+
+
+def prepare(arch, side):
+    os.makedirs(WORK, exist_ok=True)
+    w = os.path.join(WORK, f"{arch}.safetensors")
+    if not os.path.exists(w):
+        sh([RESNET, "init", "--arch", arch, "--out", w, "--seed", "0"])
+    onnx = os.path.join(WORK, f"{arch}-{side}.onnx")
+    if not os.path.exists(onnx):
+        sh([PY, os.path.join(HERE, "export_onnx.py"), arch, w, onnx, str(side)])
+    return w, onnx
+
+
+def max_rel_diff(a, b):
+    a = [x for row in a for x in row]
+    b = [x for row in b for x in row]
+    scale = max(1.0, max(abs(x) for x in b))
+    return max(abs(x - y) for x, y in zip(a, b)) / scale
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--only", default="")
+    p.add_argument("--seconds", type=float, default=3.0, help="target seconds per timed run")
+    p.add_argument("--json-out", default=os.path.join(HERE, "results.json"))
+    a = p.parse_args()
+    results = []
+    checked = set()
+    for name, arch, batch, threads, mode, side, peers in WORKLOADS:
+        if a.only and a.only not in name:
+            continue
+        w, onnx = prepare(arch, side)
+        # Do the engines agree? (once per architecture, inference, batch 2)
+        if mode == "infer" and arch not in checked:
+            checked.add(arch)
+            mine = os.path.join(WORK, "ours.json")
+            ours(arch, w, 2, threads, "infer", side, 1, logits=mine)
+            ref = json.load(open(mine))
+            for e in ["ort", "torch"]:
+                theirs = os.path.join(WORK, f"{e}.json")
+                peer(e, arch, w, onnx, 2, threads, "infer", side, 1, logits=theirs)
+                d = max_rel_diff(ref, json.load(open(theirs)))
+                print(f"{arch}: ours vs {e}: max |logit difference| / max(1, |logit|) = {d:.2e}", flush=True)
+                if d > 1e-3:
+                    sys.exit(f"error: outputs disagree for {arch} ({e}): {d}")
+        # Size the runs from one quick measurement of ours.
+        probe = ours(arch, w, batch, threads, mode, side, 2)
+        iters = max(3, min(200, int(a.seconds * probe["images_per_second"] / batch)))
+        rows = {"ours": []}
+        for r in range(a.runs):
+            rows["ours"].append(ours(arch, w, batch, threads, mode, side, iters))
+            for e in peers:
+                rows.setdefault(e, []).append(peer(e, arch, w, onnx if e == "ort" else None, batch, threads, mode, side, iters))
+        med = {e: {k: statistics.median(x[k] for x in v) for k in ["images_per_second", "latency_ms_p50", "latency_ms_p99", "peak_rss_mb"]} for e, v in rows.items()}
+        macs = json.loads(sh([RESNET, "summary", arch, "--input", str(side), "--json"]))["macs"]
+        res = {"workload": name, "arch": arch, "batch": batch, "threads": threads, "mode": mode, "input": side, "iters": iters,
+               "runs": a.runs, "macs_per_image": macs, "median": med, "all": rows}
+        results.append(res)
+        line = f"{name}: ours {med['ours']['images_per_second']:.1f} img/s"
+        for e in peers:
+            line += f", {e} {med[e]['images_per_second']:.1f} ({med['ours']['images_per_second'] / med[e]['images_per_second']:.2f}x)"
+        print(line, flush=True)
+    meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M"),
+            "python": platform.python_version()}
+    try:
+        import onnxruntime
+        import torch
+
+        meta.update({"onnxruntime": onnxruntime.__version__, "torch": torch.__version__})
+    except ImportError:
+        pass
+    json.dump({"meta": meta, "results": results}, open(a.json_out, "w"), indent=1)
+    print_table(results, meta)
+
+
+def print_table(results, meta):
+    print(f"\nMedians of the timed runs; ratios are ours / peer (higher is better for us). torch 'best' is the faster of NCHW and channels-last.")
+    print(f"onnxruntime {meta.get('onnxruntime')}, torch {meta.get('torch')}, {meta['cpus']} CPUs\n")
+    print("| workload | ours img/s | ONNX Runtime | PyTorch best | ours / ORT | ours / PyTorch | ours p50 / p99 ms | ORT p50 / p99 ms | peak RSS ours / ORT MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        m = r["median"]
+        o = m["ours"]
+        ort = m.get("ort")
+        tb = max((m[e] for e in ["torch", "torch-cl"] if e in m), key=lambda x: x["images_per_second"])
+        cells = [r["workload"], f"{o['images_per_second']:.1f}",
+                 f"{ort['images_per_second']:.1f}" if ort else "—", f"{tb['images_per_second']:.1f}",
+                 f"{o['images_per_second'] / ort['images_per_second']:.2f}x" if ort else "—",
+                 f"{o['images_per_second'] / tb['images_per_second']:.2f}x",
+                 f"{o['latency_ms_p50']:.1f} / {o['latency_ms_p99']:.1f}",
+                 f"{ort['latency_ms_p50']:.1f} / {ort['latency_ms_p99']:.1f}" if ort else "—",
+                 f"{o['peak_rss_mb']:.0f} / {ort['peak_rss_mb']:.0f}" if ort else f"{o['peak_rss_mb']:.0f} / —"]
+        print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
