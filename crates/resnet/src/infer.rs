@@ -84,6 +84,9 @@ impl<B: Backend> Infer<B> for InferencePlan<B> {
 struct FusedConv<B: Backend> {
     /// The geometry (batch and spatial size filled in at run time).
     template: ConvDesc,
+    /// Folded weights, until the filter is prepared for the first input shape
+    /// (the backend chooses its algorithm from the whole geometry).
+    weights: Option<B::Buf>,
     filter: B::Filter,
     bias: Option<B::Buf>,
 }
@@ -101,8 +104,6 @@ enum Op<B: Backend> {
     Pad { c_in: usize, c_out: usize, stride: usize, src: usize, dst: usize },
     /// Global average pool.
     Gap { src: usize, dst: usize },
-    /// Classifier.
-    Linear { c_in: usize, c_out: usize, w: B::Buf, b: B::Buf, src: usize, dst: usize },
 }
 
 /// A compiled network for evaluation.
@@ -140,9 +141,7 @@ fn fold<B: Backend>(b: &B, conv: &Conv2d<B>, bn: Option<&BatchNorm2d<B>>) -> Fus
         }
         b.upload(&shift)
     });
-    let mut filter = B::Filter::default();
-    b.prepare_filter(&template, &b.upload(&w), FilterUse::Forward, &mut filter);
-    FusedConv { template, filter, bias }
+    FusedConv { template, weights: Some(b.upload(&w)), filter: B::Filter::default(), bias }
 }
 
 /// Builds the op list; values are numbered as they are produced.
@@ -257,14 +256,32 @@ impl<B: Backend> InferencePlan<B> {
         }
         let pooled = bl.value();
         bl.ops.push(Op::Gap { src: x, dst: pooled });
+        // The classifier is a 1x1 convolution of the pooled features: it runs
+        // through the same prepared-filter kernels.
         let logits = bl.value();
-        bl.ops.push(Op::Linear {
+        let template = ConvDesc {
+            n: 1,
+            h: 1,
+            w: 1,
             c_in: net.fc.c_in,
             c_out: net.fc.c_out,
-            w: b.upload(&b.download(&net.fc.weight.value)),
-            b: b.upload(&b.download(&net.fc.bias.value)),
+            kernel: [1, 1],
+            stride: [1, 1],
+            pad: [0, 0],
+            dilation: [1, 1],
+            groups: 1,
+        };
+        bl.ops.push(Op::Conv {
+            conv: FusedConv {
+                template,
+                weights: Some(b.upload(&b.download(&net.fc.weight.value))),
+                filter: B::Filter::default(),
+                bias: Some(b.upload(&b.download(&net.fc.bias.value))),
+            },
             src: pooled,
             dst: logits,
+            residual: None,
+            relu: false,
         });
         let (slot, nslots) = assign_slots(&bl.ops, bl.values, pooled);
         let bufs = (0..nslots).map(|_| Tensor::empty(&b)).collect();
@@ -315,7 +332,6 @@ impl<B: Backend> InferencePlan<B> {
                     Op::MaxPool { .. } => format!("max pool at {}x{}", s[1], s[2]),
                     Op::Pad { .. } => "option-A shortcut".into(),
                     Op::Gap { .. } => "global average pool".into(),
-                    Op::Linear { c_in, c_out, .. } => format!("linear {c_in}->{c_out}"),
                 };
                 (name, t.get(i).copied().unwrap_or(0.0))
             })
@@ -360,13 +376,18 @@ impl<B: Backend> InferencePlan<B> {
                 }
                 Op::Pad { c_out, stride, .. } => [s[0], s[1].div_ceil(*stride), s[2].div_ceil(*stride), *c_out],
                 Op::Gap { .. } => [s[0], 1, 1, s[3]],
-                Op::Linear { c_out, .. } => [s[0], 1, 1, *c_out],
             };
             self.shapes[dst] = out;
             let dslot = self.slot[dst].expect("every produced value has a slot");
             // Take the destination out so sources can be borrowed alongside it.
             let mut y = std::mem::replace(&mut self.bufs[dslot], Tensor::empty(&b));
             y.reshape(&b, out);
+            if let Op::Conv { conv, .. } = &mut self.ops[i]
+                && let Some(w) = conv.weights.take()
+            {
+                let d = ConvDesc { n: s[0], h: s[1], w: s[2], ..conv.template };
+                b.prepare_filter(&d, &w, FilterUse::Forward, &mut conv.filter);
+            }
             {
                 let get = |v: usize| -> &Tensor<B> { if v == 0 { x } else { &self.bufs[self.slot[v].expect("slot")] } };
                 let src_t = get(src);
@@ -420,9 +441,6 @@ impl<B: Backend> InferencePlan<B> {
                         b.pad_shortcut_forward(&d, &src_t.buf, &mut y.buf);
                     }
                     Op::Gap { .. } => b.global_avg_pool_forward(s[0], s[1] * s[2], s[3], &src_t.buf, &mut y.buf),
-                    Op::Linear { c_in, c_out, w, b: bias, .. } => {
-                        b.linear_forward(s[0], *c_in, *c_out, &src_t.buf, w, Some(bias), &mut y.buf)
-                    }
                 }
             }
             self.bufs[dslot] = y;
@@ -451,8 +469,7 @@ fn op_io<B: Backend>(op: &Op<B>) -> (usize, usize) {
         | Op::Norm { src, dst, .. }
         | Op::MaxPool { src, dst, .. }
         | Op::Pad { src, dst, .. }
-        | Op::Gap { src, dst, .. }
-        | Op::Linear { src, dst, .. } => (*src, *dst),
+        | Op::Gap { src, dst, .. } => (*src, *dst),
     }
 }
 

@@ -150,6 +150,103 @@ impl direct::Taps for Window<'_> {
     }
 }
 
+/// A convolution over a zero-padded copy of its input, with one tap per
+/// kernel *row*: a row of `kw` pixels is `kw * c_in` contiguous floats. For
+/// layers with few input channels (the 7x7 stem has three) this gives the
+/// micro-kernel runs of 21 floats instead of 3.
+struct RowWindow<'a> {
+    /// The padded input, `[n][hp][wp][c]`.
+    padded: &'a [f32],
+    hp: usize,
+    wp: usize,
+    c: usize,
+    oh: usize,
+    ow: usize,
+    kh: usize,
+    kw: usize,
+    stride: [usize; 2],
+    dil_y: usize,
+}
+
+impl direct::Taps for RowWindow<'_> {
+    fn rows(&self) -> usize {
+        self.padded.len() / (self.hp * self.wp * self.c) * self.oh * self.ow
+    }
+    fn taps(&self) -> usize {
+        self.kh
+    }
+    fn klen(&self) -> usize {
+        self.kw * self.c
+    }
+    fn fill(&self, m0: usize, zero: *const f32, out: &mut [[*const f32; direct::MR]]) {
+        let rows = direct::Taps::rows(self);
+        for i in 0..direct::MR {
+            let m = m0 + i;
+            for (ky, t) in out.iter_mut().enumerate().take(self.kh) {
+                t[i] = if m < rows { self.run(m, ky) } else { zero };
+            }
+        }
+    }
+    fn fill_tap(&self, m0: usize, count: usize, t: usize, _zero: *const f32, out: &mut Vec<*const f32>) {
+        out.extend((m0..m0 + count).map(|m| self.run(m, t)));
+    }
+}
+
+impl RowWindow<'_> {
+    /// Start of kernel row `ky` of output pixel `m` (always inside the padded input).
+    fn run(&self, m: usize, ky: usize) -> *const f32 {
+        let (ox, oy, n) = (m % self.ow, (m / self.ow) % self.oh, m / (self.ow * self.oh));
+        let (iy, ix) = (oy * self.stride[0] + ky * self.dil_y, ox * self.stride[1]);
+        self.padded[((n * self.hp + iy) * self.wp + ix) * self.c..].as_ptr()
+    }
+}
+
+/// Whether a convolution runs on a padded copy with row taps (see [`RowWindow`]).
+fn use_rows(d: &ConvDesc) -> bool {
+    d.groups == 1 && d.kernel[1] > 1 && d.dilation[1] == 1 && d.c_in * d.kernel[1] <= 64 && d.c_in <= 4
+}
+
+/// Copies an NHWC batch into a zero-padded buffer.
+fn pad_input(d: &ConvDesc, x: &[f32], out: &mut Vec<f32>) -> (usize, usize) {
+    let (hp, wp) = (d.h + 2 * d.pad[0], d.w + 2 * d.pad[1]);
+    let c = d.c_in;
+    out.clear();
+    out.resize(d.n * hp * wp * c, 0.0);
+    for n in 0..d.n {
+        for y in 0..d.h {
+            let src = &x[((n * d.h + y) * d.w) * c..][..d.w * c];
+            out[((n * hp + y + d.pad[0]) * wp + d.pad[1]) * c..][..d.w * c].copy_from_slice(src);
+        }
+    }
+    (hp, wp)
+}
+
+thread_local! {
+    /// Padded inputs for row-tap convolutions (taken out while the kernels run).
+    static PADDED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with a row window over a padded copy of `x`.
+fn with_rows<R>(d: &ConvDesc, x: &[f32], f: impl FnOnce(&RowWindow<'_>) -> R) -> R {
+    let mut buf = PADDED.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    let (hp, wp) = pad_input(d, x, &mut buf);
+    let w = RowWindow {
+        padded: &buf,
+        hp,
+        wp,
+        c: d.c_in,
+        oh: d.out_h(),
+        ow: d.out_w(),
+        kh: d.kernel[0],
+        kw: d.kernel[1],
+        stride: d.stride,
+        dil_y: d.dilation[0],
+    };
+    let r = f(&w);
+    PADDED.with(|p| *p.borrow_mut() = buf);
+    r
+}
+
 /// Forward window: output pixels over input `x`, group `g`.
 fn forward_window<'a>(d: &ConvDesc, x: &'a [f32], g: usize) -> Window<'a> {
     Window {
@@ -199,7 +296,10 @@ pub struct CpuFilter {
     winograd: Option<winograd::WinogradFilter>,
 }
 
-/// The Winograd tile for a layer: 0 (direct), 2 or 4. `RESNET_WINOGRAD=0|2|4`
+/// The Winograd tile for a layer: 0 (direct), 2 or 4, chosen from the whole
+/// descriptor as cuDNN chooses an algorithm: Winograd needs enough tiles to
+/// fill the micro-kernel's rows (a 7x7 map at batch 1 has only four 4x4 tiles),
+/// and channels enough for its transforms to pay. `RESNET_WINOGRAD=0|2|4`
 /// overrides the choice (for benchmarks and tests).
 fn winograd_tile(d: &ConvDesc) -> usize {
     static MODE: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
@@ -207,9 +307,15 @@ fn winograd_tile(d: &ConvDesc) -> usize {
     if !winograd::applicable(d) {
         return 0;
     }
-    match forced {
-        Some(m @ (0 | 2 | 4)) => m,
-        _ if d.c_in >= 32 && d.c_out >= 32 => 4,
+    if let Some(m @ (0 | 2 | 4)) = forced {
+        return m;
+    }
+    let tiles = |m: usize| d.n * d.out_h().div_ceil(m) * d.out_w().div_ceil(m);
+    let enough = 4 * direct::MR;
+    match () {
+        _ if d.c_in < 16 || d.c_out < 16 => 0,
+        _ if tiles(4) >= enough => 4,
+        _ if tiles(2) >= enough => 2,
         _ => 0,
     }
 }
@@ -310,6 +416,9 @@ pub fn backward_data(d: &ConvDesc, dy: &[f32], f: &CpuFilter, dx: &mut [f32], ac
 /// read in place (see [`direct::filter_gradient`]).
 pub fn backward_filter(d: &ConvDesc, x: &[f32], dy: &[f32], dw: &mut [f32]) {
     let (cg, kl) = (d.cout_g(), d.k_len());
+    if use_rows(d) {
+        return with_rows(d, x, |w| direct::filter_gradient(w, dy, d.c_out, d.c_out, dw));
+    }
     for g in 0..d.groups {
         let dwg = &mut dw[g * cg * kl..(g + 1) * cg * kl];
         direct::filter_gradient(&forward_window(d, x, g), &dy[g * cg..], d.c_out, cg, dwg);

@@ -41,21 +41,21 @@ pub struct Panels {
 }
 
 impl Panels {
-    /// Packs `w[n][k]` (row-major, row stride `ld`).
+    /// Packs `w[n][k]` (row-major, row stride `ld`), panels in parallel.
     pub fn pack(&mut self, w: &[f32], n: usize, k: usize, ld: usize) {
         self.n = n;
         self.k = k;
         let np = n.div_ceil(NR);
         self.data.clear();
         self.data.resize(np * k * NR, 0.0);
-        for p in 0..np {
+        self.data.par_chunks_mut(k * NR).enumerate().for_each(|(p, panel)| {
             for j in 0..NR.min(n - p * NR) {
                 let row = &w[(p * NR + j) * ld..][..k];
                 for (kk, &v) in row.iter().enumerate() {
-                    self.data[(p * k + kk) * NR + j] = v;
+                    panel[kk * NR + j] = v;
                 }
             }
-        }
+        });
     }
 
     /// Packs `w[k][n]` (row-major, row stride `ld`): the transpose of [`pack`](Self::pack).
@@ -74,7 +74,8 @@ impl Panels {
         }
     }
 
-    fn panel(&self, p: usize) -> &[f32] {
+    /// The packed values of panel `p` (`k` rows of [`NR`]).
+    pub fn panel(&self, p: usize) -> &[f32] {
         &self.data[p * self.k * NR..(p + 1) * self.k * NR]
     }
 }
@@ -105,6 +106,39 @@ unsafe fn kernel(isa: Isa, a: &[[*const f32; MR]], klen: usize, b: &[f32], out: 
         Isa::Avx512 => unsafe { x86::kernel_avx512(a, klen, b, out) },
         // SAFETY: the caller's contract.
         _ => unsafe { kernel_generic(a, klen, b, out) },
+    }
+}
+
+/// Two adjacent panels (see `x86::kernel2_avx512`); two single calls elsewhere.
+///
+/// # Safety
+/// As [`kernel`], for both panels.
+unsafe fn kernel2(
+    isa: Isa,
+    a: &[[*const f32; MR]],
+    klen: usize,
+    b0: &[f32],
+    b1: &[f32],
+    out0: &Out<'_>,
+    out1: &Out<'_>,
+) {
+    static NO_PAIRS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *NO_PAIRS.get_or_init(|| std::env::var_os("RESNET_NO_PAIRS").is_some()) {
+        // SAFETY: the caller's contract.
+        return unsafe {
+            kernel(isa, a, klen, b0, out0);
+            kernel(isa, a, klen, b1, out1);
+        };
+    }
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Avx512 is selected only when the CPU has avx512f; the rest is the caller's contract.
+        Isa::Avx512 => unsafe { x86::kernel2_avx512(a, klen, b0, b1, out0, out1) },
+        // SAFETY: the caller's contract.
+        _ => unsafe {
+            kernel_generic(a, klen, b0, out0);
+            kernel_generic(a, klen, b1, out1);
+        },
     }
 }
 
@@ -202,6 +236,60 @@ mod x86 {
             // SAFETY: advancing within b (see above).
             bp = unsafe { bp.add(klen * NR) };
         }
+        // SAFETY: forwarded contract.
+        unsafe { store(&acc, out) }
+    }
+
+    /// Two adjacent panels at once: each broadcast feeds two FMAs, halving
+    /// the loads per multiply-add (`b1` is the next panel, `out1` its tile).
+    ///
+    /// # Safety
+    /// As `kernel_avx512`, for both panels.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn kernel2_avx512(
+        a: &[[*const f32; MR]],
+        klen: usize,
+        b0: &[f32],
+        b1: &[f32],
+        out0: &Out<'_>,
+        out1: &Out<'_>,
+    ) {
+        let mut acc0 = [_mm512_setzero_ps(); MR];
+        let mut acc1 = [_mm512_setzero_ps(); MR];
+        let (mut p0, mut p1) = (b0.as_ptr(), b1.as_ptr());
+        for rows in a {
+            let r = *rows;
+            for c in 0..klen {
+                // SAFETY: both panels hold a.len() * klen * NR floats; row pointers klen floats.
+                unsafe {
+                    let v0 = _mm512_loadu_ps(p0.add(c * NR));
+                    let v1 = _mm512_loadu_ps(p1.add(c * NR));
+                    for i in 0..MR {
+                        let av = _mm512_set1_ps(*r[i].add(c));
+                        acc0[i] = _mm512_fmadd_ps(av, v0, acc0[i]);
+                        acc1[i] = _mm512_fmadd_ps(av, v1, acc1[i]);
+                    }
+                }
+            }
+            // SAFETY: advancing within the panels (see above).
+            unsafe {
+                p0 = p0.add(klen * NR);
+                p1 = p1.add(klen * NR);
+            }
+        }
+        // SAFETY: forwarded contract.
+        unsafe {
+            store(&acc0, out0);
+            store(&acc1, out1);
+        }
+    }
+
+    /// Stores an accumulator tile through the epilogue.
+    ///
+    /// # Safety
+    /// avx512f; rows as in `kernel_avx512`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store(acc: &[__m512; MR], out: &Out<'_>) {
         let mask: __mmask16 = if out.nr >= 16 { 0xffff } else { (1u16 << out.nr) - 1 };
         let e = out.epi;
         for (i, &v) in acc.iter().enumerate() {
@@ -233,6 +321,50 @@ mod x86 {
     }
 }
 
+/// One micro-kernel call for callers that manage their own rows (Winograd):
+/// `rows[i][col..col + nr] (+)= sum_t sum_c a[t][i][c] * panel[t * klen + c]`,
+/// finished by `epi` (its residual is ignored). Null rows are skipped.
+///
+/// # Safety
+/// Every `a[t][i]` points at `klen` readable floats; `panel` holds
+/// `a.len() * klen * NR` floats; non-null rows are writable for `col + nr`
+/// floats by this call alone.
+pub unsafe fn tile(
+    a: &[[*const f32; MR]],
+    klen: usize,
+    panel: &[f32],
+    rows: [*mut f32; MR],
+    col: usize,
+    nr: usize,
+    epi: &Epilogue<'_>,
+) {
+    let out = Out { rows, nr, col, res: [std::ptr::null(); MR], epi };
+    // SAFETY: forwarded contract.
+    unsafe { kernel(isa(), a, klen, panel, &out) }
+}
+
+/// [`tile`] for two adjacent panels (`col1`, `nr1` for the second).
+///
+/// # Safety
+/// As [`tile`], for both panels.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn tile2(
+    a: &[[*const f32; MR]],
+    klen: usize,
+    p0: &[f32],
+    p1: &[f32],
+    rows: [*mut f32; MR],
+    col: usize,
+    nr: usize,
+    nr1: usize,
+    epi: &Epilogue<'_>,
+) {
+    let o0 = Out { rows, nr, col, res: [std::ptr::null(); MR], epi };
+    let o1 = Out { nr: nr1, col: col + NR, ..o0 };
+    // SAFETY: forwarded contract.
+    unsafe { kernel2(isa(), a, klen, p0, p1, &o0, &o1) }
+}
+
 /// A sliding window: which source row each destination pixel reads at each
 /// tap (see `conv.rs` for the forward and backward-data mappings).
 pub trait Taps: Sync {
@@ -262,6 +394,76 @@ impl SendPtr {
     }
 }
 
+/// A row group's pointers: output rows, residual rows, and the input runs of
+/// the taps that are not all padding (`boffs` holds their tap indices).
+struct Tile {
+    rows: [*mut f32; MR],
+    res: [*const f32; MR],
+    active: Vec<[*const f32; MR]>,
+    boffs: Vec<usize>,
+}
+
+/// Computes panels `p..p + count` (one or two) of a row group.
+///
+/// # Safety
+/// As [`kernel`]: the tile's pointers are valid runs of `klen` floats (or the
+/// zero row) and its rows are the caller's to write.
+#[allow(clippy::too_many_arguments)]
+unsafe fn panel_tile(
+    isa: Isa,
+    t: &Tile,
+    panels: &Panels,
+    p: usize,
+    count: usize,
+    taps: usize,
+    klen: usize,
+    col0: usize,
+    epi: &Epilogue<'_>,
+) {
+    let (rows, res, active, boffs) = (t.rows, t.res, &t.active, &t.boffs);
+    let out = |q: usize| Out { rows, nr: NR.min(panels.n - q * NR), col: col0 + q * NR, res, epi };
+    if active.len() == taps {
+        if count == 2 {
+            // SAFETY: forwarded contract.
+            return unsafe { kernel2(isa, active, klen, panels.panel(p), panels.panel(p + 1), &out(p), &out(p + 1)) };
+        }
+        // SAFETY: forwarded contract.
+        return unsafe { kernel(isa, active, klen, panels.panel(p), &out(p)) };
+    }
+    for q in p..p + count {
+        let o = out(q);
+        let panel = panels.panel(q);
+        // Contiguous runs of active taps share one kernel call.
+        let mut s = 0;
+        let mut first = true;
+        while s < active.len() {
+            let mut e = s + 1;
+            while e < active.len() && boffs[e] == boffs[e - 1] + 1 {
+                e += 1;
+            }
+            let sub = &panel[boffs[s] * klen * NR..];
+            let last = e == active.len();
+            let part = Epilogue {
+                accumulate: epi.accumulate || !first,
+                scale: if last { epi.scale } else { None },
+                bias: if last { epi.bias } else { None },
+                relu: last && epi.relu,
+                residual: None,
+            };
+            let o = Out { res: if last { res } else { [std::ptr::null(); MR] }, epi: &part, ..o };
+            // SAFETY: as above; the panel slice starts at the run's first tap.
+            unsafe { kernel(isa, &active[s..e], klen, sub, &o) };
+            s = e;
+            first = false;
+        }
+        if active.is_empty() {
+            // Every tap is padding: the result is the epilogue of zero.
+            // SAFETY: as above.
+            unsafe { kernel(isa, &[], klen, panel, &o) };
+        }
+    }
+}
+
 /// `out[m][col0 + j] = epilogue(sum over taps and runs)` for every destination
 /// pixel `m` and output channel `j < panels.n`; rows of `out` have stride `ld`.
 pub fn run(
@@ -284,22 +486,29 @@ pub fn run(
     let np = panels.n.div_ceil(NR);
     let groups = m.div_ceil(MR);
     let threads = rayon::current_num_threads();
-    // Tasks: row groups x panel chunks, at least ~4 per thread when possible.
-    let mut pchunk = np;
-    while groups * np.div_ceil(pchunk) < 4 * threads && pchunk > 1 {
-        pchunk = pchunk.div_ceil(2);
-    }
-    let gchunk = (groups * np.div_ceil(pchunk)).div_ceil(8 * threads).max(1).min(groups);
+    // Tasks: chunks of row groups x chunks of panels, about four per thread;
+    // the longer dimension is split first, so a task keeps the other whole
+    // (and can reuse it from cache).
+    let want = 4 * threads;
+    let (gchunk, pchunk) = if groups * MR <= np * NR {
+        let pc = np.div_ceil(want).max(2).min(np);
+        let pt = np.div_ceil(pc);
+        (if pt >= 2 * threads { groups } else { groups.div_ceil(want.div_ceil(pt)) }, pc)
+    } else {
+        let gc = groups.div_ceil(want).max(1);
+        let gt = groups.div_ceil(gc);
+        (gc, if gt >= 2 * threads { np } else { np.div_ceil(want.div_ceil(gt)) })
+    };
     let tasks_g = groups.div_ceil(gchunk);
     let tasks = tasks_g * np.div_ceil(pchunk);
     let optr = SendPtr(out.as_mut_ptr());
     let task = |tk: usize| {
         let zero = zeros(klen);
         let (tg, tp) = (tk % tasks_g, tk / tasks_g);
-        let mut ptrs: Vec<[*const f32; MR]> = vec![[zero; MR]; taps];
-        let mut active: Vec<[*const f32; MR]> = Vec::with_capacity(taps);
-        let mut boffs: Vec<usize> = Vec::with_capacity(taps);
-        for g in tg * gchunk..((tg + 1) * gchunk).min(groups) {
+        let gs = tg * gchunk..((tg + 1) * gchunk).min(groups);
+        let ps = tp * pchunk..((tp + 1) * pchunk).min(np);
+        // The pointers of a row group, with the taps that are not all padding.
+        let tile = |g: usize| {
             let r0 = g * MR;
             let mut rows = [std::ptr::null_mut(); MR];
             let mut res = [std::ptr::null(); MR];
@@ -310,52 +519,37 @@ pub fn run(
                     res[i] = r[(r0 + i) * rld..].as_ptr();
                 }
             }
+            let mut ptrs = vec![[zero; MR]; taps];
             w.fill(r0, zero, &mut ptrs);
-            // Skip taps where every pixel of the tile reads padding.
-            active.clear();
-            boffs.clear();
+            let (mut active, mut boffs) = (Vec::with_capacity(taps), Vec::with_capacity(taps));
             for (t, p) in ptrs.iter().enumerate() {
                 if p.iter().any(|&q| q != zero) {
                     active.push(*p);
                     boffs.push(t);
                 }
             }
-            for p in tp * pchunk..((tp + 1) * pchunk).min(np) {
-                let nr = NR.min(panels.n - p * NR);
-                let o = Out { rows, nr, col: col0 + p * NR, res, epi };
-                let panel = panels.panel(p);
-                if active.len() == taps {
-                    // SAFETY: pointers come from the window (valid runs of klen) or the zero row.
-                    unsafe { kernel(isa, &active, klen, panel, &o) };
-                } else {
-                    // Contiguous runs of active taps share one kernel call.
-                    let mut s = 0;
-                    let mut first = true;
-                    while s < active.len() {
-                        let mut e = s + 1;
-                        while e < active.len() && boffs[e] == boffs[e - 1] + 1 {
-                            e += 1;
-                        }
-                        let sub = &panel[boffs[s] * klen * NR..];
-                        let last = e == active.len();
-                        let part = Epilogue {
-                            accumulate: epi.accumulate || !first,
-                            scale: if last { epi.scale } else { None },
-                            bias: if last { epi.bias } else { None },
-                            relu: last && epi.relu,
-                            residual: None,
-                        };
-                        let o = Out { res: if last { res } else { [std::ptr::null(); MR] }, epi: &part, ..o };
-                        // SAFETY: as above; the panel slice starts at the run's first tap.
-                        unsafe { kernel(isa, &active[s..e], klen, sub, &o) };
-                        s = e;
-                        first = false;
-                    }
-                    if active.is_empty() {
-                        // Every tap is padding: the result is the epilogue of zero.
-                        // SAFETY: as above.
-                        unsafe { kernel(isa, &[], klen, panel, &o) };
-                    }
+            Tile { rows, res, active, boffs }
+        };
+        let compute = |t: &Tile, p: usize, count: usize| {
+            // SAFETY: pointers come from the window (valid runs of klen) or the zero row;
+            // rows are this task's; panels hold taps * klen * NR floats.
+            unsafe { panel_tile(isa, t, panels, p, count, taps, klen, col0, epi) }
+        };
+        if gs.len() > 1 && gs.len() * MR < ps.len() * NR {
+            // Few rows, many output channels: keep each filter panel in cache and
+            // sweep the row groups under it.
+            let tiles: Vec<Tile> = gs.map(tile).collect();
+            for p in ps.clone().step_by(2) {
+                for t in &tiles {
+                    compute(t, p, 2.min(ps.end - p));
+                }
+            }
+        } else {
+            // Many rows: keep a row group's inputs in cache and sweep the panels.
+            for g in gs {
+                let t = tile(g);
+                for p in ps.clone().step_by(2) {
+                    compute(&t, p, 2.min(ps.end - p));
                 }
             }
         }

@@ -111,10 +111,10 @@ impl Backend for Cpu {
     }
 
     fn prepare_filter(&self, d: &ConvDesc, weight: &Vec<f32>, usage: FilterUse, out: &mut conv::CpuFilter) {
-        match usage {
+        self.install(|| match usage {
             FilterUse::Forward => conv::prepare_forward(d, weight, out),
             FilterUse::BackwardData => conv::prepare_backward_data(d, weight, out),
-        }
+        });
     }
 
     fn conv_forward(

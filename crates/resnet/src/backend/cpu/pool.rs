@@ -13,26 +13,50 @@ fn window(d: &PoolDesc, oy: usize, ox: usize) -> (std::ops::Range<usize>, std::o
     (ys, xs)
 }
 
+/// `out = max(out, src)` element-wise, propagating NaN as PyTorch does;
+/// written as selects so that it vectorises.
+#[inline(always)]
+fn max_into(out: &mut [f32], src: &[f32]) {
+    for (o, &v) in out.iter_mut().zip(src) {
+        let m = if v > *o { v } else { *o };
+        *o = if v.is_nan() { v } else { m };
+    }
+}
+
+/// One output row of max pooling.
+#[inline(always)]
+fn max_row(d: &PoolDesc, x: &[f32], n: usize, oy: usize, yr: &mut [f32]) {
+    let c = d.c;
+    for ox in 0..d.out_w() {
+        let out = &mut yr[ox * c..(ox + 1) * c];
+        out.fill(f32::NEG_INFINITY);
+        let (ys, xs) = window(d, oy, ox);
+        for iy in ys {
+            let row = &x[((n * d.h + iy) * d.w + xs.start) * c..((n * d.h + iy) * d.w + xs.end) * c];
+            for src in row.chunks_exact(c) {
+                max_into(out, src);
+            }
+        }
+    }
+}
+
 /// Max pooling (padding counts as -inf, as in PyTorch).
 pub fn max_forward(d: &PoolDesc, x: &[f32], y: &mut [f32]) {
     let (oh, ow, c) = (d.out_h(), d.out_w(), d.c);
+    let wide = super::gemm::isa() == super::gemm::Isa::Avx512;
     y.par_chunks_mut(ow * c).enumerate().for_each(|(row, yr)| {
         let (n, oy) = (row / oh, row % oh);
-        for ox in 0..ow {
-            let out = &mut yr[ox * c..(ox + 1) * c];
-            out.fill(f32::NEG_INFINITY);
-            let (ys, xs) = window(d, oy, ox);
-            for iy in ys {
-                for ix in xs.clone() {
-                    let src = &x[((n * d.h + iy) * d.w + ix) * c..][..c];
-                    for (o, &v) in out.iter_mut().zip(src) {
-                        if v > *o || v.is_nan() {
-                            *o = v;
-                        }
-                    }
-                }
+        #[cfg(target_arch = "x86_64")]
+        if wide {
+            #[target_feature(enable = "avx512f")]
+            fn row512(d: &PoolDesc, x: &[f32], n: usize, oy: usize, yr: &mut [f32]) {
+                max_row(d, x, n, oy, yr)
             }
+            // SAFETY: the CPU has avx512f (checked once by `isa`).
+            return unsafe { row512(d, x, n, oy, yr) };
         }
+        let _ = wide;
+        max_row(d, x, n, oy, yr)
     });
 }
 

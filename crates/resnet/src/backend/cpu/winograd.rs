@@ -16,7 +16,7 @@
 
 use rayon::prelude::*;
 
-use super::direct::{self, MR, Panels, Taps};
+use super::direct::{self, MR};
 use super::gemm::Epilogue;
 use crate::backend::ConvDesc;
 
@@ -88,240 +88,83 @@ pub fn applicable(d: &ConvDesc) -> bool {
     d.kernel == [3, 3] && d.stride == [1, 1] && d.dilation == [1, 1] && d.groups == 1 && d.pad[0] <= 1 && d.pad[1] <= 1
 }
 
-/// A filter transformed for `F(m, 3)`: one set of panels per transform point.
+/// A filter transformed for `F(m, 3)`: for each transform point `p` and
+/// each panel `q` of 16 output channels, `c_in` rows of 16 values (the layout
+/// of [`direct::Panels`], all points in one buffer so it can be refilled in
+/// place at every training step).
 #[derive(Debug, Default)]
 pub struct WinogradFilter {
     /// Output tile side (2 or 4); 0 when empty.
     pub m: usize,
-    points: Vec<Panels>,
     c_in: usize,
     c_out: usize,
+    data: Vec<f32>,
 }
 
-/// Transforms OHWI 3x3 weights `w[c_out][3][3][c_in]`.
+impl WinogradFilter {
+    /// Panel `q` of transform point `p`.
+    fn panel(&self, p: usize, q: usize) -> &[f32] {
+        let np = self.c_out.div_ceil(direct::NR);
+        &self.data[(p * np + q) * self.c_in * direct::NR..][..self.c_in * direct::NR]
+    }
+}
+
+/// Transforms OHWI 3x3 weights `w[c_out][3][3][c_in]`: `U = G g G^T` for each
+/// (output, input) channel pair, in f64 and rounded once, straight into the
+/// panel layout; panels are filled in parallel.
 pub fn prepare(m: usize, w: &[f32], c_out: usize, c_in: usize, out: &mut WinogradFilter) {
     let t = transforms(m);
     let a = t.a;
-    // u[co][p][ci] first (each output channel independently, in parallel), then per point.
-    let mut u_co = vec![0.0f32; c_out * a * a * c_in];
-    u_co.par_chunks_mut(a * a * c_in).enumerate().for_each(|(co, uc)| {
-        let mut tmp = vec![0.0f64; a * 3];
-        for ci in 0..c_in {
-            let g = |ky: usize, kx: usize| w[((co * 3 + ky) * 3 + kx) * c_in + ci] as f64;
-            // tmp = G g (a x 3), then U = tmp G^T (a x a); in f64, rounded once.
-            for i in 0..a {
-                for kx in 0..3 {
-                    tmp[i * 3 + kx] = (0..3).map(|ky| t.g[i * 3 + ky] as f64 * g(ky, kx)).sum();
+    let np = c_out.div_ceil(direct::NR);
+    let len = a * a * np * c_in * direct::NR;
+    if (out.m, out.c_in, out.c_out) != (m, c_in, c_out) || out.data.len() != len {
+        out.data.clear();
+        out.data.resize(len, 0.0); // padding lanes stay zero from here on
+    }
+    (out.m, out.c_in, out.c_out) = (m, c_in, c_out);
+    let dst = SyncPtr(out.data.as_mut_ptr());
+    (0..np).into_par_iter().for_each(|q| {
+        let mut tmp = [0.0f64; 18];
+        for co in q * direct::NR..((q + 1) * direct::NR).min(c_out) {
+            let lane = co - q * direct::NR;
+            for ci in 0..c_in {
+                let g = |ky: usize, kx: usize| w[((co * 3 + ky) * 3 + kx) * c_in + ci] as f64;
+                for i in 0..a {
+                    for kx in 0..3 {
+                        tmp[i * 3 + kx] = (0..3).map(|ky| t.g[i * 3 + ky] as f64 * g(ky, kx)).sum();
+                    }
                 }
-            }
-            for i in 0..a {
-                for j in 0..a {
-                    let v: f64 = (0..3).map(|kx| tmp[i * 3 + kx] * t.g[j * 3 + kx] as f64).sum();
-                    uc[(i * a + j) * c_in + ci] = v as f32;
+                for i in 0..a {
+                    for j in 0..a {
+                        let v: f64 = (0..3).map(|kx| tmp[i * 3 + kx] * t.g[j * 3 + kx] as f64).sum();
+                        let p = i * a + j;
+                        // SAFETY: panel q of every point is written by this task alone,
+                        // and the index is inside the buffer (len above).
+                        unsafe { *dst.get().add(((p * np + q) * c_in + ci) * direct::NR + lane) = v as f32 };
+                    }
                 }
             }
         }
     });
-    let mut u = vec![0.0f32; a * a * c_out * c_in];
-    for co in 0..c_out {
-        for p in 0..a * a {
-            u[(p * c_out + co) * c_in..][..c_in].copy_from_slice(&u_co[(co * a * a + p) * c_in..][..c_in]);
-        }
-    }
-    out.m = m;
-    out.c_in = c_in;
-    out.c_out = c_out;
-    out.points.resize_with(a * a, Panels::default);
-    for (p, panels) in out.points.iter_mut().enumerate() {
-        panels.pack(&u[p * c_out * c_in..(p + 1) * c_out * c_in], c_out, c_in, c_in);
-    }
 }
 
-/// Rows of a row-major matrix as one-tap windows for the indirect kernel.
-struct Rows<'a> {
-    data: &'a [f32],
-    rows: usize,
-    k: usize,
-}
-
-impl Taps for Rows<'_> {
-    fn rows(&self) -> usize {
-        self.rows
-    }
-    fn taps(&self) -> usize {
-        1
-    }
-    fn klen(&self) -> usize {
-        self.k
-    }
-    fn fill(&self, m0: usize, zero: *const f32, out: &mut [[*const f32; MR]]) {
-        for (i, slot) in out[0].iter_mut().enumerate() {
-            *slot = if m0 + i < self.rows { self.data[(m0 + i) * self.k..].as_ptr() } else { zero };
-        }
-    }
-    fn fill_tap(&self, m0: usize, count: usize, _t: usize, _zero: *const f32, out: &mut Vec<*const f32>) {
-        out.extend((m0..m0 + count).map(|m| self.data[m * self.k..].as_ptr()));
-    }
-}
-
-/// Tiles per chunk: the transformed input of a chunk (`a^2 x tiles x c_in`)
-/// is kept to about 4 MB.
-fn chunk_tiles(a: usize, c: usize) -> usize {
-    ((1 << 20) / (a * a * c.max(1))).clamp(MR, 4096) / MR * MR
-}
-
-/// Reusable per-call buffers.
+/// Per-thread buffers for a block of tiles: transformed inputs `V` and the
+/// products `M`, both `[a^2][MR][channels]`.
 #[derive(Default)]
 struct Scratch {
     v: Vec<f32>,
     mm: Vec<f32>,
+    tile: Vec<f32>,
 }
 
 thread_local! {
+    /// Never borrowed across a rayon call.
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
-    /// Per-thread tile buffers (no rayon call happens while one is borrowed).
-    static TILE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Runs `input_tile` compiled for AVX-512 when the CPU has it.
-///
-/// # Safety
-/// As `input_tile`.
-#[allow(clippy::too_many_arguments)]
-unsafe fn input_tile_dispatch(
-    t: &Transforms,
-    d: &ConvDesc,
-    x: &[f32],
-    n: usize,
-    oy: usize,
-    ox: usize,
-    v: *mut f32,
-    i: usize,
-    chunk: usize,
-    buf: &mut Vec<f32>,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if super::gemm::isa() == super::gemm::Isa::Avx512 {
-        #[target_feature(enable = "avx512f")]
-        #[allow(clippy::too_many_arguments)]
-        unsafe fn wide(
-            t: &Transforms,
-            d: &ConvDesc,
-            x: &[f32],
-            n: usize,
-            oy: usize,
-            ox: usize,
-            v: *mut f32,
-            i: usize,
-            chunk: usize,
-            buf: &mut Vec<f32>,
-        ) {
-            // SAFETY: forwarded contract.
-            unsafe { input_tile(t, d, x, n, oy, ox, v, i, chunk, buf) }
-        }
-        // SAFETY: the CPU has avx512f; the rest is the caller's contract.
-        return unsafe { wide(t, d, x, n, oy, ox, v, i, chunk, buf) };
-    }
-    // SAFETY: the caller's contract.
-    unsafe { input_tile(t, d, x, n, oy, ox, v, i, chunk, buf) }
-}
-
-/// Runs `output_tile` compiled for AVX-512 when the CPU has it.
-///
-/// # Safety
-/// As `output_tile`.
-#[allow(clippy::too_many_arguments)]
-unsafe fn output_tile_dispatch(
-    t: &Transforms,
-    d: &ConvDesc,
-    mm: &[f32],
-    i: usize,
-    chunk: usize,
-    n: usize,
-    oy: usize,
-    ox: usize,
-    y: *mut f32,
-    e: &Epilogue<'_>,
-    buf: &mut Vec<f32>,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if super::gemm::isa() == super::gemm::Isa::Avx512 {
-        #[target_feature(enable = "avx512f")]
-        #[allow(clippy::too_many_arguments)]
-        unsafe fn wide(
-            t: &Transforms,
-            d: &ConvDesc,
-            mm: &[f32],
-            i: usize,
-            chunk: usize,
-            n: usize,
-            oy: usize,
-            ox: usize,
-            y: *mut f32,
-            e: &Epilogue<'_>,
-            buf: &mut Vec<f32>,
-        ) {
-            // SAFETY: forwarded contract.
-            unsafe { output_tile(t, d, mm, i, chunk, n, oy, ox, y, e, buf) }
-        }
-        // SAFETY: the CPU has avx512f; the rest is the caller's contract.
-        return unsafe { wide(t, d, mm, i, chunk, n, oy, ox, y, e, buf) };
-    }
-    // SAFETY: the caller's contract.
-    unsafe { output_tile(t, d, mm, i, chunk, n, oy, ox, y, e, buf) }
-}
-
-/// `y = epilogue(conv3x3(x))` by Winograd (see [`applicable`]).
-pub fn forward(d: &ConvDesc, x: &[f32], f: &WinogradFilter, y: &mut [f32], epi: &Epilogue<'_>) {
-    let t = transforms(f.m);
-    let (m, a) = (t.m, t.a);
-    let (oh, ow) = (d.out_h(), d.out_w());
-    let (th, tw) = (oh.div_ceil(m), ow.div_ceil(m));
-    let tiles = d.n * th * tw;
-    let (ci, co) = (d.c_in, d.c_out);
-    let chunk = chunk_tiles(a, ci.max(co)).min(tiles.div_ceil(MR) * MR);
-    // Take the scratch out of the thread-local so rayon calls below are free to run anywhere.
-    let mut s = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
-    s.v.resize(a * a * chunk * ci, 0.0);
-    s.mm.resize(a * a * chunk * co, 0.0);
-    for t0 in (0..tiles).step_by(chunk) {
-        let nt = chunk.min(tiles - t0);
-        // 1. Input transform, tile by tile.
-        let v_ptr = SyncPtr(s.v.as_mut_ptr());
-        (0..nt).into_par_iter().with_min_len(8).for_each(|i| {
-            let tile = t0 + i;
-            let (n, ty, tx) = (tile / (th * tw), (tile / tw) % th, tile % tw);
-            TILE.with(|buf| {
-                let mut buf = buf.borrow_mut();
-                // SAFETY: tile i writes only its own rows of every V_p; the ISA check guards AVX-512.
-                unsafe { input_tile_dispatch(t, d, x, n, ty * m, tx * m, v_ptr.get(), i, chunk, &mut buf) };
-            });
-        });
-        // 2. One product per transform point.
-        for p in 0..a * a {
-            let rows = Rows { data: &s.v[p * chunk * ci..(p + 1) * chunk * ci], rows: nt, k: ci };
-            let out = &mut s.mm[p * chunk * co..(p + 1) * chunk * co];
-            direct::run(&rows, &f.points[p], out, co, 0, &Epilogue::default(), None);
-        }
-        // 3. Output transform with the epilogue.
-        let y_ptr = SyncPtr(y.as_mut_ptr());
-        let mm = &s.mm;
-        (0..nt).into_par_iter().with_min_len(8).for_each(|i| {
-            let tile = t0 + i;
-            let (n, ty, tx) = (tile / (th * tw), (tile / tw) % th, tile % tw);
-            TILE.with(|buf| {
-                let mut buf = buf.borrow_mut();
-                // SAFETY: each tile writes its own m x m output pixels; the ISA check guards AVX-512.
-                unsafe { output_tile_dispatch(t, d, mm, i, chunk, n, ty * m, tx * m, y_ptr.get(), epi, &mut buf) };
-            });
-        });
-    }
-    SCRATCH.with(|c| *c.borrow_mut() = s);
 }
 
 #[derive(Clone, Copy)]
 struct SyncPtr(*mut f32);
-// SAFETY: every task writes a disjoint part of the buffer (see the callers).
+// SAFETY: every task writes a disjoint part of the output (its own pixels and channels).
 unsafe impl Send for SyncPtr {}
 // SAFETY: as above.
 unsafe impl Sync for SyncPtr {}
@@ -331,14 +174,128 @@ impl SyncPtr {
     }
 }
 
-/// Transforms the input tile whose output corner is `(oy, ox)` of image `n`
-/// into row `i` of every `V_p` (`V_p` is `chunk x c_in`).
+/// `y = epilogue(conv3x3(x))` by Winograd (see [`applicable`]).
+///
+/// Work is cut into blocks of [`MR`] tiles (the micro-kernel's rows); a task
+/// transforms its block's input, runs the `a^2` products for its output
+/// channels and transforms the results into `y`, all in cache. When blocks
+/// are few (small images, batch 1), output channels are split across tasks.
+pub fn forward(d: &ConvDesc, x: &[f32], f: &WinogradFilter, y: &mut [f32], epi: &Epilogue<'_>) {
+    let t = transforms(f.m);
+    let m = t.m;
+    let (oh, ow) = (d.out_h(), d.out_w());
+    let (th, tw) = (oh.div_ceil(m), ow.div_ceil(m));
+    let tiles = d.n * th * tw;
+    let blocks = tiles.div_ceil(MR);
+    let np = d.c_out.div_ceil(direct::NR);
+    let threads = rayon::current_num_threads();
+    let mut groups = 1;
+    while blocks * groups < 3 * threads && groups < np {
+        groups += 1;
+    }
+    let per_group = np.div_ceil(groups);
+    let groups = np.div_ceil(per_group);
+    let y_ptr = SyncPtr(y.as_mut_ptr());
+    let task = |k: usize| {
+        let (b, g) = (k / groups, k % groups);
+        let panels = g * per_group..((g + 1) * per_group).min(np);
+        SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            // SAFETY: the task writes only the pixels of its tiles, in its channels.
+            unsafe { block(t, d, x, f, b * MR, (tiles - b * MR).min(MR), (th, tw), panels, y_ptr.get(), epi, &mut s) };
+        });
+    };
+    let tasks = blocks * groups;
+    if tasks == 1 || threads == 1 {
+        (0..tasks).for_each(task);
+    } else {
+        (0..tasks).into_par_iter().for_each(task);
+    }
+}
+
+/// One block of `nt` tiles starting at tile `t0`, for the output-channel
+/// panels `panels`.
 ///
 /// # Safety
-/// `v` holds `a^2 * chunk * c_in` floats and no other thread writes row `i`.
-#[inline(always)]
+/// `y` is the output tensor; no other task writes these tiles' pixels in
+/// these channels.
 #[allow(clippy::too_many_arguments)]
-unsafe fn input_tile(
+unsafe fn block(
+    t: &Transforms,
+    d: &ConvDesc,
+    x: &[f32],
+    f: &WinogradFilter,
+    t0: usize,
+    nt: usize,
+    (th, tw): (usize, usize),
+    panels: std::ops::Range<usize>,
+    y: *mut f32,
+    epi: &Epilogue<'_>,
+    s: &mut Scratch,
+) {
+    let (a, m) = (t.a, t.m);
+    let (ci, co) = (d.c_in, d.c_out);
+    let aa = a * a;
+    let c0 = panels.start * direct::NR;
+    let cols = (panels.end * direct::NR).min(co) - c0;
+    s.v.resize(aa * MR * ci, 0.0);
+    s.mm.resize(aa * MR * cols.next_multiple_of(direct::NR), 0.0);
+    let ldm = cols.next_multiple_of(direct::NR);
+    let corner = |i: usize| {
+        let tile = t0 + i;
+        (tile / (th * tw), (tile / tw) % th * m, tile % tw * m)
+    };
+    // 1. Input transforms into V[p][i][..].
+    for i in 0..nt {
+        let (n, oy, ox) = corner(i);
+        // SAFETY: V has aa * MR * ci floats; the tile writes row i of each V_p.
+        unsafe { input_transform(t, d, x, n, oy, ox, s.v.as_mut_ptr(), i, &mut s.tile) };
+    }
+    // 2. The products M_p = V_p U_p for this block's rows and channels.
+    let zero = direct::zeros(ci);
+    let none = Epilogue::default();
+    for p in 0..aa {
+        let mut rows_in = [zero; MR];
+        let mut rows_out = [std::ptr::null_mut(); MR];
+        for i in 0..nt {
+            rows_in[i] = s.v[(p * MR + i) * ci..].as_ptr();
+            // SAFETY: row i of M_p has ldm floats.
+            rows_out[i] = unsafe { s.mm.as_mut_ptr().add((p * MR + i) * ldm) };
+        }
+        let mut q = panels.start;
+        while q < panels.end {
+            let nr = direct::NR.min(co - q * direct::NR);
+            let col = (q - panels.start) * direct::NR;
+            let u = |q: usize| f.panel(p, q);
+            // SAFETY: input rows hold ci floats (or are the zero row); panels hold
+            // ci * NR floats; output rows have room for the columns written.
+            unsafe {
+                if q + 1 < panels.end {
+                    let nr1 = direct::NR.min(co - (q + 1) * direct::NR);
+                    direct::tile2(&[rows_in], ci, u(q), u(q + 1), rows_out, col, nr, nr1, &none);
+                    q += 2;
+                } else {
+                    direct::tile(&[rows_in], ci, u(q), rows_out, col, nr, &none);
+                    q += 1;
+                }
+            }
+        }
+    }
+    // 3. Output transforms of M into y, with the epilogue.
+    for i in 0..nt {
+        let (n, oy, ox) = corner(i);
+        // SAFETY: the caller owns these pixels and channels of y.
+        unsafe { output_transform(t, d, &s.mm, i, ldm, c0, cols, n, oy, ox, y, epi, &mut s.tile) };
+    }
+}
+
+/// Transforms the input tile at output corner `(oy, ox)` of image `n` into
+/// row `i` of every `V_p`.
+///
+/// # Safety
+/// `v` holds `a^2 * MR * c_in` floats.
+#[allow(clippy::too_many_arguments)]
+unsafe fn input_transform(
     t: &Transforms,
     d: &ConvDesc,
     x: &[f32],
@@ -347,34 +304,325 @@ unsafe fn input_tile(
     ox: usize,
     v: *mut f32,
     i: usize,
-    chunk: usize,
     buf: &mut Vec<f32>,
 ) {
     let (a, c) = (t.a, d.c_in);
-    buf.resize(3 * a * a * c, 0.0);
-    let (dbuf, rest) = buf.split_at_mut(a * a * c);
-    let (tmp, out) = rest.split_at_mut(a * a * c);
-    dbuf.fill(0.0);
+    // The patch's source pixels, or None for padding.
+    let mut src = [None; 36];
     for r in 0..a {
         let iy = (oy + r) as isize - d.pad[0] as isize;
-        if iy < 0 || iy >= d.h as isize {
-            continue;
-        }
         for q in 0..a {
             let ix = (ox + q) as isize - d.pad[1] as isize;
-            if ix < 0 || ix >= d.w as isize {
-                continue;
+            if iy >= 0 && ix >= 0 && (iy as usize) < d.h && (ix as usize) < d.w {
+                src[r * a + q] = Some(((n * d.h + iy as usize) * d.w + ix as usize) * c);
             }
-            let src = ((n * d.h + iy as usize) * d.w + ix as usize) * c;
-            dbuf[(r * a + q) * c..][..c].copy_from_slice(&x[src..src + c]);
         }
     }
-    // tmp = B^T d (rows), then V = tmp B (columns), channel vectors at a time.
-    transform_rows(t.bt, a, a, dbuf, tmp, c);
+    #[cfg(target_arch = "x86_64")]
+    if super::gemm::isa() == super::gemm::Isa::Avx512 {
+        // SAFETY: the CPU has avx512f; pointers as documented.
+        return unsafe { x86::input(t.m, x, &src[..a * a], c, v, i) };
+    }
+    // Portable: transform the whole patch with the matrices.
+    buf.resize(3 * a * a * c, 0.0);
+    let (patch, rest) = buf.split_at_mut(a * a * c);
+    let (tmp, out) = rest.split_at_mut(a * a * c);
+    for (k, s) in src[..a * a].iter().enumerate() {
+        match s {
+            Some(o) => patch[k * c..(k + 1) * c].copy_from_slice(&x[*o..o + c]),
+            None => patch[k * c..(k + 1) * c].fill(0.0),
+        }
+    }
+    transform_rows(t.bt, a, a, patch, tmp, c);
     transform_cols(t.bt, a, a, tmp, out, c);
     for p in 0..a * a {
-        // SAFETY: row i of V_p lies inside v (caller contract).
-        unsafe { std::ptr::copy_nonoverlapping(out[p * c..].as_ptr(), v.add((p * chunk + i) * c), c) };
+        // SAFETY: row i of V_p lies inside v.
+        unsafe { std::ptr::copy_nonoverlapping(out[p * c..].as_ptr(), v.add((p * MR + i) * c), c) };
+    }
+}
+
+/// Transforms row `i` of every `M_p` (channels `c0..c0 + cols` of the output,
+/// stored from column 0 with row stride `ldm`) into the tile's pixels of `y`.
+///
+/// # Safety
+/// The caller owns these pixels and channels of `y`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn output_transform(
+    t: &Transforms,
+    d: &ConvDesc,
+    mm: &[f32],
+    i: usize,
+    ldm: usize,
+    c0: usize,
+    cols: usize,
+    n: usize,
+    oy: usize,
+    ox: usize,
+    y: *mut f32,
+    e: &Epilogue<'_>,
+    buf: &mut Vec<f32>,
+) {
+    let (a, m, co) = (t.a, t.m, d.c_out);
+    let (oh, ow) = (d.out_h(), d.out_w());
+    // Output pixels of the tile, or None past the image edge.
+    let mut dst = [None; 16];
+    for r in 0..m {
+        for q in 0..m {
+            if oy + r < oh && ox + q < ow {
+                dst[r * m + q] = Some((n * oh + oy + r) * ow + ox + q);
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if super::gemm::isa() == super::gemm::Isa::Avx512 {
+        // SAFETY: the CPU has avx512f; the rest is the caller's contract.
+        return unsafe { x86::output(t.m, mm, i, ldm, c0, cols, co, &dst[..m * m], y, e) };
+    }
+    buf.resize((a * a + m * a + m * m) * cols, 0.0);
+    let (inp, rest) = buf.split_at_mut(a * a * cols);
+    let (tmp, out) = rest.split_at_mut(m * a * cols);
+    for p in 0..a * a {
+        inp[p * cols..(p + 1) * cols].copy_from_slice(&mm[(p * MR + i) * ldm..][..cols]);
+    }
+    transform_rows(t.at, m, a, inp, tmp, cols);
+    transform_cols(t.at, m, a, tmp, out, cols);
+    for (k, px) in dst[..m * m].iter().enumerate() {
+        let Some(px) = *px else { continue };
+        for j in 0..cols {
+            let ch = c0 + j;
+            // SAFETY: pixel px, channel ch is inside y and owned by the caller.
+            let o = unsafe { &mut *y.add(px * co + ch) };
+            let mut v = out[k * cols + j];
+            if e.accumulate {
+                v += *o;
+            }
+            if let Some(s) = e.scale {
+                v *= s[ch];
+            }
+            if let Some(b) = e.bias {
+                v += b[ch];
+            }
+            if let Some((res, ld)) = e.residual {
+                v += res[px * ld + ch];
+            }
+            if e.relu && v < 0.0 {
+                v = 0.0;
+            }
+            *o = v;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::MR;
+    use crate::backend::cpu::gemm::Epilogue;
+    use std::arch::x86_64::*;
+
+    /// `B^T` of F(4, 3) applied to six vectors.
+    #[inline(always)]
+    unsafe fn bt6(d: [__m512; 6]) -> [__m512; 6] {
+        unsafe {
+            let (four, five, two) = (_mm512_set1_ps(4.0), _mm512_set1_ps(5.0), _mm512_set1_ps(2.0));
+            let d4_d2 = _mm512_sub_ps(d[4], d[2]);
+            let d3_d1 = _mm512_sub_ps(d[3], d[1]);
+            let d1p2 = _mm512_add_ps(d[1], d[2]);
+            let d1m2 = _mm512_sub_ps(d[1], d[2]);
+            let d3p4 = _mm512_add_ps(d[3], d[4]);
+            let d4m3 = _mm512_sub_ps(d[4], d[3]);
+            [
+                _mm512_fnmadd_ps(five, d[2], _mm512_fmadd_ps(four, d[0], d[4])),
+                _mm512_fnmadd_ps(four, d1p2, d3p4),
+                _mm512_fmadd_ps(four, d1m2, d4m3),
+                _mm512_fmadd_ps(two, d3_d1, d4_d2),
+                _mm512_fnmadd_ps(two, d3_d1, d4_d2),
+                _mm512_fnmadd_ps(five, d[3], _mm512_fmadd_ps(four, d[1], d[5])),
+            ]
+        }
+    }
+
+    /// `A^T` of F(4, 3): six vectors to four.
+    #[inline(always)]
+    unsafe fn at6(v: [__m512; 6]) -> [__m512; 4] {
+        unsafe {
+            let p12 = _mm512_add_ps(v[1], v[2]);
+            let m12 = _mm512_sub_ps(v[1], v[2]);
+            let p34 = _mm512_add_ps(v[3], v[4]);
+            let m34 = _mm512_sub_ps(v[3], v[4]);
+            [
+                _mm512_add_ps(_mm512_add_ps(v[0], p12), p34),
+                _mm512_fmadd_ps(_mm512_set1_ps(2.0), m34, m12),
+                _mm512_fmadd_ps(_mm512_set1_ps(4.0), p34, p12),
+                _mm512_add_ps(_mm512_fmadd_ps(_mm512_set1_ps(8.0), m34, m12), v[5]),
+            ]
+        }
+    }
+
+    /// `B^T` of F(2, 3) applied to four vectors.
+    #[inline(always)]
+    unsafe fn bt4(d: [__m512; 4]) -> [__m512; 4] {
+        unsafe {
+            [_mm512_sub_ps(d[0], d[2]), _mm512_add_ps(d[1], d[2]), _mm512_sub_ps(d[2], d[1]), _mm512_sub_ps(d[1], d[3])]
+        }
+    }
+
+    /// `A^T` of F(2, 3): four vectors to two.
+    #[inline(always)]
+    unsafe fn at4(v: [__m512; 4]) -> [__m512; 2] {
+        unsafe { [_mm512_add_ps(_mm512_add_ps(v[0], v[1]), v[2]), _mm512_sub_ps(_mm512_sub_ps(v[1], v[2]), v[3])] }
+    }
+
+    fn mask(n: usize) -> __mmask16 {
+        if n >= 16 { 0xffff } else { (1u16 << n) - 1 }
+    }
+
+    /// Input transform of one tile, 16 channels at a time.
+    ///
+    /// # Safety
+    /// avx512f; `src` offsets are valid runs of `c` floats in `x`; `v` as in the caller.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn input(m: usize, x: &[f32], src: &[Option<usize>], c: usize, v: *mut f32, i: usize) {
+        let a = m + 2;
+        for c0 in (0..c).step_by(16) {
+            let k = mask(c - c0);
+            let mut d = [_mm512_setzero_ps(); 36];
+            for (p, s) in src.iter().enumerate() {
+                if let Some(o) = s {
+                    // SAFETY: x[o + c0 ..] holds the masked lanes.
+                    d[p] = unsafe { _mm512_maskz_loadu_ps(k, x.as_ptr().add(o + c0)) };
+                }
+            }
+            let mut out = [_mm512_setzero_ps(); 36];
+            if m == 4 {
+                // Rows then columns.
+                let mut tt = [_mm512_setzero_ps(); 36];
+                for j in 0..6 {
+                    // SAFETY: register arithmetic.
+                    let r = unsafe { bt6([d[j], d[6 + j], d[12 + j], d[18 + j], d[24 + j], d[30 + j]]) };
+                    for (q, v) in r.into_iter().enumerate() {
+                        tt[q * 6 + j] = v;
+                    }
+                }
+                for q in 0..6 {
+                    // SAFETY: register arithmetic.
+                    let r = unsafe {
+                        bt6([tt[q * 6], tt[q * 6 + 1], tt[q * 6 + 2], tt[q * 6 + 3], tt[q * 6 + 4], tt[q * 6 + 5]])
+                    };
+                    out[q * 6..q * 6 + 6].copy_from_slice(&r);
+                }
+            } else {
+                let mut tt = [_mm512_setzero_ps(); 16];
+                for j in 0..4 {
+                    // SAFETY: register arithmetic.
+                    let r = unsafe { bt4([d[j], d[4 + j], d[8 + j], d[12 + j]]) };
+                    for (q, v) in r.into_iter().enumerate() {
+                        tt[q * 4 + j] = v;
+                    }
+                }
+                for q in 0..4 {
+                    // SAFETY: register arithmetic.
+                    let r = unsafe { bt4([tt[q * 4], tt[q * 4 + 1], tt[q * 4 + 2], tt[q * 4 + 3]]) };
+                    out[q * 4..q * 4 + 4].copy_from_slice(&r);
+                }
+            }
+            for (p, o) in out.iter().enumerate().take(a * a) {
+                // SAFETY: row i of V_p has c floats; the mask keeps the tail inside.
+                unsafe { _mm512_mask_storeu_ps(v.add((p * MR + i) * c + c0), k, *o) };
+            }
+        }
+    }
+
+    /// Output transform of one tile with the epilogue, 16 channels at a time.
+    ///
+    /// # Safety
+    /// avx512f; the caller owns these pixels and channels of `y`.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn output(
+        m: usize,
+        mm: &[f32],
+        i: usize,
+        ldm: usize,
+        c0: usize,
+        cols: usize,
+        co: usize,
+        dst: &[Option<usize>],
+        y: *mut f32,
+        e: &Epilogue<'_>,
+    ) {
+        let a = m + 2;
+        for j0 in (0..cols).step_by(16) {
+            let k = mask(cols - j0);
+            let mut v = [_mm512_setzero_ps(); 36];
+            for (p, vp) in v.iter_mut().enumerate().take(a * a) {
+                // SAFETY: row i of M_p has ldm >= cols floats.
+                *vp = unsafe { _mm512_maskz_loadu_ps(k, mm.as_ptr().add((p * MR + i) * ldm + j0)) };
+            }
+            let mut out = [_mm512_setzero_ps(); 16];
+            if m == 4 {
+                let mut tt = [_mm512_setzero_ps(); 24];
+                for q in 0..6 {
+                    // SAFETY: register arithmetic.
+                    let r = unsafe { at6([v[q], v[6 + q], v[12 + q], v[18 + q], v[24 + q], v[30 + q]]) };
+                    for (rr, x) in r.into_iter().enumerate() {
+                        tt[rr * 6 + q] = x;
+                    }
+                }
+                for rr in 0..4 {
+                    // SAFETY: register arithmetic.
+                    let r = unsafe {
+                        at6([
+                            tt[rr * 6],
+                            tt[rr * 6 + 1],
+                            tt[rr * 6 + 2],
+                            tt[rr * 6 + 3],
+                            tt[rr * 6 + 4],
+                            tt[rr * 6 + 5],
+                        ])
+                    };
+                    out[rr * 4..rr * 4 + 4].copy_from_slice(&r);
+                }
+            } else {
+                let mut tt = [_mm512_setzero_ps(); 8];
+                for q in 0..4 {
+                    // SAFETY: register arithmetic.
+                    let r = unsafe { at4([v[q], v[4 + q], v[8 + q], v[12 + q]]) };
+                    for (rr, x) in r.into_iter().enumerate() {
+                        tt[rr * 4 + q] = x;
+                    }
+                }
+                for rr in 0..2 {
+                    // SAFETY: register arithmetic.
+                    let r = unsafe { at4([tt[rr * 4], tt[rr * 4 + 1], tt[rr * 4 + 2], tt[rr * 4 + 3]]) };
+                    out[rr * 2..rr * 2 + 2].copy_from_slice(&r);
+                }
+            }
+            let ch = c0 + j0;
+            for (kk, px) in dst.iter().enumerate() {
+                let Some(px) = *px else { continue };
+                // SAFETY: pixel px, channels ch.. (masked) are inside y and the epilogue slices.
+                unsafe {
+                    let o = y.add(px * co + ch);
+                    let mut x = out[kk];
+                    if e.accumulate {
+                        x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(k, o));
+                    }
+                    if let Some(s) = e.scale {
+                        x = _mm512_mul_ps(x, _mm512_maskz_loadu_ps(k, s.as_ptr().add(ch)));
+                    }
+                    if let Some(b) = e.bias {
+                        x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(k, b.as_ptr().add(ch)));
+                    }
+                    if let Some((res, ld)) = e.residual {
+                        x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(k, res.as_ptr().add(px * ld + ch)));
+                    }
+                    if e.relu {
+                        x = _mm512_max_ps(x, _mm512_setzero_ps());
+                    }
+                    _mm512_mask_storeu_ps(o, k, x);
+                }
+            }
+        }
     }
 }
 
@@ -413,66 +661,6 @@ fn transform_cols(mat: &[f32], cols: usize, k: usize, inp: &[f32], out: &mut [f3
                         *ov += coef * iv;
                     }
                 }
-            }
-        }
-    }
-}
-
-/// Output transform of tile `i` into the `m x m` pixels at `(oy, ox)`.
-///
-/// # Safety
-/// `y` is the output tensor; no other thread writes these pixels.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn output_tile(
-    t: &Transforms,
-    d: &ConvDesc,
-    mm: &[f32],
-    i: usize,
-    chunk: usize,
-    n: usize,
-    oy: usize,
-    ox: usize,
-    y: *mut f32,
-    e: &Epilogue<'_>,
-    buf: &mut Vec<f32>,
-) {
-    let (a, m, c) = (t.a, t.m, d.c_out);
-    let (oh, ow) = (d.out_h(), d.out_w());
-    buf.resize((a * a + m * a + m * m) * c, 0.0);
-    let (inp, rest) = buf.split_at_mut(a * a * c);
-    let (tmp, out) = rest.split_at_mut(m * a * c);
-    for p in 0..a * a {
-        inp[p * c..][..c].copy_from_slice(&mm[(p * chunk + i) * c..][..c]);
-    }
-    // tmp = A^T M (m x a), Y = tmp A (m x m).
-    transform_rows(t.at, m, a, inp, tmp, c);
-    transform_cols(t.at, m, a, tmp, out, c);
-    for r in 0..m {
-        for q in 0..m {
-            let (py, px) = (oy + r, ox + q);
-            if py >= oh || px >= ow {
-                continue;
-            }
-            let pix = (n * oh + py) * ow + px;
-            let src = &out[(r * m + q) * c..][..c];
-            // SAFETY: pixel (py, px) of image n is inside y and owned by this tile.
-            let dst = unsafe { std::slice::from_raw_parts_mut(y.add(pix * c), c) };
-            for (k, (o, &v)) in dst.iter_mut().zip(src).enumerate() {
-                let mut x = if e.accumulate { *o + v } else { v };
-                if let Some(s) = e.scale {
-                    x *= s[k];
-                }
-                if let Some(b) = e.bias {
-                    x += b[k];
-                }
-                if let Some((res, ld)) = e.residual {
-                    x += res[pix * ld + k];
-                }
-                if e.relu && x < 0.0 {
-                    x = 0.0;
-                }
-                *o = x;
             }
         }
     }
