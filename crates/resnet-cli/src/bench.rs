@@ -16,8 +16,11 @@ use crate::util::{check_batch, cpu};
 #[derive(clap::Args)]
 pub struct Args {
     /// Architecture.
+    #[arg(long, required_unless_present = "peak")]
+    arch: Option<String>,
+    /// Measure the machine's peak f32 multiply-add rate instead (a register-only loop).
     #[arg(long)]
-    arch: String,
+    peak: bool,
     /// Batch size.
     #[arg(long, default_value_t = 1)]
     batch: usize,
@@ -63,6 +66,17 @@ pub fn peak_rss_mb() -> f64 {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    if a.peak {
+        let cpu = cpu(a.threads)?;
+        let g = resnet::backend::cpu::peak_gflops(&cpu);
+        if a.json {
+            println!("{}", serde_json::json!({"peak_gflops": g, "threads": cpu.threads(), "backend": cpu.describe()}));
+        } else {
+            println!("peak f32 rate, {}: {g:.0} GFLOP/s", cpu.describe());
+        }
+        return Ok(());
+    }
+    let arch = a.arch.clone().expect("clap requires --arch");
     let batch = check_batch(a.batch)?;
     let train = match a.mode.as_str() {
         "infer" => false,
@@ -76,7 +90,7 @@ pub fn run(a: Args) -> Result<()> {
         bail!("--iters must be at least 1");
     }
     let cpu = cpu(a.threads)?;
-    let spec = ResNetSpec::named(&a.arch)?;
+    let spec = ResNetSpec::named(&arch)?;
     let side = a.input.unwrap_or(if spec.stem == Stem::Imagenet { 224 } else { 32 });
     if side == 0 || side > 4096 {
         bail!("--input must be between 1 and 4096");

@@ -242,7 +242,7 @@ fn gemm_isa(
     debug_assert!(c.ld >= n && c.data.len() >= (m - 1) * c.ld + n);
     if k == 0 {
         // Nothing to multiply: C is just the epilogue applied to zeros (or C_old).
-        apply_epilogue_scalar(c.data, c.ld, 0, 0, m, n, None, epi);
+        epilogue_of_zero(c.data, c.ld, m, n, epi);
         return;
     }
     match b {
@@ -449,20 +449,10 @@ fn finish(mut x: f32, r: usize, col: usize, e: &Epilogue<'_>) -> f32 {
     x
 }
 
-/// Applies the epilogue to a block of C with acc = 0 (used when k == 0).
-#[allow(clippy::too_many_arguments)]
-fn apply_epilogue_scalar(
-    c: &mut [f32],
-    ld: usize,
-    r0: usize,
-    c0: usize,
-    m: usize,
-    n: usize,
-    _acc: Option<&[f32]>,
-    e: &Epilogue<'_>,
-) {
-    for r in r0..r0 + m {
-        for col in c0..c0 + n {
+/// Applies the epilogue to `C` with a zero product (an empty reduction).
+fn epilogue_of_zero(c: &mut [f32], ld: usize, m: usize, n: usize, e: &Epilogue<'_>) {
+    for r in 0..m {
+        for col in 0..n {
             let old = if e.accumulate { c[r * ld + col] } else { 0.0 };
             c[r * ld + col] = finish(old, r, col, e);
         }

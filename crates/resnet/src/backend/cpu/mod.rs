@@ -343,3 +343,51 @@ impl Backend for Cpu {
         parts.iter().sum()
     }
 }
+
+/// The machine's peak f32 rate in GFLOP/s on `cpu`'s threads: every thread
+/// runs independent multiply-add chains that never touch memory (the ceiling
+/// the kernels are measured against).
+pub fn peak_gflops(cpu: &Cpu) -> f64 {
+    let per_thread = |iters: u64| -> f64 {
+        #[cfg(target_arch = "x86_64")]
+        if gemm::isa() == gemm::Isa::Avx512 {
+            /// Twelve independent chains: enough to cover the multiply-add latency.
+            #[target_feature(enable = "avx512f")]
+            fn fma_loop(iters: u64) -> f32 {
+                use std::arch::x86_64::*;
+                let mut acc = [_mm512_set1_ps(0.0); 12];
+                let (a, b) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
+                for _ in 0..iters {
+                    for v in acc.iter_mut() {
+                        *v = _mm512_fmadd_ps(*v, a, b);
+                    }
+                }
+                let mut s = _mm512_setzero_ps();
+                for v in acc {
+                    s = _mm512_add_ps(s, v);
+                }
+                _mm512_reduce_add_ps(s)
+            }
+            // SAFETY: the CPU has avx512f.
+            std::hint::black_box(unsafe { fma_loop(iters) });
+            // 12 chains x 16 lanes x 2 FLOP per multiply-add.
+            return (iters * 12 * 32) as f64;
+        }
+        let mut acc = [[0.0f32; 8]; 12];
+        for _ in 0..iters {
+            for v in acc.iter_mut() {
+                for x in v.iter_mut() {
+                    *x = x.mul_add(0.999_999, 1e-7);
+                }
+            }
+        }
+        std::hint::black_box(acc);
+        (iters * 12 * 16) as f64
+    };
+    let iters = 20_000_000u64;
+    cpu.install(|| {
+        let t = std::time::Instant::now();
+        let flops: f64 = (0..cpu.threads()).into_par_iter().map(|_| per_thread(iters)).sum();
+        flops / t.elapsed().as_secs_f64() / 1e9
+    })
+}
