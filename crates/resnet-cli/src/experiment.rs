@@ -311,22 +311,7 @@ fn variants_report(
 }
 
 fn one_panel(rs: &[RunResult], title: &str) -> Vec<Panel> {
-    let mut series = Vec::new();
-    for (k, r) in rs.iter().enumerate() {
-        series.push(Series {
-            name: format!("{} train", r.variant.label),
-            points: r.train_curve.iter().map(|p| (p.iteration as f64, 100.0 * p.error)).collect(),
-            color: k,
-            bold: false,
-        });
-        series.push(Series {
-            name: format!("{} test", r.variant.label),
-            points: r.test_curve.iter().map(|p| (p.iteration as f64, 100.0 * p.error)).collect(),
-            color: k,
-            bold: true,
-        });
-    }
-    vec![Panel { title: title.into(), x_label: "iteration".into(), y_label: "error (%)".into(), log_y: false, series }]
+    vec![lab::error_panel(&rs.iter().collect::<Vec<_>>(), title)]
 }
 
 fn shortcuts(arch: &str, options: &[String], c: &Common) -> Result<()> {

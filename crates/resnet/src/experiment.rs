@@ -303,35 +303,43 @@ pub fn preact_variants(depths: &[usize], classes: usize, channels: usize) -> Res
     Ok(v)
 }
 
-/// Curves of runs in panels by group: thin training error, bold test error,
-/// one colour per variant index within the group.
+/// Error curves of runs: a thin training line and a bold test line per run,
+/// one colour per run.
+pub fn error_series(results: &[&RunResult]) -> Vec<Series> {
+    let mut series = Vec::new();
+    for (k, r) in results.iter().enumerate() {
+        let curve = |points: Vec<(f64, f64)>, which: &str, bold| Series {
+            name: format!("{} {which}", r.variant.label),
+            points,
+            color: k,
+            bold,
+        };
+        series.push(curve(
+            r.train_curve.iter().map(|p| (p.iteration as f64, 100.0 * p.error)).collect(),
+            "train",
+            false,
+        ));
+        series.push(curve(r.test_curve.iter().map(|p| (p.iteration as f64, 100.0 * p.error)).collect(), "test", true));
+    }
+    series
+}
+
+/// A panel of error curves.
+pub fn error_panel(results: &[&RunResult], title: &str) -> Panel {
+    Panel {
+        title: title.to_string(),
+        x_label: "iteration".into(),
+        y_label: "error (%)".into(),
+        log_y: false,
+        series: error_series(results),
+    }
+}
+
+/// One panel per group (e.g. plain nets left, ResNets right, as in Figure 6).
 pub fn error_panels(results: &[RunResult], groups: &[(&str, &str)]) -> Vec<Panel> {
     groups
         .iter()
-        .map(|(g, title)| {
-            let mut series = Vec::new();
-            for (k, r) in results.iter().filter(|r| r.variant.group == *g).enumerate() {
-                series.push(Series {
-                    name: format!("{} train", r.variant.label),
-                    points: r.train_curve.iter().map(|p| (p.iteration as f64, 100.0 * p.error)).collect(),
-                    color: k,
-                    bold: false,
-                });
-                series.push(Series {
-                    name: format!("{} test", r.variant.label),
-                    points: r.test_curve.iter().map(|p| (p.iteration as f64, 100.0 * p.error)).collect(),
-                    color: k,
-                    bold: true,
-                });
-            }
-            Panel {
-                title: title.to_string(),
-                x_label: "iteration".into(),
-                y_label: "error (%)".into(),
-                log_y: false,
-                series,
-            }
-        })
+        .map(|(g, title)| error_panel(&results.iter().filter(|r| r.variant.group == *g).collect::<Vec<_>>(), title))
         .collect()
 }
 

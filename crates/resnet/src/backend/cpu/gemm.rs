@@ -461,7 +461,7 @@ fn epilogue_of_zero(c: &mut [f32], ld: usize, m: usize, n: usize, e: &Epilogue<'
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{NR, Tile, finish};
+    use super::{NR, Tile, store_tile_scalar};
     use std::arch::x86_64::*;
 
     /// AVX-512 micro-kernel: `MR x 16` accumulators in zmm registers; each
@@ -552,22 +552,8 @@ mod x86 {
                 _mm256_storeu_ps(row.as_mut_ptr().add(8), acc_i[1]);
             }
         }
-        for (i, row) in tile.iter().enumerate().take(t.mr) {
-            let r = t.r0 + i;
-            for (j, &v) in row.iter().enumerate().take(t.nr) {
-                let col = t.c0 + j;
-                // SAFETY: (r, col) is inside the tile.
-                let dst = unsafe { &mut *t.c.add(r * t.ld + col) };
-                let mut x = v;
-                if t.load_c {
-                    x += *dst;
-                }
-                if let Some(e) = t.epi {
-                    x = finish(x, r, col, e);
-                }
-                *dst = x;
-            }
-        }
+        // SAFETY: forwarded contract.
+        unsafe { store_tile_scalar(&tile, t) }
     }
 }
 
