@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use resnet::backend::Cpu;
+use resnet::backend::{Backend, Cpu};
 use resnet::infer::InferencePlan;
 use resnet::model::{Mode, Network, ResNetSpec};
 use resnet::tensor::Tensor;
@@ -52,4 +52,54 @@ fn every_architecture_matches_pytorch() {
         assert!(plan_err <= 1e-4, "{key}: the inference plan's logits differ by {plan_err:e}");
     }
     eprintln!("worst relative error {worst:.2e}");
+}
+
+/// The last batch of an epoch is usually smaller than the others: a network
+/// that has run larger batches must give the same training-mode outputs and
+/// gradients on it as a fresh one.
+#[test]
+fn a_smaller_batch_after_larger_ones_matches_a_fresh_network() {
+    let cpu = Cpu::new(None).unwrap();
+    for arch in ["resnet20", "plain20", "preact_resnet164"] {
+        let mut spec = ResNetSpec::named(arch).unwrap();
+        spec.in_channels = 1;
+        let run = |net: &mut Network<Cpu>, n: usize| {
+            let x = Tensor::from_nchw(&cpu, n, 1, 28, 28, &formula_input(n * 28 * 28));
+            net.zero_grad();
+            let y = net.forward(&x, Mode::Train).unwrap();
+            let (shape, logits) = (y.shape, y.to_host(&cpu));
+            let mut dy = Tensor::zeros(&cpu, shape);
+            let labels: Vec<u32> = (0..n as u32).map(|i| i % 10).collect();
+            let y = Tensor::from_host(&cpu, shape, &logits);
+            cpu.softmax_cross_entropy(n, 10, &y.buf, &labels, 0.0, &mut dy.buf);
+            net.backward(&x, &dy);
+            let mut grads = Vec::new();
+            net.visit(&mut |_, e| {
+                if let resnet::model::StateEntry::Param(p) = e {
+                    grads.push(cpu.download(&p.grad));
+                }
+            });
+            (logits, grads)
+        };
+        let mut fresh = Network::new(&spec, &cpu).unwrap();
+        fresh.init_formula();
+        let mut used = Network::new(&spec, &cpu).unwrap();
+        used.init_formula();
+        run(&mut used, 24);
+        let (want_y, want_g) = run(&mut fresh, 12);
+        let (got_y, got_g) = run(&mut used, 12);
+        // Batch 12 keeps every layer on the convolution algorithm it chose at
+        // 24 (Winograd tiles depend on the batch), so only the order of the
+        // normalisation sums differs: equal up to rounding.
+        let close = |a: &[f32], b: &[f32]| {
+            let scale = a.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-4 * scale)
+        };
+        assert!(close(&want_y, &got_y), "{arch}: logits differ after a larger batch");
+        for (i, (a, b)) in want_g.iter().zip(&got_g).enumerate() {
+            let d = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            let s = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert!(close(a, b), "{arch}: gradient {i} differs after a larger batch: {d} of {s}");
+        }
+    }
 }
