@@ -452,7 +452,9 @@ fn gradients(archs: &[String], steps: u64, c: &Common) -> Result<()> {
         budget(&cfg, &ds)
     );
     md += "![gradients](gradients.png)\n\n![activations](activations.png)\n\n";
-    md += "| net | weight layers | first conv norm (init) | last conv norm (init) | orders of magnitude, last to first (init) | after training |\n|---|---|---|---|---|---|\n";
+    md += &format!(
+        "| net | weight layers | first conv norm (init) | last conv norm (init) | fall, last to first conv, in orders of magnitude (init) | the same after {steps} steps |\n|---|---|---|---|---|---|\n"
+    );
     for (a, b) in &profiles {
         let convs = a.grad_norm.len().saturating_sub(1).max(1);
         md += &format!(
@@ -479,6 +481,20 @@ fn gradients(archs: &[String], steps: u64, c: &Common) -> Result<()> {
             a.arch,
             verb(a.orders_of_magnitude),
             verb(b.orders_of_magnitude)
+        );
+    }
+    md += "\nA negative fall is growth: the gradient gets larger towards the input.\n";
+    // The widest swing (at initialisation or after training) per kind of net.
+    let swing = |plain: bool| {
+        profiles
+            .iter()
+            .filter(|(a, _)| a.arch.starts_with("plain") == plain)
+            .map(|(a, b)| a.orders_of_magnitude.abs().max(b.orders_of_magnitude.abs()))
+            .fold(None, |m: Option<f64>, o| Some(m.map_or(o, |m| m.max(o))))
+    };
+    if let (Some(p), Some(r)) = (swing(true), swing(false)) {
+        md += &format!(
+            "\nWidest change of the gradient norm between the last and the first convolution: {p:.2} orders of magnitude in a plain net, {r:.2} in a residual net.\n"
         );
     }
     lab::write_report(&c.out, &md)?;

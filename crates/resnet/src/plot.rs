@@ -95,6 +95,7 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel) -> R
                 .x_desc(&p.x_label)
                 .y_desc(&p.y_label)
                 .x_label_formatter(&|v| if (x1 - x0) >= 20.0 { format!("{v:.0}") } else { format!("{v:.2}") })
+                .y_label_formatter(&|v| tick(*v))
                 .label_style(("sans-serif", 13))
                 .light_line_style(WHITE.mix(0.0))
                 .draw()
@@ -127,6 +128,16 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel) -> R
         body!(builder.build_cartesian_2d(x0..x1, y0..y1).map_err(err)?);
     }
     Ok(())
+}
+
+/// A short axis label: `1e-5`, `0.25`, `90`, `2e6`.
+fn tick(v: f64) -> String {
+    let a = v.abs();
+    if a != 0.0 && !(1e-2..1e4).contains(&a) {
+        return format!("{v:.0e}");
+    }
+    let s = format!("{v:.2}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 fn draw_panels<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, panels: &[Panel]) -> Result<()> {
@@ -299,6 +310,15 @@ pub fn image_grid(stem: &Path, thumbs: &[Thumb<'_>], cols: usize) -> Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn axis_labels_are_short() {
+        assert_eq!(tick(9.999999999999999e-5), "1e-4");
+        assert_eq!(tick(1000000.0), "1e6");
+        assert_eq!(tick(90.0), "90");
+        assert_eq!(tick(0.25), "0.25");
+        assert_eq!(tick(0.0), "0");
+    }
 
     #[test]
     fn writes_nonempty_svg_and_png() {
