@@ -543,6 +543,11 @@ impl<B: Backend> Trainer<B> {
         let total = self.total_iterations();
         let mut x = Tensor::empty(&backend);
         let mut dlogits = Tensor::empty(&backend);
+        // Logged training points cover `log_every` iterations each, across
+        // epoch boundaries, so that an epoch's short last batch does not make
+        // a point of its own.
+        let (mut log_loss, mut log_err, mut log_n, mut log_images) = (0.0f64, 0.0f64, 0usize, 0usize);
+        let mut log_t = Instant::now();
         while self.state.epoch < self.config.epochs && self.state.iteration < total {
             let epoch = self.state.epoch;
             let order = self.epoch_order(epoch);
@@ -560,8 +565,6 @@ impl<B: Backend> Trainer<B> {
             obs.epoch_start(epoch, self.config.epochs, steps, start);
             let mut ep = EvalAccumulator::new(classes);
             let (mut ep_loss, mut ep_n) = (0.0f64, 0usize);
-            let (mut log_loss, mut log_err, mut log_n, mut log_images) = (0.0f64, 0.0f64, 0usize, 0usize);
-            let mut log_t = Instant::now();
             let ep_t = Instant::now();
             let mut ep_images = 0usize;
             let mut epoch_train_seconds = 0.0f64;
@@ -641,10 +644,7 @@ impl<B: Backend> Trainer<B> {
                     images_per_second: ips,
                 });
                 let done = self.state.iteration >= total;
-                if self.state.iteration.is_multiple_of(self.config.log_every)
-                    || done
-                    || self.state.step_in_epoch == steps
-                {
+                if self.state.iteration.is_multiple_of(self.config.log_every) || done {
                     let p = TrainPoint {
                         epoch,
                         iteration: self.state.iteration,
@@ -667,7 +667,9 @@ impl<B: Backend> Trainer<B> {
                 }
             }
             // End of epoch (or of the iteration budget): evaluate, log, checkpoint.
+            let eval_t = Instant::now();
             let test = self.evaluate_test(obs)?;
+            log_t += eval_t.elapsed();
             self.state.epoch += 1;
             self.state.step_in_epoch = 0;
             let train_acc = ep.finish();
