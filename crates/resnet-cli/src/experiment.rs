@@ -267,6 +267,7 @@ fn degradation(depths: &[usize], c: &Common) -> Result<()> {
             .join(", ")
     );
     md += "- **The paper** (He et al. 2015, CIFAR-10, Figure 6 and Table 6; 64k iterations of batch 128, about 164 epochs): ResNet-20/32/44/56 reach 8.75/7.51/7.17/6.97% test error, while the plain nets' training and test errors rise with depth.\n";
+    md += "- **One seed per net**: short runs of deep nets vary from run to run by several points (even runs that differ only in the rounding of their kernels); repeat with another `--seed` before reading much into a gap of a few points.\n";
     if !(plain_up && res_d < -noise) {
         md += "- **Budget**: the gap between plain and residual nets widens with training; the paper's curves separate clearly after a few thousand iterations and keep separating until the end of its 64k-iteration schedule. A longer run (`--epochs 30` or more on the full set) would be needed to see the paper's ordering here.\n";
     }
