@@ -51,6 +51,26 @@ fn pth_round_trips_through_our_safetensors_writer() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A safetensors file starts with its header length, whose first byte may be
+/// 0x80 like a pickle's: every first byte must read back.
+#[test]
+fn safetensors_with_any_header_length_read_back() {
+    let dir = std::env::temp_dir().join(format!("resnet-hdr-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("w.safetensors");
+    let mut first_bytes = std::collections::BTreeSet::new();
+    for k in 0..300 {
+        let mut sd = resnet::io::StateDict::new();
+        let t = resnet::io::HostTensor { shape: vec![2], data: resnet::io::TensorData::F32(vec![1.0, -2.0]) };
+        sd.insert(format!("w{}", "x".repeat(k)), t);
+        resnet::io::safetensors::write(&path, &sd, None).unwrap();
+        first_bytes.insert(std::fs::read(&path).unwrap()[0]);
+        assert_eq!(read_state_dict(&path).unwrap(), sd, "key length {k}");
+    }
+    assert!(first_bytes.contains(&0x80), "the sweep covers a header length of 0x80 mod 256");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn bad_weights_are_clear_errors() {
     let cpu = Cpu::new(Some(1)).unwrap();

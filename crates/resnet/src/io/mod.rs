@@ -51,8 +51,16 @@ pub type StateDict = BTreeMap<String, HostTensor>;
 /// (decided by content, not by name).
 pub fn read_state_dict(path: &Path) -> Result<StateDict> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    // safetensors: a little-endian u64 header length, then the JSON header.
+    // The length's first byte can be anything (0x80 included, which is also
+    // pickle's first byte), so the header's `{` decides.
+    let header_len = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap()));
+    let looks_safetensors =
+        header_len.is_some_and(|n| n >= 2 && n <= bytes.len() as u64 - 8) && bytes.get(8) == Some(&b'{');
     if bytes.starts_with(b"PK\x03\x04") {
         pth::read(path, &bytes)
+    } else if looks_safetensors {
+        safetensors::read(path, &bytes)
     } else if bytes.first() == Some(&0x80) {
         Err(Error::format(
             path,
