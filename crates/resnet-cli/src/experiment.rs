@@ -124,7 +124,7 @@ fn budget(cfg: &TrainConfig, ds: &resnet::data::Dataset) -> String {
     let per_epoch = ds.train.len().div_ceil(cfg.batch);
     let iters = cfg.iterations.unwrap_or((cfg.epochs * per_epoch) as u64);
     format!(
-        "{} iterations of batch {} ({:.1} epochs of {} training images), {} schedule from lr {}, weight decay {}, {}augmentation, seed {}",
+        "{} iterations of batch {} ({:.1} epochs of {} training images), {} schedule from lr {}{}, weight decay {}, {}augmentation, seed {}",
         iters,
         cfg.batch,
         iters as f64 / per_epoch as f64,
@@ -135,6 +135,11 @@ fn budget(cfg: &TrainConfig, ds: &resnet::data::Dataset) -> String {
             resnet::optim::Schedule::Cosine { .. } => "cosine",
         },
         cfg.policy.lr,
+        match (cfg.policy.warmup_iters, cfg.policy.warmup_until_error) {
+            (_, Some((lr, until))) => format!(" (lr {lr} until the training error is below {:.0}%)", until * 100.0),
+            (0, None) => String::new(),
+            (n, None) => format!(" after a linear warm-up over {n} iterations"),
+        },
         cfg.sgd.weight_decay,
         if cfg.augment { "" } else { "no " },
         cfg.seed
