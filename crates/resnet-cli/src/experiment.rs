@@ -276,13 +276,17 @@ fn degradation(depths: &[usize], c: &Common) -> Result<()> {
     if !(plain_up && res_d < -noise) {
         md += "- **Budget**: the gap between plain and residual nets widens with training; the paper's curves separate clearly after a few thousand iterations and keep separating until the end of its 64k-iteration schedule. A longer run (`--epochs 30` or more on the full set) would be needed to see the paper's ordering here.\n";
     }
-    lab::write_report(&c.out, &md)?;
-    lab::write_results(
-        &c.out,
-        &serde_json::json!({"experiment": "degradation", "command": command_line(), "depths": depths, "config": cfg, "runs": rs}),
-    )?;
-    println!("\n{md}");
-    println!("report: {}", c.out.join("report.md").display());
+    finish(c, "degradation", &md, serde_json::json!({"depths": depths, "config": cfg, "runs": rs}))
+}
+
+/// Writes `report.md` and `results.json` (`fields` plus the experiment's name
+/// and command line) and prints the report.
+fn finish(c: &Common, experiment: &str, md: &str, mut fields: serde_json::Value) -> Result<()> {
+    lab::write_report(&c.out, md)?;
+    fields["experiment"] = experiment.into();
+    fields["command"] = command_line().into();
+    lab::write_results(&c.out, &fields)?;
+    println!("\n{md}\nreport: {}", c.out.join("report.md").display());
     Ok(())
 }
 
@@ -349,13 +353,7 @@ fn shortcuts(arch: &str, options: &[String], c: &Common) -> Result<()> {
         "\n## Findings\n\n- Lowest test error: {best}.\n- The paper (He et al. 2015, Table 3, ResNet-34 on ImageNet, top-1 error 10-crop): A 25.03%, B 24.52%, C 24.19% — B slightly better than A (A's zero-padded channels learn no residual), C marginally better than B at many more parameters; the authors conclude projections are not essential for addressing degradation.\n"
     );
     let md = variants_report(&format!("Shortcut options for {arch}"), c, &cfg, &ds, &rs, &cpu, &extra);
-    lab::write_report(&c.out, &md)?;
-    lab::write_results(
-        &c.out,
-        &serde_json::json!({"experiment": "shortcuts", "command": command_line(), "config": cfg, "runs": rs}),
-    )?;
-    println!("\n{md}\nreport: {}", c.out.join("report.md").display());
-    Ok(())
+    finish(c, "shortcuts", &md, serde_json::json!({"config": cfg, "runs": rs}))
 }
 
 fn preact(depths: &[usize], c: &Common) -> Result<()> {
@@ -380,13 +378,7 @@ fn preact(depths: &[usize], c: &Common) -> Result<()> {
     }
     extra += "- The paper (He et al. 2016, Table 3, CIFAR-10): ResNet-110 6.61% vs 6.37% and ResNet-164 5.93% vs 5.46% test error, original vs pre-activation; the gain grows with depth (ResNet-1001: 7.61% vs 4.92%).\n";
     let md = variants_report("Original vs pre-activation units", c, &cfg, &ds, &rs, &cpu, &extra);
-    lab::write_report(&c.out, &md)?;
-    lab::write_results(
-        &c.out,
-        &serde_json::json!({"experiment": "preact", "command": command_line(), "config": cfg, "runs": rs}),
-    )?;
-    println!("\n{md}\nreport: {}", c.out.join("report.md").display());
-    Ok(())
+    finish(c, "preact", &md, serde_json::json!({"config": cfg, "runs": rs}))
 }
 
 fn gradients(archs: &[String], steps: u64, c: &Common) -> Result<()> {
@@ -503,11 +495,5 @@ fn gradients(archs: &[String], steps: u64, c: &Common) -> Result<()> {
             "\nWidest change of the gradient norm between the last and the first convolution: {p:.2} orders of magnitude in a plain net, {r:.2} in a residual net.\n"
         );
     }
-    lab::write_report(&c.out, &md)?;
-    lab::write_results(
-        &c.out,
-        &serde_json::json!({"experiment": "gradients", "command": command_line(), "config": cfg, "steps": steps, "profiles": profiles}),
-    )?;
-    println!("\n{md}\nreport: {}", c.out.join("report.md").display());
-    Ok(())
+    finish(c, "gradients", &md, serde_json::json!({"config": cfg, "steps": steps, "profiles": profiles}))
 }

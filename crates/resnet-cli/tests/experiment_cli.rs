@@ -7,6 +7,19 @@ fn resnet(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_resnet")).args(args).output().expect("runs")
 }
 
+/// Runs an experiment on the tiny budget; it must succeed.
+fn lab(args: &[&str]) -> std::process::Output {
+    let args: Vec<&str> = args.iter().chain(&TINY).copied().collect();
+    let r = resnet(&args);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    r
+}
+
+/// The experiment's `results.json`.
+fn results(out: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap()
+}
+
 fn demo_data() -> String {
     format!(
         "fashion-mnist:{}",
@@ -32,7 +45,7 @@ const TINY: [&str; 10] =
 fn degradation_writes_results_and_resumes() {
     let out = tmp("deg");
     let data = demo_data();
-    let mut args = vec![
+    let args = vec![
         "experiment",
         "degradation",
         "--data",
@@ -43,16 +56,13 @@ fn degradation_writes_results_and_resumes() {
         out.to_str().unwrap(),
         "--quiet",
     ];
-    args.extend(TINY);
-    let r = resnet(&args);
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    lab(&args);
     for f in ["report.md", "results.json"] {
         nonempty(&out.join(f), 200);
     }
     nonempty(&out.join("degradation.png"), 5000);
     nonempty(&out.join("degradation.svg"), 2000);
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let v = results(&out);
     let runs = v["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 4);
     let names: Vec<&str> = runs.iter().map(|r| r["variant"]["name"].as_str().unwrap()).collect();
@@ -61,17 +71,15 @@ fn degradation_writes_results_and_resumes() {
     assert!(report.contains("## Findings") && report.contains("plain-14"), "{report}");
     // Resume: one run lost, the others are read back unchanged.
     std::fs::remove_dir_all(out.join("runs/resnet14")).unwrap();
-    let r = resnet(&args);
-    assert!(r.status.success());
+    let r = lab(&args);
     let stdout = String::from_utf8_lossy(&r.stdout);
     assert!(stdout.contains("run 4/4: resnet14\n"), "{stdout}");
-    let w: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let w = results(&out);
     for i in 0..4 {
         assert_eq!(v["runs"][i]["test_error"], w["runs"][i]["test_error"], "run {i} changed");
     }
     // Another configuration in the same folder is refused.
-    let mut other = args.clone();
+    let mut other: Vec<&str> = args.iter().chain(&TINY).copied().collect();
     let at = other.iter().position(|a| *a == "--epochs").unwrap() + 1;
     other[at] = "2";
     let r = resnet(&other);
@@ -82,7 +90,7 @@ fn degradation_writes_results_and_resumes() {
 fn gradients_and_variants_write_their_reports() {
     let data = demo_data();
     let out = tmp("grad");
-    let mut args = vec![
+    let args = vec![
         "experiment",
         "gradients",
         "--archs",
@@ -95,13 +103,10 @@ fn gradients_and_variants_write_their_reports() {
         out.to_str().unwrap(),
         "--quiet",
     ];
-    args.extend(TINY);
-    let r = resnet(&args);
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    lab(&args);
     nonempty(&out.join("gradients.png"), 5000);
     nonempty(&out.join("activations.png"), 5000);
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let v = results(&out);
     let p = &v["profiles"][0][0];
     assert_eq!(p["arch"], "plain8");
     assert_eq!(p["grad_norm"].as_array().unwrap().len(), 8, "7 convolutions and the classifier");
@@ -109,7 +114,7 @@ fn gradients_and_variants_write_their_reports() {
     assert!(std::fs::read_to_string(out.join("report.md")).unwrap().contains("orders of magnitude"));
 
     let out = tmp("sc");
-    let mut args = vec![
+    let args = vec![
         "experiment",
         "shortcuts",
         "--arch",
@@ -120,11 +125,9 @@ fn gradients_and_variants_write_their_reports() {
         out.to_str().unwrap(),
         "--quiet",
     ];
-    args.extend(TINY);
-    assert!(resnet(&args).status.success());
+    lab(&args);
     nonempty(&out.join("curves.png"), 5000);
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let v = results(&out);
     let params: Vec<u64> = v["runs"].as_array().unwrap().iter().map(|r| r["params"].as_u64().unwrap()).collect();
     assert!(params[0] < params[1] && params[1] < params[2], "A < B < C in parameters: {params:?}");
 }
