@@ -3,14 +3,14 @@
 use std::time::Instant;
 
 use anyhow::{Result, bail};
-use resnet::backend::Backend;
+use resnet::backend::{Backend, Precision};
 use resnet::infer::InferencePlan;
 use resnet::model::{Mode, Network, ResNetSpec, Stem};
 use resnet::optim::{Sgd, SgdConfig};
 use resnet::rng::Rng;
 use resnet::tensor::Tensor;
 
-use crate::util::{check_batch, cpu};
+use crate::util::{check_batch, cpu, precision};
 
 /// Arguments of `resnet bench`.
 #[derive(clap::Args)]
@@ -30,7 +30,7 @@ pub struct Args {
     /// infer (evaluation-mode forward) or train (forward, backward and SGD step).
     #[arg(long, default_value = "infer")]
     mode: String,
-    /// Arithmetic: f32 (bf16 needs AVX-512 BF16 and comes with the speed work).
+    /// Arithmetic (infer mode): f32, or bf16 (convolutions in bf16 with f32 sums; needs AVX-512 BF16, else runs f32).
     #[arg(long, default_value = "f32")]
     precision: String,
     /// Input side (default 224 for ImageNet nets, 32 for CIFAR nets).
@@ -83,13 +83,14 @@ pub fn run(a: Args) -> Result<()> {
         "train" => true,
         other => bail!("--mode must be infer or train, got `{other}`"),
     };
-    if a.precision != "f32" {
-        bail!("--precision {} is not available yet (f32 only)", a.precision);
-    }
     if a.iters == 0 {
         bail!("--iters must be at least 1");
     }
     let cpu = cpu(a.threads)?;
+    if train && a.precision.parse::<Precision>()? != Precision::F32 {
+        bail!("--precision {} is for inference; training runs in f32", a.precision);
+    }
+    let precision = precision(&a.precision, &cpu)?;
     let spec = ResNetSpec::named(&arch)?;
     let side = a.input.unwrap_or(if spec.stem == Stem::Imagenet { 224 } else { 32 });
     if side == 0 || side > 4096 {
@@ -111,7 +112,7 @@ pub fn run(a: Args) -> Result<()> {
     let mut sgd: Sgd<resnet::backend::Cpu> = Sgd::new(SgdConfig::default())?;
     let mut dl = Tensor::empty(&cpu);
     // Inference runs the compiled plan; the network itself is then dropped (as a deployment would).
-    let mut plan = (!train).then(|| InferencePlan::new(&net));
+    let mut plan = (!train).then(|| InferencePlan::with_precision(&net, precision));
     if let (true, Some(p)) = (a.profile, plan.as_mut()) {
         p.enable_profiling();
     }
@@ -167,7 +168,7 @@ pub fn run(a: Args) -> Result<()> {
     let ips = (batch * a.iters) as f64 / total;
     let gflops = ips * macs * 2.0 * if train { 3.0 } else { 1.0 } / 1e9;
     let v = serde_json::json!({
-        "arch": spec.name, "mode": a.mode, "precision": a.precision, "batch": batch, "threads": cpu.threads(),
+        "arch": spec.name, "mode": a.mode, "precision": precision.to_string(), "batch": batch, "threads": cpu.threads(),
         "input": side, "iters": a.iters, "images_per_second": ips, "latency_ms_p50": pct(0.5), "latency_ms_p99": pct(0.99),
         "latency_ms_mean": times.iter().sum::<f64>() / times.len() as f64, "gflops": gflops, "peak_rss_mb": peak_rss_mb(),
         "backend": cpu.describe(),
@@ -176,7 +177,7 @@ pub fn run(a: Args) -> Result<()> {
         println!("{v}");
     } else {
         println!(
-            "{} {} batch {} at {side}x{side}, {}: {:.1} images/s, latency p50 {:.2} ms, p99 {:.2} ms, {:.0} GFLOP/s, peak RSS {:.0} MB",
+            "{} {} {precision} batch {} at {side}x{side}, {}: {:.1} images/s, latency p50 {:.2} ms, p99 {:.2} ms, {:.0} GFLOP/s, peak RSS {:.0} MB",
             spec.name,
             a.mode,
             batch,

@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use resnet::classify::{Classifier, Prediction};
 use resnet::preprocess::{Transform, load_rgb};
 
-use crate::util::{check_batch, cpu};
+use crate::util::{check_batch, cpu, precision};
 
 /// Arguments of `resnet classify`.
 #[derive(clap::Args)]
@@ -44,6 +44,9 @@ pub struct Args {
     /// Compute threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Arithmetic: f32, or bf16 (convolutions in bf16 with f32 sums; needs AVX-512 BF16, else runs f32).
+    #[arg(long, default_value = "f32")]
+    precision: String,
     /// Print JSON: a list of {"image", "top": [{"index", "label", "probability", "logit"}]}.
     #[arg(long)]
     json: bool,
@@ -55,7 +58,8 @@ pub fn run(a: Args) -> Result<()> {
         bail!("--topk must be at least 1");
     }
     let cpu = cpu(a.threads)?;
-    let mut clf = Classifier::load(&cpu, a.arch.as_deref(), &a.weights, a.num_classes)
+    let precision = precision(&a.precision, &cpu)?;
+    let mut clf = Classifier::load_with_precision(&cpu, a.arch.as_deref(), &a.weights, a.num_classes, precision)
         .with_context(|| format!("cannot load {}", a.weights.display()))?;
     if let Some(p) = &a.preset {
         let t = Transform::preset(p)?;

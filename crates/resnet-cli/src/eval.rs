@@ -8,7 +8,7 @@ use resnet::classify::{Classifier, read_card};
 use resnet::data::{DataSpec, Dataset};
 use resnet::eval::{eval_transform, evaluate};
 
-use crate::util::{check_batch, cpu};
+use crate::util::{check_batch, cpu, precision};
 
 /// Arguments of `resnet eval`.
 #[derive(clap::Args)]
@@ -28,6 +28,9 @@ pub struct Args {
     /// Compute threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Arithmetic: f32, or bf16 (convolutions in bf16 with f32 sums; needs AVX-512 BF16, else runs f32).
+    #[arg(long, default_value = "f32")]
+    precision: String,
     /// Folder for confusion.png/.svg and eval.json (default: the weights' folder).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -39,9 +42,10 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let batch = check_batch(a.batch)?;
     let cpu = cpu(a.threads)?;
+    let precision = precision(&a.precision, &cpu)?;
     let spec: DataSpec = a.data.parse()?;
     let ds = Dataset::load(&spec)?;
-    let clf = Classifier::load(&cpu, a.arch.as_deref(), &a.weights, Some(ds.classes.len()))
+    let clf = Classifier::load_with_precision(&cpu, a.arch.as_deref(), &a.weights, Some(ds.classes.len()), precision)
         .with_context(|| format!("cannot load {}", a.weights.display()))?;
     let arch = clf.spec.clone();
     let mut plan = clf.plan;
@@ -58,7 +62,7 @@ pub fn run(a: Args) -> Result<()> {
     let title = format!("{} on {} ({} images)", arch.name, spec.kind_name(), r.n);
     resnet::plot::confusion_heatmap(&out.join("confusion"), &title, &r.confusion, &ds.classes)?;
     let json = serde_json::json!({
-        "arch": arch.name, "weights": a.weights, "data": spec.to_string(), "n": r.n,
+        "arch": arch.name, "weights": a.weights, "data": spec.to_string(), "n": r.n, "precision": precision.to_string(),
         "top1": r.top1, "top5": r.top5, "loss": r.loss,
         "per_class": ds.classes.iter().zip(&r.per_class).map(|(c, v)| serde_json::json!({"class": c, "accuracy": v})).collect::<Vec<_>>(),
         "confusion": r.confusion, "classes": ds.classes,

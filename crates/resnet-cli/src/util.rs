@@ -51,6 +51,18 @@ pub fn cpu(threads: Option<usize>) -> Result<resnet::backend::Cpu> {
     Ok(resnet::backend::Cpu::new(threads)?)
 }
 
+/// Parses `--precision`. bf16 runs in f32 where the CPU lacks AVX-512 BF16
+/// (a note on stderr says so): emulated bf16 would be far slower than f32.
+pub fn precision(arg: &str, cpu: &resnet::backend::Cpu) -> Result<resnet::backend::Precision> {
+    use resnet::backend::{Backend, Precision};
+    let p: Precision = arg.parse()?;
+    if p == Precision::Bf16 && !cpu.native_bf16() {
+        eprintln!("note: this CPU has no AVX-512 BF16; running in f32");
+        return Ok(Precision::F32);
+    }
+    Ok(p)
+}
+
 /// Largest `--batch` accepted.
 pub const MAX_BATCH: usize = 65536;
 

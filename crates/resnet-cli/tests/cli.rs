@@ -159,3 +159,54 @@ fn bad_input_is_one_clear_line() {
     fails_with(&["summary", "resnet18", "--num-classes", "0"], 1, "num_classes");
     fails_with(&["frobnicate"], 2, "frobnicate");
 }
+
+/// `--precision bf16` for classify and bench: same answers as f32 within
+/// bf16's rounding, the precision that ran reported, bad values refused.
+#[test]
+fn bf16_precision_classifies_and_benches() {
+    let img = fixtures().join("images/chelsea.png");
+    let w = fixtures().join("resnet8.pth");
+    let logits = |precision: &str| -> (u64, Vec<f64>) {
+        let args = ["classify", img.to_str().unwrap(), "--weights", w.to_str().unwrap(), "--json", "--topk", "10"];
+        let out = resnet(&[&args[..], &["--precision", precision]].concat());
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let top = v[0]["top"].as_array().unwrap();
+        let mut by_index: Vec<(u64, f64)> =
+            top.iter().map(|t| (t["index"].as_u64().unwrap(), t["logit"].as_f64().unwrap())).collect();
+        let best = by_index[0].0;
+        by_index.sort_by_key(|t| t.0);
+        (best, by_index.into_iter().map(|t| t.1).collect())
+    };
+    let (best32, z32) = logits("f32");
+    let (best16, z16) = logits("bf16");
+    assert_eq!(best32, best16);
+    let diff: f64 = z32.iter().zip(&z16).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
+    let norm: f64 = z32.iter().map(|a| a * a).sum::<f64>().sqrt();
+    assert!(diff <= 1e-2 * norm, "bf16 logits differ by {diff} (norm {norm})");
+
+    let out = resnet(&[
+        "bench",
+        "--arch",
+        "resnet20",
+        "--batch",
+        "2",
+        "--iters",
+        "1",
+        "--warmup",
+        "0",
+        "--precision",
+        "bf16",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ran = if resnet::backend::cpu::bf16::native() { "bf16" } else { "f32" };
+    assert_eq!(v["precision"], ran);
+    assert!(v["images_per_second"].as_f64().unwrap() > 0.0);
+
+    fails_with(&["bench", "--arch", "resnet20", "--precision", "fp8"], 1, "unknown precision");
+    fails_with(&["bench", "--arch", "resnet20", "--mode", "train", "--precision", "bf16"], 1, "training runs in f32");
+    let w = w.to_str().unwrap();
+    fails_with(&["classify", img.to_str().unwrap(), "--weights", w, "--precision", "half"], 1, "unknown precision");
+}

@@ -102,6 +102,21 @@ fn train_then_eval_and_classify_from_the_checkpoint() {
         .sum();
     assert_eq!(confusion, 40);
     assert!(out.join("confusion.png").is_file());
+    // The same evaluation in bf16: within one image of f32 on these 40.
+    let r = resnet(&[
+        "eval",
+        "--weights",
+        s(&out.join("best.safetensors")),
+        "--data",
+        &spec,
+        "--json",
+        "--precision",
+        "bf16",
+    ]);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert!(v["precision"] == "bf16" || !resnet::backend::cpu::bf16::native(), "{}", v["precision"]);
+    assert!((v["top1"].as_f64().unwrap() - top1).abs() <= 1.0 / 40.0 + 1e-9, "bf16 top-1 {} vs f32 {top1}", v["top1"]);
 
     // classify picks up arch, classes and preprocessing from the sidecar.
     let img = out.join("shirt.png");

@@ -1,46 +1,71 @@
+//! Times single convolutions: `cargo run --release --example conv1x1 -- [batch] [f32|bf16] [res]`.
 use resnet::backend::{Backend, ConvDesc, ConvEpilogue, Cpu, FilterUse};
 use std::time::Instant;
 fn main() {
-    for threads in [1, 2] {
-        let cpu = Cpu::new(Some(threads)).unwrap();
-        for (h, ci, co) in
-            [(14, 1024, 256), (14, 256, 1024), (7, 2048, 512), (7, 512, 2048), (56, 64, 256), (28, 128, 512)]
-        {
-            let d = ConvDesc {
-                n: 1,
-                h,
-                w: h,
-                c_in: ci,
-                c_out: co,
-                kernel: [1, 1],
-                stride: [1, 1],
-                pad: [0, 0],
-                dilation: [1, 1],
-                groups: 1,
-            };
-            let x = vec![0.5f32; d.in_len()];
-            let w = vec![0.01f32; d.weight_len()];
-            let mut y = vec![0.0f32; d.out_len()];
-            let mut f = Default::default();
-            cpu.prepare_filter(&d, &w, FilterUse::Forward, &mut f);
-            let macs = (d.out_len() * d.k_len()) as f64;
-            let it = 300;
-            for _ in 0..20 {
-                cpu.conv_forward(&d, &x, &f, &mut y, &ConvEpilogue::default());
-            }
-            let mut best = f64::MAX;
-            for _ in 0..5 {
-                let t = Instant::now();
-                for _ in 0..it {
-                    cpu.conv_forward(&d, &x, &f, &mut y, &ConvEpilogue::default());
-                }
-                best = best.min(t.elapsed().as_secs_f64() / it as f64);
-            }
-            println!(
-                "{threads}T 1x1 {ci:4}->{co:4} at {h}x{h}: {:.3} ms, {:.1} GFLOP/s",
-                best * 1e3,
-                2.0 * macs / best / 1e9
-            );
+    let args: Vec<String> = std::env::args().collect();
+    let n: usize = args.get(1).and_then(|v| v.parse().ok()).unwrap_or(1);
+    let usage =
+        if args.get(2).map(String::as_str) == Some("bf16") { FilterUse::ForwardBf16 } else { FilterUse::Forward };
+    let res = args.get(3).map(String::as_str) == Some("res");
+    let cpu = Cpu::new(Some(2)).unwrap();
+    let only: Option<usize> = std::env::var("ONLY").ok().and_then(|v| v.parse().ok());
+    for (idx, (h, ci, co, k)) in [
+        (56, 64, 256, 1),
+        (56, 256, 64, 1),
+        (28, 128, 512, 1),
+        (28, 512, 128, 1),
+        (14, 1024, 256, 1),
+        (14, 256, 1024, 1),
+        (7, 2048, 512, 1),
+        (7, 512, 2048, 1),
+        (56, 64, 64, 3),
+        (14, 256, 256, 3),
+        (224, 3, 64, 7),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if only.is_some_and(|o| o != idx) {
+            continue;
         }
+        let s = if k == 7 { 2 } else { 1 };
+        let d = ConvDesc {
+            n,
+            h,
+            w: h,
+            c_in: ci,
+            c_out: co,
+            kernel: [k, k],
+            stride: [s, s],
+            pad: [k / 2, k / 2],
+            dilation: [1, 1],
+            groups: 1,
+        };
+        let x: Vec<f32> = (0..d.in_len()).map(|i| (i % 7) as f32 * 0.1).collect();
+        let w = vec![0.01f32; d.weight_len()];
+        let r = vec![0.5f32; d.out_len()];
+        let bias = vec![0.1f32; co];
+        let mut y = vec![0.0f32; d.out_len()];
+        let mut f = Default::default();
+        cpu.prepare_filter(&d, &w, usage, &mut f);
+        let epi = ConvEpilogue { bias: Some(&bias), residual: res.then_some(&r), relu: true, scale: None };
+        let macs = (d.out_len() * d.k_len()) as f64;
+        let it = (2e9 / macs).clamp(3.0, 300.0) as usize;
+        for _ in 0..it.min(20) {
+            cpu.conv_forward(&d, &x, &f, &mut y, &epi);
+        }
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let t = Instant::now();
+            for _ in 0..it {
+                cpu.conv_forward(&d, &x, &f, &mut y, &epi);
+            }
+            best = best.min(t.elapsed().as_secs_f64() / it as f64);
+        }
+        println!(
+            "{k}x{k} {ci:4}->{co:4} at {h}x{h} n{n}: {:.3} ms, {:.1} GFLOP/s",
+            best * 1e3,
+            2.0 * macs / best / 1e9
+        );
     }
 }

@@ -19,6 +19,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::backend::Backend;
+use crate::backend::Precision;
 use crate::error::{Error, Result};
 use crate::infer::{Infer, InferencePlan};
 use crate::io::{self, LoadMode};
@@ -84,12 +85,24 @@ pub fn read_card(weights: &Path) -> Result<Option<ModelCard>> {
 
 impl<B: Backend> Classifier<B> {
     /// Loads weights for `arch` (or for the architecture the weights' sidecar
-    /// names, or failing that the one whose keys and shapes they match). The class count comes from `num_classes`, else the sidecar,
-    /// else the weights' classifier; the input channels from the sidecar or
-    /// the weights' first convolution. Preprocessing defaults to the sidecar's
-    /// or torchvision's `v1` preset; labels to the sidecar's or ImageNet's for
-    /// 1000 classes.
+    /// names, or failing that the one whose keys and shapes they match). The
+    /// class count comes from `num_classes`, else the sidecar, else the
+    /// weights' classifier; the input channels from the sidecar or the
+    /// weights' first convolution. Preprocessing defaults to the sidecar's or
+    /// torchvision's `v1` preset; labels to the sidecar's or ImageNet's for
+    /// 1000 classes. Inference runs in f32.
     pub fn load(backend: &B, arch: Option<&str>, weights: &Path, num_classes: Option<usize>) -> Result<Self> {
+        Self::load_with_precision(backend, arch, weights, num_classes, Precision::F32)
+    }
+
+    /// [`Classifier::load`] with the inference arithmetic chosen.
+    pub fn load_with_precision(
+        backend: &B,
+        arch: Option<&str>,
+        weights: &Path,
+        num_classes: Option<usize>,
+        precision: Precision,
+    ) -> Result<Self> {
         let sd = io::read_state_dict(weights)?;
         let card = read_card(weights)?;
         let mut spec = match (arch, &card) {
@@ -134,7 +147,7 @@ impl<B: Backend> Classifier<B> {
             None if spec.num_classes == 1000 => crate::labels::imagenet(),
             None => (0..spec.num_classes).map(|i| format!("class {i}")).collect(),
         };
-        Ok(Self { spec, plan: InferencePlan::new(&net), transform, labels })
+        Ok(Self { spec, plan: InferencePlan::with_precision(&net, precision), transform, labels })
     }
 
     /// Replaces the class names (their number must match the outputs).

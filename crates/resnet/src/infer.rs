@@ -12,7 +12,9 @@
 //! `Network::forward(x, Mode::Eval)` stays the reference; tests check that
 //! both agree.
 
-use crate::backend::{Backend, BnParams, BnTail, ConvDesc, ConvEpilogue, FilterUse, PadShortcutDesc, PoolDesc};
+use crate::backend::{
+    Backend, BnParams, BnTail, ConvDesc, ConvEpilogue, FilterUse, PadShortcutDesc, PoolDesc, Precision,
+};
 use crate::error::{Error, Result};
 use crate::model::Network;
 use crate::model::blocks::{Block, PreShortcut, Shortcut};
@@ -89,6 +91,8 @@ struct FusedConv<B: Backend> {
     weights: Option<B::Buf>,
     filter: B::Filter,
     bias: Option<B::Buf>,
+    /// How the filter is prepared: f32, or bf16 in a bf16 plan.
+    usage: FilterUse,
 }
 
 enum Op<B: Backend> {
@@ -121,6 +125,7 @@ pub struct InferencePlan<B: Backend> {
     features: usize,
     /// Seconds per operation of the last run, when profiling.
     timings: Option<Vec<f64>>,
+    precision: Precision,
 }
 
 /// Folds `bn` into `conv`: scaled filter rows and a bias.
@@ -141,7 +146,7 @@ fn fold<B: Backend>(b: &B, conv: &Conv2d<B>, bn: Option<&BatchNorm2d<B>>) -> Fus
         }
         b.upload(&shift)
     });
-    FusedConv { template, weights: Some(b.upload(&w)), filter: B::Filter::default(), bias }
+    FusedConv { template, weights: Some(b.upload(&w)), filter: B::Filter::default(), bias, usage: FilterUse::Forward }
 }
 
 /// Builds the op list; values are numbered as they are produced.
@@ -201,7 +206,29 @@ impl<B: Backend> Builder<B> {
 }
 
 impl<B: Backend> InferencePlan<B> {
-    /// Compiles `net` (its current weights and running statistics).
+    /// Compiles `net` for inference in `precision`. In bf16 every
+    /// convolution but the classifier runs on bf16 weights and inputs (the
+    /// classifier is a tiny share of the work and keeps the logits in f32).
+    pub fn with_precision(net: &Network<B>, precision: Precision) -> Self {
+        let mut plan = Self::new(net);
+        if precision == Precision::Bf16 {
+            let last = plan.ops.len() - 1;
+            for op in &mut plan.ops[..last] {
+                if let Op::Conv { conv, .. } = op {
+                    conv.usage = FilterUse::ForwardBf16;
+                }
+            }
+        }
+        plan.precision = precision;
+        plan
+    }
+
+    /// The arithmetic of this plan.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Compiles `net` (its current weights and running statistics) for f32.
     pub fn new(net: &Network<B>) -> Self {
         let b = net.backend().clone();
         let mut bl = Builder { ops: Vec::new(), values: 1 };
@@ -277,6 +304,7 @@ impl<B: Backend> InferencePlan<B> {
                 weights: Some(b.upload(&b.download(&net.fc.weight.value))),
                 filter: B::Filter::default(),
                 bias: Some(b.upload(&b.download(&net.fc.bias.value))),
+                usage: FilterUse::Forward,
             },
             src: pooled,
             dst: logits,
@@ -295,6 +323,7 @@ impl<B: Backend> InferencePlan<B> {
             classes: net.spec.num_classes,
             features: pooled,
             timings: None,
+            precision: Precision::F32,
         }
     }
 
@@ -386,7 +415,7 @@ impl<B: Backend> InferencePlan<B> {
                 && let Some(w) = conv.weights.take()
             {
                 let d = ConvDesc { n: s[0], h: s[1], w: s[2], ..conv.template };
-                b.prepare_filter(&d, &w, FilterUse::Forward, &mut conv.filter);
+                b.prepare_filter(&d, &w, conv.usage, &mut conv.filter);
             }
             {
                 let get = |v: usize| -> &Tensor<B> { if v == 0 { x } else { &self.bufs[self.slot[v].expect("slot")] } };

@@ -152,3 +152,74 @@ fn winograd_layers_match_reference() {
         assert!((lhs - rhs).abs() < 1e-4 * (1.0 + lhs.abs()), "{d:?}: bwd-data {lhs} vs {rhs}");
     }
 }
+
+/// bf16 convolutions (inference) compute exactly the f32 convolution of the
+/// bf16-rounded input and weights, up to f32 summation order: random shapes
+/// plus the special paths (the stem's odd channel count, 1x1 layers that round
+/// their input tile by tile), with the fused epilogue. Grouped layers with odd
+/// groups have no bf16 form and must give the f32 result.
+#[test]
+fn bf16_conv_is_the_f32_conv_of_rounded_values() {
+    use resnet::backend::cpu::bf16::Bf16;
+    let round = |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| Bf16::from_f32(x).to_f32()).collect() };
+    let cpu = Cpu::new(Some(2)).unwrap();
+    let mut r = Rng(0xb16b16);
+    let conv = |n, h, w, c_in, c_out, k: usize, stride: usize, groups| ConvDesc {
+        n,
+        h,
+        w,
+        c_in,
+        c_out,
+        kernel: [k, k],
+        stride: [stride, stride],
+        pad: [k / 2, k / 2],
+        dilation: [1, 1],
+        groups,
+    };
+    let mut cases = vec![
+        conv(2, 23, 19, 3, 24, 7, 2, 1),   // the stem: a zero channel, row taps
+        conv(3, 9, 9, 96, 40, 1, 1, 1),    // 1x1: rounded tile by tile
+        conv(2, 10, 10, 64, 130, 1, 2, 1), // strided 1x1 (projection shortcut)
+        conv(2, 9, 7, 48, 36, 3, 2, 1),    // strided 3x3
+        conv(1, 6, 6, 64, 64, 3, 1, 32),   // ResNeXt-like groups of two channels
+    ];
+    cases.extend((0..150).map(|_| random_desc(&mut r)));
+    for (case, d) in cases.into_iter().enumerate() {
+        let x = r.vec(d.in_len());
+        let w = r.vec(d.weight_len());
+        let bias = r.vec(d.c_out);
+        let res = r.vec(d.out_len());
+        let with_epilogue = case % 2 == 0;
+        let epi = ConvEpilogue {
+            bias: with_epilogue.then_some(&bias),
+            residual: with_epilogue.then_some(&res),
+            relu: with_epilogue,
+            scale: None,
+        };
+        let mut f = Default::default();
+        cpu.prepare_filter(&d, &w, FilterUse::ForwardBf16, &mut f);
+        let mut y = vec![f32::NAN; d.out_len()];
+        cpu.conv_forward(&d, &x, &f, &mut y, &epi);
+        let has_bf16_form = d.cin_g() % 2 == 0 || d.groups == 1;
+        let (xr, wr) = if has_bf16_form { (round(&x), round(&w)) } else { (x.clone(), w.clone()) };
+        let want = conv2d_nchw(
+            &nhwc_to_nchw(&xr, d.n, d.c_in, d.h, d.w),
+            d.n,
+            d.c_in,
+            d.h,
+            d.w,
+            &ohwi_to_oihw(&wr, d.c_out, d.cin_g(), d.kernel[0], d.kernel[1]),
+            d.c_out,
+            d.kernel,
+            d.stride,
+            d.pad,
+            d.dilation,
+            d.groups,
+        );
+        let want = nchw_to_nhwc(&want, d.n, d.c_out, d.out_h(), d.out_w());
+        for (i, (&a, &b)) in y.iter().zip(&want).enumerate() {
+            let b = if with_epilogue { (b + bias[i % d.c_out] + res[i]).max(0.0) } else { b };
+            assert!((a - b).abs() < 1e-4 * (1.0 + b.abs()), "case {case} {d:?}: y[{i}] = {a}, reference {b}");
+        }
+    }
+}

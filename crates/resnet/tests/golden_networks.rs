@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use resnet::backend::{Backend, Cpu};
+use resnet::backend::{Backend, Cpu, Precision};
 use resnet::infer::InferencePlan;
 use resnet::model::{Mode, Network, ResNetSpec};
 use resnet::tensor::Tensor;
@@ -18,6 +18,13 @@ struct Case {
     mode: String,
 }
 
+/// `|a - b| / |b|` (Euclidean norms).
+fn relative_l2(a: &[f32], b: &[f32]) -> f64 {
+    let d: f64 = a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).powi(2)).sum();
+    let n: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum();
+    (d / n.max(f64::MIN_POSITIVE)).sqrt()
+}
+
 #[test]
 fn every_architecture_matches_pytorch() {
     let cpu = Cpu::new(None).unwrap();
@@ -25,7 +32,7 @@ fn every_architecture_matches_pytorch() {
     let mut keys: Vec<&String> = meta.keys().collect();
     keys.sort();
     assert!(keys.len() >= 37, "fixture lists {} cases", keys.len());
-    let mut worst = 0.0f32;
+    let (mut worst, mut worst_bf16) = (0.0f32, 0.0f64);
     for key in keys {
         let case: Case = serde_json::from_str(&meta[key]).unwrap();
         let mut spec = ResNetSpec::named(&case.arch).unwrap();
@@ -39,19 +46,26 @@ fn every_architecture_matches_pytorch() {
         let (want, _) = get(&sd, key);
         let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
         let err = max_abs_diff(&y, &want) / scale;
-        // Evaluation mode also through the compiled plan (folded norms, fused epilogues).
-        let plan_err = if mode == Mode::Eval {
+        // Evaluation mode also through the compiled plan (folded norms, fused
+        // epilogues), in f32 and in bf16 (relative L2 error of the logits).
+        let (plan_err, bf16_err) = if mode == Mode::Eval {
             let mut plan = InferencePlan::new(&net);
-            max_abs_diff(&plan.run(&x).unwrap().to_host(&cpu), &want) / scale
+            let plan_err = max_abs_diff(&plan.run(&x).unwrap().to_host(&cpu), &want) / scale;
+            let mut plan = InferencePlan::with_precision(&net, Precision::Bf16);
+            (plan_err, relative_l2(&plan.run(&x).unwrap().to_host(&cpu), &want))
         } else {
-            0.0
+            (0.0, 0.0)
         };
-        eprintln!("{key:40} max |logit| {scale:9.3}  max error / scale {err:.2e}, plan {plan_err:.2e}");
+        eprintln!(
+            "{key:40} max |logit| {scale:9.3}  max error / scale {err:.2e}, plan {plan_err:.2e}, bf16 rel. L2 {bf16_err:.2e}"
+        );
         worst = worst.max(err).max(plan_err);
+        worst_bf16 = worst_bf16.max(bf16_err);
         assert!(err <= 1e-4, "{key}: logits differ by {err:e} (relative to {scale})");
         assert!(plan_err <= 1e-4, "{key}: the inference plan's logits differ by {plan_err:e}");
+        assert!(bf16_err <= 1e-2, "{key}: the bf16 plan's logits differ by {bf16_err:e} (relative L2)");
     }
-    eprintln!("worst relative error {worst:.2e}");
+    eprintln!("worst relative error {worst:.2e}, bf16 {worst_bf16:.2e}");
 }
 
 /// The last batch of an epoch is usually smaller than the others: a network

@@ -165,8 +165,41 @@ impl<B: Backend> Default for ConvEpilogue<'_, B> {
 pub enum FilterUse {
     /// `conv_forward`.
     Forward,
+    /// `conv_forward` at inference in bf16: bf16 weights and inputs, f32 sums
+    /// and epilogue (layers without a bf16 form run in f32).
+    ForwardBf16,
     /// `conv_backward_data`.
     BackwardData,
+}
+
+/// The arithmetic of inference.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 throughout.
+    #[default]
+    F32,
+    /// Convolutions on bf16 weights and inputs with f32 sums; the rest f32.
+    Bf16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "bf16" => Ok(Self::Bf16),
+            _ => Err(crate::Error::Invalid(format!("unknown precision {s:?} (expected f32 or bf16)"))),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+        })
+    }
 }
 
 /// Per-channel batch-norm parameters and statistics.
@@ -237,6 +270,12 @@ pub trait Backend: Clone + Send + Sync + 'static {
 
     /// A short description (e.g. `cpu (2 threads, avx512)`).
     fn describe(&self) -> String;
+
+    /// Whether bf16 convolutions run natively (faster than f32). Elsewhere
+    /// they give the same results slowly, and callers should fall back to f32.
+    fn native_bf16(&self) -> bool {
+        false
+    }
 
     // ---- memory ----
     /// A buffer of `len` zeros.

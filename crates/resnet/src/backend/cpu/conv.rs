@@ -12,7 +12,8 @@
 //! The window never exists in memory: [`Window`] packs GEMM panels straight
 //! from the image.
 
-use super::direct::{self, Panels};
+use super::bf16::{self, Bf16};
+use super::direct::{self, Elem, Panels};
 use super::gemm::Epilogue;
 use super::winograd;
 use crate::backend::ConvDesc;
@@ -25,8 +26,8 @@ use crate::backend::ConvDesc;
 /// `((y * mul + add + ky * tap) / div)` along each axis, and exists only when
 /// the division is exact and the result is inside the image.
 #[derive(Clone, Copy)]
-pub struct Window<'a> {
-    src: &'a [f32],
+pub struct Window<'a, T = f32> {
+    src: &'a [T],
     src_h: usize,
     src_w: usize,
     /// Channels per source pixel (the row stride of the NHWC image).
@@ -45,7 +46,7 @@ pub struct Window<'a> {
     div: [isize; 2],
 }
 
-impl Window<'_> {
+impl<T> Window<'_, T> {
     /// Source coordinate along one axis, or None when outside or inexact.
     #[inline(always)]
     fn coord(&self, axis: usize, dst: usize, k: usize, size: usize) -> Option<usize> {
@@ -64,7 +65,7 @@ impl Window<'_> {
 }
 
 /// The window for the indirect kernels: one channel run per (pixel, tap).
-impl direct::Taps for Window<'_> {
+impl<T: Elem> direct::Taps<T> for Window<'_, T> {
     fn rows(&self) -> usize {
         self.src.len() / (self.src_h * self.src_w * self.src_c).max(1) * self.dst_h * self.dst_w
     }
@@ -74,35 +75,7 @@ impl direct::Taps for Window<'_> {
     fn klen(&self) -> usize {
         self.c_len
     }
-    fn fill_tap(&self, m0: usize, count: usize, t: usize, zero: *const f32, out: &mut Vec<*const f32>) {
-        let base = self.src.as_ptr();
-        let (ky, kx) = (t / self.kw, t % self.kw);
-        let mut x = m0 % self.dst_w;
-        let mut y = (m0 / self.dst_w) % self.dst_h;
-        let mut n = m0 / (self.dst_w * self.dst_h);
-        let mut sy = self.coord(0, y, ky, self.src_h);
-        for _ in 0..count {
-            out.push(match (sy, self.coord(1, x, kx, self.src_w)) {
-                // SAFETY: (sy, sx) is inside the image, so the run is inside `src`.
-                (Some(sy), Some(sx)) => unsafe {
-                    base.add(((n * self.src_h + sy) * self.src_w + sx) * self.src_c + self.c_off)
-                },
-                _ => zero,
-            });
-            // Next pixel, without divisions.
-            x += 1;
-            if x == self.dst_w {
-                x = 0;
-                y += 1;
-                if y == self.dst_h {
-                    y = 0;
-                    n += 1;
-                }
-                sy = self.coord(0, y, ky, self.src_h);
-            }
-        }
-    }
-    fn fill(&self, m0: usize, zero: *const f32, out: &mut [[*const f32; direct::MR]]) {
+    fn fill(&self, m0: usize, zero: *const T, out: &mut [[*const T; direct::MR]], _own: &mut Vec<T>) {
         let rows = direct::Taps::rows(self);
         let base = self.src.as_ptr();
         // Walk the pixels incrementally (no divisions after the first).
@@ -150,13 +123,44 @@ impl direct::Taps for Window<'_> {
     }
 }
 
+impl direct::TapColumns for Window<'_, f32> {
+    fn fill_tap(&self, m0: usize, count: usize, t: usize, zero: *const f32, out: &mut Vec<*const f32>) {
+        let base = self.src.as_ptr();
+        let (ky, kx) = (t / self.kw, t % self.kw);
+        let mut x = m0 % self.dst_w;
+        let mut y = (m0 / self.dst_w) % self.dst_h;
+        let mut n = m0 / (self.dst_w * self.dst_h);
+        let mut sy = self.coord(0, y, ky, self.src_h);
+        for _ in 0..count {
+            out.push(match (sy, self.coord(1, x, kx, self.src_w)) {
+                // SAFETY: (sy, sx) is inside the image, so the run is inside `src`.
+                (Some(sy), Some(sx)) => unsafe {
+                    base.add(((n * self.src_h + sy) * self.src_w + sx) * self.src_c + self.c_off)
+                },
+                _ => zero,
+            });
+            // Next pixel, without divisions.
+            x += 1;
+            if x == self.dst_w {
+                x = 0;
+                y += 1;
+                if y == self.dst_h {
+                    y = 0;
+                    n += 1;
+                }
+                sy = self.coord(0, y, ky, self.src_h);
+            }
+        }
+    }
+}
+
 /// A convolution over a zero-padded copy of its input, with one tap per
 /// kernel *row*: a row of `kw` pixels is `kw * c_in` contiguous floats. For
 /// layers with few input channels (the 7x7 stem has three) this gives the
 /// micro-kernel runs of 21 floats instead of 3.
-struct RowWindow<'a> {
+struct RowWindow<'a, T = f32> {
     /// The padded input, `[n][hp][wp][c]`.
-    padded: &'a [f32],
+    padded: &'a [T],
     hp: usize,
     wp: usize,
     c: usize,
@@ -168,7 +172,7 @@ struct RowWindow<'a> {
     dil_y: usize,
 }
 
-impl direct::Taps for RowWindow<'_> {
+impl<T: Elem> direct::Taps<T> for RowWindow<'_, T> {
     fn rows(&self) -> usize {
         self.padded.len() / (self.hp * self.wp * self.c) * self.oh * self.ow
     }
@@ -178,23 +182,30 @@ impl direct::Taps for RowWindow<'_> {
     fn klen(&self) -> usize {
         self.kw * self.c
     }
-    fn fill(&self, m0: usize, zero: *const f32, out: &mut [[*const f32; direct::MR]]) {
+    fn fill(&self, m0: usize, zero: *const T, out: &mut [[*const T; direct::MR]], _own: &mut Vec<T>) {
         let rows = direct::Taps::rows(self);
+        let row_step = self.dil_y * self.wp * self.c;
         for i in 0..direct::MR {
             let m = m0 + i;
+            // One division per pixel; the kernel rows are a fixed step apart.
+            let first = if m < rows { Some(self.run(m, 0)) } else { None };
             for (ky, t) in out.iter_mut().enumerate().take(self.kh) {
-                t[i] = if m < rows { self.run(m, ky) } else { zero };
+                // SAFETY: every kernel row of an output pixel lies inside the padded input.
+                t[i] = first.map_or(zero, |p| unsafe { p.add(ky * row_step) });
             }
         }
     }
+}
+
+impl direct::TapColumns for RowWindow<'_, f32> {
     fn fill_tap(&self, m0: usize, count: usize, t: usize, _zero: *const f32, out: &mut Vec<*const f32>) {
         out.extend((m0..m0 + count).map(|m| self.run(m, t)));
     }
 }
 
-impl RowWindow<'_> {
+impl<T> RowWindow<'_, T> {
     /// Start of kernel row `ky` of output pixel `m` (always inside the padded input).
-    fn run(&self, m: usize, ky: usize) -> *const f32 {
+    fn run(&self, m: usize, ky: usize) -> *const T {
         let (ox, oy, n) = (m % self.ow, (m / self.ow) % self.oh, m / (self.ow * self.oh));
         let (iy, ix) = (oy * self.stride[0] + ky * self.dil_y, ox * self.stride[1]);
         self.padded[((n * self.hp + iy) * self.wp + ix) * self.c..].as_ptr()
@@ -207,11 +218,11 @@ fn use_rows(d: &ConvDesc) -> bool {
 }
 
 /// Copies an NHWC batch into a zero-padded buffer.
-fn pad_input(d: &ConvDesc, x: &[f32], out: &mut Vec<f32>) -> (usize, usize) {
+fn pad_input<T: Elem>(d: &ConvDesc, x: &[T], out: &mut Vec<T>) -> (usize, usize) {
     let (hp, wp) = (d.h + 2 * d.pad[0], d.w + 2 * d.pad[1]);
     let c = d.c_in;
     out.clear();
-    out.resize(d.n * hp * wp * c, 0.0);
+    out.resize(d.n * hp * wp * c, T::default());
     for n in 0..d.n {
         for y in 0..d.h {
             let src = &x[((n * d.h + y) * d.w) * c..][..d.w * c];
@@ -221,14 +232,24 @@ fn pad_input(d: &ConvDesc, x: &[f32], out: &mut Vec<f32>) -> (usize, usize) {
     (hp, wp)
 }
 
+/// A per-thread scratch vector, taken out while the kernels run.
+type Scratch<T> = std::thread::LocalKey<std::cell::RefCell<Vec<T>>>;
+
 thread_local! {
-    /// Padded inputs for row-tap convolutions (taken out while the kernels run).
+    /// Padded inputs for row-tap convolutions.
     static PADDED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Padded bf16 inputs for row-tap convolutions.
+    static PADDED_BF16: std::cell::RefCell<Vec<Bf16>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` with a row window over a padded copy of `x`.
-fn with_rows<R>(d: &ConvDesc, x: &[f32], f: impl FnOnce(&RowWindow<'_>) -> R) -> R {
-    let mut buf = PADDED.with(|p| std::mem::take(&mut *p.borrow_mut()));
+/// Runs `f` with a row window over a padded copy of `x` (kept in `scratch`).
+fn with_rows<T: Elem, R>(
+    d: &ConvDesc,
+    x: &[T],
+    scratch: &'static Scratch<T>,
+    f: impl FnOnce(&RowWindow<'_, T>) -> R,
+) -> R {
+    let mut buf = scratch.with(|p| std::mem::take(&mut *p.borrow_mut()));
     let (hp, wp) = pad_input(d, x, &mut buf);
     let w = RowWindow {
         padded: &buf,
@@ -243,12 +264,12 @@ fn with_rows<R>(d: &ConvDesc, x: &[f32], f: impl FnOnce(&RowWindow<'_>) -> R) ->
         dil_y: d.dilation[0],
     };
     let r = f(&w);
-    PADDED.with(|p| *p.borrow_mut() = buf);
+    scratch.with(|p| *p.borrow_mut() = buf);
     r
 }
 
 /// Forward window: output pixels over input `x`, group `g`.
-fn forward_window<'a>(d: &ConvDesc, x: &'a [f32], g: usize) -> Window<'a> {
+fn forward_window<'a, T>(d: &ConvDesc, x: &'a [T], g: usize) -> Window<'a, T> {
     Window {
         src: x,
         src_h: d.h,
@@ -294,6 +315,9 @@ pub struct CpuFilter {
     groups: Vec<Panels>,
     scratch: Vec<f32>,
     winograd: Option<winograd::WinogradFilter>,
+    /// bf16 panels per group (inference in bf16), over `bf16_cin` input channels.
+    bf16: Vec<Panels<Bf16>>,
+    bf16_cin: usize,
 }
 
 /// The Winograd tile for a layer: 0 (direct), 2 or 4, chosen from the whole
@@ -322,6 +346,7 @@ fn winograd_tile(d: &ConvDesc) -> usize {
 
 /// Packs OHWI weights for the forward pass: per group, `w[co][k]`.
 pub fn prepare_forward(d: &ConvDesc, w: &[f32], out: &mut CpuFilter) {
+    out.bf16.clear();
     let m = winograd_tile(d);
     if m > 0 {
         let wf = out.winograd.get_or_insert_with(Default::default);
@@ -336,9 +361,168 @@ pub fn prepare_forward(d: &ConvDesc, w: &[f32], out: &mut CpuFilter) {
     }
 }
 
+/// Input channels of a layer's bf16 form: channel runs must have even length,
+/// so an odd single-group input (the stem's three colours) gets a zero
+/// channel; grouped layers with odd groups have none (they stay in f32).
+fn bf16_channels(d: &ConvDesc) -> Option<usize> {
+    match () {
+        _ if d.cin_g().is_multiple_of(2) => Some(d.c_in),
+        _ if d.groups == 1 => Some(d.c_in + 1),
+        _ => None,
+    }
+}
+
+/// Packs OHWI weights for bf16 inference (see `bf16.rs`); layers without a
+/// bf16 form are packed for f32.
+pub fn prepare_forward_bf16(d: &ConvDesc, w: &[f32], out: &mut CpuFilter) {
+    // Winograd layers stay f32: the transforms amplify rounding errors, far
+    // too much for bf16 inputs, and at f32 they already beat direct bf16.
+    let Some(cin) = bf16_channels(d).filter(|_| winograd_tile(d) == 0) else {
+        return prepare_forward(d, w, out);
+    };
+    out.winograd = None;
+    out.groups.clear();
+    let w = if cin == d.c_in {
+        w
+    } else {
+        // One zero channel after every tap's last.
+        out.scratch.clear();
+        for tap in w.chunks(d.c_in) {
+            out.scratch.extend_from_slice(tap);
+            out.scratch.push(0.0);
+        }
+        &out.scratch
+    };
+    let d = ConvDesc { c_in: cin, ..*d };
+    let (kl, cg) = (d.k_len(), d.cout_g());
+    out.bf16.resize_with(d.groups, Panels::default);
+    for (g, p) in out.bf16.iter_mut().enumerate() {
+        p.pack(&w[g * cg * kl..(g + 1) * cg * kl], cg, kl, kl);
+    }
+    out.bf16_cin = cin;
+}
+
+thread_local! {
+    /// bf16 copies of convolution inputs (taken out while the kernels run).
+    static BF16_INPUT: std::cell::RefCell<Vec<Bf16>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Rounds an NHWC batch to bf16 with `cin` channels per pixel (zero-padded).
+fn to_bf16(x: &[f32], c_in: usize, cin: usize, out: &mut Vec<Bf16>) {
+    use rayon::prelude::*;
+    let pixels = x.len() / c_in;
+    out.resize(pixels * cin, Bf16::default());
+    if std::env::var_os("SKIPCONV").is_some() {
+        return;
+    }
+    if cin == c_in {
+        const CHUNK: usize = 1 << 14;
+        out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(o, s)| bf16::convert(s, o));
+    } else {
+        // Few channels (the stem): element by element, pixels in parallel.
+        const PIXELS: usize = 1 << 12;
+        out.par_chunks_mut(PIXELS * cin).zip(x.par_chunks(PIXELS * c_in)).for_each(|(o, s)| {
+            for (o, s) in o.chunks_mut(cin).zip(s.chunks(c_in)) {
+                for (d, &v) in o.iter_mut().zip(s) {
+                    *d = Bf16::from_f32(v);
+                }
+                o[c_in..].fill(Bf16::default());
+            }
+        });
+    }
+}
+
+/// Convolution forward in bf16 (the filter holds bf16 panels).
+fn forward_bf16(d: &ConvDesc, x: &[f32], f: &CpuFilter, y: &mut [f32], epi: &Epilogue<'_>) {
+    if d.kernel == [1, 1] && f.bf16_cin == d.c_in {
+        // Each input run feeds one tile: round it as the tile is built.
+        return run_groups(d, &f.bf16, y, epi, |g| Rounded(forward_window(d, x, g)));
+    }
+    let mut buf = BF16_INPUT.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    to_bf16(x, d.c_in, f.bf16_cin, &mut buf);
+    forward_direct(&ConvDesc { c_in: f.bf16_cin, ..*d }, &buf, &f.bf16, &PADDED_BF16, y, epi);
+    BF16_INPUT.with(|b| *b.borrow_mut() = buf);
+}
+
+/// A forward window over f32 input whose runs are rounded to bf16 as each
+/// tile is built. For a 1x1 convolution every input run feeds exactly one
+/// tile, so this reads the input once, where a rounding pass first would
+/// also write a bf16 copy and read it back.
+struct Rounded<'a>(Window<'a, f32>);
+
+impl direct::Taps<Bf16> for Rounded<'_> {
+    fn rows(&self) -> usize {
+        direct::Taps::rows(&self.0)
+    }
+    fn taps(&self) -> usize {
+        direct::Taps::taps(&self.0)
+    }
+    fn klen(&self) -> usize {
+        self.0.c_len
+    }
+    fn fill(&self, m0: usize, zero: *const Bf16, out: &mut [[*const Bf16; direct::MR]], own: &mut Vec<Bf16>) {
+        let (klen, taps) = (self.0.c_len, direct::Taps::taps(&self.0));
+        let zero32 = direct::zeros::<f32>(klen);
+        let mut runs = vec![[zero32; direct::MR]; taps];
+        direct::Taps::fill(&self.0, m0, zero32, &mut runs, &mut Vec::new());
+        // Sized once: the pointers below must stay valid.
+        own.resize(taps * direct::MR * klen, Bf16::default());
+        for (t, (src, dst)) in runs.iter().zip(out.iter_mut()).enumerate() {
+            for (i, (&r, d)) in src.iter().zip(dst.iter_mut()).enumerate() {
+                if r == zero32 {
+                    *d = zero;
+                    continue;
+                }
+                let o = &mut own[(t * direct::MR + i) * klen..][..klen];
+                // SAFETY: the window's runs are `klen` readable floats.
+                bf16::convert(unsafe { std::slice::from_raw_parts(r, klen) }, o);
+                *d = o.as_ptr();
+            }
+        }
+    }
+}
+
+/// Convolution forward by the indirect kernels, one set of panels per group.
+fn forward_direct<T: Elem>(
+    d: &ConvDesc,
+    x: &[T],
+    groups: &[Panels<T>],
+    padded: &'static Scratch<T>,
+    y: &mut [f32],
+    epi: &Epilogue<'_>,
+) {
+    if use_rows(d) {
+        // Few input channels (the stem): runs of kw * c values instead of c.
+        let residual = epi.residual;
+        let epi = Epilogue { residual: None, ..*epi };
+        return with_rows(d, x, padded, |w| direct::run(w, &groups[0], y, d.c_out, 0, &epi, residual));
+    }
+    run_groups(d, groups, y, epi, |g| forward_window(d, x, g));
+}
+
+/// Runs each group's panels over its window (`window(g)`), with the group's
+/// share of the epilogue.
+fn run_groups<T: Elem, W: direct::Taps<T>>(
+    d: &ConvDesc,
+    groups: &[Panels<T>],
+    y: &mut [f32],
+    epi: &Epilogue<'_>,
+    window: impl Fn(usize) -> W,
+) {
+    let cg = d.cout_g();
+    for (g, panels) in groups.iter().enumerate() {
+        let off = g * cg;
+        let ge =
+            Epilogue { scale: epi.scale.map(|s| &s[off..]), bias: epi.bias.map(|b| &b[off..]), residual: None, ..*epi };
+        let residual = epi.residual.map(|(r, ld)| (&r[off..], ld));
+        direct::run(&window(g), panels, &mut y[off..], d.c_out, 0, &ge, residual);
+    }
+}
+
 /// Packs OHWI weights for the backward-data pass: per group,
 /// `B[(tap, co)][ci] = w[co][tap][ci]`.
 pub fn prepare_backward_data(d: &ConvDesc, w: &[f32], out: &mut CpuFilter) {
+    out.bf16.clear();
     let (kl, cg, cig) = (d.k_len(), d.cout_g(), d.cin_g());
     let taps = d.kernel[0] * d.kernel[1];
     let m = winograd_tile(d);
@@ -378,17 +562,13 @@ pub fn prepare_backward_data(d: &ConvDesc, w: &[f32], out: &mut CpuFilter) {
 
 /// Convolution forward with a fused epilogue.
 pub fn forward(d: &ConvDesc, x: &[f32], f: &CpuFilter, y: &mut [f32], epi: &Epilogue<'_>) {
+    if !f.bf16.is_empty() {
+        return forward_bf16(d, x, f, y, epi);
+    }
     if let Some(wf) = &f.winograd {
         return winograd::forward(d, x, wf, y, epi);
     }
-    let cg = d.cout_g();
-    for g in 0..d.groups {
-        let off = g * cg;
-        let ge =
-            Epilogue { scale: epi.scale.map(|s| &s[off..]), bias: epi.bias.map(|b| &b[off..]), residual: None, ..*epi };
-        let residual = epi.residual.map(|(r, ld)| (&r[off..], ld));
-        direct::run(&forward_window(d, x, g), &f.groups[g], &mut y[off..], d.c_out, 0, &ge, residual);
-    }
+    forward_direct(d, x, &f.groups, &PADDED, y, epi);
 }
 
 /// Convolution backward-data (gather form).
@@ -417,7 +597,7 @@ pub fn backward_data(d: &ConvDesc, dy: &[f32], f: &CpuFilter, dx: &mut [f32], ac
 pub fn backward_filter(d: &ConvDesc, x: &[f32], dy: &[f32], dw: &mut [f32]) {
     let (cg, kl) = (d.cout_g(), d.k_len());
     if use_rows(d) {
-        return with_rows(d, x, |w| direct::filter_gradient(w, dy, d.c_out, d.c_out, dw));
+        return with_rows(d, x, &PADDED, |w| direct::filter_gradient(w, dy, d.c_out, d.c_out, dw));
     }
     for g in 0..d.groups {
         let dwg = &mut dw[g * cg * kl..(g + 1) * cg * kl];

@@ -14,6 +14,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
+use super::bf16::{self, Bf16};
 use super::gemm::{Epilogue, Isa, isa};
 
 /// Output channels per panel (one AVX-512 vector).
@@ -22,22 +23,78 @@ pub const NR: usize = 16;
 pub const MR: usize = 12;
 
 /// A zero row as long as any channel run: the source of padding taps.
-pub fn zeros(len: usize) -> *const f32 {
+pub fn zeros<T: Elem>(len: usize) -> *const T {
     static Z: OnceLock<Vec<f32>> = OnceLock::new();
     let z = Z.get_or_init(|| vec![0.0; 1 << 16]);
     assert!(len <= z.len(), "channel run of {len} exceeds the zero row");
-    z.as_ptr()
+    // Every element type is at most four bytes and zero when all its bits are.
+    z.as_ptr().cast()
+}
+
+/// An element type of the indirect kernels: f32, or bf16 for inference.
+pub trait Elem: Copy + Default + Send + Sync + 'static {
+    /// The `MR x NR` micro-kernel (see [`tile`]).
+    ///
+    /// # Safety
+    /// Every `a[t][i]` points at `klen` readable values; `b` holds
+    /// `a.len() * klen * NR` values; `out` rows are valid for `col + nr`
+    /// floats and written by this call alone.
+    unsafe fn kernel(a: &[[*const Self; MR]], klen: usize, b: &[Self], out: &Out<'_>);
+    /// The micro-kernel for two adjacent panels.
+    ///
+    /// # Safety
+    /// As [`Elem::kernel`], for both panels.
+    unsafe fn kernel2(a: &[[*const Self; MR]], klen: usize, b0: &[Self], b1: &[Self], o0: &Out<'_>, o1: &Out<'_>);
+}
+
+impl Elem for f32 {
+    unsafe fn kernel(a: &[[*const f32; MR]], klen: usize, b: &[f32], out: &Out<'_>) {
+        // SAFETY: forwarded contract.
+        unsafe { kernel(isa(), a, klen, b, out) }
+    }
+    unsafe fn kernel2(a: &[[*const f32; MR]], klen: usize, b0: &[f32], b1: &[f32], o0: &Out<'_>, o1: &Out<'_>) {
+        // SAFETY: forwarded contract.
+        unsafe { kernel2(isa(), a, klen, b0, b1, o0, o1) }
+    }
+}
+
+impl Elem for Bf16 {
+    unsafe fn kernel(a: &[[*const Bf16; MR]], klen: usize, b: &[Bf16], out: &Out<'_>) {
+        // SAFETY: forwarded contract.
+        unsafe { bf16::kernel(a, klen, b, out) }
+    }
+    unsafe fn kernel2(a: &[[*const Bf16; MR]], klen: usize, b0: &[Bf16], b1: &[Bf16], o0: &Out<'_>, o1: &Out<'_>) {
+        // SAFETY: forwarded contract.
+        unsafe { bf16::kernel2(a, klen, b0, b1, o0, o1) }
+    }
 }
 
 /// Filter panels: for each panel of `NR` output channels, `k` rows of `NR`
 /// values (`k = taps * channels per tap`), zero-padded past the last channel.
+/// bf16 panels interleave reduction pairs (see `bf16.rs`).
 #[derive(Clone, Debug, Default)]
-pub struct Panels {
+pub struct Panels<T = f32> {
     /// Output channels.
     pub n: usize,
     /// Reduction length.
     pub k: usize,
-    data: Vec<f32>,
+    data: Vec<T>,
+}
+
+impl<T> Panels<T> {
+    /// The packed values of panel `p` (`k` rows of [`NR`]).
+    pub fn panel(&self, p: usize) -> &[T] {
+        &self.data[p * self.k * NR..(p + 1) * self.k * NR]
+    }
+}
+
+impl Panels<Bf16> {
+    /// Packs `w[n][k]` (row stride `ld`, `k` even) as bf16 pairs.
+    pub fn pack(&mut self, w: &[f32], n: usize, k: usize, ld: usize) {
+        self.n = n;
+        self.k = k;
+        bf16::pack(w, n, k, ld, &mut self.data);
+    }
 }
 
 impl Panels {
@@ -73,15 +130,10 @@ impl Panels {
             }
         }
     }
-
-    /// The packed values of panel `p` (`k` rows of [`NR`]).
-    pub fn panel(&self, p: usize) -> &[f32] {
-        &self.data[p * self.k * NR..(p + 1) * self.k * NR]
-    }
 }
 
 /// Where a tile's results go and how they are finished.
-struct Out<'a> {
+pub struct Out<'a> {
     /// `MR` row pointers (null past the last row).
     rows: [*mut f32; MR],
     /// Valid columns (<= NR).
@@ -91,6 +143,14 @@ struct Out<'a> {
     /// Residual rows, same layout as `rows`.
     res: [*const f32; MR],
     epi: &'a Epilogue<'a>,
+}
+
+#[cfg(test)]
+impl<'a> Out<'a> {
+    /// A tile of `NR` columns from column 0 (for tests of the micro-kernels).
+    pub(super) fn for_test(rows: [*mut f32; MR], epi: &'a Epilogue<'a>) -> Self {
+        Out { rows, nr: NR, col: 0, res: [std::ptr::null(); MR], epi }
+    }
 }
 
 /// Computes `MR x NR` outputs: `sum_t sum_c a[t][i][c] * b[t * klen + c][j]`.
@@ -160,6 +220,15 @@ unsafe fn kernel_generic(a: &[[*const f32; MR]], klen: usize, b: &[f32], out: &O
             }
         }
     }
+    // SAFETY: forwarded contract.
+    unsafe { store_generic(&acc, out) }
+}
+
+/// Stores an accumulator tile through the epilogue (portable).
+///
+/// # Safety
+/// Non-null `out` rows are valid for `col + nr` floats, written by this call alone.
+pub(super) unsafe fn store_generic(acc: &[[f32; NR]; MR], out: &Out<'_>) {
     for (i, row) in acc.iter().enumerate() {
         if out.rows[i].is_null() {
             continue;
@@ -186,6 +255,9 @@ unsafe fn kernel_generic(a: &[[*const f32; MR]], klen: usize, b: &[f32], out: &O
         }
     }
 }
+
+#[cfg(target_arch = "x86_64")]
+pub(super) use x86::{prefetch, store_avx512};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -220,6 +292,8 @@ mod x86 {
     /// avx512f must be available; otherwise as `kernel`.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn kernel_avx512(a: &[[*const f32; MR]], klen: usize, b: &[f32], out: &Out<'_>) {
+        // SAFETY: the caller's contract.
+        unsafe { prefetch(out) };
         let mut acc = [_mm512_setzero_ps(); MR];
         let mut bp = b.as_ptr();
         for rows in a {
@@ -237,7 +311,7 @@ mod x86 {
             bp = unsafe { bp.add(klen * NR) };
         }
         // SAFETY: forwarded contract.
-        unsafe { store(&acc, out) }
+        unsafe { store_avx512(&acc, out) }
     }
 
     /// Two adjacent panels at once: each broadcast feeds two FMAs, halving
@@ -254,6 +328,11 @@ mod x86 {
         out0: &Out<'_>,
         out1: &Out<'_>,
     ) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            prefetch(out0);
+            prefetch(out1);
+        }
         let mut acc0 = [_mm512_setzero_ps(); MR];
         let mut acc1 = [_mm512_setzero_ps(); MR];
         let (mut p0, mut p1) = (b0.as_ptr(), b1.as_ptr());
@@ -279,8 +358,30 @@ mod x86 {
         }
         // SAFETY: forwarded contract.
         unsafe {
-            store(&acc0, out0);
-            store(&acc1, out1);
+            store_avx512(&acc0, out0);
+            store_avx512(&acc1, out1);
+        }
+    }
+
+    /// Starts fetching a tile's output and residual lines, so that the
+    /// epilogue does not wait on memory: with short reductions (1x1
+    /// convolutions) and large outputs, those waits cost more than the sums.
+    ///
+    /// # Safety
+    /// Non-null rows are valid for `col + nr` floats (prefetches never fault,
+    /// but the addresses must be computable).
+    #[inline(always)]
+    pub(in super::super) unsafe fn prefetch(out: &Out<'_>) {
+        for i in 0..MR {
+            // SAFETY: the addresses lie inside the rows (see above).
+            unsafe {
+                if !out.rows[i].is_null() {
+                    _mm_prefetch::<_MM_HINT_ET0>(out.rows[i].add(out.col) as *const i8);
+                }
+                if !out.res[i].is_null() {
+                    _mm_prefetch::<_MM_HINT_T0>(out.res[i].add(out.col) as *const i8);
+                }
+            }
         }
     }
 
@@ -289,7 +390,7 @@ mod x86 {
     /// # Safety
     /// avx512f; rows as in `kernel_avx512`.
     #[target_feature(enable = "avx512f")]
-    unsafe fn store(acc: &[__m512; MR], out: &Out<'_>) {
+    pub(in super::super) unsafe fn store_avx512(acc: &[__m512; MR], out: &Out<'_>) {
         let mask: __mmask16 = if out.nr >= 16 { 0xffff } else { (1u16 << out.nr) - 1 };
         let e = out.epi;
         for (i, &v) in acc.iter().enumerate() {
@@ -367,16 +468,22 @@ pub unsafe fn tile2(
 
 /// A sliding window: which source row each destination pixel reads at each
 /// tap (see `conv.rs` for the forward and backward-data mappings).
-pub trait Taps: Sync {
+pub trait Taps<T = f32>: Sync {
     /// Destination pixels.
     fn rows(&self) -> usize;
     /// Taps per pixel.
     fn taps(&self) -> usize;
-    /// Floats per tap (the channel run).
+    /// Values per tap (the channel run).
     fn klen(&self) -> usize;
     /// Fills `out[t][i]` with the run of destination pixel `m0 + i` at tap
     /// `t`, or `zero` where the tap reads padding (or `m0 + i` is past the end).
-    fn fill(&self, m0: usize, zero: *const f32, out: &mut [[*const f32; MR]]);
+    /// Windows that build their runs (see `conv::Rounded`) keep them in
+    /// `own`, which lives as long as the tile.
+    fn fill(&self, m0: usize, zero: *const T, out: &mut [[*const T; MR]], own: &mut Vec<T>);
+}
+
+/// A window whose runs can be listed one tap at a time (the filter gradient).
+pub trait TapColumns: Taps<f32> {
     /// Appends the runs of destination pixels `m0..m0 + count` at tap `t`.
     fn fill_tap(&self, m0: usize, count: usize, t: usize, zero: *const f32, out: &mut Vec<*const f32>);
 }
@@ -396,10 +503,12 @@ impl SendPtr {
 
 /// A row group's pointers: output rows, residual rows, and the input runs of
 /// the taps that are not all padding (`boffs` holds their tap indices).
-struct Tile {
+struct Tile<T> {
+    /// Runs built by the window (their storage; see [`Taps::fill`]).
+    _own: Vec<T>,
     rows: [*mut f32; MR],
     res: [*const f32; MR],
-    active: Vec<[*const f32; MR]>,
+    active: Vec<[*const T; MR]>,
     boffs: Vec<usize>,
 }
 
@@ -409,10 +518,9 @@ struct Tile {
 /// As [`kernel`]: the tile's pointers are valid runs of `klen` floats (or the
 /// zero row) and its rows are the caller's to write.
 #[allow(clippy::too_many_arguments)]
-unsafe fn panel_tile(
-    isa: Isa,
-    t: &Tile,
-    panels: &Panels,
+unsafe fn panel_tile<T: Elem>(
+    t: &Tile<T>,
+    panels: &Panels<T>,
     p: usize,
     count: usize,
     taps: usize,
@@ -425,10 +533,10 @@ unsafe fn panel_tile(
     if active.len() == taps {
         if count == 2 {
             // SAFETY: forwarded contract.
-            return unsafe { kernel2(isa, active, klen, panels.panel(p), panels.panel(p + 1), &out(p), &out(p + 1)) };
+            return unsafe { T::kernel2(active, klen, panels.panel(p), panels.panel(p + 1), &out(p), &out(p + 1)) };
         }
         // SAFETY: forwarded contract.
-        return unsafe { kernel(isa, active, klen, panels.panel(p), &out(p)) };
+        return unsafe { T::kernel(active, klen, panels.panel(p), &out(p)) };
     }
     for q in p..p + count {
         let o = out(q);
@@ -452,23 +560,23 @@ unsafe fn panel_tile(
             };
             let o = Out { res: if last { res } else { [std::ptr::null(); MR] }, epi: &part, ..o };
             // SAFETY: as above; the panel slice starts at the run's first tap.
-            unsafe { kernel(isa, &active[s..e], klen, sub, &o) };
+            unsafe { T::kernel(&active[s..e], klen, sub, &o) };
             s = e;
             first = false;
         }
         if active.is_empty() {
             // Every tap is padding: the result is the epilogue of zero.
             // SAFETY: as above.
-            unsafe { kernel(isa, &[], klen, panel, &o) };
+            unsafe { T::kernel(&[], klen, panel, &o) };
         }
     }
 }
 
 /// `out[m][col0 + j] = epilogue(sum over taps and runs)` for every destination
 /// pixel `m` and output channel `j < panels.n`; rows of `out` have stride `ld`.
-pub fn run(
-    w: &dyn Taps,
-    panels: &Panels,
+pub fn run<T: Elem>(
+    w: &dyn Taps<T>,
+    panels: &Panels<T>,
     out: &mut [f32],
     ld: usize,
     col0: usize,
@@ -482,7 +590,6 @@ pub fn run(
         return;
     }
     assert!(out.len() >= (m - 1) * ld + col0 + panels.n, "output too small");
-    let isa = isa();
     let np = panels.n.div_ceil(NR);
     let groups = m.div_ceil(MR);
     let threads = rayon::current_num_threads();
@@ -520,7 +627,8 @@ pub fn run(
                 }
             }
             let mut ptrs = vec![[zero; MR]; taps];
-            w.fill(r0, zero, &mut ptrs);
+            let mut own = Vec::new();
+            w.fill(r0, zero, &mut ptrs, &mut own);
             let (mut active, mut boffs) = (Vec::with_capacity(taps), Vec::with_capacity(taps));
             for (t, p) in ptrs.iter().enumerate() {
                 if p.iter().any(|&q| q != zero) {
@@ -528,17 +636,17 @@ pub fn run(
                     boffs.push(t);
                 }
             }
-            Tile { rows, res, active, boffs }
+            Tile { _own: own, rows, res, active, boffs }
         };
-        let compute = |t: &Tile, p: usize, count: usize| {
+        let compute = |t: &Tile<T>, p: usize, count: usize| {
             // SAFETY: pointers come from the window (valid runs of klen) or the zero row;
             // rows are this task's; panels hold taps * klen * NR floats.
-            unsafe { panel_tile(isa, t, panels, p, count, taps, klen, col0, epi) }
+            unsafe { panel_tile(t, panels, p, count, taps, klen, col0, epi) }
         };
         if gs.len() > 1 && gs.len() * MR < ps.len() * NR {
             // Few rows, many output channels: keep each filter panel in cache and
             // sweep the row groups under it.
-            let tiles: Vec<Tile> = gs.map(tile).collect();
+            let tiles: Vec<Tile<T>> = gs.map(tile).collect();
             for p in ps.clone().step_by(2) {
                 for t in &tiles {
                     compute(t, p, 2.min(ps.end - p));
@@ -605,7 +713,7 @@ unsafe fn outer(isa: Isa, a: *const f32, lda: usize, xs: &[*const f32], rows: &[
 ///
 /// `dw` is `[c_out][taps][c_in]` for this group (row stride `taps * cin`);
 /// `dy` rows have stride `ldy` and start at this group's first channel.
-pub fn filter_gradient(w: &dyn Taps, dy: &[f32], ldy: usize, cout: usize, dw: &mut [f32]) {
+pub fn filter_gradient(w: &dyn TapColumns, dy: &[f32], ldy: usize, cout: usize, dw: &mut [f32]) {
     let (m, taps, cin) = (w.rows(), w.taps(), w.klen());
     let k = taps * cin;
     assert!(dw.len() >= cout * k, "filter gradient too small");

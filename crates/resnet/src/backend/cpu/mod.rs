@@ -3,6 +3,7 @@
 //! Every kernel runs inside the backend's own pool, sized by `--threads`, so
 //! the whole program uses exactly that many compute threads.
 
+pub mod bf16;
 pub mod conv;
 pub mod direct;
 pub mod gemm;
@@ -79,7 +80,12 @@ impl Backend for Cpu {
     type Filter = conv::CpuFilter;
 
     fn describe(&self) -> String {
-        format!("cpu ({} threads, {})", self.threads, isa_name())
+        let bf16 = if bf16::native() { ", avx512-bf16" } else { "" };
+        format!("cpu ({} threads, {}{bf16})", self.threads, isa_name())
+    }
+
+    fn native_bf16(&self) -> bool {
+        bf16::native()
     }
 
     fn zeros(&self, len: usize) -> Vec<f32> {
@@ -113,6 +119,7 @@ impl Backend for Cpu {
     fn prepare_filter(&self, d: &ConvDesc, weight: &Vec<f32>, usage: FilterUse, out: &mut conv::CpuFilter) {
         self.install(|| match usage {
             FilterUse::Forward => conv::prepare_forward(d, weight, out),
+            FilterUse::ForwardBf16 => conv::prepare_forward_bf16(d, weight, out),
             FilterUse::BackwardData => conv::prepare_backward_data(d, weight, out),
         });
     }
