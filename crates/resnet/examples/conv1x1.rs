@@ -1,5 +1,5 @@
 //! Times single convolutions: `cargo run --release --example conv1x1 -- [batch] [f32|bf16] [res]`.
-use resnet::backend::{Backend, ConvDesc, ConvEpilogue, Cpu, FilterUse};
+use resnet::backend::{Backend, ConvDesc, ConvEpilogue, Cpu, FilterUse, Storage};
 use std::time::Instant;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -7,6 +7,8 @@ fn main() {
     let usage =
         if args.get(2).map(String::as_str) == Some("bf16") { FilterUse::ForwardBf16 } else { FilterUse::Forward };
     let res = args.get(3).map(String::as_str) == Some("res");
+    // Activations stored in bf16 (as a bf16 plan keeps the residual stream).
+    let st = if args.get(4).map(String::as_str) == Some("stored") { Storage::Bf16 } else { Storage::F32 };
     let cpu = Cpu::new(Some(2)).unwrap();
     let only: Option<usize> = std::env::var("ONLY").ok().and_then(|v| v.parse().ok());
     for (idx, (h, ci, co, k)) in [
@@ -52,13 +54,13 @@ fn main() {
         let macs = (d.out_len() * d.k_len()) as f64;
         let it = (2e9 / macs).clamp(3.0, 300.0) as usize;
         for _ in 0..it.min(20) {
-            cpu.conv_forward(&d, &x, &f, &mut y, &epi);
+            cpu.conv_forward_stored(&d, &x, st, &f, &mut y, st, &epi, st);
         }
         let mut best = f64::MAX;
         for _ in 0..5 {
             let t = Instant::now();
             for _ in 0..it {
-                cpu.conv_forward(&d, &x, &f, &mut y, &epi);
+                cpu.conv_forward_stored(&d, &x, st, &f, &mut y, st, &epi, st);
             }
             best = best.min(t.elapsed().as_secs_f64() / it as f64);
         }

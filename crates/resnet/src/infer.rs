@@ -13,7 +13,7 @@
 //! both agree.
 
 use crate::backend::{
-    Backend, BnParams, BnTail, ConvDesc, ConvEpilogue, FilterUse, PadShortcutDesc, PoolDesc, Precision,
+    Backend, BnParams, BnTail, ConvDesc, ConvEpilogue, FilterUse, PadShortcutDesc, PoolDesc, Precision, Storage,
 };
 use crate::error::{Error, Result};
 use crate::model::Network;
@@ -126,6 +126,8 @@ pub struct InferencePlan<B: Backend> {
     /// Seconds per operation of the last run, when profiling.
     timings: Option<Vec<f64>>,
     precision: Precision,
+    /// How each value is stored (all f32 but in bf16 plans).
+    storage: Vec<Storage>,
 }
 
 /// Folds `bn` into `conv`: scaled filter rows and a bias.
@@ -208,7 +210,10 @@ impl<B: Backend> Builder<B> {
 impl<B: Backend> InferencePlan<B> {
     /// Compiles `net` for inference in `precision`. In bf16 every
     /// convolution but the classifier runs on bf16 weights and inputs (the
-    /// classifier is a tiny share of the work and keeps the logits in f32).
+    /// classifier is a tiny share of the work and keeps the logits in f32),
+    /// and activations that pass only between 1x1 convolutions are stored in
+    /// bf16: in bottleneck networks that is the residual stream, whose
+    /// traffic is what limits those layers.
     pub fn with_precision(net: &Network<B>, precision: Precision) -> Self {
         let mut plan = Self::new(net);
         if precision == Precision::Bf16 {
@@ -218,6 +223,7 @@ impl<B: Backend> InferencePlan<B> {
                     conv.usage = FilterUse::ForwardBf16;
                 }
             }
+            plan.storage = bf16_storage(&plan.ops, plan.storage.len());
         }
         plan.precision = precision;
         plan
@@ -324,6 +330,7 @@ impl<B: Backend> InferencePlan<B> {
             features: pooled,
             timings: None,
             precision: Precision::F32,
+            storage: vec![Storage::F32; bl.values],
         }
     }
 
@@ -411,6 +418,10 @@ impl<B: Backend> InferencePlan<B> {
             // Take the destination out so sources can be borrowed alongside it.
             let mut y = std::mem::replace(&mut self.bufs[dslot], Tensor::empty(&b));
             y.reshape(&b, out);
+            if self.storage[dst] == Storage::Bf16 {
+                let half = y.len().div_ceil(2);
+                b.ensure_len(&mut y.buf, half);
+            }
             if let Op::Conv { conv, .. } = &mut self.ops[i]
                 && let Some(w) = conv.weights.take()
             {
@@ -429,7 +440,9 @@ impl<B: Backend> InferencePlan<B> {
                             residual: residual.map(|r| &get(r).buf),
                             relu: *relu,
                         };
-                        b.conv_forward(&d, &src_t.buf, &conv.filter, &mut y.buf, &epi);
+                        let st = &self.storage;
+                        let rs = residual.map_or(Storage::F32, |r| st[r]);
+                        b.conv_forward_stored(&d, &src_t.buf, st[src], &conv.filter, &mut y.buf, st[dst], &epi, rs);
                     }
                     Op::Norm { bn, .. } => {
                         let p = BnParams { weight: &bn.gamma, bias: &bn.beta, eps: bn.eps };
@@ -490,6 +503,30 @@ impl<B: Backend> InferencePlan<B> {
     pub fn classes(&self) -> usize {
         self.classes
     }
+}
+
+/// Which values a bf16 plan stores in bf16: those written by a bf16 1x1
+/// convolution and read only by bf16 1x1 convolutions (as input or as
+/// residual). A 1x1 layer never takes the Winograd path, so its kernels read
+/// and write bf16 rows directly; every other reader wants f32.
+fn bf16_storage<B: Backend>(ops: &[Op<B>], values: usize) -> Vec<Storage> {
+    let bf16_1x1 = |op: &Op<B>| {
+        matches!(op, Op::Conv { conv, .. } if conv.usage == FilterUse::ForwardBf16
+            && conv.template.kernel == [1, 1]
+            && conv.template.cin_g() % 2 == 0)
+    };
+    let mut storage = vec![Storage::F32; values];
+    for op in ops.iter().filter(|op| bf16_1x1(op)) {
+        storage[op_io(op).1] = Storage::Bf16;
+    }
+    for op in ops.iter().filter(|op| !bf16_1x1(op)) {
+        storage[op_io(op).0] = Storage::F32;
+        if let Op::Conv { residual: Some(r), .. } = op {
+            storage[*r] = Storage::F32;
+        }
+    }
+    storage[0] = Storage::F32;
+    storage
 }
 
 fn op_io<B: Backend>(op: &Op<B>) -> (usize, usize) {

@@ -223,3 +223,92 @@ fn bf16_conv_is_the_f32_conv_of_rounded_values() {
         }
     }
 }
+
+/// Activations stored in bf16 (a bf16 plan's residual stream): every mix of
+/// f32 and bf16 input, output and residual gives the f32 result of the
+/// rounded values, rounded once more where the output is bf16; f32 filters
+/// (no bf16 form) widen and narrow around their f32 kernels.
+#[test]
+fn stored_bf16_activations_match_the_rounded_reference() {
+    use resnet::backend::Storage;
+    use resnet::backend::cpu::bf16::Bf16;
+    let round = |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| Bf16::from_f32(x).to_f32()).collect() };
+    // Packs bf16 values two to an f32 slot, as a bf16 plan's buffers hold them.
+    let pack = |v: &[f32]| -> Vec<f32> {
+        let bits: Vec<u16> = v.iter().map(|&x| Bf16::from_f32(x).0).collect();
+        bits.chunks(2).map(|p| f32::from_bits(p[0] as u32 | (*p.get(1).unwrap_or(&0) as u32) << 16)).collect()
+    };
+    let unpack = |v: &[f32], len: usize| -> Vec<f32> {
+        v.iter()
+            .flat_map(|x| [x.to_bits() as u16, (x.to_bits() >> 16) as u16])
+            .take(len)
+            .map(|b| Bf16(b).to_f32())
+            .collect()
+    };
+    let cpu = Cpu::new(Some(2)).unwrap();
+    let mut r = Rng(0x5707ed);
+    let conv = |c_in, c_out, k: usize, stride: usize, groups| ConvDesc {
+        n: 2,
+        h: 9,
+        w: 7,
+        c_in,
+        c_out,
+        kernel: [k, k],
+        stride: [stride, stride],
+        pad: [k / 2, k / 2],
+        dilation: [1, 1],
+        groups,
+    };
+    let (f32s, bf16s) = (Storage::F32, Storage::Bf16);
+    for (case, (d, usage)) in [
+        (conv(64, 48, 1, 1, 1), FilterUse::ForwardBf16),
+        (conv(32, 80, 1, 2, 1), FilterUse::ForwardBf16),
+        (conv(24, 40, 3, 1, 1), FilterUse::ForwardBf16),
+        (conv(15, 10, 1, 1, 5), FilterUse::ForwardBf16), // odd groups: an f32 filter
+        (conv(16, 32, 1, 1, 1), FilterUse::Forward),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let x = r.vec(d.in_len());
+        let w = r.vec(d.weight_len());
+        let bias = r.vec(d.c_out);
+        let res = r.vec(d.out_len());
+        let mut f = Default::default();
+        cpu.prepare_filter(&d, &w, usage, &mut f);
+        let bf16_filter = usage == FilterUse::ForwardBf16 && d.cin_g() % 2 == 0;
+        for (xs, ys, rs) in [(bf16s, bf16s, bf16s), (f32s, bf16s, bf16s), (bf16s, f32s, f32s), (f32s, f32s, bf16s)] {
+            let stored = |v: &[f32], s: Storage| if s == bf16s { pack(v) } else { v.to_vec() };
+            let (xb, rb) = (stored(&x, xs), stored(&res, rs));
+            let mut y = vec![f32::NAN; d.out_len()];
+            let epi = ConvEpilogue { bias: Some(&bias), residual: Some(&rb), relu: true, scale: None };
+            cpu.conv_forward_stored(&d, &xb, xs, &f, &mut y, ys, &epi, rs);
+            let got = if ys == bf16s { unpack(&y, d.out_len()) } else { y };
+            // What the kernels see: rounded inputs where stored or computed in bf16.
+            let xr = if xs == bf16s || bf16_filter { round(&x) } else { x.clone() };
+            let wr = if bf16_filter { round(&w) } else { w.clone() };
+            let rr = if rs == bf16s { round(&res) } else { res.clone() };
+            let want = conv2d_nchw(
+                &nhwc_to_nchw(&xr, d.n, d.c_in, d.h, d.w),
+                d.n,
+                d.c_in,
+                d.h,
+                d.w,
+                &ohwi_to_oihw(&wr, d.c_out, d.cin_g(), d.kernel[0], d.kernel[1]),
+                d.c_out,
+                d.kernel,
+                d.stride,
+                d.pad,
+                d.dilation,
+                d.groups,
+            );
+            let want = nchw_to_nhwc(&want, d.n, d.c_out, d.out_h(), d.out_w());
+            for (i, (&a, &b)) in got.iter().zip(&want).enumerate() {
+                let b = (b + bias[i % d.c_out] + rr[i]).max(0.0);
+                // A bf16 output is one more rounding (half an ulp of bf16: 2^-9 relative).
+                let tol = if ys == bf16s { 4e-3 * b.abs() + 1e-4 } else { 1e-4 * (1.0 + b.abs()) };
+                assert!((a - b).abs() <= tol, "case {case} {xs:?}/{ys:?}/{rs:?}: y[{i}] = {a}, reference {b}");
+            }
+        }
+    }
+}

@@ -172,6 +172,17 @@ pub enum FilterUse {
     BackwardData,
 }
 
+/// How an activation is kept in memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Storage {
+    /// One f32 per element.
+    #[default]
+    F32,
+    /// One bf16 per element, two to each f32 slot of the buffer
+    /// (`len.div_ceil(2)` slots).
+    Bf16,
+}
+
 /// The arithmetic of inference.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Precision {
@@ -308,6 +319,27 @@ pub trait Backend: Clone + Send + Sync + 'static {
         y: &mut Self::Buf,
         epi: &ConvEpilogue<'_, Self>,
     );
+    /// [`Backend::conv_forward`] over activations stored as a bf16 inference
+    /// plan keeps them: the input, the output and the epilogue's residual
+    /// each in f32 or bf16 ([`Storage`]). The default stores f32 only.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_forward_stored(
+        &self,
+        d: &ConvDesc,
+        x: &Self::Buf,
+        x_storage: Storage,
+        w: &Self::Filter,
+        y: &mut Self::Buf,
+        y_storage: Storage,
+        epi: &ConvEpilogue<'_, Self>,
+        residual_storage: Storage,
+    ) {
+        assert!(
+            [x_storage, y_storage, residual_storage].iter().all(|&s| s == Storage::F32),
+            "this backend stores activations in f32 only"
+        );
+        self.conv_forward(d, x, w, y, epi);
+    }
     /// `dx (+)= conv_transpose(dy, w)`; accumulates into `dx` when asked.
     fn conv_backward_data(&self, d: &ConvDesc, dy: &Self::Buf, w: &Self::Filter, dx: &mut Self::Buf, accumulate: bool);
     /// `dw += correlation(x, dy)` (accumulates).

@@ -176,6 +176,59 @@ mod x86 {
         }
     }
 
+    /// Stores an accumulator tile through the epilogue, reading and writing
+    /// bf16 rows where the tile says so.
+    ///
+    /// # Safety
+    /// avx512bf16 (and so avx512bw/vl); rows valid for `col + nr` values.
+    #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
+    unsafe fn store(acc: &[__m512; MR], out: &Out<'_>) {
+        if !out.bf16_out && !out.bf16_res {
+            // SAFETY: the caller's contract.
+            return unsafe { super::super::direct::store_avx512(acc, out) };
+        }
+        let mask: __mmask16 = if out.nr >= 16 { 0xffff } else { (1u16 << out.nr) - 1 };
+        let e = out.epi;
+        for (i, &v) in acc.iter().enumerate() {
+            if out.rows[i].is_null() {
+                continue;
+            }
+            // SAFETY: rows are valid for col + nr values; masks keep accesses inside;
+            // bf16 rows are never accumulated into (checked by `direct::run`).
+            unsafe {
+                let mut x = v;
+                if e.accumulate {
+                    x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, out.rows[i].add(out.col)));
+                }
+                if let Some(s) = e.scale {
+                    x = _mm512_mul_ps(x, _mm512_maskz_loadu_ps(mask, s.as_ptr().add(out.col)));
+                }
+                if let Some(bias) = e.bias {
+                    x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, bias.as_ptr().add(out.col)));
+                }
+                if !out.res[i].is_null() {
+                    let r = if out.bf16_res {
+                        // bf16 to f32: the 16 bits become the upper half.
+                        let h = _mm256_maskz_loadu_epi16(mask, out.res[i].cast::<Bf16>().add(out.col).cast());
+                        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+                    } else {
+                        _mm512_maskz_loadu_ps(mask, out.res[i].add(out.col))
+                    };
+                    x = _mm512_add_ps(x, r);
+                }
+                if e.relu {
+                    x = _mm512_max_ps(x, _mm512_setzero_ps());
+                }
+                if out.bf16_out {
+                    let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(x));
+                    _mm256_mask_storeu_epi16(out.rows[i].cast::<Bf16>().add(out.col).cast(), mask, h);
+                } else {
+                    _mm512_mask_storeu_ps(out.rows[i].add(out.col), mask, x);
+                }
+            }
+        }
+    }
+
     /// # Safety
     /// avx512bf16; otherwise as `super::kernel`.
     #[target_feature(enable = "avx512f,avx512bf16")]
@@ -201,7 +254,7 @@ mod x86 {
             bp = unsafe { bp.add(klen / 2) };
         }
         // SAFETY: forwarded contract.
-        unsafe { super::super::direct::store_avx512(&acc, out) }
+        unsafe { store(&acc, out) }
     }
 
     /// Two adjacent panels: each broadcast pair feeds two `vdpbf16ps`.
@@ -248,8 +301,8 @@ mod x86 {
         }
         // SAFETY: forwarded contract.
         unsafe {
-            super::super::direct::store_avx512(&acc0, out0);
-            super::super::direct::store_avx512(&acc1, out1);
+            store(&acc0, out0);
+            store(&acc1, out1);
         }
     }
 }

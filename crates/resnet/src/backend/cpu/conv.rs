@@ -13,7 +13,7 @@
 //! from the image.
 
 use super::bf16::{self, Bf16};
-use super::direct::{self, Elem, Panels};
+use super::direct::{self, Elem, Panels, Rows, RowsMut};
 use super::gemm::Epilogue;
 use super::winograd;
 use crate::backend::ConvDesc;
@@ -433,14 +433,29 @@ fn to_bf16(x: &[f32], c_in: usize, cin: usize, out: &mut Vec<Bf16>) {
 }
 
 /// Convolution forward in bf16 (the filter holds bf16 panels).
-fn forward_bf16(d: &ConvDesc, x: &[f32], f: &CpuFilter, y: &mut [f32], epi: &Epilogue<'_>) {
+fn forward_bf16(
+    d: &ConvDesc,
+    x: Rows<'_>,
+    f: &CpuFilter,
+    y: RowsMut<'_>,
+    epi: &Epilogue<'_>,
+    residual: Option<Rows<'_>>,
+) {
+    let x = match x {
+        // Stored in bf16 already: read in place.
+        Rows::Bf16(x) if f.bf16_cin == d.c_in => {
+            return forward_direct(d, x, &f.bf16, &PADDED_BF16, y, epi, residual);
+        }
+        Rows::Bf16(x) => &x.iter().map(|v| v.to_f32()).collect::<Vec<_>>()[..],
+        Rows::F32(x) => x,
+    };
     if d.kernel == [1, 1] && f.bf16_cin == d.c_in {
         // Each input run feeds one tile: round it as the tile is built.
-        return run_groups(d, &f.bf16, y, epi, |g| Rounded(forward_window(d, x, g)));
+        return run_groups(d, &f.bf16, y, epi, residual, |g| Rounded(forward_window(d, x, g)));
     }
     let mut buf = BF16_INPUT.with(|b| std::mem::take(&mut *b.borrow_mut()));
     to_bf16(x, d.c_in, f.bf16_cin, &mut buf);
-    forward_direct(&ConvDesc { c_in: f.bf16_cin, ..*d }, &buf, &f.bf16, &PADDED_BF16, y, epi);
+    forward_direct(&ConvDesc { c_in: f.bf16_cin, ..*d }, &buf, &f.bf16, &PADDED_BF16, y, epi, residual);
     BF16_INPUT.with(|b| *b.borrow_mut() = buf);
 }
 
@@ -483,21 +498,22 @@ impl direct::Taps<Bf16> for Rounded<'_> {
 }
 
 /// Convolution forward by the indirect kernels, one set of panels per group.
+#[allow(clippy::too_many_arguments)]
 fn forward_direct<T: Elem>(
     d: &ConvDesc,
     x: &[T],
     groups: &[Panels<T>],
     padded: &'static Scratch<T>,
-    y: &mut [f32],
+    y: RowsMut<'_>,
     epi: &Epilogue<'_>,
+    residual: Option<Rows<'_>>,
 ) {
     if use_rows(d) {
         // Few input channels (the stem): runs of kw * c values instead of c.
-        let residual = epi.residual;
-        let epi = Epilogue { residual: None, ..*epi };
-        return with_rows(d, x, padded, |w| direct::run(w, &groups[0], y, d.c_out, 0, &epi, residual));
+        let residual = residual.map(|r| (r, d.c_out));
+        return with_rows(d, x, padded, |w| direct::run(w, &groups[0], y, d.c_out, 0, epi, residual));
     }
-    run_groups(d, groups, y, epi, |g| forward_window(d, x, g));
+    run_groups(d, groups, y, epi, residual, |g| forward_window(d, x, g));
 }
 
 /// Runs each group's panels over its window (`window(g)`), with the group's
@@ -505,17 +521,17 @@ fn forward_direct<T: Elem>(
 fn run_groups<T: Elem, W: direct::Taps<T>>(
     d: &ConvDesc,
     groups: &[Panels<T>],
-    y: &mut [f32],
+    mut y: RowsMut<'_>,
     epi: &Epilogue<'_>,
+    residual: Option<Rows<'_>>,
     window: impl Fn(usize) -> W,
 ) {
     let cg = d.cout_g();
     for (g, panels) in groups.iter().enumerate() {
         let off = g * cg;
-        let ge =
-            Epilogue { scale: epi.scale.map(|s| &s[off..]), bias: epi.bias.map(|b| &b[off..]), residual: None, ..*epi };
-        let residual = epi.residual.map(|(r, ld)| (&r[off..], ld));
-        direct::run(&window(g), panels, &mut y[off..], d.c_out, 0, &ge, residual);
+        let ge = Epilogue { scale: epi.scale.map(|s| &s[off..]), bias: epi.bias.map(|b| &b[off..]), ..*epi };
+        let residual = residual.map(|r| (r.from(off), d.c_out));
+        direct::run(&window(g), panels, y.from(off), d.c_out, 0, &ge, residual);
     }
 }
 
@@ -562,13 +578,56 @@ pub fn prepare_backward_data(d: &ConvDesc, w: &[f32], out: &mut CpuFilter) {
 
 /// Convolution forward with a fused epilogue.
 pub fn forward(d: &ConvDesc, x: &[f32], f: &CpuFilter, y: &mut [f32], epi: &Epilogue<'_>) {
+    let residual = epi.residual.map(|(r, _)| Rows::F32(r));
+    let plain = Epilogue { residual: None, ..*epi };
+    match (&f.winograd, f.bf16.is_empty()) {
+        (_, false) => forward_bf16(d, Rows::F32(x), f, RowsMut::F32(y), &plain, residual),
+        (Some(wf), true) => winograd::forward(d, x, wf, y, epi),
+        (None, true) => forward_direct(d, x, &f.groups, &PADDED, RowsMut::F32(y), &plain, residual),
+    }
+}
+
+/// Convolution forward over stored activations: input, output and residual
+/// (rows of `c_out`) each f32 or bf16, as a bf16 inference plan keeps them.
+/// `epi.residual` is ignored. Filters without bf16 panels compute in f32
+/// between a widened input and a rounded output.
+pub fn forward_stored(
+    d: &ConvDesc,
+    x: Rows<'_>,
+    f: &CpuFilter,
+    y: RowsMut<'_>,
+    epi: &Epilogue<'_>,
+    residual: Option<Rows<'_>>,
+) {
+    let epi = &Epilogue { residual: None, ..*epi };
     if !f.bf16.is_empty() {
-        return forward_bf16(d, x, f, y, epi);
+        return forward_bf16(d, x, f, y, epi, residual);
     }
-    if let Some(wf) = &f.winograd {
-        return winograd::forward(d, x, wf, y, epi);
+    let widen = |r: Rows<'_>| -> Vec<f32> {
+        match r {
+            Rows::F32(v) => v.to_vec(),
+            Rows::Bf16(v) => v.iter().map(|b| b.to_f32()).collect(),
+        }
+    };
+    match (x, y, residual) {
+        (Rows::F32(x), RowsMut::F32(y), None) => forward(d, x, f, y, epi),
+        (Rows::F32(x), RowsMut::F32(y), Some(Rows::F32(r))) => {
+            forward(d, x, f, y, &Epilogue { residual: Some((r, d.c_out)), ..*epi })
+        }
+        (x, mut y, residual) => {
+            // Stored bf16 around an f32 filter (layers without a bf16 form).
+            let (x, r) = (widen(x), residual.map(widen));
+            let epi = Epilogue { residual: r.as_deref().map(|r| (r, d.c_out)), ..*epi };
+            match &mut y {
+                RowsMut::F32(y) => forward(d, &x, f, y, &epi),
+                RowsMut::Bf16(y) => {
+                    let mut out = vec![0.0; y.len()];
+                    forward(d, &x, f, &mut out, &epi);
+                    bf16::convert(&out, y);
+                }
+            }
+        }
     }
-    forward_direct(d, x, &f.groups, &PADDED, y, epi);
 }
 
 /// Convolution backward-data (gather form).
@@ -588,7 +647,7 @@ pub fn backward_data(d: &ConvDesc, dy: &[f32], f: &CpuFilter, dx: &mut [f32], ac
         return winograd::forward(&t, dy, wf, dx, &epi);
     }
     for g in 0..d.groups {
-        direct::run(&backward_window(d, dy, g), &f.groups[g], &mut dx[g * cig..], d.c_in, 0, &epi, None);
+        direct::run(&backward_window(d, dy, g), &f.groups[g], RowsMut::F32(&mut dx[g * cig..]), d.c_in, 0, &epi, None);
     }
 }
 

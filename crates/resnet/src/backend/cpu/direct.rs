@@ -33,6 +33,8 @@ pub fn zeros<T: Elem>(len: usize) -> *const T {
 
 /// An element type of the indirect kernels: f32, or bf16 for inference.
 pub trait Elem: Copy + Default + Send + Sync + 'static {
+    /// Whether this is bf16 (whose kernels also store and read bf16 rows).
+    const BF16: bool;
     /// The `MR x NR` micro-kernel (see [`tile`]).
     ///
     /// # Safety
@@ -48,6 +50,7 @@ pub trait Elem: Copy + Default + Send + Sync + 'static {
 }
 
 impl Elem for f32 {
+    const BF16: bool = false;
     unsafe fn kernel(a: &[[*const f32; MR]], klen: usize, b: &[f32], out: &Out<'_>) {
         // SAFETY: forwarded contract.
         unsafe { kernel(isa(), a, klen, b, out) }
@@ -59,6 +62,7 @@ impl Elem for f32 {
 }
 
 impl Elem for Bf16 {
+    const BF16: bool = true;
     unsafe fn kernel(a: &[[*const Bf16; MR]], klen: usize, b: &[Bf16], out: &Out<'_>) {
         // SAFETY: forwarded contract.
         unsafe { bf16::kernel(a, klen, b, out) }
@@ -132,24 +136,107 @@ impl Panels {
     }
 }
 
-/// Where a tile's results go and how they are finished.
-pub struct Out<'a> {
-    /// `MR` row pointers (null past the last row).
-    rows: [*mut f32; MR],
-    /// Valid columns (<= NR).
-    nr: usize,
-    /// Column offset of this panel within the rows.
-    col: usize,
-    /// Residual rows, same layout as `rows`.
-    res: [*const f32; MR],
-    epi: &'a Epilogue<'a>,
+/// Activation rows in memory: f32, or bf16 where a bf16 inference plan
+/// stores them so (see `infer.rs`).
+#[derive(Clone, Copy, Debug)]
+pub enum Rows<'a> {
+    /// f32 values.
+    F32(&'a [f32]),
+    /// bf16 values.
+    Bf16(&'a [Bf16]),
 }
 
-#[cfg(test)]
+/// Destination rows: f32 or bf16.
+#[derive(Debug)]
+pub enum RowsMut<'a> {
+    /// f32 values.
+    F32(&'a mut [f32]),
+    /// bf16 values.
+    Bf16(&'a mut [Bf16]),
+}
+
+impl Rows<'_> {
+    /// Values held.
+    pub fn len(&self) -> usize {
+        match self {
+            Rows::F32(s) => s.len(),
+            Rows::Bf16(s) => s.len(),
+        }
+    }
+    /// Whether no values are held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The rows from value `off` on.
+    pub fn from(self, off: usize) -> Self {
+        match self {
+            Rows::F32(s) => Rows::F32(&s[off..]),
+            Rows::Bf16(s) => Rows::Bf16(&s[off..]),
+        }
+    }
+}
+
+impl RowsMut<'_> {
+    /// Values held.
+    pub fn len(&self) -> usize {
+        match self {
+            RowsMut::F32(s) => s.len(),
+            RowsMut::Bf16(s) => s.len(),
+        }
+    }
+    /// Whether no values are held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The rows from value `off` on, reborrowed.
+    pub fn from(&mut self, off: usize) -> RowsMut<'_> {
+        match self {
+            RowsMut::F32(s) => RowsMut::F32(&mut s[off..]),
+            RowsMut::Bf16(s) => RowsMut::Bf16(&mut s[off..]),
+        }
+    }
+}
+
+/// Where a tile's results go and how they are finished.
+pub struct Out<'a> {
+    /// `MR` row pointers (null past the last row); bf16 values when `bf16_out`.
+    pub(super) rows: [*mut f32; MR],
+    /// Valid columns (<= NR).
+    pub(super) nr: usize,
+    /// Column offset of this panel within the rows.
+    pub(super) col: usize,
+    /// Residual rows, same layout as `rows`; bf16 values when `bf16_res`.
+    pub(super) res: [*const f32; MR],
+    pub(super) bf16_out: bool,
+    pub(super) bf16_res: bool,
+    /// Bytes from an output row and a residual row to the same rows of the
+    /// next row group (0 where rows are not evenly spaced).
+    pub(super) ahead: (usize, usize),
+    pub(super) epi: &'a Epilogue<'a>,
+}
+
 impl<'a> Out<'a> {
+    /// f32 rows without a residual.
+    fn plain(rows: [*mut f32; MR], nr: usize, col: usize, epi: &'a Epilogue<'a>) -> Self {
+        Out { rows, nr, col, res: [std::ptr::null(); MR], bf16_out: false, bf16_res: false, ahead: (0, 0), epi }
+    }
+
     /// A tile of `NR` columns from column 0 (for tests of the micro-kernels).
+    #[cfg(test)]
     pub(super) fn for_test(rows: [*mut f32; MR], epi: &'a Epilogue<'a>) -> Self {
-        Out { rows, nr: NR, col: 0, res: [std::ptr::null(); MR], epi }
+        Out::plain(rows, NR, 0, epi)
+    }
+
+    /// Address of this tile's first value in output row `i` (non-null).
+    fn row_start(&self, i: usize) -> *const i8 {
+        let size = if self.bf16_out { 2 } else { 4 };
+        self.rows[i].cast::<i8>().wrapping_add(self.col * size)
+    }
+
+    /// Address of this tile's first value in residual row `i` (non-null).
+    fn res_start(&self, i: usize) -> *const i8 {
+        let size = if self.bf16_res { 2 } else { 4 };
+        self.res[i].cast::<i8>().wrapping_add(self.col * size)
     }
 }
 
@@ -234,10 +321,9 @@ pub(super) unsafe fn store_generic(acc: &[[f32; NR]; MR], out: &Out<'_>) {
             continue;
         }
         for (j, &v) in row.iter().enumerate().take(out.nr) {
-            // SAFETY: the row has col + nr floats (contract).
+            // SAFETY: the row has col + nr values (contract); bf16 rows are never accumulated into.
             unsafe {
-                let dst = out.rows[i].add(out.col + j);
-                let mut x = if out.epi.accumulate { v + *dst } else { v };
+                let mut x = if out.epi.accumulate { v + *out.rows[i].add(out.col + j) } else { v };
                 if let Some(s) = out.epi.scale {
                     x *= s[out.col + j];
                 }
@@ -245,12 +331,18 @@ pub(super) unsafe fn store_generic(acc: &[[f32; NR]; MR], out: &Out<'_>) {
                     x += bias[out.col + j];
                 }
                 if !out.res[i].is_null() {
-                    x += *out.res[i].add(out.col + j);
+                    x += match out.bf16_res {
+                        true => (*out.res[i].cast::<Bf16>().add(out.col + j)).to_f32(),
+                        false => *out.res[i].add(out.col + j),
+                    };
                 }
                 if out.epi.relu && x < 0.0 {
                     x = 0.0;
                 }
-                *dst = x;
+                match out.bf16_out {
+                    true => *out.rows[i].cast::<Bf16>().add(out.col + j) = Bf16::from_f32(x),
+                    false => *out.rows[i].add(out.col + j) = x,
+                }
             }
         }
     }
@@ -363,23 +455,26 @@ mod x86 {
         }
     }
 
-    /// Starts fetching a tile's output and residual lines, so that the
-    /// epilogue does not wait on memory: with short reductions (1x1
-    /// convolutions) and large outputs, those waits cost more than the sums.
+    /// Starts fetching output and residual lines, so that the epilogue does
+    /// not wait on memory: with short reductions (1x1 convolutions) and
+    /// large outputs, those waits cost more than the sums. Where rows are
+    /// evenly spaced (`ahead` bytes to the same row of the next row group),
+    /// the lines fetched are the next group's, a whole sweep of panels
+    /// ahead; otherwise this tile's own.
     ///
     /// # Safety
-    /// Non-null rows are valid for `col + nr` floats (prefetches never fault,
-    /// but the addresses must be computable).
+    /// None beyond computable addresses: prefetches never fault.
     #[inline(always)]
     pub(in super::super) unsafe fn prefetch(out: &Out<'_>) {
+        let (row_ahead, res_ahead) = out.ahead;
         for i in 0..MR {
-            // SAFETY: the addresses lie inside the rows (see above).
+            // SAFETY: prefetching any address is sound.
             unsafe {
                 if !out.rows[i].is_null() {
-                    _mm_prefetch::<_MM_HINT_ET0>(out.rows[i].add(out.col) as *const i8);
+                    _mm_prefetch::<_MM_HINT_ET0>(out.row_start(i).wrapping_add(row_ahead));
                 }
                 if !out.res[i].is_null() {
-                    _mm_prefetch::<_MM_HINT_T0>(out.res[i].add(out.col) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(out.res_start(i).wrapping_add(res_ahead));
                 }
             }
         }
@@ -391,6 +486,7 @@ mod x86 {
     /// avx512f; rows as in `kernel_avx512`.
     #[target_feature(enable = "avx512f")]
     pub(in super::super) unsafe fn store_avx512(acc: &[__m512; MR], out: &Out<'_>) {
+        debug_assert!(!out.bf16_out && !out.bf16_res, "bf16 rows go through bf16::x86::store");
         let mask: __mmask16 = if out.nr >= 16 { 0xffff } else { (1u16 << out.nr) - 1 };
         let e = out.epi;
         for (i, &v) in acc.iter().enumerate() {
@@ -439,7 +535,7 @@ pub unsafe fn tile(
     nr: usize,
     epi: &Epilogue<'_>,
 ) {
-    let out = Out { rows, nr, col, res: [std::ptr::null(); MR], epi };
+    let out = Out::plain(rows, nr, col, epi);
     // SAFETY: forwarded contract.
     unsafe { kernel(isa(), a, klen, panel, &out) }
 }
@@ -460,7 +556,7 @@ pub unsafe fn tile2(
     nr1: usize,
     epi: &Epilogue<'_>,
 ) {
-    let o0 = Out { rows, nr, col, res: [std::ptr::null(); MR], epi };
+    let o0 = Out::plain(rows, nr, col, epi);
     let o1 = Out { nr: nr1, col: col + NR, ..o0 };
     // SAFETY: forwarded contract.
     unsafe { kernel2(isa(), a, klen, p0, p1, &o0, &o1) }
@@ -508,6 +604,9 @@ struct Tile<T> {
     _own: Vec<T>,
     rows: [*mut f32; MR],
     res: [*const f32; MR],
+    bf16_out: bool,
+    bf16_res: bool,
+    ahead: (usize, usize),
     active: Vec<[*const T; MR]>,
     boffs: Vec<usize>,
 }
@@ -529,7 +628,16 @@ unsafe fn panel_tile<T: Elem>(
     epi: &Epilogue<'_>,
 ) {
     let (rows, res, active, boffs) = (t.rows, t.res, &t.active, &t.boffs);
-    let out = |q: usize| Out { rows, nr: NR.min(panels.n - q * NR), col: col0 + q * NR, res, epi };
+    let out = |q: usize| Out {
+        rows,
+        nr: NR.min(panels.n - q * NR),
+        col: col0 + q * NR,
+        res,
+        bf16_out: t.bf16_out,
+        bf16_res: t.bf16_res,
+        ahead: t.ahead,
+        epi,
+    };
     if active.len() == taps {
         if count == 2 {
             // SAFETY: forwarded contract.
@@ -574,14 +682,16 @@ unsafe fn panel_tile<T: Elem>(
 
 /// `out[m][col0 + j] = epilogue(sum over taps and runs)` for every destination
 /// pixel `m` and output channel `j < panels.n`; rows of `out` have stride `ld`.
+///
+/// `out` and the residual may hold bf16 values only with bf16 panels.
 pub fn run<T: Elem>(
     w: &dyn Taps<T>,
     panels: &Panels<T>,
-    out: &mut [f32],
+    mut out: RowsMut<'_>,
     ld: usize,
     col0: usize,
     epi: &Epilogue<'_>,
-    residual: Option<(&[f32], usize)>,
+    residual: Option<(Rows<'_>, usize)>,
 ) {
     let m = w.rows();
     let (taps, klen) = (w.taps(), w.klen());
@@ -608,7 +718,15 @@ pub fn run<T: Elem>(
     };
     let tasks_g = groups.div_ceil(gchunk);
     let tasks = tasks_g * np.div_ceil(pchunk);
-    let optr = SendPtr(out.as_mut_ptr());
+    let (optr, bf16_out) = match &mut out {
+        RowsMut::F32(o) => (SendPtr(o.as_mut_ptr()), false),
+        RowsMut::Bf16(o) => (SendPtr(o.as_mut_ptr().cast()), true),
+    };
+    let bf16_res = matches!(residual, Some((Rows::Bf16(_), _)));
+    let size = |bf16: bool| if bf16 { 2 } else { 4 };
+    let ahead = (MR * ld * size(bf16_out), residual.map_or(0, |(_, rld)| MR * rld * size(bf16_res)));
+    assert!(T::BF16 || !(bf16_out || bf16_res), "bf16 activations need bf16 panels");
+    assert!(!(bf16_out && epi.accumulate), "bf16 outputs are not accumulated into");
     let task = |tk: usize| {
         let zero = zeros(klen);
         let (tg, tp) = (tk % tasks_g, tk / tasks_g);
@@ -621,10 +739,18 @@ pub fn run<T: Elem>(
             let mut res = [std::ptr::null(); MR];
             for i in 0..MR.min(m - r0) {
                 // SAFETY: row r0 + i < m lies inside `out` (asserted above).
-                rows[i] = unsafe { optr.get().add((r0 + i) * ld) };
-                if let Some((r, rld)) = residual {
-                    res[i] = r[(r0 + i) * rld..].as_ptr();
-                }
+                rows[i] = unsafe {
+                    if bf16_out {
+                        optr.get().cast::<Bf16>().add((r0 + i) * ld).cast()
+                    } else {
+                        optr.get().add((r0 + i) * ld)
+                    }
+                };
+                res[i] = match residual {
+                    Some((Rows::F32(r), rld)) => r[(r0 + i) * rld..].as_ptr(),
+                    Some((Rows::Bf16(r), rld)) => r[(r0 + i) * rld..].as_ptr().cast(),
+                    None => std::ptr::null(),
+                };
             }
             let mut ptrs = vec![[zero; MR]; taps];
             let mut own = Vec::new();
@@ -636,7 +762,7 @@ pub fn run<T: Elem>(
                     boffs.push(t);
                 }
             }
-            Tile { _own: own, rows, res, active, boffs }
+            Tile { _own: own, rows, res, bf16_out, bf16_res, ahead, active, boffs }
         };
         let compute = |t: &Tile<T>, p: usize, count: usize| {
             // SAFETY: pointers come from the window (valid runs of klen) or the zero row;

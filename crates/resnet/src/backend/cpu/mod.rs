@@ -18,6 +18,7 @@ use rayon::prelude::*;
 
 use super::{
     Backend, BnGrads, BnParams, BnSaved, BnTail, ConvDesc, ConvEpilogue, FilterUse, PadShortcutDesc, PoolDesc, SgdStep,
+    Storage,
 };
 use crate::error::{Error, Result};
 
@@ -142,6 +143,38 @@ impl Backend for Cpu {
             relu: e.relu,
         };
         self.install(|| conv::forward(d, x, w, y, &epi));
+    }
+
+    fn conv_forward_stored(
+        &self,
+        d: &ConvDesc,
+        x: &Vec<f32>,
+        x_storage: Storage,
+        w: &conv::CpuFilter,
+        y: &mut Vec<f32>,
+        y_storage: Storage,
+        e: &ConvEpilogue<'_, Self>,
+        residual_storage: Storage,
+    ) {
+        let epi = gemm::Epilogue {
+            accumulate: false,
+            scale: e.scale.map(|v| v.as_slice()),
+            bias: e.bias.map(|v| v.as_slice()),
+            residual: None,
+            relu: e.relu,
+        };
+        let x = rows(x, x_storage, d.in_len());
+        let residual = e.residual.map(|r| rows(r, residual_storage, d.out_len()));
+        let y = match y_storage {
+            Storage::F32 => direct::RowsMut::F32(&mut y[..d.out_len()]),
+            Storage::Bf16 => {
+                assert!(2 * y.len() >= d.out_len(), "bf16 output buffer too small");
+                // SAFETY: Bf16 is two bytes with alignment 2 (<= f32's 4); the
+                // buffer's f32 slots hold at least out_len bf16 values.
+                direct::RowsMut::Bf16(unsafe { std::slice::from_raw_parts_mut(y.as_mut_ptr().cast(), d.out_len()) })
+            }
+        };
+        self.install(|| conv::forward_stored(d, x, w, y, &epi, residual));
     }
 
     fn conv_backward_data(
@@ -348,6 +381,19 @@ impl Backend for Cpu {
             x.par_chunks(1 << 14).map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>()).collect()
         });
         parts.iter().sum()
+    }
+}
+
+/// A buffer's first `len` activations as stored.
+fn rows(buf: &[f32], storage: Storage, len: usize) -> direct::Rows<'_> {
+    match storage {
+        Storage::F32 => direct::Rows::F32(&buf[..len]),
+        Storage::Bf16 => {
+            assert!(2 * buf.len() >= len, "bf16 buffer too small");
+            // SAFETY: Bf16 is two bytes with alignment 2 (<= f32's 4); the
+            // buffer's f32 slots hold at least len bf16 values.
+            direct::Rows::Bf16(unsafe { std::slice::from_raw_parts(buf.as_ptr().cast(), len) })
+        }
     }
 }
 
