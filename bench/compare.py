@@ -21,7 +21,7 @@ WORK = os.path.join(HERE, ".work")
 RESNET = os.environ.get("RESNET_BIN", os.path.join(ROOT, "target", "release", "resnet"))
 PY = sys.executable
 
-# name, arch, batch, threads, mode, input side, peers
+# name, arch, batch, threads, mode, input side, peers[, our precision]; "ours-f32" is our own f32 run
 WORKLOADS = [
     ("resnet50 inference, batch 1", "resnet50", 1, 2, "infer", 224, ["ort", "torch", "torch-cl"]),
     ("resnet50 inference, batch 16", "resnet50", 16, 2, "infer", 224, ["ort", "torch", "torch-cl"]),
@@ -31,6 +31,9 @@ WORKLOADS = [
     ("resnet18 inference, batch 1, 1 thread", "resnet18", 1, 1, "infer", 224, ["ort", "torch", "torch-cl"]),
     ("resnet20 (CIFAR, 32x32) training step, batch 128", "resnet20", 128, 2, "train", 32, ["torch", "torch-cl"]),
     ("resnet18 training step, 224x224, batch 16", "resnet18", 16, 2, "train", 224, ["torch", "torch-cl"]),
+    ("resnet50 inference, batch 16, bf16", "resnet50", 16, 2, "infer", 224, ["ours-f32", "ort"], "bf16"),
+    ("resnet50 inference, batch 1, bf16", "resnet50", 1, 2, "infer", 224, ["ours-f32", "ort"], "bf16"),
+    ("resnet18 inference, batch 16, bf16", "resnet18", 16, 2, "infer", 224, ["ours-f32", "ort"], "bf16"),
 ]
 
 
@@ -70,6 +73,12 @@ def prepare(arch, side):
     return w, onnx
 
 
+def rel_l2(a, b):
+    a = [x for row in a for x in row]
+    b = [x for row in b for x in row]
+    return (sum((x - y) ** 2 for x, y in zip(a, b)) / max(1e-30, sum(y * y for y in b))) ** 0.5
+
+
 def max_rel_diff(a, b):
     a = [x for row in a for x in row]
     b = [x for row in b for x in row]
@@ -86,10 +95,21 @@ def main():
     a = p.parse_args()
     results = []
     checked = set()
-    for name, arch, batch, threads, mode, side, peers in WORKLOADS:
+    for name, arch, batch, threads, mode, side, peers, *prec in WORKLOADS:
         if a.only and a.only not in name:
             continue
+        precision = prec[0] if prec else "f32"
         w, onnx = prepare(arch, side)
+        if precision != "f32":
+            # bf16 against the f32 peers: relative L2 error of the logits (the 1e-2 bound).
+            mine = os.path.join(WORK, "ours-bf16.json")
+            ours(arch, w, 2, threads, "infer", side, 1, precision=precision, logits=mine)
+            theirs = os.path.join(WORK, "ort.json")
+            peer("ort", arch, w, onnx, 2, threads, "infer", side, 1, logits=theirs)
+            d = rel_l2(json.load(open(mine)), json.load(open(theirs)))
+            print(f"{arch}: ours {precision} vs ort f32: relative L2 error of the logits = {d:.2e}", flush=True)
+            if d > 1e-2:
+                sys.exit(f"error: {precision} outputs too far from f32 for {arch}: {d}")
         # Do the engines agree? (once per architecture, inference, batch 2)
         if mode == "infer" and arch not in checked:
             checked.add(arch)
@@ -104,16 +124,20 @@ def main():
                 if d > 1e-3:
                     sys.exit(f"error: outputs disagree for {arch} ({e}): {d}")
         # Size the runs from one quick measurement of ours.
-        probe = ours(arch, w, batch, threads, mode, side, 2)
+        probe = ours(arch, w, batch, threads, mode, side, 2, precision=precision)
         iters = max(3, min(200, int(a.seconds * probe["images_per_second"] / batch)))
         rows = {"ours": []}
         for r in range(a.runs):
-            rows["ours"].append(ours(arch, w, batch, threads, mode, side, iters))
+            rows["ours"].append(ours(arch, w, batch, threads, mode, side, iters, precision=precision))
             for e in peers:
-                rows.setdefault(e, []).append(peer(e, arch, w, onnx if e == "ort" else None, batch, threads, mode, side, iters))
+                if e == "ours-f32":
+                    rows.setdefault(e, []).append(ours(arch, w, batch, threads, mode, side, iters))
+                else:
+                    rows.setdefault(e, []).append(peer(e, arch, w, onnx if e == "ort" else None, batch, threads, mode, side, iters))
         med = {e: {k: statistics.median(x[k] for x in v) for k in ["images_per_second", "latency_ms_p50", "latency_ms_p99", "peak_rss_mb"]} for e, v in rows.items()}
         macs = json.loads(sh([RESNET, "summary", arch, "--input", str(side), "--json"]))["macs"]
         res = {"workload": name, "arch": arch, "batch": batch, "threads": threads, "mode": mode, "input": side, "iters": iters,
+               "precision": precision,
                "runs": a.runs, "macs_per_image": macs, "median": med, "all": rows}
         results.append(res)
         line = f"{name}: ours {med['ours']['images_per_second']:.1f} img/s"
@@ -131,6 +155,7 @@ def main():
         pass
     json.dump({"meta": meta, "results": results}, open(a.json_out, "w"), indent=1)
     print_table(results, meta)
+    print_bf16_table(results)
 
 
 def print_table(results, meta):
@@ -139,6 +164,8 @@ def print_table(results, meta):
     print("| workload | ours img/s | ONNX Runtime | PyTorch best | ours / ORT | ours / PyTorch | ours p50 / p99 ms | ORT p50 / p99 ms | peak RSS ours / ORT MB |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
+        if r.get("precision", "f32") != "f32":
+            continue
         m = r["median"]
         o = m["ours"]
         ort = m.get("ort")
@@ -150,6 +177,24 @@ def print_table(results, meta):
                  f"{o['latency_ms_p50']:.1f} / {o['latency_ms_p99']:.1f}",
                  f"{ort['latency_ms_p50']:.1f} / {ort['latency_ms_p99']:.1f}" if ort else "—",
                  f"{o['peak_rss_mb']:.0f} / {ort['peak_rss_mb']:.0f}" if ort else f"{o['peak_rss_mb']:.0f} / —"]
+        print("| " + " | ".join(cells) + " |")
+
+
+def print_bf16_table(results):
+    rows = [r for r in results if r.get("precision", "f32") != "f32"]
+    if not rows:
+        return
+    print("\nbf16 inference against our own f32, alternating runs (medians):\n")
+    print("| workload | ours bf16 img/s | ours f32 img/s | bf16 / f32 | ORT f32 img/s | bf16 / ORT | peak RSS bf16 / f32 MB |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        m = r["median"]
+        o, f, ort = m["ours"], m["ours-f32"], m.get("ort")
+        cells = [r["workload"], f"{o['images_per_second']:.1f}", f"{f['images_per_second']:.1f}",
+                 f"{o['images_per_second'] / f['images_per_second']:.2f}x",
+                 f"{ort['images_per_second']:.1f}" if ort else "—",
+                 f"{o['images_per_second'] / ort['images_per_second']:.2f}x" if ort else "—",
+                 f"{o['peak_rss_mb']:.0f} / {f['peak_rss_mb']:.0f}"]
         print("| " + " | ".join(cells) + " |")
 
 

@@ -8,7 +8,9 @@ fn main() {
         if args.get(2).map(String::as_str) == Some("bf16") { FilterUse::ForwardBf16 } else { FilterUse::Forward };
     let res = args.get(3).map(String::as_str) == Some("res");
     // Activations stored in bf16 (as a bf16 plan keeps the residual stream).
-    let st = if args.get(4).map(String::as_str) == Some("stored") { Storage::Bf16 } else { Storage::F32 };
+    let st = if args.get(4).is_some() { Storage::Bf16 } else { Storage::F32 };
+    // `mixed`: f32 input, bf16 output and residual.
+    let xst = if args.get(4).map(String::as_str) == Some("mixed") { Storage::F32 } else { st };
     let cpu = Cpu::new(Some(2)).unwrap();
     let only: Option<usize> = std::env::var("ONLY").ok().and_then(|v| v.parse().ok());
     for (idx, (h, ci, co, k)) in [
@@ -54,13 +56,13 @@ fn main() {
         let macs = (d.out_len() * d.k_len()) as f64;
         let it = (2e9 / macs).clamp(3.0, 300.0) as usize;
         for _ in 0..it.min(20) {
-            cpu.conv_forward_stored(&d, &x, st, &f, &mut y, st, &epi, st);
+            cpu.conv_forward_stored(&d, &x, xst, &f, &mut y, st, &epi, st);
         }
         let mut best = f64::MAX;
         for _ in 0..5 {
             let t = Instant::now();
             for _ in 0..it {
-                cpu.conv_forward_stored(&d, &x, st, &f, &mut y, st, &epi, st);
+                cpu.conv_forward_stored(&d, &x, xst, &f, &mut y, st, &epi, st);
             }
             best = best.min(t.elapsed().as_secs_f64() / it as f64);
         }

@@ -217,19 +217,34 @@ fn use_rows(d: &ConvDesc) -> bool {
     d.groups == 1 && d.kernel[1] > 1 && d.dilation[1] == 1 && d.c_in * d.kernel[1] <= 64 && d.c_in <= 4
 }
 
-/// Copies an NHWC batch into a zero-padded buffer.
-fn pad_input<T: Elem>(d: &ConvDesc, x: &[T], out: &mut Vec<T>) -> (usize, usize) {
+/// Copies an NHWC batch into a zero-padded buffer of `d.c_in` channels, rows
+/// in parallel: `put(src, dst)` writes one image row, `d.w` source pixels of
+/// `c_src` values into `d.w` pixels of `d.c_in`.
+fn pad_input<S: Sync, T: Elem>(
+    d: &ConvDesc,
+    x: &[S],
+    c_src: usize,
+    out: &mut Vec<T>,
+    put: impl Fn(&[S], &mut [T]) + Sync,
+) -> (usize, usize) {
+    use rayon::prelude::*;
     let (hp, wp) = (d.h + 2 * d.pad[0], d.w + 2 * d.pad[1]);
     let c = d.c_in;
     out.clear();
     out.resize(d.n * hp * wp * c, T::default());
-    for n in 0..d.n {
-        for y in 0..d.h {
-            let src = &x[((n * d.h + y) * d.w) * c..][..d.w * c];
-            out[((n * hp + y + d.pad[0]) * wp + d.pad[1]) * c..][..d.w * c].copy_from_slice(src);
+    out.par_chunks_mut(wp * c).enumerate().for_each(|(r, row)| {
+        let (n, yp) = (r / hp, r % hp);
+        if (d.pad[0]..d.pad[0] + d.h).contains(&yp) {
+            let src = &x[(n * d.h + yp - d.pad[0]) * d.w * c_src..][..d.w * c_src];
+            put(src, &mut row[d.pad[1] * c..][..d.w * c]);
         }
-    }
+    });
     (hp, wp)
+}
+
+/// [`pad_input`] for same-type rows.
+fn pad_copy<T: Elem>(d: &ConvDesc, x: &[T], out: &mut Vec<T>) -> (usize, usize) {
+    pad_input(d, x, d.c_in, out, |s, o| o.copy_from_slice(s))
 }
 
 /// A per-thread scratch vector, taken out while the kernels run.
@@ -242,15 +257,16 @@ thread_local! {
     static PADDED_BF16: std::cell::RefCell<Vec<Bf16>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` with a row window over a padded copy of `x` (kept in `scratch`).
+/// Runs `f` with a row window over a padded copy of the input, made by
+/// `pad` (see [`pad_input`]) in `scratch`.
 fn with_rows<T: Elem, R>(
     d: &ConvDesc,
-    x: &[T],
     scratch: &'static Scratch<T>,
+    pad: impl FnOnce(&mut Vec<T>) -> (usize, usize),
     f: impl FnOnce(&RowWindow<'_, T>) -> R,
 ) -> R {
     let mut buf = scratch.with(|p| std::mem::take(&mut *p.borrow_mut()));
-    let (hp, wp) = pad_input(d, x, &mut buf);
+    let (hp, wp) = pad(&mut buf);
     let w = RowWindow {
         padded: &buf,
         hp,
@@ -419,13 +435,14 @@ fn to_bf16(x: &[f32], c_in: usize, cin: usize, out: &mut Vec<Bf16>) {
         const CHUNK: usize = 1 << 14;
         out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(o, s)| bf16::convert(s, o));
     } else {
-        // Few channels (the stem): element by element, pixels in parallel.
+        // Few channels (the stem): round a chunk of pixels at once, then
+        // spread them out with their zero channels.
         const PIXELS: usize = 1 << 12;
         out.par_chunks_mut(PIXELS * cin).zip(x.par_chunks(PIXELS * c_in)).for_each(|(o, s)| {
-            for (o, s) in o.chunks_mut(cin).zip(s.chunks(c_in)) {
-                for (d, &v) in o.iter_mut().zip(s) {
-                    *d = Bf16::from_f32(v);
-                }
+            let mut rounded = vec![Bf16::default(); s.len()];
+            bf16::convert(s, &mut rounded);
+            for (o, s) in o.chunks_mut(cin).zip(rounded.chunks(c_in)) {
+                o[..c_in].copy_from_slice(s);
                 o[c_in..].fill(Bf16::default());
             }
         });
@@ -452,6 +469,22 @@ fn forward_bf16(
     if d.kernel == [1, 1] && f.bf16_cin == d.c_in {
         // Each input run feeds one tile: round it as the tile is built.
         return run_groups(d, &f.bf16, y, epi, residual, |g| Rounded(forward_window(d, x, g)));
+    }
+    let dp = ConvDesc { c_in: f.bf16_cin, ..*d };
+    if use_rows(&dp) {
+        // The stem: round, add the zero channel and pad in one pass.
+        let c_in = d.c_in;
+        let pad = |b: &mut Vec<Bf16>| {
+            pad_input(&dp, x, c_in, b, |s, o| {
+                let mut rounded = vec![Bf16::default(); s.len()];
+                bf16::convert(s, &mut rounded);
+                for (o, s) in o.chunks_mut(dp.c_in).zip(rounded.chunks(c_in)) {
+                    o[..c_in].copy_from_slice(s);
+                }
+            })
+        };
+        let residual = residual.map(|r| (r, d.c_out));
+        return with_rows(&dp, &PADDED_BF16, pad, |w| direct::run(w, &f.bf16[0], y, d.c_out, 0, epi, residual));
     }
     let mut buf = BF16_INPUT.with(|b| std::mem::take(&mut *b.borrow_mut()));
     to_bf16(x, d.c_in, f.bf16_cin, &mut buf);
@@ -511,7 +544,8 @@ fn forward_direct<T: Elem>(
     if use_rows(d) {
         // Few input channels (the stem): runs of kw * c values instead of c.
         let residual = residual.map(|r| (r, d.c_out));
-        return with_rows(d, x, padded, |w| direct::run(w, &groups[0], y, d.c_out, 0, epi, residual));
+        let run = |w: &RowWindow<'_, T>| direct::run(w, &groups[0], y, d.c_out, 0, epi, residual);
+        return with_rows(d, padded, |b| pad_copy(d, x, b), run);
     }
     run_groups(d, groups, y, epi, residual, |g| forward_window(d, x, g));
 }
@@ -656,7 +690,7 @@ pub fn backward_data(d: &ConvDesc, dy: &[f32], f: &CpuFilter, dx: &mut [f32], ac
 pub fn backward_filter(d: &ConvDesc, x: &[f32], dy: &[f32], dw: &mut [f32]) {
     let (cg, kl) = (d.cout_g(), d.k_len());
     if use_rows(d) {
-        return with_rows(d, x, &PADDED, |w| direct::filter_gradient(w, dy, d.c_out, d.c_out, dw));
+        return with_rows(d, &PADDED, |b| pad_copy(d, x, b), |w| direct::filter_gradient(w, dy, d.c_out, d.c_out, dw));
     }
     for g in 0..d.groups {
         let dwg = &mut dw[g * cg * kl..(g + 1) * cg * kl];
