@@ -1,4 +1,9 @@
-//! Times single convolutions: `cargo run --release --example conv1x1 -- [batch] [f32|bf16] [res]`.
+//! Times ResNet-50's convolution shapes one by one, 2 threads:
+//!
+//! `cargo run --release --example conv1x1 -- [batch] [f32|bf16] [res|-] [stored|mixed]`
+//!
+//! `res` adds a residual to the epilogue (with bias and ReLU always); `stored` keeps input, output and residual in
+//! bf16, `mixed` only output and residual (as a bf16 plan stores its residual stream). `ONLY=i` runs shape `i`.
 use resnet::backend::{Backend, ConvDesc, ConvEpilogue, Cpu, FilterUse, Storage};
 use std::time::Instant;
 fn main() {
@@ -7,6 +12,7 @@ fn main() {
     let usage =
         if args.get(2).map(String::as_str) == Some("bf16") { FilterUse::ForwardBf16 } else { FilterUse::Forward };
     let res = args.get(3).map(String::as_str) == Some("res");
+    assert!(args.get(4).is_none_or(|s| s == "stored" || s == "mixed"), "the fourth argument is stored or mixed");
     // Activations stored in bf16 (as a bf16 plan keeps the residual stream).
     let st = if args.get(4).is_some() { Storage::Bf16 } else { Storage::F32 };
     // `mixed`: f32 input, bf16 output and residual.

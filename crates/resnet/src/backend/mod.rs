@@ -178,8 +178,8 @@ pub enum Storage {
     /// One f32 per element.
     #[default]
     F32,
-    /// One bf16 per element, two to each f32 slot of the buffer
-    /// (`len.div_ceil(2)` slots).
+    /// One bf16 per element, two to each f32 slot of the buffer (the first
+    /// `len.div_ceil(2)` slots): half the memory traffic of f32.
     Bf16,
 }
 

@@ -40,7 +40,8 @@ impl Bf16 {
     }
 }
 
-/// Whether this CPU runs the bf16 kernels natively (AVX-512-BF16). Elsewhere
+/// Whether this CPU runs the bf16 kernels natively (AVX-512-BF16, with the
+/// AVX-512 BW and VL extensions every such CPU has). Elsewhere
 /// the portable kernels give the same results far more slowly, so callers
 /// should run in f32 instead. `RESNET_NO_BF16` disables the native path.
 pub fn native() -> bool {
@@ -48,7 +49,10 @@ pub fn native() -> bool {
     *NATIVE.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         if std::env::var_os("RESNET_NO_BF16").is_none() {
-            return is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16");
+            return is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512bf16");
         }
         false
     })
@@ -156,7 +160,7 @@ mod x86 {
 
     /// # Safety
     /// avx512f and avx512bf16; equal lengths.
-    #[target_feature(enable = "avx512f,avx512bf16")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
     pub(super) unsafe fn convert(src: &[f32], dst: &mut [Bf16]) {
         let n = src.len();
         let (s, d) = (src.as_ptr(), dst.as_mut_ptr() as *mut __m256i);
@@ -180,7 +184,7 @@ mod x86 {
     /// bf16 rows where the tile says so.
     ///
     /// # Safety
-    /// avx512bf16 (and so avx512bw/vl); rows valid for `col + nr` values.
+    /// avx512f/bw/vl and avx512bf16 (see `native`); rows valid for `col + nr` values.
     #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
     unsafe fn store(acc: &[__m512; MR], out: &Out<'_>) {
         if !out.bf16_out && !out.bf16_res {
@@ -231,7 +235,7 @@ mod x86 {
 
     /// # Safety
     /// avx512bf16; otherwise as `super::kernel`.
-    #[target_feature(enable = "avx512f,avx512bf16")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
     pub(super) unsafe fn kernel(a: &[[*const Bf16; MR]], klen: usize, b: &[Bf16], out: &Out<'_>) {
         // SAFETY: the caller's contract.
         unsafe { prefetch(out) };
@@ -261,7 +265,7 @@ mod x86 {
     ///
     /// # Safety
     /// As `kernel`, for both panels.
-    #[target_feature(enable = "avx512f,avx512bf16")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
     pub(super) unsafe fn kernel2(
         a: &[[*const Bf16; MR]],
         klen: usize,

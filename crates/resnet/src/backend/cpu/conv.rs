@@ -379,7 +379,8 @@ pub fn prepare_forward(d: &ConvDesc, w: &[f32], out: &mut CpuFilter) {
 
 /// Input channels of a layer's bf16 form: channel runs must have even length,
 /// so an odd single-group input (the stem's three colours) gets a zero
-/// channel; grouped layers with odd groups have none (they stay in f32).
+/// channel; grouped layers with an odd number of channels per group have
+/// none (they stay in f32).
 fn bf16_channels(d: &ConvDesc) -> Option<usize> {
     match () {
         _ if d.cin_g().is_multiple_of(2) => Some(d.c_in),
@@ -428,9 +429,6 @@ fn to_bf16(x: &[f32], c_in: usize, cin: usize, out: &mut Vec<Bf16>) {
     use rayon::prelude::*;
     let pixels = x.len() / c_in;
     out.resize(pixels * cin, Bf16::default());
-    if std::env::var_os("SKIPCONV").is_some() {
-        return;
-    }
     if cin == c_in {
         const CHUNK: usize = 1 << 14;
         out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(o, s)| bf16::convert(s, o));
@@ -467,7 +465,7 @@ fn forward_bf16(
         Rows::F32(x) => x,
     };
     if d.kernel == [1, 1] && f.bf16_cin == d.c_in {
-        // Each input run feeds one tile: round it as the tile is built.
+        // Each input run feeds one row group: round it as the tile is built.
         return run_groups(d, &f.bf16, y, epi, residual, |g| Rounded(forward_window(d, x, g)));
     }
     let dp = ConvDesc { c_in: f.bf16_cin, ..*d };
@@ -493,9 +491,10 @@ fn forward_bf16(
 }
 
 /// A forward window over f32 input whose runs are rounded to bf16 as each
-/// tile is built. For a 1x1 convolution every input run feeds exactly one
-/// tile, so this reads the input once, where a rounding pass first would
-/// also write a bf16 copy and read it back.
+/// tile is built. For a 1x1 convolution every input run feeds one row group
+/// (once per task that computes some of its panels: usually one), so this
+/// reads the input about once, where a rounding pass first would also write
+/// a bf16 copy and read it back.
 struct Rounded<'a>(Window<'a, f32>);
 
 impl direct::Taps<Bf16> for Rounded<'_> {
@@ -612,7 +611,10 @@ pub fn prepare_backward_data(d: &ConvDesc, w: &[f32], out: &mut CpuFilter) {
 
 /// Convolution forward with a fused epilogue.
 pub fn forward(d: &ConvDesc, x: &[f32], f: &CpuFilter, y: &mut [f32], epi: &Epilogue<'_>) {
-    let residual = epi.residual.map(|(r, _)| Rows::F32(r));
+    let residual = epi.residual.map(|(r, ld)| {
+        assert_eq!(ld, d.c_out, "a convolution's residual rows have c_out values");
+        Rows::F32(r)
+    });
     let plain = Epilogue { residual: None, ..*epi };
     match (&f.winograd, f.bf16.is_empty()) {
         (_, false) => forward_bf16(d, Rows::F32(x), f, RowsMut::F32(y), &plain, residual),
@@ -629,38 +631,42 @@ pub fn forward_stored(
     d: &ConvDesc,
     x: Rows<'_>,
     f: &CpuFilter,
-    y: RowsMut<'_>,
+    mut y: RowsMut<'_>,
     epi: &Epilogue<'_>,
     residual: Option<Rows<'_>>,
 ) {
     let epi = &Epilogue { residual: None, ..*epi };
+    if let RowsMut::Bf16(yb) = &mut y
+        && (f.bf16.is_empty() || d.kernel != [1, 1])
+    {
+        // Only the bf16 kernels write bf16 rows, and only for single-tap
+        // windows (a tile whose taps are split sums its parts in the output):
+        // compute in f32 and round.
+        let mut out = vec![0.0; yb.len()];
+        forward_stored(d, x, f, RowsMut::F32(&mut out), epi, residual);
+        return bf16::convert(&out, yb);
+    }
     if !f.bf16.is_empty() {
         return forward_bf16(d, x, f, y, epi, residual);
     }
+    let RowsMut::F32(y) = y else { unreachable!("bf16 outputs of f32 filters are computed above") };
     let widen = |r: Rows<'_>| -> Vec<f32> {
         match r {
             Rows::F32(v) => v.to_vec(),
             Rows::Bf16(v) => v.iter().map(|b| b.to_f32()).collect(),
         }
     };
-    match (x, y, residual) {
-        (Rows::F32(x), RowsMut::F32(y), None) => forward(d, x, f, y, epi),
-        (Rows::F32(x), RowsMut::F32(y), Some(Rows::F32(r))) => {
-            forward(d, x, f, y, &Epilogue { residual: Some((r, d.c_out)), ..*epi })
-        }
-        (x, mut y, residual) => {
-            // Stored bf16 around an f32 filter (layers without a bf16 form).
-            let (x, r) = (widen(x), residual.map(widen));
-            let epi = Epilogue { residual: r.as_deref().map(|r| (r, d.c_out)), ..*epi };
-            match &mut y {
-                RowsMut::F32(y) => forward(d, &x, f, y, &epi),
-                RowsMut::Bf16(y) => {
-                    let mut out = vec![0.0; y.len()];
-                    forward(d, &x, f, &mut out, &epi);
-                    bf16::convert(&out, y);
-                }
-            }
-        }
+    // Stored bf16 around an f32 filter (layers without a bf16 form): widen.
+    let widened = residual.filter(|r| matches!(r, Rows::Bf16(_))).map(widen);
+    let residual = match (residual, &widened) {
+        (_, Some(w)) => Some((&w[..], d.c_out)),
+        (Some(Rows::F32(r)), None) => Some((r, d.c_out)),
+        _ => None,
+    };
+    let epi = Epilogue { residual, ..*epi };
+    match x {
+        Rows::F32(x) => forward(d, x, f, y, &epi),
+        Rows::Bf16(_) => forward(d, &widen(x), f, y, &epi),
     }
 }
 

@@ -726,7 +726,8 @@ pub fn run<T: Elem>(
     let size = |bf16: bool| if bf16 { 2 } else { 4 };
     let ahead = (MR * ld * size(bf16_out), residual.map_or(0, |(_, rld)| MR * rld * size(bf16_res)));
     assert!(T::BF16 || !(bf16_out || bf16_res), "bf16 activations need bf16 panels");
-    assert!(!(bf16_out && epi.accumulate), "bf16 outputs are not accumulated into");
+    // Split taps (padding) sum their parts in the output rows: not in bf16.
+    assert!(!bf16_out || (taps == 1 && !epi.accumulate), "bf16 output rows need a single-tap window");
     let task = |tk: usize| {
         let zero = zeros(klen);
         let (tg, tp) = (tk % tasks_g, tk / tasks_g);
