@@ -510,8 +510,15 @@ impl direct::Taps<Bf16> for Rounded<'_> {
     fn fill(&self, m0: usize, zero: *const Bf16, out: &mut [[*const Bf16; direct::MR]], own: &mut Vec<Bf16>) {
         let (klen, taps) = (self.0.c_len, direct::Taps::taps(&self.0));
         let zero32 = direct::zeros::<f32>(klen);
-        let mut runs = vec![[zero32; direct::MR]; taps];
-        direct::Taps::fill(&self.0, m0, zero32, &mut runs, &mut Vec::new());
+        // One tap (1x1 layers) without an allocation.
+        let (mut one, mut many) = ([[zero32; direct::MR]; 1], Vec::new());
+        let runs: &mut [[*const f32; direct::MR]] = if taps == 1 {
+            &mut one
+        } else {
+            many.resize(taps, [zero32; direct::MR]);
+            &mut many
+        };
+        direct::Taps::fill(&self.0, m0, zero32, runs, &mut Vec::new());
         // Sized once: the pointers below must stay valid.
         own.resize(taps * direct::MR * klen, Bf16::default());
         for (t, (src, dst)) in runs.iter().zip(out.iter_mut()).enumerate() {

@@ -601,7 +601,9 @@ impl SendPtr {
 /// the taps that are not all padding (`boffs` holds their tap indices).
 struct Tile<T> {
     /// Runs built by the window (their storage; see [`Taps::fill`]).
-    _own: Vec<T>,
+    own: Vec<T>,
+    /// Every tap's runs, before the all-padding taps are dropped.
+    ptrs: Vec<[*const T; MR]>,
     rows: [*mut f32; MR],
     res: [*const f32; MR],
     bf16_out: bool,
@@ -734,36 +736,48 @@ pub fn run<T: Elem>(
         let gs = tg * gchunk..((tg + 1) * gchunk).min(groups);
         let ps = tp * pchunk..((tp + 1) * pchunk).min(np);
         // The pointers of a row group, with the taps that are not all padding.
-        let tile = |g: usize| {
+        let new_tile = || Tile {
+            own: Vec::new(),
+            ptrs: Vec::with_capacity(taps),
+            rows: [std::ptr::null_mut(); MR],
+            res: [std::ptr::null(); MR],
+            bf16_out,
+            bf16_res,
+            ahead,
+            active: Vec::with_capacity(taps),
+            boffs: Vec::with_capacity(taps),
+        };
+        // Fills `t` (its vectors reused) with row group `g`'s pointers.
+        let fill_tile = |g: usize, t: &mut Tile<T>| {
             let r0 = g * MR;
-            let mut rows = [std::ptr::null_mut(); MR];
-            let mut res = [std::ptr::null(); MR];
+            t.rows = [std::ptr::null_mut(); MR];
+            t.res = [std::ptr::null(); MR];
             for i in 0..MR.min(m - r0) {
                 // SAFETY: row r0 + i < m lies inside `out` (asserted above).
-                rows[i] = unsafe {
+                t.rows[i] = unsafe {
                     if bf16_out {
                         optr.get().cast::<Bf16>().add((r0 + i) * ld).cast()
                     } else {
                         optr.get().add((r0 + i) * ld)
                     }
                 };
-                res[i] = match residual {
+                t.res[i] = match residual {
                     Some((Rows::F32(r), rld)) => r[(r0 + i) * rld..].as_ptr(),
                     Some((Rows::Bf16(r), rld)) => r[(r0 + i) * rld..].as_ptr().cast(),
                     None => std::ptr::null(),
                 };
             }
-            let mut ptrs = vec![[zero; MR]; taps];
-            let mut own = Vec::new();
-            w.fill(r0, zero, &mut ptrs, &mut own);
-            let (mut active, mut boffs) = (Vec::with_capacity(taps), Vec::with_capacity(taps));
-            for (t, p) in ptrs.iter().enumerate() {
+            t.ptrs.clear();
+            t.ptrs.resize(taps, [zero; MR]);
+            w.fill(r0, zero, &mut t.ptrs, &mut t.own);
+            t.active.clear();
+            t.boffs.clear();
+            for (i, p) in t.ptrs.iter().enumerate() {
                 if p.iter().any(|&q| q != zero) {
-                    active.push(*p);
-                    boffs.push(t);
+                    t.active.push(*p);
+                    t.boffs.push(i);
                 }
             }
-            Tile { _own: own, rows, res, bf16_out, bf16_res, ahead, active, boffs }
         };
         let compute = |t: &Tile<T>, p: usize, count: usize| {
             // SAFETY: pointers come from the window (valid runs of klen) or the zero row;
@@ -773,7 +787,13 @@ pub fn run<T: Elem>(
         if gs.len() > 1 && gs.len() * MR < ps.len() * NR {
             // Few rows, many output channels: keep each filter panel in cache and
             // sweep the row groups under it.
-            let tiles: Vec<Tile<T>> = gs.map(tile).collect();
+            let tiles: Vec<Tile<T>> = gs
+                .map(|g| {
+                    let mut t = new_tile();
+                    fill_tile(g, &mut t);
+                    t
+                })
+                .collect();
             for p in ps.clone().step_by(2) {
                 for t in &tiles {
                     compute(t, p, 2.min(ps.end - p));
@@ -781,8 +801,9 @@ pub fn run<T: Elem>(
             }
         } else {
             // Many rows: keep a row group's inputs in cache and sweep the panels.
+            let mut t = new_tile();
             for g in gs {
-                let t = tile(g);
+                fill_tile(g, &mut t);
                 for p in ps.clone().step_by(2) {
                     compute(&t, p, 2.min(ps.end - p));
                 }
