@@ -44,6 +44,23 @@ fn random_desc(r: &mut Rng) -> ConvDesc {
     }
 }
 
+/// A square-kernel convolution padded to keep the size at stride 1.
+#[allow(clippy::too_many_arguments)]
+fn square(n: usize, h: usize, w: usize, c_in: usize, c_out: usize, k: usize, stride: usize, groups: usize) -> ConvDesc {
+    ConvDesc {
+        n,
+        h,
+        w,
+        c_in,
+        c_out,
+        kernel: [k, k],
+        stride: [stride, stride],
+        pad: [k / 2, k / 2],
+        dilation: [1, 1],
+        groups,
+    }
+}
+
 /// The naive reference convolution of NHWC `x` with OHWI `w`, as NHWC.
 fn reference(d: &ConvDesc, x: &[f32], w: &[f32]) -> Vec<f32> {
     let y = conv2d_nchw(
@@ -163,18 +180,7 @@ fn bf16_conv_is_the_f32_conv_of_rounded_values() {
     let round = |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| Bf16::from_f32(x).to_f32()).collect() };
     let cpu = Cpu::new(Some(2)).unwrap();
     let mut r = Rng(0xb16b16);
-    let conv = |n, h, w, c_in, c_out, k: usize, stride: usize, groups| ConvDesc {
-        n,
-        h,
-        w,
-        c_in,
-        c_out,
-        kernel: [k, k],
-        stride: [stride, stride],
-        pad: [k / 2, k / 2],
-        dilation: [1, 1],
-        groups,
-    };
+    let conv = square;
     let mut cases = vec![
         conv(2, 23, 19, 3, 24, 7, 2, 1),   // the stem: a zero channel, row taps
         conv(3, 9, 9, 96, 40, 1, 1, 1),    // 1x1: rounded tile by tile
@@ -232,18 +238,7 @@ fn stored_bf16_activations_match_the_rounded_reference() {
     };
     let cpu = Cpu::new(Some(2)).unwrap();
     let mut r = Rng(0x5707ed);
-    let conv = |c_in, c_out, k: usize, stride: usize, groups| ConvDesc {
-        n: 2,
-        h: 9,
-        w: 7,
-        c_in,
-        c_out,
-        kernel: [k, k],
-        stride: [stride, stride],
-        pad: [k / 2, k / 2],
-        dilation: [1, 1],
-        groups,
-    };
+    let conv = |c_in, c_out, k, stride, groups| square(2, 9, 7, c_in, c_out, k, stride, groups);
     let (f32s, bf16s) = (Storage::F32, Storage::Bf16);
     for (case, (d, usage)) in [
         (conv(64, 48, 1, 1, 1), FilterUse::ForwardBf16),
