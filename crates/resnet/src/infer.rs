@@ -513,7 +513,7 @@ fn bf16_storage<B: Backend>(ops: &[Op<B>], values: usize) -> Vec<Storage> {
     let bf16_1x1 = |op: &Op<B>| {
         matches!(op, Op::Conv { conv, .. } if conv.usage == FilterUse::ForwardBf16
             && conv.template.kernel == [1, 1]
-            && conv.template.cin_g() % 2 == 0)
+            && conv.template.cin_g().is_multiple_of(2))
     };
     let mut storage = vec![Storage::F32; values];
     for op in ops.iter().filter(|op| bf16_1x1(op)) {

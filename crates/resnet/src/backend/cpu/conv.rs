@@ -436,14 +436,18 @@ fn to_bf16(x: &[f32], c_in: usize, cin: usize, out: &mut Vec<Bf16>) {
         // Few channels (the stem): round a chunk of pixels at once, then
         // spread them out with their zero channels.
         const PIXELS: usize = 1 << 12;
-        out.par_chunks_mut(PIXELS * cin).zip(x.par_chunks(PIXELS * c_in)).for_each(|(o, s)| {
-            let mut rounded = vec![Bf16::default(); s.len()];
-            bf16::convert(s, &mut rounded);
-            for (o, s) in o.chunks_mut(cin).zip(rounded.chunks(c_in)) {
-                o[..c_in].copy_from_slice(s);
-                o[c_in..].fill(Bf16::default());
-            }
-        });
+        out.par_chunks_mut(PIXELS * cin).zip(x.par_chunks(PIXELS * c_in)).for_each(|(o, s)| spread(s, c_in, o, cin));
+    }
+}
+
+/// Rounds pixels of `c_in` values into pixels of `cin` (more), the extra
+/// channels zero.
+fn spread(src: &[f32], c_in: usize, dst: &mut [Bf16], cin: usize) {
+    let mut rounded = vec![Bf16::default(); src.len()];
+    bf16::convert(src, &mut rounded);
+    for (o, s) in dst.chunks_mut(cin).zip(rounded.chunks(c_in)) {
+        o[..c_in].copy_from_slice(s);
+        o[c_in..].fill(Bf16::default());
     }
 }
 
@@ -471,16 +475,7 @@ fn forward_bf16(
     let dp = ConvDesc { c_in: f.bf16_cin, ..*d };
     if use_rows(&dp) {
         // The stem: round, add the zero channel and pad in one pass.
-        let c_in = d.c_in;
-        let pad = |b: &mut Vec<Bf16>| {
-            pad_input(&dp, x, c_in, b, |s, o| {
-                let mut rounded = vec![Bf16::default(); s.len()];
-                bf16::convert(s, &mut rounded);
-                for (o, s) in o.chunks_mut(dp.c_in).zip(rounded.chunks(c_in)) {
-                    o[..c_in].copy_from_slice(s);
-                }
-            })
-        };
+        let pad = |b: &mut Vec<Bf16>| pad_input(&dp, x, d.c_in, b, |s, o| spread(s, d.c_in, o, dp.c_in));
         let residual = residual.map(|r| (r, d.c_out));
         return with_rows(&dp, &PADDED_BF16, pad, |w| direct::run(w, &f.bf16[0], y, d.c_out, 0, epi, residual));
     }
