@@ -3,6 +3,32 @@
 //! Every kernel runs inside the backend's own pool, sized by `--threads`, so
 //! the whole program uses exactly that many compute threads.
 
+/// Defines a function whose body is compiled twice, for the baseline target
+/// and with AVX-512F enabled, and runs the version this CPU supports: the
+/// element-wise passes (batch norm, ReLU masks) are written as plain loops
+/// that the compiler vectorises, 16 lanes wide where it may.
+macro_rules! wide_fn {
+    ($(#[$attr:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$attr])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn body($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            if $crate::backend::cpu::gemm::isa() == $crate::backend::cpu::gemm::Isa::Avx512 {
+                #[target_feature(enable = "avx512f")]
+                #[allow(clippy::too_many_arguments)]
+                fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    body($($arg),*)
+                }
+                // SAFETY: the CPU has avx512f (checked by `isa`).
+                return unsafe { avx512($($arg),*) };
+            }
+            body($($arg),*)
+        }
+    };
+}
+
 pub mod bf16;
 pub mod conv;
 pub mod direct;

@@ -27,23 +27,34 @@ fn rows_mut(y: &mut [f32], c: usize, f: impl Fn(std::ops::Range<usize>, &mut [f3
 /// `y = relu?(x * a + b + residual?)`, `a` and `b` per channel.
 fn affine_tail(c: usize, x: &[f32], a: &[f32], b: &[f32], residual: Option<&[f32]>, relu: bool, y: &mut [f32]) {
     rows_mut(y, c, |rows, yc| {
-        let xc = &x[rows.start * c..rows.end * c];
-        for (yr, xr) in yc.chunks_exact_mut(c).zip(xc.chunks_exact(c)) {
-            for (((yv, &xv), &av), &bv) in yr.iter_mut().zip(xr).zip(a).zip(b) {
-                *yv = xv * av + bv;
-            }
-        }
-        if let Some(res) = residual {
-            for (yv, &rv) in yc.iter_mut().zip(&res[rows.start * c..rows.end * c]) {
-                *yv += rv;
-            }
-        }
-        if relu {
-            for v in yc.iter_mut() {
-                *v = v.max(0.0);
-            }
-        }
+        let span = rows.start * c..rows.end * c;
+        affine_rows(c, &x[span.clone()], a, b, residual.map(|r| &r[span]), relu, yc)
     });
+}
+
+wide_fn! {
+    /// [`affine_tail`] on one chunk of rows, in one sweep.
+    fn affine_rows(c: usize, x: &[f32], a: &[f32], b: &[f32], residual: Option<&[f32]>, relu: bool, y: &mut [f32]) {
+        let (a, b) = (&a[..c], &b[..c]);
+        match residual {
+            Some(res) => {
+                for ((yr, xr), rr) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(res.chunks_exact(c)) {
+                    for ch in 0..c {
+                        let v = xr[ch] * a[ch] + b[ch] + rr[ch];
+                        yr[ch] = if relu { v.max(0.0) } else { v };
+                    }
+                }
+            }
+            None => {
+                for (yr, xr) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+                    for ch in 0..c {
+                        let v = xr[ch] * a[ch] + b[ch];
+                        yr[ch] = if relu { v.max(0.0) } else { v };
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Inference: `y = tail((x - mean) / sqrt(var + eps) * gamma + beta)`.
@@ -71,25 +82,27 @@ pub fn fold(gamma: &[f32], beta: &[f32], mean: &[f32], var: &[f32], eps: f32) ->
     (a, b)
 }
 
-/// Per-channel mean and sum of squared deviations of a chunk (two passes over
-/// cache-resident data).
-fn chunk_moments(c: usize, x: &[f32]) -> (usize, Vec<f64>, Vec<f64>) {
-    let n = x.len() / c;
-    let mut sum = vec![0.0f32; c];
-    for xr in x.chunks_exact(c) {
-        for (s, &v) in sum.iter_mut().zip(xr) {
-            *s += v;
+wide_fn! {
+    /// Per-channel mean and sum of squared deviations of a chunk (two passes
+    /// over cache-resident data).
+    fn chunk_moments(c: usize, x: &[f32]) -> (usize, Vec<f64>, Vec<f64>) {
+        let n = x.len() / c;
+        let mut sum = vec![0.0f32; c];
+        for xr in x.chunks_exact(c) {
+            for (s, &v) in sum.iter_mut().zip(xr) {
+                *s += v;
+            }
         }
-    }
-    let mean: Vec<f32> = sum.iter().map(|s| s / n as f32).collect();
-    let mut m2 = vec![0.0f32; c];
-    for xr in x.chunks_exact(c) {
-        for ((s, &v), &m) in m2.iter_mut().zip(xr).zip(&mean) {
-            let d = v - m;
-            *s += d * d;
+        let mean: Vec<f32> = sum.iter().map(|s| s / n as f32).collect();
+        let mut m2 = vec![0.0f32; c];
+        for xr in x.chunks_exact(c) {
+            for ((s, &v), &m) in m2.iter_mut().zip(xr).zip(&mean) {
+                let d = v - m;
+                *s += d * d;
+            }
         }
+        (n, mean.iter().map(|&v| v as f64).collect(), m2.iter().map(|&v| v as f64).collect())
     }
-    (n, mean.iter().map(|&v| v as f64).collect(), m2.iter().map(|&v| v as f64).collect())
 }
 
 /// Training forward: batch statistics, saved for backward, running update.
@@ -140,22 +153,67 @@ pub fn forward_training(
     affine_tail(c, x, &a, &b, residual, relu, y);
 }
 
-/// Writes the effective output gradient of a chunk: `dy * (y > 0)` with a
-/// ReLU, else `dy`.
-fn effective(dy: &[f32], y: &[f32], relu: bool, out: &mut [f32]) {
-    if relu {
-        for ((o, &g), &yv) in out.iter_mut().zip(dy).zip(y) {
-            *o = if yv > 0.0 { g } else { 0.0 };
+wide_fn! {
+    /// Per-channel sums of `g` and `g * (x - mean)` over a chunk, where `g =
+    /// dy * (y > 0)` with a ReLU, else `dy`.
+    fn grad_sums(c: usize, x: &[f32], y: &[f32], dy: &[f32], mean: &[f32], relu: bool) -> (Vec<f32>, Vec<f32>) {
+        let mean = &mean[..c];
+        let mut s1 = vec![0.0f32; c];
+        let mut s2 = vec![0.0f32; c];
+        for ((xr, yr), gr) in x.chunks_exact(c).zip(y.chunks_exact(c)).zip(dy.chunks_exact(c)) {
+            for ch in 0..c {
+                let g = if !relu || yr[ch] > 0.0 { gr[ch] } else { 0.0 };
+                s1[ch] += g;
+                s2[ch] += g * (xr[ch] - mean[ch]);
+            }
         }
-    } else {
-        out.copy_from_slice(dy);
+        (s1, s2)
+    }
+}
+
+wide_fn! {
+    /// `dx = ka * g + kb * (x - mean) + kc` per channel over a chunk, and `dsum = g`
+    /// (the gradient at the residual sum) in the same sweep when asked.
+    fn write_dx(
+        c: usize,
+        x: &[f32],
+        y: &[f32],
+        dy: &[f32],
+        mean: &[f32],
+        k: (&[f32], &[f32], &[f32]),
+        relu: bool,
+        dx: &mut [f32],
+        dsum: Option<&mut [f32]>,
+    ) {
+        let (ka, kb, kc, mean) = (&k.0[..c], &k.1[..c], &k.2[..c], &mean[..c]);
+        let rows = x.chunks_exact(c).zip(y.chunks_exact(c)).zip(dy.chunks_exact(c)).zip(dx.chunks_exact_mut(c));
+        match dsum {
+            Some(ds) => {
+                for ((((xr, yr), gr), dr), sr) in rows.zip(ds.chunks_exact_mut(c)) {
+                    for ch in 0..c {
+                        let g = if !relu || yr[ch] > 0.0 { gr[ch] } else { 0.0 };
+                        sr[ch] = g;
+                        dr[ch] = ka[ch] * g + kb[ch] * (xr[ch] - mean[ch]) + kc[ch];
+                    }
+                }
+            }
+            None => {
+                for (((xr, yr), gr), dr) in rows {
+                    for ch in 0..c {
+                        let g = if !relu || yr[ch] > 0.0 { gr[ch] } else { 0.0 };
+                        dr[ch] = ka[ch] * g + kb[ch] * (xr[ch] - mean[ch]) + kc[ch];
+                    }
+                }
+            }
+        }
     }
 }
 
 /// Backward of a training-mode batch norm with its fused tail.
 ///
 /// `g = dy * (y > 0)` when the forward pass had a ReLU, else `dy`;
-/// `dx = gamma * invstd * (g - mean(g) - xhat * mean(g * xhat))`.
+/// `dx = gamma * invstd * (g - mean(g) - xhat * mean(g * xhat))`, and `dsum =
+/// g` when the forward pass had a residual.
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     rows: usize,
@@ -174,18 +232,8 @@ pub fn backward(
 ) {
     // Sums of g and g * (x - mean) per channel, chunk by chunk.
     let parts = per_chunk(rows, |r| {
-        let (xs, ys, gs) = (&x[r.start * c..r.end * c], &y[r.start * c..r.end * c], &dy[r.start * c..r.end * c]);
-        let mut s1 = vec![0.0f32; c];
-        let mut s2 = vec![0.0f32; c];
-        let mut g = vec![0.0f32; c];
-        for ((xr, yr), gr) in xs.chunks_exact(c).zip(ys.chunks_exact(c)).zip(gs.chunks_exact(c)) {
-            effective(gr, yr, relu, &mut g);
-            for ch in 0..c {
-                s1[ch] += g[ch];
-                s2[ch] += g[ch] * (xr[ch] - mean[ch]);
-            }
-        }
-        (s1, s2)
+        let span = r.start * c..r.end * c;
+        grad_sums(c, &x[span.clone()], &y[span.clone()], &dy[span], mean, relu)
     });
     let mut sum_g = vec![0.0f64; c];
     let mut sum_gx = vec![0.0f64; c];
@@ -209,26 +257,16 @@ pub fn backward(
         kb[ch] = (-scale * is * is * sum_gx[ch] / n) as f32;
         kc[ch] = (-scale * sum_g[ch] / n) as f32;
     }
-    let write_dx = |r: std::ops::Range<usize>, dxc: &mut [f32]| {
-        let (xs, ys, gs) = (&x[r.start * c..r.end * c], &y[r.start * c..r.end * c], &dy[r.start * c..r.end * c]);
-        let mut g = vec![0.0f32; c];
-        for (((dr, xr), yr), gr) in
-            dxc.chunks_exact_mut(c).zip(xs.chunks_exact(c)).zip(ys.chunks_exact(c)).zip(gs.chunks_exact(c))
-        {
-            effective(gr, yr, relu, &mut g);
-            for ch in 0..c {
-                dr[ch] = ka[ch] * g[ch] + kb[ch] * (xr[ch] - mean[ch]) + kc[ch];
-            }
-        }
-    };
+    let k = (&ka[..], &kb[..], &kc[..]);
+    let chunk = CHUNK_ROWS * c;
     match dsum {
-        Some(ds) => {
-            ds.par_chunks_mut(CHUNK_ROWS * c).enumerate().for_each(|(j, dc)| {
-                let s = j * CHUNK_ROWS * c;
-                effective(&dy[s..s + dc.len()], &y[s..s + dc.len()], relu, dc);
-            });
-            rows_mut(dx, c, write_dx);
-        }
-        None => rows_mut(dx, c, write_dx),
+        Some(ds) => dx.par_chunks_mut(chunk).zip(ds.par_chunks_mut(chunk)).enumerate().for_each(|(j, (dxc, dsc))| {
+            let span = j * chunk..j * chunk + dxc.len();
+            write_dx(c, &x[span.clone()], &y[span.clone()], &dy[span], mean, k, relu, dxc, Some(dsc))
+        }),
+        None => rows_mut(dx, c, |r, dxc| {
+            let span = r.start * c..r.end * c;
+            write_dx(c, &x[span.clone()], &y[span.clone()], &dy[span], mean, k, relu, dxc, None)
+        }),
     }
 }

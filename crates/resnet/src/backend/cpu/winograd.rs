@@ -162,6 +162,13 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
+/// Makes `v` at least `len` long (never shorter).
+fn grow(v: &mut Vec<f32>, len: usize) {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+}
+
 #[derive(Clone, Copy)]
 struct SyncPtr(*mut f32);
 // SAFETY: every task writes a disjoint part of the output (its own pixels and channels).
@@ -238,9 +245,11 @@ unsafe fn block(
     let aa = a * a;
     let c0 = panels.start * direct::NR;
     let cols = (panels.end * direct::NR).min(co) - c0;
-    s.v.resize(aa * MR * ci, 0.0);
-    s.mm.resize(aa * MR * cols.next_multiple_of(direct::NR), 0.0);
     let ldm = cols.next_multiple_of(direct::NR);
+    // Grown, never shrunk: layers of different sizes share the scratch, and
+    // shrinking would zero-fill it again at every growth.
+    grow(&mut s.v, aa * MR * ci);
+    grow(&mut s.mm, aa * MR * ldm);
     let corner = |i: usize| {
         let tile = t0 + i;
         (tile / (th * tw), (tile / tw) % th * m, tile % tw * m)
@@ -307,17 +316,14 @@ unsafe fn input_transform(
     buf: &mut Vec<f32>,
 ) {
     let (a, c) = (t.a, d.c_in);
-    // The patch's source pixels, or None for padding.
-    let mut src = [None; 36];
-    for r in 0..a {
-        let iy = (oy + r) as isize - d.pad[0] as isize;
-        for q in 0..a {
-            let ix = (ox + q) as isize - d.pad[1] as isize;
-            if iy >= 0 && ix >= 0 && (iy as usize) < d.h && (ix as usize) < d.w {
-                src[r * a + q] = Some(((n * d.h + iy as usize) * d.w + ix as usize) * c);
-            }
-        }
-    }
+    // The patch's source pixels, or None for padding (built in place: a
+    // zeroed array first would cost a memset per tile).
+    let src: [Option<usize>; 36] = std::array::from_fn(|k| {
+        let iy = (oy + k / a) as isize - d.pad[0] as isize;
+        let ix = (ox + k % a) as isize - d.pad[1] as isize;
+        let inside = k < a * a && iy >= 0 && ix >= 0 && (iy as usize) < d.h && (ix as usize) < d.w;
+        inside.then(|| ((n * d.h + iy as usize) * d.w + ix as usize) * c)
+    });
     #[cfg(target_arch = "x86_64")]
     if super::gemm::isa() == super::gemm::Isa::Avx512 {
         // SAFETY: the CPU has avx512f; pointers as documented.
@@ -365,14 +371,10 @@ unsafe fn output_transform(
     let (a, m, co) = (t.a, t.m, d.c_out);
     let (oh, ow) = (d.out_h(), d.out_w());
     // Output pixels of the tile, or None past the image edge.
-    let mut dst = [None; 16];
-    for r in 0..m {
-        for q in 0..m {
-            if oy + r < oh && ox + q < ow {
-                dst[r * m + q] = Some((n * oh + oy + r) * ow + ox + q);
-            }
-        }
-    }
+    let dst: [Option<usize>; 16] = std::array::from_fn(|k| {
+        let (r, q) = (k / m, k % m);
+        (k < m * m && oy + r < oh && ox + q < ow).then(|| (n * oh + oy + r) * ow + ox + q)
+    });
     #[cfg(target_arch = "x86_64")]
     if super::gemm::isa() == super::gemm::Isa::Avx512 {
         // SAFETY: the CPU has avx512f; the rest is the caller's contract.
@@ -476,63 +478,67 @@ mod x86 {
         if n >= 16 { 0xffff } else { (1u16 << n) - 1 }
     }
 
-    /// Input transform of one tile, 16 channels at a time.
+    /// Loads the `a x a` patch of 16 channels at `c0` (zero for padding);
+    /// built element by element, since a zeroed array first costs a memset.
+    ///
+    /// # Safety
+    /// avx512f; every `Some` offset plus `c0` starts `mask`'s lanes inside `x`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn patch<const N: usize>(x: &[f32], src: &[Option<usize>], c0: usize, k: __mmask16) -> [__m512; N] {
+        std::array::from_fn(|p| match src[p] {
+            // SAFETY: the caller's contract.
+            Some(o) => unsafe { _mm512_maskz_loadu_ps(k, x.as_ptr().add(o + c0)) },
+            None => _mm512_setzero_ps(),
+        })
+    }
+
+    /// Input transform of one tile, 16 channels at a time: `B^T d B`, columns
+    /// then rows, each result stored straight into its row of `V_p`.
     ///
     /// # Safety
     /// avx512f; `src` offsets are valid runs of `c` floats in `x`; `v` as in the caller.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn input(m: usize, x: &[f32], src: &[Option<usize>], c: usize, v: *mut f32, i: usize) {
-        let a = m + 2;
         for c0 in (0..c).step_by(16) {
             let k = mask(c - c0);
-            let mut d = [_mm512_setzero_ps(); 36];
-            for (p, s) in src.iter().enumerate() {
-                if let Some(o) = s {
-                    // SAFETY: x[o + c0 ..] holds the masked lanes.
-                    d[p] = unsafe { _mm512_maskz_loadu_ps(k, x.as_ptr().add(o + c0)) };
-                }
-            }
-            let mut out = [_mm512_setzero_ps(); 36];
+            // SAFETY: row i of V_p has c floats; the mask keeps the tail inside.
+            let store = |p: usize, o: __m512| unsafe { _mm512_mask_storeu_ps(v.add((p * MR + i) * c + c0), k, o) };
             if m == 4 {
-                // Rows then columns.
-                let mut tt = [_mm512_setzero_ps(); 36];
-                for j in 0..6 {
-                    // SAFETY: register arithmetic.
-                    let r = unsafe { bt6([d[j], d[6 + j], d[12 + j], d[18 + j], d[24 + j], d[30 + j]]) };
-                    for (q, v) in r.into_iter().enumerate() {
-                        tt[q * 6 + j] = v;
-                    }
-                }
+                // SAFETY: the caller's contract on src.
+                let d: [__m512; 36] = unsafe { patch(x, src, c0, k) };
+                // cols[j] = B^T applied to column j of the patch.
+                // SAFETY: register arithmetic.
+                let cols: [[__m512; 6]; 6] = std::array::from_fn(|j| unsafe {
+                    bt6([d[j], d[6 + j], d[12 + j], d[18 + j], d[24 + j], d[30 + j]])
+                });
                 for q in 0..6 {
                     // SAFETY: register arithmetic.
-                    let r = unsafe {
-                        bt6([tt[q * 6], tt[q * 6 + 1], tt[q * 6 + 2], tt[q * 6 + 3], tt[q * 6 + 4], tt[q * 6 + 5]])
-                    };
-                    out[q * 6..q * 6 + 6].copy_from_slice(&r);
-                }
-            } else {
-                let mut tt = [_mm512_setzero_ps(); 16];
-                for j in 0..4 {
-                    // SAFETY: register arithmetic.
-                    let r = unsafe { bt4([d[j], d[4 + j], d[8 + j], d[12 + j]]) };
-                    for (q, v) in r.into_iter().enumerate() {
-                        tt[q * 4 + j] = v;
+                    let r = unsafe { bt6([cols[0][q], cols[1][q], cols[2][q], cols[3][q], cols[4][q], cols[5][q]]) };
+                    for (j, o) in r.into_iter().enumerate() {
+                        store(q * 6 + j, o);
                     }
                 }
+            } else {
+                // SAFETY: the caller's contract on src.
+                let d: [__m512; 16] = unsafe { patch(x, src, c0, k) };
+                // SAFETY: register arithmetic.
+                let cols: [[__m512; 4]; 4] =
+                    std::array::from_fn(|j| unsafe { bt4([d[j], d[4 + j], d[8 + j], d[12 + j]]) });
                 for q in 0..4 {
                     // SAFETY: register arithmetic.
-                    let r = unsafe { bt4([tt[q * 4], tt[q * 4 + 1], tt[q * 4 + 2], tt[q * 4 + 3]]) };
-                    out[q * 4..q * 4 + 4].copy_from_slice(&r);
+                    let r = unsafe { bt4([cols[0][q], cols[1][q], cols[2][q], cols[3][q]]) };
+                    for (j, o) in r.into_iter().enumerate() {
+                        store(q * 4 + j, o);
+                    }
                 }
-            }
-            for (p, o) in out.iter().enumerate().take(a * a) {
-                // SAFETY: row i of V_p has c floats; the mask keeps the tail inside.
-                unsafe { _mm512_mask_storeu_ps(v.add((p * MR + i) * c + c0), k, *o) };
             }
         }
     }
 
-    /// Output transform of one tile with the epilogue, 16 channels at a time.
+    /// Output transform of one tile with the epilogue, 16 channels at a time:
+    /// `A^T M A`, columns then rows, each pixel sent through the epilogue as
+    /// it is produced.
     ///
     /// # Safety
     /// avx512f; the caller owns these pixels and channels of `y`.
@@ -550,78 +556,72 @@ mod x86 {
         y: *mut f32,
         e: &Epilogue<'_>,
     ) {
-        let a = m + 2;
         for j0 in (0..cols).step_by(16) {
             let k = mask(cols - j0);
-            let mut v = [_mm512_setzero_ps(); 36];
-            for (p, vp) in v.iter_mut().enumerate().take(a * a) {
-                // SAFETY: row i of M_p has ldm >= cols floats.
-                *vp = unsafe { _mm512_maskz_loadu_ps(k, mm.as_ptr().add((p * MR + i) * ldm + j0)) };
-            }
-            let mut out = [_mm512_setzero_ps(); 16];
+            // SAFETY: row i of M_p has ldm >= cols floats.
+            let load = |p: usize| unsafe { _mm512_maskz_loadu_ps(k, mm.as_ptr().add((p * MR + i) * ldm + j0)) };
+            let ch = c0 + j0;
+            let emit = |kk: usize, x: __m512| {
+                let Some(px) = dst[kk] else { return };
+                // SAFETY: pixel px, channels ch.. (masked) are inside y and the epilogue slices.
+                unsafe { epilogue(y.add(px * co + ch), k, x, e, px, ch) }
+            };
             if m == 4 {
-                let mut tt = [_mm512_setzero_ps(); 24];
-                for q in 0..6 {
-                    // SAFETY: register arithmetic.
-                    let r = unsafe { at6([v[q], v[6 + q], v[12 + q], v[18 + q], v[24 + q], v[30 + q]]) };
-                    for (rr, x) in r.into_iter().enumerate() {
-                        tt[rr * 6 + q] = x;
-                    }
-                }
+                let v: [__m512; 36] = std::array::from_fn(load);
+                // SAFETY: register arithmetic.
+                let cols: [[__m512; 4]; 6] = std::array::from_fn(|q| unsafe {
+                    at6([v[q], v[6 + q], v[12 + q], v[18 + q], v[24 + q], v[30 + q]])
+                });
                 for rr in 0..4 {
                     // SAFETY: register arithmetic.
-                    let r = unsafe {
-                        at6([
-                            tt[rr * 6],
-                            tt[rr * 6 + 1],
-                            tt[rr * 6 + 2],
-                            tt[rr * 6 + 3],
-                            tt[rr * 6 + 4],
-                            tt[rr * 6 + 5],
-                        ])
-                    };
-                    out[rr * 4..rr * 4 + 4].copy_from_slice(&r);
+                    let r =
+                        unsafe { at6([cols[0][rr], cols[1][rr], cols[2][rr], cols[3][rr], cols[4][rr], cols[5][rr]]) };
+                    for (q, x) in r.into_iter().enumerate() {
+                        emit(rr * 4 + q, x);
+                    }
                 }
             } else {
-                let mut tt = [_mm512_setzero_ps(); 8];
-                for q in 0..4 {
-                    // SAFETY: register arithmetic.
-                    let r = unsafe { at4([v[q], v[4 + q], v[8 + q], v[12 + q]]) };
-                    for (rr, x) in r.into_iter().enumerate() {
-                        tt[rr * 4 + q] = x;
-                    }
-                }
+                let v: [__m512; 16] = std::array::from_fn(load);
+                // SAFETY: register arithmetic.
+                let cols: [[__m512; 2]; 4] =
+                    std::array::from_fn(|q| unsafe { at4([v[q], v[4 + q], v[8 + q], v[12 + q]]) });
                 for rr in 0..2 {
                     // SAFETY: register arithmetic.
-                    let r = unsafe { at4([tt[rr * 4], tt[rr * 4 + 1], tt[rr * 4 + 2], tt[rr * 4 + 3]]) };
-                    out[rr * 2..rr * 2 + 2].copy_from_slice(&r);
+                    let r = unsafe { at4([cols[0][rr], cols[1][rr], cols[2][rr], cols[3][rr]]) };
+                    for (q, x) in r.into_iter().enumerate() {
+                        emit(rr * 2 + q, x);
+                    }
                 }
             }
-            let ch = c0 + j0;
-            for (kk, px) in dst.iter().enumerate() {
-                let Some(px) = *px else { continue };
-                // SAFETY: pixel px, channels ch.. (masked) are inside y and the epilogue slices.
-                unsafe {
-                    let o = y.add(px * co + ch);
-                    let mut x = out[kk];
-                    if e.accumulate {
-                        x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(k, o));
-                    }
-                    if let Some(s) = e.scale {
-                        x = _mm512_mul_ps(x, _mm512_maskz_loadu_ps(k, s.as_ptr().add(ch)));
-                    }
-                    if let Some(b) = e.bias {
-                        x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(k, b.as_ptr().add(ch)));
-                    }
-                    if let Some((res, ld)) = e.residual {
-                        x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(k, res.as_ptr().add(px * ld + ch)));
-                    }
-                    if e.relu {
-                        x = _mm512_max_ps(x, _mm512_setzero_ps());
-                    }
-                    _mm512_mask_storeu_ps(o, k, x);
-                }
+        }
+    }
+
+    /// Applies the epilogue to one pixel's masked lanes and stores them at `o`.
+    ///
+    /// # Safety
+    /// avx512f; `o` and the epilogue's slices hold the masked lanes at this
+    /// pixel and channel.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn epilogue(o: *mut f32, k: __mmask16, mut x: __m512, e: &Epilogue<'_>, px: usize, ch: usize) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            if e.accumulate {
+                x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(k, o));
             }
+            if let Some(s) = e.scale {
+                x = _mm512_mul_ps(x, _mm512_maskz_loadu_ps(k, s.as_ptr().add(ch)));
+            }
+            if let Some(b) = e.bias {
+                x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(k, b.as_ptr().add(ch)));
+            }
+            if let Some((res, ld)) = e.residual {
+                x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(k, res.as_ptr().add(px * ld + ch)));
+            }
+            if e.relu {
+                x = _mm512_max_ps(x, _mm512_setzero_ps());
+            }
+            _mm512_mask_storeu_ps(o, k, x);
         }
     }
 }
