@@ -499,6 +499,7 @@ mod x86 {
     /// # Safety
     /// avx512f; `src` offsets are valid runs of `c` floats in `x`; `v` as in the caller.
     #[target_feature(enable = "avx512f")]
+    #[allow(clippy::needless_range_loop)] // q indexes the columns' rows
     pub(super) unsafe fn input(m: usize, x: &[f32], src: &[Option<usize>], c: usize, v: *mut f32, i: usize) {
         for c0 in (0..c).step_by(16) {
             let k = mask(c - c0);
