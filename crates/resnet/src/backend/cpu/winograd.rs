@@ -544,7 +544,7 @@ mod x86 {
     /// # Safety
     /// avx512f; the caller owns these pixels and channels of `y`.
     #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)] // rr indexes the columns' rows
     pub(super) unsafe fn output(
         m: usize,
         mm: &[f32],
