@@ -127,15 +127,55 @@ fn conv_matches_reference_and_adjoints() {
     }
 }
 
-/// 3x3 stride-1 layers with 32+ channels take the Winograd path by default:
-/// forward against the reference, backward-data through the adjoint identity.
+/// The filter gradient by its definition, OHWI: `dw[co][ky][kx][ci] = sum
+/// over images and output pixels of dy[co] * x[ci]` at the tap's offset.
+fn naive_filter_gradient(d: &ConvDesc, x: &[f32], dy: &[f32]) -> Vec<f64> {
+    let (kh, kw, ci, co) = (d.kernel[0], d.kernel[1], d.c_in, d.c_out);
+    assert_eq!((d.groups, d.stride, d.dilation), (1, [1, 1], [1, 1]), "naive gradient: plain layers only");
+    let mut dw = vec![0.0f64; d.weight_len()];
+    for n in 0..d.n {
+        for oy in 0..d.out_h() {
+            for ox in 0..d.out_w() {
+                let g = &dy[((n * d.out_h() + oy) * d.out_w() + ox) * co..][..co];
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let (iy, ix) = ((oy + ky) as isize - d.pad[0] as isize, (ox + kx) as isize - d.pad[1] as isize);
+                        if iy < 0 || ix < 0 || iy as usize >= d.h || ix as usize >= d.w {
+                            continue;
+                        }
+                        let xs = &x[((n * d.h + iy as usize) * d.w + ix as usize) * ci..][..ci];
+                        for (o, &gv) in g.iter().enumerate() {
+                            let row = &mut dw[((o * kh + ky) * kw + kx) * ci..][..ci];
+                            for (acc, &xv) in row.iter_mut().zip(xs) {
+                                *acc += gv as f64 * xv as f64;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    dw
+}
+
+/// 3x3 stride-1 layers with 16+ channels and enough tiles take the Winograd
+/// path by default: forward against the reference, backward-data through the
+/// adjoint identity, the filter gradient (accumulated) against its definition.
+/// The shapes cover F(4, 3) and F(2, 3), edge tiles, no padding, channel
+/// counts that are not multiples of 16 and output channels split across tasks.
 #[test]
 fn winograd_layers_match_reference() {
     let cpu = Cpu::new(Some(2)).unwrap();
     let mut r = Rng(0x1234567);
-    for &(n, h, w, ci, co, pad) in
-        &[(1, 7, 7, 32, 48, 1), (2, 9, 6, 40, 32, 1), (1, 14, 14, 64, 64, 1), (2, 5, 8, 33, 35, 0)]
-    {
+    for &(n, h, w, ci, co, pad) in &[
+        (1, 7, 7, 32, 48, 1),
+        (2, 9, 6, 40, 32, 1),
+        (1, 14, 14, 64, 64, 1),
+        (2, 5, 8, 33, 35, 0),
+        (12, 11, 13, 16, 16, 1),
+        (5, 30, 29, 17, 80, 1),
+        (3, 16, 16, 96, 24, 0),
+    ] {
         let d = ConvDesc {
             n,
             h,
@@ -166,6 +206,14 @@ fn winograd_layers_match_reference() {
         cpu.conv_backward_data(&d, &dy, &fb, &mut dx, false);
         let (lhs, rhs) = (dot(&y, &dy), dot(&x, &dx));
         assert!((lhs - rhs).abs() < 1e-4 * (1.0 + lhs.abs()), "{d:?}: bwd-data {lhs} vs {rhs}");
+
+        let want = naive_filter_gradient(&d, &x, &dy);
+        let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+        let before = r.vec(d.weight_len());
+        let mut dw = before.clone();
+        cpu.conv_backward_filter(&d, &x, &dy, &mut dw);
+        let worst = (0..dw.len()).map(|i| ((dw[i] - before[i]) as f64 - want[i]).abs()).fold(0.0, f64::max);
+        assert!(worst <= 1e-5 * scale, "{d:?}: filter gradient off by {worst} (largest {scale})");
     }
 }
 

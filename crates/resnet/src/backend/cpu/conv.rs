@@ -697,6 +697,10 @@ pub fn backward_data(d: &ConvDesc, dy: &[f32], f: &CpuFilter, dx: &mut [f32], ac
 /// read in place (see [`direct::filter_gradient`]).
 pub fn backward_filter(d: &ConvDesc, x: &[f32], dy: &[f32], dw: &mut [f32]) {
     let (cg, kl) = (d.cout_g(), d.k_len());
+    let m = winograd_tile(d);
+    if m > 0 {
+        return winograd::filter_gradient(m, d, x, dy, dw);
+    }
     if use_rows(d) {
         return with_rows(d, &PADDED, |b| pad_copy(d, x, b), |w| direct::filter_gradient(w, dy, d.c_out, d.c_out, dw));
     }

@@ -826,7 +826,7 @@ pub const MO: usize = 16;
 /// # Safety
 /// `a` is readable for `(xs.len() - 1) * lda + MO` floats; each `xs[j]` for
 /// `nr` floats; non-null rows are writable for `nr` floats, by this call alone.
-unsafe fn outer(isa: Isa, a: *const f32, lda: usize, xs: &[*const f32], rows: &[*mut f32; MO], nr: usize) {
+pub(super) unsafe fn outer(isa: Isa, a: *const f32, lda: usize, xs: &[*const f32], rows: &[*mut f32; MO], nr: usize) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Avx512 is selected only when the CPU has avx512f; the rest is the caller's contract.

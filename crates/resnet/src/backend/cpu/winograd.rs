@@ -258,7 +258,7 @@ unsafe fn block(
     for i in 0..nt {
         let (n, oy, ox) = corner(i);
         // SAFETY: V has aa * MR * ci floats; the tile writes row i of each V_p.
-        unsafe { input_transform(t, d, x, n, oy, ox, s.v.as_mut_ptr(), i, &mut s.tile) };
+        unsafe { input_transform(t, d, x, n, oy, ox, s.v.as_mut_ptr(), MR, i, &mut s.tile) };
     }
     // 2. The products M_p = V_p U_p for this block's rows and channels.
     let zero = direct::zeros(ci);
@@ -298,11 +298,49 @@ unsafe fn block(
     }
 }
 
+/// The offsets of a `side x side` patch with its corner at `(y, x)` in image
+/// `n` of an NHWC tensor with `c` channels per pixel (plus `c0`), row-major,
+/// `None` for pixels outside the image and for entries past `side^2`. Built
+/// in place (a zeroed array first costs a memset per tile) with the side a
+/// constant, so the row/column split is no division.
+#[inline(always)]
+fn offsets<const N: usize>(
+    side: usize,
+    (y, x): (isize, isize),
+    (h, w): (usize, usize),
+    n: usize,
+    c: usize,
+    c0: usize,
+) -> [Option<usize>; N] {
+    #[inline(always)]
+    fn build<const S: usize, const N: usize>(
+        y: isize,
+        x: isize,
+        h: usize,
+        w: usize,
+        n: usize,
+        c: usize,
+        c0: usize,
+    ) -> [Option<usize>; N] {
+        std::array::from_fn(|k| {
+            let (iy, ix) = (y + (k / S) as isize, x + (k % S) as isize);
+            let inside = k < S * S && iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w;
+            inside.then(|| ((n * h + iy as usize) * w + ix as usize) * c + c0)
+        })
+    }
+    match side {
+        6 => build::<6, N>(y, x, h, w, n, c, c0),
+        4 => build::<4, N>(y, x, h, w, n, c, c0),
+        2 => build::<2, N>(y, x, h, w, n, c, c0),
+        _ => unreachable!("Winograd tiles have side 2, 4 or 6"),
+    }
+}
+
 /// Transforms the input tile at output corner `(oy, ox)` of image `n` into
-/// row `i` of every `V_p`.
+/// row `i` of every `V_p` (`rows` rows each).
 ///
 /// # Safety
-/// `v` holds `a^2 * MR * c_in` floats.
+/// `v` holds `a^2 * rows * c_in` floats and `i < rows`.
 #[allow(clippy::too_many_arguments)]
 unsafe fn input_transform(
     t: &Transforms,
@@ -312,22 +350,18 @@ unsafe fn input_transform(
     oy: usize,
     ox: usize,
     v: *mut f32,
+    rows: usize,
     i: usize,
     buf: &mut Vec<f32>,
 ) {
     let (a, c) = (t.a, d.c_in);
-    // The patch's source pixels, or None for padding (built in place: a
-    // zeroed array first would cost a memset per tile).
-    let src: [Option<usize>; 36] = std::array::from_fn(|k| {
-        let iy = (oy + k / a) as isize - d.pad[0] as isize;
-        let ix = (ox + k % a) as isize - d.pad[1] as isize;
-        let inside = k < a * a && iy >= 0 && ix >= 0 && (iy as usize) < d.h && (ix as usize) < d.w;
-        inside.then(|| ((n * d.h + iy as usize) * d.w + ix as usize) * c)
-    });
+    // The patch's source pixels, or None for padding.
+    let corner = (oy as isize - d.pad[0] as isize, ox as isize - d.pad[1] as isize);
+    let src: [Option<usize>; 36] = offsets(a, corner, (d.h, d.w), n, c, 0);
     #[cfg(target_arch = "x86_64")]
     if super::gemm::isa() == super::gemm::Isa::Avx512 {
         // SAFETY: the CPU has avx512f; pointers as documented.
-        return unsafe { x86::input(t.m, x, &src[..a * a], c, v, i) };
+        return unsafe { x86::input(t.m, x, &src[..a * a], c, v, rows, i) };
     }
     // Portable: transform the whole patch with the matrices.
     buf.resize(3 * a * a * c, 0.0);
@@ -343,7 +377,7 @@ unsafe fn input_transform(
     transform_cols(t.bt, a, a, tmp, out, c);
     for p in 0..a * a {
         // SAFETY: row i of V_p lies inside v.
-        unsafe { std::ptr::copy_nonoverlapping(out[p * c..].as_ptr(), v.add((p * MR + i) * c), c) };
+        unsafe { std::ptr::copy_nonoverlapping(out[p * c..].as_ptr(), v.add((p * rows + i) * c), c) };
     }
 }
 
@@ -371,10 +405,7 @@ unsafe fn output_transform(
     let (a, m, co) = (t.a, t.m, d.c_out);
     let (oh, ow) = (d.out_h(), d.out_w());
     // Output pixels of the tile, or None past the image edge.
-    let dst: [Option<usize>; 16] = std::array::from_fn(|k| {
-        let (r, q) = (k / m, k % m);
-        (k < m * m && oy + r < oh && ox + q < ow).then(|| (n * oh + oy + r) * ow + ox + q)
-    });
+    let dst: [Option<usize>; 16] = offsets(m, (oy as isize, ox as isize), (oh, ow), n, 1, 0);
     #[cfg(target_arch = "x86_64")]
     if super::gemm::isa() == super::gemm::Isa::Avx512 {
         // SAFETY: the CPU has avx512f; the rest is the caller's contract.
@@ -412,6 +443,211 @@ unsafe fn output_transform(
             }
             *o = v;
         }
+    }
+}
+
+/// Output channels per filter-gradient task (wider layers are split).
+const GRAD_COLS: usize = 64;
+/// Bytes of transformed tiles a filter-gradient task keeps per chunk.
+const GRAD_CHUNK_BYTES: usize = 512 << 10;
+/// Bytes of per-slab partial sums a filter gradient may hold.
+const GRAD_PARTS_BYTES: usize = 64 << 20;
+
+/// Filter gradient of a 3x3 stride-1 layer by Winograd `F(m, 3)`:
+/// `dw += G^T (sum over tiles of V_p^T dM_p) G`, with `V = B^T d B` the input
+/// tiles and `dM = A dY A^T` the output-gradient tiles. Per tile and channel
+/// pair that is `a^2` multiply-adds (`a = m + 2`) against `9 m^2` for the
+/// direct correlation.
+///
+/// Tiles are cut into slabs, a number fixed by the layer's shape (never by
+/// the thread count); each (slab, output-channel group) task sums its tiles'
+/// products into its own partial `dU`, and the partials are added in slab
+/// order, so the result is the same on any number of threads. `dw` is OHWI
+/// (`[c_out][3][3][c_in]`) and is accumulated into.
+pub fn filter_gradient(m: usize, d: &ConvDesc, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+    assert!(applicable(d), "Winograd filter gradient of a layer that is not 3x3 stride 1");
+    assert!(dw.len() >= d.weight_len(), "filter gradient too small");
+    let t = transforms(m);
+    let aa = t.a * t.a;
+    let (ci, co) = (d.c_in, d.c_out);
+    let tiles = d.n * d.out_h().div_ceil(m) * d.out_w().div_ceil(m);
+    if tiles == 0 {
+        return;
+    }
+    let width = co.min(GRAD_COLS);
+    let ldw = width.next_multiple_of(direct::MO);
+    let groups = co.div_ceil(width);
+    let part_len = aa * ldw * ci;
+    let chunk = (GRAD_CHUNK_BYTES / 4 / (aa * (ci + ldw))).clamp(8, 64);
+    let most = (GRAD_PARTS_BYTES / 4 / (groups * part_len)).max(1);
+    let per_slab = tiles.div_ceil((tiles / (4 * chunk)).clamp(1, 8).min(most));
+    let slabs = tiles.div_ceil(per_slab);
+    let mut parts = vec![0.0f32; slabs * groups * part_len];
+    parts.par_chunks_mut(part_len).enumerate().for_each(|(k, part)| {
+        let (sl, g) = (k / groups, k % groups);
+        let own = sl * per_slab..((sl + 1) * per_slab).min(tiles);
+        let cols = g * width..((g + 1) * width).min(co);
+        SCRATCH.with(|s| grad_slab(t, d, x, dy, own, cols, chunk, ldw, part, &mut s.borrow_mut()));
+    });
+    let parts = &parts[..];
+    dw[..d.weight_len()].par_chunks_mut(9 * ci).enumerate().for_each(|(o, dwo)| {
+        let (g, col) = (o / width, o % width);
+        let first = &parts[g * part_len + col * ci..];
+        grad_filter_transform(t.g, t.a, first, slabs, groups * part_len, ldw * ci, ci, dwo);
+    });
+}
+
+/// One filter-gradient task: the tiles `tiles`, output channels `cols`,
+/// summed into `part` (`[a^2][ldw][c_in]`), `chunk` tiles at a time.
+#[allow(clippy::too_many_arguments)]
+fn grad_slab(
+    t: &Transforms,
+    d: &ConvDesc,
+    x: &[f32],
+    dy: &[f32],
+    tiles: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    chunk: usize,
+    ldw: usize,
+    part: &mut [f32],
+    s: &mut Scratch,
+) {
+    let (m, aa, ci) = (t.m, t.a * t.a, d.c_in);
+    let (th, tw) = (d.out_h().div_ceil(m), d.out_w().div_ceil(m));
+    grow(&mut s.v, aa * chunk * ci);
+    grow(&mut s.mm, aa * chunk * ldw);
+    let isa = super::gemm::isa();
+    let mut xs = Vec::with_capacity(chunk);
+    for t0 in tiles.clone().step_by(chunk) {
+        let nt = chunk.min(tiles.end - t0);
+        for i in 0..nt {
+            let tile = t0 + i;
+            let (n, oy, ox) = (tile / (th * tw), (tile / tw) % th * m, tile % tw * m);
+            // SAFETY: V holds aa * chunk * ci floats and D aa * chunk * ldw; i < chunk.
+            unsafe {
+                input_transform(t, d, x, n, oy, ox, s.v.as_mut_ptr(), chunk, i, &mut s.tile);
+                grad_transform(t, d, dy, n, oy, ox, cols.clone(), s.mm.as_mut_ptr(), chunk, ldw, i, &mut s.tile);
+            }
+        }
+        for p in 0..aa {
+            for c0 in (0..ci).step_by(direct::NR) {
+                let nr = direct::NR.min(ci - c0);
+                xs.clear();
+                xs.extend((0..nt).map(|i| s.v[(p * chunk + i) * ci + c0..].as_ptr()));
+                for cb in (0..cols.len()).step_by(direct::MO) {
+                    let mut rows = [std::ptr::null_mut(); direct::MO];
+                    for (j, r) in rows.iter_mut().enumerate().take(cols.len() - cb) {
+                        *r = part[(p * ldw + cb + j) * ci + c0..].as_mut_ptr();
+                    }
+                    // SAFETY: D_p's rows hold ldw >= cb + MO floats (chunk rows, stride ldw);
+                    // each xs entry holds nr floats of V_p; rows are this task's partial sums.
+                    unsafe { direct::outer(isa, s.mm[p * chunk * ldw + cb..].as_ptr(), ldw, &xs, &rows, nr) };
+                }
+            }
+        }
+    }
+}
+
+wide_fn! {
+    /// `dw[ky][kx][c] += sum_ij G[i][ky] dU[i][j][c] G[j][kx]` for one output
+    /// channel, `dU` being the sum of the slabs' partials: point `p` of slab
+    /// `sl` is the row of `ci` floats at `parts[sl * ld_slab + p * ld_point..]`.
+    fn grad_filter_transform(
+        g: &[f32],
+        a: usize,
+        parts: &[f32],
+        slabs: usize,
+        ld_slab: usize,
+        ld_point: usize,
+        ci: usize,
+        dw: &mut [f32],
+    ) {
+        let mut du = vec![0.0f32; a * a * ci];
+        for p in 0..a * a {
+            let acc = &mut du[p * ci..(p + 1) * ci];
+            for sl in 0..slabs {
+                for (v, &r) in acc.iter_mut().zip(&parts[sl * ld_slab + p * ld_point..][..ci]) {
+                    *v += r;
+                }
+            }
+        }
+        // Along i first: tmp[ky][j] = sum_i G[i][ky] dU[i][j].
+        let mut tmp = vec![0.0f32; 3 * a * ci];
+        for ky in 0..3 {
+            for i in 0..a {
+                let gi = g[i * 3 + ky];
+                if gi == 0.0 {
+                    continue;
+                }
+                for j in 0..a {
+                    let (o, u) = (&mut tmp[(ky * a + j) * ci..][..ci], &du[(i * a + j) * ci..][..ci]);
+                    for (ov, &uv) in o.iter_mut().zip(u) {
+                        *ov += gi * uv;
+                    }
+                }
+            }
+        }
+        for ky in 0..3 {
+            for kx in 0..3 {
+                let o = &mut dw[(ky * 3 + kx) * ci..][..ci];
+                for j in 0..a {
+                    let gj = g[j * 3 + kx];
+                    if gj != 0.0 {
+                        for (ov, &tv) in o.iter_mut().zip(&tmp[(ky * a + j) * ci..][..ci]) {
+                            *ov += gj * tv;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Transforms the output-gradient tile at `(oy, ox)` of image `n`, channels
+/// `cols`, into row `i` of every `D_p` (`dM = A dY A^T`; `rows` rows of
+/// stride `ld` each); pixels past the output's edge count as zero.
+///
+/// # Safety
+/// `dm` holds `a^2 * rows * ld` floats, `i < rows` and `cols.len() <= ld`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn grad_transform(
+    t: &Transforms,
+    d: &ConvDesc,
+    dy: &[f32],
+    n: usize,
+    oy: usize,
+    ox: usize,
+    cols: std::ops::Range<usize>,
+    dm: *mut f32,
+    rows: usize,
+    ld: usize,
+    i: usize,
+    buf: &mut Vec<f32>,
+) {
+    let (a, m, cw) = (t.a, t.m, cols.len());
+    let (oh, ow) = (d.out_h(), d.out_w());
+    let src: [Option<usize>; 16] = offsets(m, (oy as isize, ox as isize), (oh, ow), n, d.c_out, cols.start);
+    #[cfg(target_arch = "x86_64")]
+    if super::gemm::isa() == super::gemm::Isa::Avx512 {
+        // SAFETY: the CPU has avx512f; pointers as documented.
+        return unsafe { x86::grad(m, dy, &src[..m * m], cw, dm, rows, ld, i) };
+    }
+    // Portable: A = (A^T)^T applied on both sides.
+    let am: Vec<f32> = (0..a * m).map(|k| t.at[(k % m) * a + k / m]).collect();
+    buf.resize((m * m + a * m + a * a) * cw, 0.0);
+    let (patch, rest) = buf.split_at_mut(m * m * cw);
+    let (tmp, out) = rest.split_at_mut(a * m * cw);
+    for (k, s) in src[..m * m].iter().enumerate() {
+        match s {
+            Some(o) => patch[k * cw..(k + 1) * cw].copy_from_slice(&dy[*o..o + cw]),
+            None => patch[k * cw..(k + 1) * cw].fill(0.0),
+        }
+    }
+    transform_rows(&am, a, m, patch, tmp, cw);
+    transform_cols(&am, a, m, tmp, out, cw);
+    for p in 0..a * a {
+        // SAFETY: row i of D_p lies inside dm.
+        unsafe { std::ptr::copy_nonoverlapping(out[p * cw..].as_ptr(), dm.add((p * rows + i) * ld), cw) };
     }
 }
 
@@ -474,6 +710,76 @@ mod x86 {
         unsafe { [_mm512_add_ps(_mm512_add_ps(v[0], v[1]), v[2]), _mm512_sub_ps(_mm512_sub_ps(v[1], v[2]), v[3])] }
     }
 
+    /// `A` of F(4, 3) (the transpose of `A^T`): four vectors to six.
+    #[inline(always)]
+    unsafe fn a6(d: [__m512; 4]) -> [__m512; 6] {
+        unsafe {
+            let (e, o) = (_mm512_add_ps(d[0], d[2]), _mm512_add_ps(d[1], d[3]));
+            let e4 = _mm512_fmadd_ps(_mm512_set1_ps(4.0), d[2], d[0]);
+            let o4 = _mm512_fmadd_ps(_mm512_set1_ps(8.0), d[3], _mm512_add_ps(d[1], d[1]));
+            [d[0], _mm512_add_ps(e, o), _mm512_sub_ps(e, o), _mm512_add_ps(e4, o4), _mm512_sub_ps(e4, o4), d[3]]
+        }
+    }
+
+    /// `A` of F(2, 3): two vectors to four.
+    #[inline(always)]
+    unsafe fn a4(d: [__m512; 2]) -> [__m512; 4] {
+        unsafe {
+            [d[0], _mm512_add_ps(d[0], d[1]), _mm512_sub_ps(d[0], d[1]), _mm512_sub_ps(_mm512_setzero_ps(), d[1])]
+        }
+    }
+
+    /// Output-gradient transform of one tile, 16 channels at a time: `A dY
+    /// A^T`, columns then rows, each result stored into its row of `D_p`.
+    ///
+    /// # Safety
+    /// avx512f; `src` offsets are valid runs of `cw` floats in `dy`; `dm` as in the caller.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)] // i indexes the columns' rows
+    pub(super) unsafe fn grad(
+        m: usize,
+        dy: &[f32],
+        src: &[Option<usize>],
+        cw: usize,
+        dm: *mut f32,
+        rows: usize,
+        ld: usize,
+        row: usize,
+    ) {
+        for c0 in (0..cw).step_by(16) {
+            let k = mask(cw - c0);
+            // SAFETY: row `row` of D_p has ld >= cw floats; the mask keeps the tail inside.
+            let store =
+                |p: usize, o: __m512| unsafe { _mm512_mask_storeu_ps(dm.add((p * rows + row) * ld + c0), k, o) };
+            if m == 4 {
+                // SAFETY: the caller's contract on src.
+                let d: [__m512; 16] = unsafe { patch(dy, src, c0, k) };
+                // SAFETY: register arithmetic.
+                let cols: [[__m512; 6]; 4] =
+                    std::array::from_fn(|q| unsafe { a6([d[q], d[4 + q], d[8 + q], d[12 + q]]) });
+                for i in 0..6 {
+                    // SAFETY: register arithmetic.
+                    let r = unsafe { a6([cols[0][i], cols[1][i], cols[2][i], cols[3][i]]) };
+                    for (j, o) in r.into_iter().enumerate() {
+                        store(i * 6 + j, o);
+                    }
+                }
+            } else {
+                // SAFETY: the caller's contract on src.
+                let d: [__m512; 4] = unsafe { patch(dy, src, c0, k) };
+                // SAFETY: register arithmetic.
+                let cols: [[__m512; 4]; 2] = std::array::from_fn(|q| unsafe { a4([d[q], d[2 + q]]) });
+                for i in 0..4 {
+                    // SAFETY: register arithmetic.
+                    let r = unsafe { a4([cols[0][i], cols[1][i]]) };
+                    for (j, o) in r.into_iter().enumerate() {
+                        store(i * 4 + j, o);
+                    }
+                }
+            }
+        }
+    }
+
     fn mask(n: usize) -> __mmask16 {
         if n >= 16 { 0xffff } else { (1u16 << n) - 1 }
     }
@@ -500,11 +806,19 @@ mod x86 {
     /// avx512f; `src` offsets are valid runs of `c` floats in `x`; `v` as in the caller.
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::needless_range_loop)] // q indexes the columns' rows
-    pub(super) unsafe fn input(m: usize, x: &[f32], src: &[Option<usize>], c: usize, v: *mut f32, i: usize) {
+    pub(super) unsafe fn input(
+        m: usize,
+        x: &[f32],
+        src: &[Option<usize>],
+        c: usize,
+        v: *mut f32,
+        rows: usize,
+        i: usize,
+    ) {
         for c0 in (0..c).step_by(16) {
             let k = mask(c - c0);
             // SAFETY: row i of V_p has c floats; the mask keeps the tail inside.
-            let store = |p: usize, o: __m512| unsafe { _mm512_mask_storeu_ps(v.add((p * MR + i) * c + c0), k, o) };
+            let store = |p: usize, o: __m512| unsafe { _mm512_mask_storeu_ps(v.add((p * rows + i) * c + c0), k, o) };
             if m == 4 {
                 // SAFETY: the caller's contract on src.
                 let d: [__m512; 36] = unsafe { patch(x, src, c0, k) };
