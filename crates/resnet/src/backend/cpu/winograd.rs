@@ -300,9 +300,8 @@ unsafe fn block(
 
 /// The offsets of a `side x side` patch with its corner at `(y, x)` in image
 /// `n` of an NHWC tensor with `c` channels per pixel (plus `c0`), row-major,
-/// `None` for pixels outside the image and for entries past `side^2`. Built
-/// in place (a zeroed array first costs a memset per tile) with the side a
-/// constant, so the row/column split is no division.
+/// `None` for pixels outside the image and for entries past `side^2`; the
+/// side is made a constant so that the loops unroll.
 #[inline(always)]
 fn offsets<const N: usize>(
     side: usize,
@@ -322,17 +321,65 @@ fn offsets<const N: usize>(
         c: usize,
         c0: usize,
     ) -> [Option<usize>; N] {
-        std::array::from_fn(|k| {
-            let (iy, ix) = (y + (k / S) as isize, x + (k % S) as isize);
-            let inside = k < S * S && iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w;
-            inside.then(|| ((n * h + iy as usize) * w + ix as usize) * c + c0)
-        })
+        let mut out = [None; N];
+        for r in 0..S {
+            let iy = y + r as isize;
+            if iy < 0 || iy >= h as isize {
+                continue;
+            }
+            for q in 0..S {
+                let ix = x + q as isize;
+                if ix >= 0 && ix < w as isize {
+                    out[r * S + q] = Some(((n * h + iy as usize) * w + ix as usize) * c + c0);
+                }
+            }
+        }
+        out
     }
     match side {
         6 => build::<6, N>(y, x, h, w, n, c, c0),
         4 => build::<4, N>(y, x, h, w, n, c, c0),
         2 => build::<2, N>(y, x, h, w, n, c, c0),
         _ => unreachable!("Winograd tiles have side 2, 4 or 6"),
+    }
+}
+
+/// Prefetches, into L1, the pixels `xs` of rows `ys` of image `n` of an NHWC
+/// tensor (`h x w`, `c` floats per pixel), channels `chans` of each; parts
+/// outside the image are skipped. The transforms read tiles in order along a
+/// row, so they ask for the columns two tiles ahead: the hardware prefetcher
+/// does not follow their six (or four) interleaved row streams well enough.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn prefetch_patch(
+    data: &[f32],
+    ys: std::ops::Range<isize>,
+    xs: std::ops::Range<isize>,
+    (h, w): (usize, usize),
+    n: usize,
+    c: usize,
+    chans: std::ops::Range<usize>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (x0, x1) = (xs.start.max(0) as usize, xs.end.clamp(0, w as isize) as usize);
+        if x0 >= x1 {
+            return;
+        }
+        for y in ys.start.max(0) as usize..ys.end.clamp(0, h as isize) as usize {
+            for x in x0..x1 {
+                let px = ((n * h + y) * w + x) * c;
+                for ch in chans.clone().step_by(16) {
+                    // SAFETY: a prefetch never faults; the address is inside `data`
+                    // (pixel (y, x) of image n is).
+                    unsafe {
+                        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                            data.as_ptr().add(px + ch).cast(),
+                        )
+                    };
+                }
+            }
+        }
     }
 }
 
@@ -358,6 +405,8 @@ unsafe fn input_transform(
     // The patch's source pixels, or None for padding.
     let corner = (oy as isize - d.pad[0] as isize, ox as isize - d.pad[1] as isize);
     let src: [Option<usize>; 36] = offsets(a, corner, (d.h, d.w), n, c, 0);
+    let ahead = corner.1 + (a + t.m) as isize;
+    prefetch_patch(x, corner.0..corner.0 + a as isize, ahead..ahead + t.m as isize, (d.h, d.w), n, c, 0..c);
     #[cfg(target_arch = "x86_64")]
     if super::gemm::isa() == super::gemm::Isa::Avx512 {
         // SAFETY: the CPU has avx512f; pointers as documented.
@@ -627,6 +676,8 @@ unsafe fn grad_transform(
     let (a, m, cw) = (t.a, t.m, cols.len());
     let (oh, ow) = (d.out_h(), d.out_w());
     let src: [Option<usize>; 16] = offsets(m, (oy as isize, ox as isize), (oh, ow), n, d.c_out, cols.start);
+    let (y, ahead) = (oy as isize, (ox + 2 * m) as isize);
+    prefetch_patch(dy, y..y + m as isize, ahead..ahead + m as isize, (oh, ow), n, d.c_out, cols.clone());
     #[cfg(target_arch = "x86_64")]
     if super::gemm::isa() == super::gemm::Isa::Avx512 {
         // SAFETY: the CPU has avx512f; pointers as documented.
