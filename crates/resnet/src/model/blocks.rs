@@ -256,6 +256,28 @@ fn shortcut_backward<B: Backend>(s: &mut Shortcut<B>, b: &B, x: &Tensor<B>, dsum
     }
 }
 
+/// Backward of a post-activation block's first convolution (input `x`,
+/// output gradient `dy`) joined with its shortcut's, into `conv.dx`. With an
+/// identity shortcut the convolution's input gradient is accumulated straight
+/// onto `dsum` and the buffers are swapped: one sweep over the activations
+/// fewer than adding the two afterwards.
+fn first_conv_backward<B: Backend>(
+    conv: &mut Conv2d<B>,
+    shortcut: &mut Shortcut<B>,
+    b: &B,
+    x: &Tensor<B>,
+    dy: &Tensor<B>,
+    dsum: &mut Tensor<B>,
+) {
+    if let Shortcut::Identity = shortcut {
+        conv.backward_accumulate(b, x, dy, dsum);
+        std::mem::swap(&mut conv.dx, dsum);
+        return;
+    }
+    conv.backward(b, x, dy, true);
+    shortcut_backward(shortcut, b, x, dsum, &mut conv.dx);
+}
+
 fn visit_shortcut<B: Backend>(s: &mut Shortcut<B>, prefix: &str, f: &mut dyn FnMut(&str, StateEntry<'_, B>)) {
     if let Shortcut::Projection(conv, bn) = s {
         conv.visit(&child(prefix, "downsample.0"), f);
@@ -290,8 +312,7 @@ impl<B: Backend> BasicBlock<B> {
         self.bn2.backward(b, &self.conv2.y, dy);
         self.conv2.backward(b, &self.bn1.y, &self.bn2.dx, true);
         self.bn1.backward(b, &self.conv1.y, &self.conv2.dx);
-        self.conv1.backward(b, x, &self.bn1.dx, true);
-        shortcut_backward(&mut self.shortcut, b, x, &self.bn2.dsum, &mut self.conv1.dx);
+        first_conv_backward(&mut self.conv1, &mut self.shortcut, b, x, &self.bn1.dx, &mut self.bn2.dsum);
     }
 }
 
@@ -330,8 +351,7 @@ impl<B: Backend> Bottleneck<B> {
         self.bn2.backward(b, &self.conv2.y, &self.conv3.dx);
         self.conv2.backward(b, &self.bn1.y, &self.bn2.dx, true);
         self.bn1.backward(b, &self.conv1.y, &self.conv2.dx);
-        self.conv1.backward(b, x, &self.bn1.dx, true);
-        shortcut_backward(&mut self.shortcut, b, x, &self.bn3.dsum, &mut self.conv1.dx);
+        first_conv_backward(&mut self.conv1, &mut self.shortcut, b, x, &self.bn1.dx, &mut self.bn3.dsum);
     }
 }
 

@@ -698,7 +698,7 @@ pub fn backward_data(d: &ConvDesc, dy: &[f32], f: &CpuFilter, dx: &mut [f32], ac
 pub fn backward_filter(d: &ConvDesc, x: &[f32], dy: &[f32], dw: &mut [f32]) {
     let (cg, kl) = (d.cout_g(), d.k_len());
     let m = winograd_tile(d);
-    if m > 0 {
+    if m > 0 && winograd::filter_gradient_pays(d) {
         return winograd::filter_gradient(m, d, x, dy, dw);
     }
     if use_rows(d) {

@@ -502,6 +502,16 @@ const GRAD_CHUNK_BYTES: usize = 512 << 10;
 /// Bytes of per-slab partial sums a filter gradient may hold.
 const GRAD_PARTS_BYTES: usize = 64 << 20;
 
+/// Whether the Winograd filter gradient beats the direct one for a layer: a
+/// task's partial sums (`a^2 x 64 x c_in` floats) are read and written once
+/// per chunk of tiles, which pays while they stay near the core. With 256 or
+/// more input channels they do not (`cargo run --release --example wgrad`,
+/// batch 16: 144 ms against 23 ms direct at 14x14x256, 106 against 26 at
+/// 7x7x512; but 14 against 49 at 56x56x64 and 23 against 29 at 28x28x128).
+pub fn filter_gradient_pays(d: &ConvDesc) -> bool {
+    d.c_in <= 128
+}
+
 /// Filter gradient of a 3x3 stride-1 layer by Winograd `F(m, 3)`:
 /// `dw += G^T (sum over tiles of V_p^T dM_p) G`, with `V = B^T d B` the input
 /// tiles and `dM = A dY A^T` the output-gradient tiles. Per tile and channel

@@ -1,0 +1,34 @@
+//! Times the filter gradient of 3x3 stride-1 layers (ResNet-18 and ResNet-20 shapes).
+//! `RESNET_WINOGRAD=0` forces the direct path.
+use resnet::backend::{Backend, ConvDesc, Cpu};
+fn main() {
+    let cpu = Cpu::new(Some(2)).unwrap();
+    for &(n, h, c) in
+        &[(16, 56, 64), (16, 28, 128), (16, 14, 256), (16, 7, 512), (128, 32, 16), (128, 16, 32), (128, 8, 64)]
+    {
+        let d = ConvDesc {
+            n,
+            h,
+            w: h,
+            c_in: c,
+            c_out: c,
+            kernel: [3, 3],
+            stride: [1, 1],
+            pad: [1, 1],
+            dilation: [1, 1],
+            groups: 1,
+        };
+        let x = vec![0.5f32; d.in_len()];
+        let dy = vec![0.25f32; d.out_len()];
+        let mut dw = vec![0.0; d.weight_len()];
+        cpu.conv_backward_filter(&d, &x, &dy, &mut dw);
+        let t = std::time::Instant::now();
+        let reps = 5;
+        for _ in 0..reps {
+            cpu.conv_backward_filter(&d, &x, &dy, &mut dw);
+        }
+        let ms = t.elapsed().as_secs_f64() * 1e3 / reps as f64;
+        let gf = 2.0 * 9.0 * (n * h * h * c * c) as f64 / ms / 1e6;
+        println!("n{n} {h}x{h} c{c}: {ms:.2} ms ({gf:.0} effective GFLOP/s)");
+    }
+}
