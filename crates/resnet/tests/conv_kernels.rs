@@ -162,7 +162,8 @@ fn naive_filter_gradient(d: &ConvDesc, x: &[f32], dy: &[f32]) -> Vec<f64> {
 /// path by default: forward against the reference, backward-data through the
 /// adjoint identity, the filter gradient (accumulated) against its definition.
 /// The shapes cover F(4, 3) and F(2, 3), edge tiles, no padding, channel
-/// counts that are not multiples of 16 and output channels split across tasks.
+/// counts that are not multiples of 16, output channels split across tasks and
+/// tiles split into slabs.
 #[test]
 fn winograd_layers_match_reference() {
     let cpu = Cpu::new(Some(2)).unwrap();
@@ -175,6 +176,7 @@ fn winograd_layers_match_reference() {
         (12, 11, 13, 16, 16, 1),
         (5, 30, 29, 17, 80, 1),
         (3, 16, 16, 96, 24, 0),
+        (64, 16, 16, 16, 16, 1), // several slabs of tiles, added in order
     ] {
         let d = ConvDesc {
             n,

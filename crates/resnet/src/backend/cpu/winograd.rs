@@ -27,6 +27,8 @@ struct Transforms {
     bt: &'static [f32],
     g: &'static [f32],
     at: &'static [f32],
+    /// `A = (A^T)^T`, `a x m`, for the output-gradient transform `A dY A^T`.
+    am: &'static [f32],
 }
 
 /// `F(2, 3)`: interpolation points 0, 1, -1, infinity.
@@ -36,6 +38,7 @@ const F2: Transforms = Transforms {
     bt: &[1., 0., -1., 0., 0., 1., 1., 0., 0., -1., 1., 0., 0., 1., 0., -1.],
     g: &[1., 0., 0., 0.5, 0.5, 0.5, 0.5, -0.5, 0.5, 0., 0., 1.],
     at: &[1., 1., 1., 0., 0., 1., -1., -1.],
+    am: &[1., 0., 1., 1., 1., -1., 0., -1.],
 };
 
 /// `F(4, 3)`: points 0, 1, -1, 2, -2, infinity.
@@ -75,6 +78,14 @@ const F4: Transforms = Transforms {
         0., 1., -1., 2., -2., 0., //
         0., 1., 1., 4., 4., 0., //
         0., 1., -1., 8., -8., 1.,
+    ],
+    am: &[
+        1., 0., 0., 0., //
+        1., 1., 1., 1., //
+        1., -1., 1., -1., //
+        1., 2., 4., 8., //
+        1., -2., 4., -8., //
+        0., 0., 0., 1.,
     ],
 };
 
@@ -693,8 +704,7 @@ unsafe fn grad_transform(
         // SAFETY: the CPU has avx512f; pointers as documented.
         return unsafe { x86::grad(m, dy, &src[..m * m], cw, dm, rows, ld, i) };
     }
-    // Portable: A = (A^T)^T applied on both sides.
-    let am: Vec<f32> = (0..a * m).map(|k| t.at[(k % m) * a + k / m]).collect();
+    // Portable: A applied on both sides.
     buf.resize((m * m + a * m + a * a) * cw, 0.0);
     let (patch, rest) = buf.split_at_mut(m * m * cw);
     let (tmp, out) = rest.split_at_mut(a * m * cw);
@@ -704,8 +714,8 @@ unsafe fn grad_transform(
             None => patch[k * cw..(k + 1) * cw].fill(0.0),
         }
     }
-    transform_rows(&am, a, m, patch, tmp, cw);
-    transform_cols(&am, a, m, tmp, out, cw);
+    transform_rows(t.am, a, m, patch, tmp, cw);
+    transform_cols(t.am, a, m, tmp, out, cw);
     for p in 0..a * a {
         // SAFETY: row i of D_p lies inside dm.
         unsafe { std::ptr::copy_nonoverlapping(out[p * cw..].as_ptr(), dm.add((p * rows + i) * ld), cw) };
@@ -1036,6 +1046,22 @@ fn transform_cols(mat: &[f32], cols: usize, k: usize, inp: &[f32], out: &mut [f3
                     for (ov, &iv) in o.iter_mut().zip(&inp[(i * k + kk) * c..][..c]) {
                         *ov += coef * iv;
                     }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_gradient_matrix_is_the_transpose() {
+        for t in [&F2, &F4] {
+            for i in 0..t.a {
+                for r in 0..t.m {
+                    assert_eq!(t.am[i * t.m + r], t.at[r * t.a + i], "F({}, 3): A[{i}][{r}]", t.m);
                 }
             }
         }
