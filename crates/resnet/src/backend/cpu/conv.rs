@@ -366,7 +366,7 @@ pub fn prepare_forward(d: &ConvDesc, w: &[f32], out: &mut CpuFilter) {
     let m = winograd_tile(d);
     if m > 0 {
         let wf = out.winograd.get_or_insert_with(Default::default);
-        winograd::prepare(m, w, d.c_out, d.c_in, wf);
+        winograd::prepare(m, w, d.c_out, d.c_in, winograd::FilterSource::Forward, wf);
         return;
     }
     out.winograd = None;
@@ -580,19 +580,8 @@ pub fn prepare_backward_data(d: &ConvDesc, w: &[f32], out: &mut CpuFilter) {
     if m > 0 {
         // The gradient is a 3x3 convolution of dy with the flipped, transposed
         // filter: w'[ci][ky][kx][co] = w[co][2 - ky][2 - kx][ci].
-        out.scratch.resize(d.weight_len(), 0.0);
-        for co in 0..d.c_out {
-            for ky in 0..3 {
-                for kx in 0..3 {
-                    for ci in 0..d.c_in {
-                        out.scratch[((ci * 3 + ky) * 3 + kx) * d.c_out + co] =
-                            w[((co * 3 + 2 - ky) * 3 + 2 - kx) * d.c_in + ci];
-                    }
-                }
-            }
-        }
         let wf = out.winograd.get_or_insert_with(Default::default);
-        winograd::prepare(m, &out.scratch, d.c_in, d.c_out, wf);
+        winograd::prepare(m, w, d.c_in, d.c_out, winograd::FilterSource::FlippedTransposed, wf);
         return;
     }
     out.winograd = None;
