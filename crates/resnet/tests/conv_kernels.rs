@@ -163,11 +163,12 @@ fn naive_filter_gradient(d: &ConvDesc, x: &[f32], dy: &[f32]) -> Vec<f64> {
 /// adjoint identity, the filter gradient (accumulated) against its definition.
 /// The shapes cover F(4, 3) and F(2, 3), edge tiles, no padding, channel
 /// counts that are not multiples of 16, output channels split across tasks and
-/// tiles split into slabs.
+/// tiles split into slabs; also the batch statistics taken on the way.
 #[test]
 fn winograd_layers_match_reference() {
     let cpu = Cpu::new(Some(2)).unwrap();
     let mut r = Rng(0x1234567);
+    let mut with_stats = 0;
     for &(n, h, w, ci, co, pad) in &[
         (1, 7, 7, 32, 48, 1),
         (2, 9, 6, 40, 32, 1),
@@ -201,6 +202,19 @@ fn winograd_layers_match_reference() {
         for (a, b) in y.iter().zip(&want) {
             assert!((a - b).abs() <= 1e-4 * scale, "{d:?}: {a} vs {b}");
         }
+        // The batch statistics taken on the way, for a batch norm, against
+        // two-pass f64 sums over y (inputs shifted so that means are large).
+        let shifted: Vec<f32> = x.iter().map(|v| v + 2.0).collect();
+        let (mut ys, mut stats) = (vec![0.0; d.out_len()], Vec::new());
+        let taken = cpu.conv_forward_stats(&d, &shifted, &f, &mut ys, &mut stats);
+        with_stats += taken as usize;
+        let rows = d.out_len() / co;
+        for ch in (0..co).filter(|_| taken) {
+            let mean = ys.iter().skip(ch).step_by(co).map(|&v| v as f64).sum::<f64>() / rows as f64;
+            let var = ys.iter().skip(ch).step_by(co).map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / rows as f64;
+            assert!((stats[ch] as f64 - mean).abs() <= 1e-5 * (1.0 + mean.abs()), "{d:?}: mean {ch}");
+            assert!((stats[co + ch] as f64 - var).abs() <= 1e-5 * var, "{d:?}: variance {ch}");
+        }
         let dy = r.vec(d.out_len());
         let mut fb = Default::default();
         cpu.prepare_filter(&d, &wt, FilterUse::BackwardData, &mut fb);
@@ -217,6 +231,7 @@ fn winograd_layers_match_reference() {
         let worst = (0..dw.len()).map(|i| ((dw[i] - before[i]) as f64 - want[i]).abs()).fold(0.0, f64::max);
         assert!(worst <= 1e-5 * scale, "{d:?}: filter gradient off by {worst} (largest {scale})");
     }
+    assert!(with_stats >= 5, "only {with_stats} layers took their statistics on the way");
 }
 
 /// bf16 convolutions (inference) compute exactly the f32 convolution of the

@@ -340,6 +340,24 @@ pub trait Backend: Clone + Send + Sync + 'static {
         );
         self.conv_forward(d, x, w, y, epi);
     }
+    /// `y = conv(x)` (no epilogue) for a training-mode batch norm that
+    /// follows: where the backend can, it also computes the per-channel mean
+    /// and biased variance of `y` on the way, into `stats` (`[mean; c_out]`,
+    /// then `[var; c_out]`, resized as needed), and returns true; the batch
+    /// norm then need not read `y` once more for them. The default only runs
+    /// the convolution.
+    fn conv_forward_stats(
+        &self,
+        d: &ConvDesc,
+        x: &Self::Buf,
+        w: &Self::Filter,
+        y: &mut Self::Buf,
+        stats: &mut Self::Buf,
+    ) -> bool {
+        let _ = stats;
+        self.conv_forward(d, x, w, y, &ConvEpilogue::default());
+        false
+    }
     /// `dx (+)= conv_transpose(dy, w)`; accumulates into `dx` when asked.
     fn conv_backward_data(&self, d: &ConvDesc, dy: &Self::Buf, w: &Self::Filter, dx: &mut Self::Buf, accumulate: bool);
     /// `dw += correlation(x, dy)` (accumulates).
@@ -361,12 +379,15 @@ pub trait Backend: Clone + Send + Sync + 'static {
     );
     /// Training: normalise with batch statistics, save them, and update the
     /// running estimates (`momentum` weight on the new value; unbiased variance).
+    /// `batch_stats`: the statistics of `x` when [`Backend::conv_forward_stats`]
+    /// computed them.
     #[allow(clippy::too_many_arguments)]
     fn bn_forward_training(
         &self,
         rows: usize,
         c: usize,
         x: &Self::Buf,
+        batch_stats: Option<&Self::Buf>,
         p: &BnParams<'_, Self>,
         running: Option<(&mut Self::Buf, &mut Self::Buf, f32)>,
         saved: BnSaved<'_, Self>,

@@ -236,8 +236,8 @@ fn shortcut_forward<'a, B: Backend>(
         Shortcut::Identity => Some(x),
         Shortcut::Pad(p) => Some(p.forward(b, x)),
         Shortcut::Projection(conv, bn) => {
-            let h = conv.forward(b, x);
-            Some(bn.forward(b, h, None, mode))
+            let (h, st) = conv.forward_for_norm(b, x, mode);
+            Some(bn.forward_with_stats(b, h, st, None, mode))
         }
     }
 }
@@ -301,11 +301,11 @@ pub struct BasicBlock<B: Backend> {
 
 impl<B: Backend> BasicBlock<B> {
     fn forward(&mut self, b: &B, x: &Tensor<B>, mode: Mode) -> &Tensor<B> {
-        let h = self.conv1.forward(b, x);
-        let h = self.bn1.forward(b, h, None, mode);
-        let h = self.conv2.forward(b, h);
+        let (h, st) = self.conv1.forward_for_norm(b, x, mode);
+        let h = self.bn1.forward_with_stats(b, h, st, None, mode);
+        let (h, st) = self.conv2.forward_for_norm(b, h, mode);
         let s = shortcut_forward(&mut self.shortcut, b, x, mode);
-        self.bn2.forward(b, h, s, mode)
+        self.bn2.forward_with_stats(b, h, st, s, mode)
     }
 
     fn backward(&mut self, b: &B, x: &Tensor<B>, dy: &Tensor<B>) {
@@ -336,13 +336,13 @@ pub struct Bottleneck<B: Backend> {
 
 impl<B: Backend> Bottleneck<B> {
     fn forward(&mut self, b: &B, x: &Tensor<B>, mode: Mode) -> &Tensor<B> {
-        let h = self.conv1.forward(b, x);
-        let h = self.bn1.forward(b, h, None, mode);
-        let h = self.conv2.forward(b, h);
-        let h = self.bn2.forward(b, h, None, mode);
-        let h = self.conv3.forward(b, h);
+        let (h, st) = self.conv1.forward_for_norm(b, x, mode);
+        let h = self.bn1.forward_with_stats(b, h, st, None, mode);
+        let (h, st) = self.conv2.forward_for_norm(b, h, mode);
+        let h = self.bn2.forward_with_stats(b, h, st, None, mode);
+        let (h, st) = self.conv3.forward_for_norm(b, h, mode);
         let s = shortcut_forward(&mut self.shortcut, b, x, mode);
-        self.bn3.forward(b, h, s, mode)
+        self.bn3.forward_with_stats(b, h, st, s, mode)
     }
 
     fn backward(&mut self, b: &B, x: &Tensor<B>, dy: &Tensor<B>) {

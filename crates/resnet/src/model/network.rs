@@ -201,9 +201,9 @@ impl<B: Backend> Network<B> {
     pub fn forward(&mut self, x: &Tensor<B>, mode: Mode) -> Result<&Tensor<B>> {
         self.check_input(x.shape)?;
         let b = &self.backend;
-        let mut h = self.conv1.forward(b, x);
+        let (mut h, st) = self.conv1.forward_for_norm(b, x, mode);
         if let Some(bn) = &mut self.bn1 {
-            h = bn.forward(b, h, None, mode);
+            h = bn.forward_with_stats(b, h, st, None, mode);
         }
         if let Some(m) = &mut self.maxpool {
             h = m.forward(b, h);

@@ -600,6 +600,22 @@ pub fn prepare_backward_data(d: &ConvDesc, w: &[f32], out: &mut CpuFilter) {
     }
 }
 
+/// Convolution forward without an epilogue that also writes the per-channel
+/// mean and biased variance of `y` into `stats` where the kernel computes them
+/// on the way (Winograd layers); returns whether it did.
+pub fn forward_stats(d: &ConvDesc, x: &[f32], f: &CpuFilter, y: &mut [f32], stats: &mut [f32]) -> bool {
+    match (&f.winograd, f.bf16.is_empty()) {
+        (Some(wf), true) => {
+            winograd::forward(d, x, wf, y, &Epilogue::default(), Some(stats));
+            true
+        }
+        _ => {
+            forward(d, x, f, y, &Epilogue::default());
+            false
+        }
+    }
+}
+
 /// Convolution forward with a fused epilogue.
 pub fn forward(d: &ConvDesc, x: &[f32], f: &CpuFilter, y: &mut [f32], epi: &Epilogue<'_>) {
     let residual = epi.residual.map(|(r, ld)| {
@@ -609,7 +625,7 @@ pub fn forward(d: &ConvDesc, x: &[f32], f: &CpuFilter, y: &mut [f32], epi: &Epil
     let plain = Epilogue { residual: None, ..*epi };
     match (&f.winograd, f.bf16.is_empty()) {
         (_, false) => forward_bf16(d, Rows::F32(x), f, RowsMut::F32(y), &plain, residual),
-        (Some(wf), true) => winograd::forward(d, x, wf, y, epi),
+        (Some(wf), true) => winograd::forward(d, x, wf, y, epi, None),
         (None, true) => forward_direct(d, x, &f.groups, &PADDED, RowsMut::F32(y), &plain, residual),
     }
 }
@@ -675,7 +691,7 @@ pub fn backward_data(d: &ConvDesc, dy: &[f32], f: &CpuFilter, dx: &mut [f32], ac
             pad: [2 - d.pad[0], 2 - d.pad[1]],
             ..*d
         };
-        return winograd::forward(&t, dy, wf, dx, &epi);
+        return winograd::forward(&t, dy, wf, dx, &epi, None);
     }
     for g in 0..d.groups {
         direct::run(&backward_window(d, dy, g), &f.groups[g], RowsMut::F32(&mut dx[g * cig..]), d.c_in, 0, &epi, None);

@@ -172,6 +172,20 @@ impl Backend for Cpu {
         self.install(|| conv::forward(d, x, w, y, &epi));
     }
 
+    fn conv_forward_stats(
+        &self,
+        d: &ConvDesc,
+        x: &Vec<f32>,
+        w: &conv::CpuFilter,
+        y: &mut Vec<f32>,
+        stats: &mut Vec<f32>,
+    ) -> bool {
+        debug_assert_eq!(x.len(), d.in_len());
+        debug_assert_eq!(y.len(), d.out_len());
+        stats.resize(2 * d.c_out, 0.0);
+        self.install(|| conv::forward_stats(d, x, w, y, stats))
+    }
+
     fn conv_forward_stored(
         &self,
         d: &ConvDesc,
@@ -254,6 +268,7 @@ impl Backend for Cpu {
         rows: usize,
         c: usize,
         x: &Vec<f32>,
+        batch_stats: Option<&Vec<f32>>,
         p: &BnParams<'_, Self>,
         running: Option<(&mut Vec<f32>, &mut Vec<f32>, f32)>,
         saved: BnSaved<'_, Self>,
@@ -269,6 +284,7 @@ impl Backend for Cpu {
                 p.weight,
                 p.bias,
                 p.eps,
+                batch_stats.map(|v| v.as_slice()),
                 running,
                 saved.mean,
                 saved.invstd,

@@ -85,7 +85,7 @@ pub fn fold(gamma: &[f32], beta: &[f32], mean: &[f32], var: &[f32], eps: f32) ->
 wide_fn! {
     /// Per-channel mean and sum of squared deviations of a chunk (two passes
     /// over cache-resident data).
-    fn chunk_moments(c: usize, x: &[f32]) -> (usize, Vec<f64>, Vec<f64>) {
+    fn chunk_moments(c: usize, x: &[f32]) -> (usize, Vec<f32>, Vec<f32>) {
         let n = x.len() / c;
         let mut sum = vec![0.0f32; c];
         for xr in x.chunks_exact(c) {
@@ -101,11 +101,54 @@ wide_fn! {
                 *s += d * d;
             }
         }
-        (n, mean.iter().map(|&v| v as f64).collect(), m2.iter().map(|&v| v as f64).collect())
+        (n, mean, m2)
+    }
+}
+
+/// Per-channel batch moments combined from parts (chunks of rows, blocks of
+/// tiles) in a fixed order with Chan et al.'s parallel formula, in f64.
+#[derive(Debug)]
+pub struct Moments {
+    n: usize,
+    mean: Vec<f64>,
+    m2: Vec<f64>,
+}
+
+impl Moments {
+    /// No rows yet, `c` channels.
+    pub fn new(c: usize) -> Self {
+        Self { n: 0, mean: vec![0.0; c], m2: vec![0.0; c] }
+    }
+
+    /// Adds a part of `nb` rows with per-channel mean `mb` and sum of squared
+    /// deviations `m2b`.
+    pub fn add(&mut self, nb: usize, mb: &[f32], m2b: &[f32]) {
+        if nb == 0 {
+            return;
+        }
+        let (n, total) = (self.n as f64, (self.n + nb) as f64);
+        for ((mean, m2), (&mb, &m2b)) in self.mean.iter_mut().zip(&mut self.m2).zip(mb.iter().zip(m2b)) {
+            let delta = mb as f64 - *mean;
+            *mean += delta * nb as f64 / total;
+            *m2 += m2b as f64 + delta * delta * n * nb as f64 / total;
+        }
+        self.n += nb;
+    }
+
+    /// Writes the mean and the biased variance (`[mean; c]`, then `[var; c]`).
+    pub fn write(&self, out: &mut [f32]) {
+        let c = self.mean.len();
+        let n = self.n.max(1) as f64;
+        for ch in 0..c {
+            out[ch] = self.mean[ch] as f32;
+            out[c + ch] = (self.m2[ch] / n) as f32;
+        }
     }
 }
 
 /// Training forward: batch statistics, saved for backward, running update.
+/// `known` holds the batch mean and biased variance when the layer that
+/// produced `x` computed them on the way (`[mean; c]`, `[var; c]`).
 #[allow(clippy::too_many_arguments)]
 pub fn forward_training(
     rows: usize,
@@ -114,6 +157,7 @@ pub fn forward_training(
     gamma: &[f32],
     beta: &[f32],
     eps: f32,
+    known: Option<&[f32]>,
     running: Option<(&mut [f32], &mut [f32], f32)>,
     save_mean: &mut [f32],
     save_invstd: &mut [f32],
@@ -121,20 +165,19 @@ pub fn forward_training(
     relu: bool,
     y: &mut [f32],
 ) {
-    // Chunk moments combined in order with Chan et al.'s parallel formula, in f64.
-    let parts = per_chunk(rows, |r| chunk_moments(c, &x[r.start * c..r.end * c]));
-    let mut n = 0usize;
-    let mut mean = vec![0.0f64; c];
-    let mut m2 = vec![0.0f64; c];
-    for (nb, mb, m2b) in parts {
-        let total = (n + nb) as f64;
-        for ch in 0..c {
-            let delta = mb[ch] - mean[ch];
-            mean[ch] += delta * nb as f64 / total;
-            m2[ch] += m2b[ch] + delta * delta * n as f64 * nb as f64 / total;
+    let (mean, m2): (Vec<f64>, Vec<f64>) = match known {
+        Some(st) => (
+            st[..c].iter().map(|&v| v as f64).collect(),
+            st[c..2 * c].iter().map(|&v| v as f64 * rows as f64).collect(),
+        ),
+        None => {
+            let mut all = Moments::new(c);
+            for (nb, mb, m2b) in per_chunk(rows, |r| chunk_moments(c, &x[r.start * c..r.end * c])) {
+                all.add(nb, &mb, &m2b);
+            }
+            (all.mean, all.m2)
         }
-        n += nb;
-    }
+    };
     let nf = rows as f64;
     for ch in 0..c {
         save_mean[ch] = mean[ch] as f32;

@@ -286,7 +286,19 @@ impl SyncPtr {
 /// transforms its block's input, runs the `a^2` products for its output
 /// channels and transforms the results into `y`, all in cache. When blocks
 /// are few (small images, batch 1), output channels are split across tasks.
-pub fn forward(d: &ConvDesc, x: &[f32], f: &WinogradFilter, y: &mut [f32], epi: &Epilogue<'_>) {
+///
+/// With `stats` (`2 * c_out` floats), each task also takes the moments of
+/// its freshly written, cache-resident outputs, and the blocks' moments are
+/// combined in block order into the per-channel mean and biased variance of
+/// `y` (`[mean; c_out]`, then `[var; c_out]`), for a training-mode batch norm.
+pub fn forward(
+    d: &ConvDesc,
+    x: &[f32],
+    f: &WinogradFilter,
+    y: &mut [f32],
+    epi: &Epilogue<'_>,
+    stats: Option<&mut [f32]>,
+) {
     let t = transforms(f.m);
     let m = t.m;
     let (oh, ow) = (d.out_h(), d.out_w());
@@ -302,13 +314,28 @@ pub fn forward(d: &ConvDesc, x: &[f32], f: &WinogradFilter, y: &mut [f32], epi: 
     let per_group = np.div_ceil(groups);
     let groups = np.div_ceil(per_group);
     let y_ptr = SyncPtr(y.as_mut_ptr());
+    // Per block: its pixel count, then the mean and the sum of squared
+    // deviations of each channel.
+    let part_len = 1 + 2 * d.c_out;
+    let mut parts = match stats {
+        Some(_) => BLOCK_MOMENTS.with(|p| std::mem::take(&mut *p.borrow_mut())),
+        None => Vec::new(),
+    };
+    grow(&mut parts, if stats.is_some() { blocks * part_len } else { 0 });
+    let parts_ptr = SyncPtr(parts.as_mut_ptr());
+    let want_stats = stats.is_some();
     let task = |k: usize| {
         let (b, g) = (k / groups, k % groups);
         let panels = g * per_group..((g + 1) * per_group).min(np);
+        // SAFETY: block b's part lies inside `parts` (blocks * part_len floats).
+        let part = want_stats.then(|| unsafe { parts_ptr.get().add(b * part_len) });
         SCRATCH.with(|s| {
             let mut s = s.borrow_mut();
-            // SAFETY: the task writes only the pixels of its tiles, in its channels.
-            unsafe { block(t, d, x, f, b * MR, (tiles - b * MR).min(MR), (th, tw), panels, y_ptr.get(), epi, &mut s) };
+            // SAFETY: the task writes only the pixels of its tiles, in its
+            // channels, and only its channels of its block's part.
+            unsafe {
+                block(t, d, x, f, b * MR, (tiles - b * MR).min(MR), (th, tw), panels, y_ptr.get(), epi, part, &mut s)
+            };
         });
     };
     let tasks = blocks * groups;
@@ -316,6 +343,50 @@ pub fn forward(d: &ConvDesc, x: &[f32], f: &WinogradFilter, y: &mut [f32], epi: 
         (0..tasks).for_each(task);
     } else {
         (0..tasks).into_par_iter().for_each(task);
+    }
+    if let Some(stats) = stats {
+        let co = d.c_out;
+        let mut all = super::norm::Moments::new(co);
+        for part in parts.chunks_exact(part_len).take(blocks) {
+            all.add(part[0] as usize, &part[1..1 + co], &part[1 + co..]);
+        }
+        all.write(stats);
+        BLOCK_MOMENTS.with(|p| *p.borrow_mut() = parts);
+    }
+}
+
+thread_local! {
+    /// The per-block moments of [`forward`], kept between calls (grown, never
+    /// shrunk) so that training steps do not allocate them again.
+    static BLOCK_MOMENTS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+wide_fn! {
+    /// Mean and sum of squared deviations per channel of the pixels at
+    /// offsets `px` of `y`, `cols` channels each (two passes over
+    /// cache-resident data).
+    fn pixel_moments(y: *const f32, px: &[usize], cols: usize, mean: &mut [f32], m2: &mut [f32]) {
+        let (mean, m2) = (&mut mean[..cols], &mut m2[..cols]);
+        // SAFETY (both passes): the caller's pixels hold `cols` floats from
+        // each offset, written by the caller and by no one else meanwhile.
+        let row = |p: usize| unsafe { std::slice::from_raw_parts(y.add(p), cols) };
+        mean.fill(0.0);
+        for &p in px {
+            for (s, &v) in mean.iter_mut().zip(row(p)) {
+                *s += v;
+            }
+        }
+        let inv = 1.0 / px.len() as f32;
+        for s in mean.iter_mut() {
+            *s *= inv;
+        }
+        m2.fill(0.0);
+        for &p in px {
+            for ((s, &v), &m) in m2.iter_mut().zip(row(p)).zip(mean.iter()) {
+                let d = v - m;
+                *s += d * d;
+            }
+        }
     }
 }
 
@@ -337,6 +408,7 @@ unsafe fn block(
     panels: std::ops::Range<usize>,
     y: *mut f32,
     epi: &Epilogue<'_>,
+    part: Option<*mut f32>,
     s: &mut Scratch,
 ) {
     let (a, m) = (t.a, t.m);
@@ -394,6 +466,29 @@ unsafe fn block(
         let (n, oy, ox) = corner(i);
         // SAFETY: the caller owns these pixels and channels of y.
         unsafe { output_transform(t, d, &s.mm, i, ldm, c0, cols, n, oy, ox, y, epi, &mut s.tile) };
+    }
+    // 4. The moments of what was just written, for a batch norm.
+    if let Some(part) = part {
+        let mut px = [0usize; MR * 16];
+        let mut count = 0;
+        for i in 0..nt {
+            let (n, oy, ox) = corner(i);
+            let dst: [Option<usize>; 16] = offsets(m, (oy as isize, ox as isize), (d.out_h(), d.out_w()), n, co, c0);
+            for &p in dst[..m * m].iter().flatten() {
+                px[count] = p;
+                count += 1;
+            }
+        }
+        // SAFETY: the part holds 1 + 2 * co floats; this task alone writes
+        // channels c0..c0 + cols of it, and the first task of the block the count.
+        unsafe {
+            let mean = std::slice::from_raw_parts_mut(part.add(1 + c0), cols);
+            let m2 = std::slice::from_raw_parts_mut(part.add(1 + co + c0), cols);
+            pixel_moments(y, &px[..count], cols, mean, m2);
+            if c0 == 0 {
+                *part = count as f32;
+            }
+        }
     }
 }
 

@@ -78,6 +78,19 @@ impl<B: Backend> BatchNorm2d<B> {
 
     /// `y = relu?(bn(x) + residual?)`, with batch statistics in training mode.
     pub fn forward(&mut self, b: &B, x: &Tensor<B>, residual: Option<&Tensor<B>>, mode: Mode) -> &Tensor<B> {
+        self.forward_with_stats(b, x, None, residual, mode)
+    }
+
+    /// [`BatchNorm2d::forward`] with the batch statistics of `x` when the
+    /// convolution that produced it computed them (`Conv2d::forward_for_norm`).
+    pub fn forward_with_stats(
+        &mut self,
+        b: &B,
+        x: &Tensor<B>,
+        stats: Option<&B::Buf>,
+        residual: Option<&Tensor<B>>,
+        mode: Mode,
+    ) -> &Tensor<B> {
         assert_eq!(x.shape[3], self.c, "batch norm input has {} channels, expected {}", x.shape[3], self.c);
         if let Some(r) = residual {
             assert_eq!(r.shape, x.shape, "residual shape {:?} differs from {:?}", r.shape, x.shape);
@@ -102,7 +115,7 @@ impl<B: Backend> BatchNorm2d<B> {
                 self.num_batches_tracked += 1;
                 let saved = BnSaved { mean: &mut self.save_mean, invstd: &mut self.save_invstd };
                 let running = Some((&mut self.running_mean, &mut self.running_var, self.momentum));
-                b.bn_forward_training(rows, self.c, &x.buf, &p, running, saved, &tail, &mut self.y.buf);
+                b.bn_forward_training(rows, self.c, &x.buf, stats, &p, running, saved, &tail, &mut self.y.buf);
             }
         }
         &self.y

@@ -6,6 +6,7 @@
 
 use super::{Visit, push_info, take};
 use crate::backend::{Backend, ConvDesc, ConvEpilogue, FilterUse};
+use crate::model::Mode;
 use crate::model::state::{StateEntry, key};
 use crate::model::summary::LayerInfo;
 use crate::tensor::{Param, ParamLayout, Tensor};
@@ -32,6 +33,9 @@ pub struct Conv2d<B: Backend> {
     pub y: Tensor<B>,
     /// Input gradient of the last backward pass.
     pub dx: Tensor<B>,
+    /// Batch statistics of `y` from the last [`Conv2d::forward_for_norm`]
+    /// that the backend computed on the way.
+    stats: B::Buf,
     fwd: B::Filter,
     fwd_version: Option<u64>,
     bwd: B::Filter,
@@ -68,6 +72,7 @@ impl<B: Backend> Conv2d<B> {
             weight: Param::zeros(b, &shape, ParamLayout::ConvOhwi),
             y: Tensor::empty(b),
             dx: Tensor::empty(b),
+            stats: b.zeros(0),
             fwd: Default::default(),
             fwd_version: None,
             bwd: Default::default(),
@@ -120,6 +125,25 @@ impl<B: Backend> Conv2d<B> {
 
     /// `y = conv(x)` followed by `epi`.
     pub fn forward_with(&mut self, b: &B, x: &Tensor<B>, epi: &ConvEpilogue<'_, B>) -> &Tensor<B> {
+        let d = self.prepare_forward(b, x);
+        b.conv_forward(&d, &x.buf, &self.fwd, &mut self.y.buf, epi);
+        &self.y
+    }
+
+    /// `y = conv(x)` for a batch norm that follows: in training mode, also the
+    /// batch statistics of `y` where the backend computes them on the way
+    /// (see [`Backend::conv_forward_stats`]), for `BatchNorm2d::forward_with_stats`.
+    pub fn forward_for_norm(&mut self, b: &B, x: &Tensor<B>, mode: Mode) -> (&Tensor<B>, Option<&B::Buf>) {
+        if mode == Mode::Eval {
+            return (self.forward(b, x), None);
+        }
+        let d = self.prepare_forward(b, x);
+        let known = b.conv_forward_stats(&d, &x.buf, &self.fwd, &mut self.y.buf, &mut self.stats);
+        (&self.y, known.then_some(&self.stats))
+    }
+
+    /// Checks the input, refreshes the forward filter and shapes `y`.
+    fn prepare_forward(&mut self, b: &B, x: &Tensor<B>) -> ConvDesc {
         assert_eq!(x.shape[3], self.c_in, "conv input has {} channels, expected {}", x.shape[3], self.c_in);
         let d = self.desc(x.shape);
         if self.fwd_version != Some(self.weight.version) {
@@ -127,8 +151,7 @@ impl<B: Backend> Conv2d<B> {
             self.fwd_version = Some(self.weight.version);
         }
         self.y.reshape(b, self.out_shape(x.shape));
-        b.conv_forward(&d, &x.buf, &self.fwd, &mut self.y.buf, epi);
-        &self.y
+        d
     }
 
     /// `y = conv(x)`.
