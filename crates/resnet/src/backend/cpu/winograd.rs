@@ -280,6 +280,40 @@ impl SyncPtr {
     }
 }
 
+/// The output tiles of a layer, numbered image by image, row by row.
+#[derive(Clone, Copy, Debug)]
+struct Grid {
+    /// Tile side.
+    m: usize,
+    /// Tile rows and columns per image.
+    th: usize,
+    tw: usize,
+    /// Tiles in all.
+    count: usize,
+}
+
+/// Tiles ahead whose pixels the transforms prefetch.
+const PREFETCH_TILES: usize = 2;
+
+impl Grid {
+    fn new(d: &ConvDesc, m: usize) -> Self {
+        let (th, tw) = (d.out_h().div_ceil(m), d.out_w().div_ceil(m));
+        Self { m, th, tw, count: d.n * th * tw }
+    }
+
+    /// Image and output corner `(n, oy, ox)` of a tile.
+    fn corner(&self, tile: usize) -> (usize, usize, usize) {
+        (tile / (self.th * self.tw), (tile / self.tw) % self.th * self.m, tile % self.tw * self.m)
+    }
+
+    /// The tile [`PREFETCH_TILES`] after `tile`, if any: the next tile row's
+    /// or image's first when a row ends.
+    fn ahead(&self, tile: usize) -> Option<(usize, usize, usize)> {
+        let next = tile + PREFETCH_TILES;
+        (next < self.count).then(|| self.corner(next))
+    }
+}
+
 /// `y = epilogue(conv3x3(x))` by Winograd (see [`applicable`]).
 ///
 /// Work is cut into blocks of [`MR`] tiles (the micro-kernel's rows); a task
@@ -301,9 +335,8 @@ pub fn forward(
 ) {
     let t = transforms(f.m);
     let m = t.m;
-    let (oh, ow) = (d.out_h(), d.out_w());
-    let (th, tw) = (oh.div_ceil(m), ow.div_ceil(m));
-    let tiles = d.n * th * tw;
+    let grid = Grid::new(d, m);
+    let tiles = grid.count;
     let blocks = tiles.div_ceil(MR);
     let np = d.c_out.div_ceil(direct::NR);
     let threads = rayon::current_num_threads();
@@ -334,7 +367,7 @@ pub fn forward(
             // SAFETY: the task writes only the pixels of its tiles, in its
             // channels, and only its channels of its block's part.
             unsafe {
-                block(t, d, x, f, b * MR, (tiles - b * MR).min(MR), (th, tw), panels, y_ptr.get(), epi, part, &mut s)
+                block(t, d, x, f, b * MR, (tiles - b * MR).min(MR), &grid, panels, y_ptr.get(), epi, part, &mut s)
             };
         });
     };
@@ -440,7 +473,7 @@ unsafe fn block(
     f: &WinogradFilter,
     t0: usize,
     nt: usize,
-    (th, tw): (usize, usize),
+    grid: &Grid,
     panels: std::ops::Range<usize>,
     y: *mut f32,
     epi: &Epilogue<'_>,
@@ -457,15 +490,11 @@ unsafe fn block(
     // shrinking would zero-fill it again at every growth.
     grow(&mut s.v, aa * MR * ci);
     grow(&mut s.mm, aa * MR * ldm);
-    let corner = |i: usize| {
-        let tile = t0 + i;
-        (tile / (th * tw), (tile / tw) % th * m, tile % tw * m)
-    };
+    let corner = |i: usize| grid.corner(t0 + i);
     // 1. Input transforms into V[p][i][..].
     for i in 0..nt {
-        let (n, oy, ox) = corner(i);
         // SAFETY: V has aa * MR * ci floats; the tile writes row i of each V_p.
-        unsafe { input_transform(t, d, x, n, oy, ox, s.v.as_mut_ptr(), MR, i, &mut s.tile) };
+        unsafe { input_transform(t, d, x, grid, t0 + i, s.v.as_mut_ptr(), MR, i, &mut s.tile) };
     }
     // 2. The products M_p = V_p U_p for this block's rows and channels.
     let zero = direct::zeros(ci);
@@ -576,9 +605,11 @@ fn offsets<const N: usize>(
 
 /// Prefetches, into L1, the pixels `xs` of rows `ys` of image `n` of an NHWC
 /// tensor (`h x w`, `c` floats per pixel), channels `chans` of each; parts
-/// outside the image are skipped. The transforms read tiles in order along a
-/// row, so they ask for the columns two tiles ahead: the hardware prefetcher
-/// does not follow their six (or four) interleaved row streams well enough.
+/// outside the image are skipped. The transforms read tiles in order, so they
+/// ask for the pixels of the tile [`PREFETCH_TILES`] ahead, wrapping to the
+/// next tile row (small images have only two to eight tiles per row): the
+/// hardware prefetcher does not follow their six (or four) interleaved row
+/// streams well enough.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn prefetch_patch(
@@ -623,20 +654,24 @@ unsafe fn input_transform(
     t: &Transforms,
     d: &ConvDesc,
     x: &[f32],
-    n: usize,
-    oy: usize,
-    ox: usize,
+    grid: &Grid,
+    tile: usize,
     v: *mut f32,
     rows: usize,
     i: usize,
     buf: &mut Vec<f32>,
 ) {
-    let (a, c) = (t.a, d.c_in);
+    let (a, m, c) = (t.a, t.m, d.c_in);
+    let patch_corner = |oy: usize, ox: usize| (oy as isize - d.pad[0] as isize, ox as isize - d.pad[1] as isize);
     // The patch's source pixels, or None for padding.
-    let corner = (oy as isize - d.pad[0] as isize, ox as isize - d.pad[1] as isize);
-    let src: [Option<usize>; 36] = offsets(a, corner, (d.h, d.w), n, c, 0);
-    let ahead = corner.1 + (a + t.m) as isize;
-    prefetch_patch(x, corner.0..corner.0 + a as isize, ahead..ahead + t.m as isize, (d.h, d.w), n, c, 0..c);
+    let (n, oy, ox) = grid.corner(tile);
+    let src: [Option<usize>; 36] = offsets(a, patch_corner(oy, ox), (d.h, d.w), n, c, 0);
+    // The tile ahead needs its last m columns only, unless it starts a row.
+    if let Some((n2, oy2, ox2)) = grid.ahead(tile) {
+        let (y0, x0) = patch_corner(oy2, ox2);
+        let x_from = if ox2 == 0 { x0 } else { x0 + (a - m) as isize };
+        prefetch_patch(x, y0..y0 + a as isize, x_from..x0 + a as isize, (d.h, d.w), n2, c, 0..c);
+    }
     #[cfg(target_arch = "x86_64")]
     if super::gemm::isa() == super::gemm::Isa::Avx512 {
         // SAFETY: the CPU has avx512f; pointers as documented.
@@ -802,7 +837,7 @@ fn grad_slab(
     s: &mut Scratch,
 ) {
     let (m, aa, ci) = (t.m, t.a * t.a, d.c_in);
-    let (th, tw) = (d.out_h().div_ceil(m), d.out_w().div_ceil(m));
+    let grid = Grid::new(d, m);
     grow(&mut s.v, aa * chunk * ci);
     grow(&mut s.mm, aa * chunk * ldw);
     let isa = super::gemm::isa();
@@ -810,12 +845,10 @@ fn grad_slab(
     for t0 in tiles.clone().step_by(chunk) {
         let nt = chunk.min(tiles.end - t0);
         for i in 0..nt {
-            let tile = t0 + i;
-            let (n, oy, ox) = (tile / (th * tw), (tile / tw) % th * m, tile % tw * m);
             // SAFETY: V holds aa * chunk * ci floats and D aa * chunk * ldw; i < chunk.
             unsafe {
-                input_transform(t, d, x, n, oy, ox, s.v.as_mut_ptr(), chunk, i, &mut s.tile);
-                grad_transform(t, d, dy, n, oy, ox, cols.clone(), s.mm.as_mut_ptr(), chunk, ldw, i, &mut s.tile);
+                input_transform(t, d, x, &grid, t0 + i, s.v.as_mut_ptr(), chunk, i, &mut s.tile);
+                grad_transform(t, d, dy, &grid, t0 + i, cols.clone(), s.mm.as_mut_ptr(), chunk, ldw, i, &mut s.tile);
             }
         }
         for p in 0..aa {
@@ -903,9 +936,8 @@ unsafe fn grad_transform(
     t: &Transforms,
     d: &ConvDesc,
     dy: &[f32],
-    n: usize,
-    oy: usize,
-    ox: usize,
+    grid: &Grid,
+    tile: usize,
     cols: std::ops::Range<usize>,
     dm: *mut f32,
     rows: usize,
@@ -915,9 +947,12 @@ unsafe fn grad_transform(
 ) {
     let (a, m, cw) = (t.a, t.m, cols.len());
     let (oh, ow) = (d.out_h(), d.out_w());
+    let (n, oy, ox) = grid.corner(tile);
     let src: [Option<usize>; 16] = offsets(m, (oy as isize, ox as isize), (oh, ow), n, d.c_out, cols.start);
-    let (y, ahead) = (oy as isize, (ox + 2 * m) as isize);
-    prefetch_patch(dy, y..y + m as isize, ahead..ahead + m as isize, (oh, ow), n, d.c_out, cols.clone());
+    if let Some((n2, oy2, ox2)) = grid.ahead(tile) {
+        let (y, x) = (oy2 as isize, ox2 as isize);
+        prefetch_patch(dy, y..y + m as isize, x..x + m as isize, (oh, ow), n2, d.c_out, cols.clone());
+    }
     #[cfg(target_arch = "x86_64")]
     if super::gemm::isa() == super::gemm::Isa::Avx512 {
         // SAFETY: the CPU has avx512f; pointers as documented.
