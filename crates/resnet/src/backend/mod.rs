@@ -395,7 +395,8 @@ pub trait Backend: Clone + Send + Sync + 'static {
         y: &mut Self::Buf,
     );
     /// Backward of a training-mode batch norm (with its fused tail: `y` is the
-    /// forward output, used for the ReLU mask when `relu` is set).
+    /// forward output, for the ReLU mask when `relu` is set; `p` the forward's
+    /// parameters, unchanged since).
     #[allow(clippy::too_many_arguments)]
     fn bn_backward(
         &self,
@@ -405,7 +406,7 @@ pub trait Backend: Clone + Send + Sync + 'static {
         y: &Self::Buf,
         relu: bool,
         dy: &Self::Buf,
-        weight: &Self::Buf,
+        p: &BnParams<'_, Self>,
         mean: &Self::Buf,
         invstd: &Self::Buf,
         grads: BnGrads<'_, Self>,

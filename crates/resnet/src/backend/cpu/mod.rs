@@ -303,13 +303,14 @@ impl Backend for Cpu {
         y: &Vec<f32>,
         relu: bool,
         dy: &Vec<f32>,
-        weight: &Vec<f32>,
+        p: &BnParams<'_, Self>,
         mean: &Vec<f32>,
         invstd: &Vec<f32>,
         g: BnGrads<'_, Self>,
     ) {
         let dsum = g.dsum.map(|v| v.as_mut_slice());
-        self.install(|| norm::backward(rows, c, x, y, relu, dy, weight, mean, invstd, g.dx, g.dweight, g.dbias, dsum));
+        let params = (p.weight.as_slice(), p.bias.as_slice());
+        self.install(|| norm::backward(rows, c, x, y, relu, dy, params, mean, invstd, g.dx, g.dweight, g.dbias, dsum));
     }
 
     fn max_pool_forward(&self, d: &PoolDesc, x: &Vec<f32>, y: &mut Vec<f32>) {

@@ -191,63 +191,154 @@ pub fn forward_training(
             rv[ch] = ((1.0 - momentum as f64) * rv[ch] as f64 + momentum as f64 * var_u) as f32;
         }
     }
-    let a: Vec<f32> = gamma.iter().zip(save_invstd.iter()).map(|(&g, &s)| g * s).collect();
-    let b: Vec<f32> = beta.iter().zip(save_mean.iter()).zip(&a).map(|((&be, &m), &s)| be - m * s).collect();
+    let (a, b) = training_affine(gamma, beta, save_mean, save_invstd);
     affine_tail(c, x, &a, &b, residual, relu, y);
 }
 
+/// The per-channel `(a, b)` of a training-mode forward pass, `bn(x) = x * a +
+/// b`; backward recomputes them with the same operations for its ReLU mask.
+fn training_affine(gamma: &[f32], beta: &[f32], mean: &[f32], invstd: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let a: Vec<f32> = gamma.iter().zip(invstd).map(|(&g, &s)| g * s).collect();
+    let b: Vec<f32> = beta.iter().zip(mean).zip(&a).map(|((&be, &m), &s)| be - m * s).collect();
+    (a, b)
+}
+
+/// Which elements of `dy` pass back through the forward pass's ReLU.
+#[derive(Clone, Copy)]
+pub enum Mask<'a> {
+    /// All (no ReLU).
+    All,
+    /// Those where the forward output `y` is positive (a ReLU after a
+    /// residual sum).
+    Output(&'a [f32]),
+    /// Those where `x * a + b` is positive: the pre-ReLU value recomputed
+    /// exactly as [`affine_rows`] computed it (same f32 operations, never
+    /// contracted), which spares reading `y`.
+    Affine(&'a [f32], &'a [f32]),
+}
+
+/// The kinds of [`Mask`] as constants, so that each kernel below is compiled
+/// once per kind with the test inlined into its vectorised loop.
+const ALL: u8 = 0;
+const OUTPUT: u8 = 1;
+const AFFINE: u8 = 2;
+
+impl<'a> Mask<'a> {
+    /// The kind, the output rows of the chunk `span` (for [`Mask::Output`],
+    /// else `x`'s, unread) and the coefficients (for [`Mask::Affine`], else
+    /// unread).
+    fn parts(self, x: &'a [f32], span: std::ops::Range<usize>) -> (u8, &'a [f32], (&'a [f32], &'a [f32])) {
+        match self {
+            Mask::All => (ALL, &x[span], (&[], &[])),
+            Mask::Output(y) => (OUTPUT, &y[span], (&[], &[])),
+            Mask::Affine(a, b) => (AFFINE, &x[span], (a, b)),
+        }
+    }
+}
+
+/// `dy` where the mask of kind `K` lets it through, else 0.
+#[inline(always)]
+fn gate<const K: u8>(g: f32, x: f32, y: f32, a: f32, b: f32) -> f32 {
+    let keep = match K {
+        OUTPUT => y > 0.0,
+        AFFINE => x * a + b > 0.0,
+        _ => true,
+    };
+    if keep { g } else { 0.0 }
+}
+
+/// Per-channel sums of `g` and `g * (x - mean)` over a chunk.
+#[inline(always)]
+fn grad_sums_of<const K: u8>(
+    c: usize,
+    x: &[f32],
+    y: &[f32],
+    dy: &[f32],
+    mean: &[f32],
+    (a, b): (&[f32], &[f32]),
+) -> (Vec<f32>, Vec<f32>) {
+    let mean = &mean[..c];
+    let (a, b) = if K == AFFINE { (&a[..c], &b[..c]) } else { (mean, mean) };
+    let mut s1 = vec![0.0f32; c];
+    let mut s2 = vec![0.0f32; c];
+    for ((xr, yr), gr) in x.chunks_exact(c).zip(y.chunks_exact(c)).zip(dy.chunks_exact(c)) {
+        for ch in 0..c {
+            let g = gate::<K>(gr[ch], xr[ch], yr[ch], a[ch], b[ch]);
+            s1[ch] += g;
+            s2[ch] += g * (xr[ch] - mean[ch]);
+        }
+    }
+    (s1, s2)
+}
+
 wide_fn! {
-    /// Per-channel sums of `g` and `g * (x - mean)` over a chunk, where `g =
-    /// dy * (y > 0)` with a ReLU, else `dy`.
-    fn grad_sums(c: usize, x: &[f32], y: &[f32], dy: &[f32], mean: &[f32], relu: bool) -> (Vec<f32>, Vec<f32>) {
-        let mean = &mean[..c];
-        let mut s1 = vec![0.0f32; c];
-        let mut s2 = vec![0.0f32; c];
-        for ((xr, yr), gr) in x.chunks_exact(c).zip(y.chunks_exact(c)).zip(dy.chunks_exact(c)) {
-            for ch in 0..c {
-                let g = if !relu || yr[ch] > 0.0 { gr[ch] } else { 0.0 };
-                s1[ch] += g;
-                s2[ch] += g * (xr[ch] - mean[ch]);
+    /// [`grad_sums_of`] for the mask's kind, on the chunk `span`.
+    fn grad_sums(c: usize, x: &[f32], dy: &[f32], span: std::ops::Range<usize>, mean: &[f32], mask: Mask<'_>) -> (Vec<f32>, Vec<f32>) {
+        let (kind, y, ab) = mask.parts(x, span.clone());
+        let (x, dy) = (&x[span.clone()], &dy[span]);
+        match kind {
+            OUTPUT => grad_sums_of::<OUTPUT>(c, x, y, dy, mean, ab),
+            AFFINE => grad_sums_of::<AFFINE>(c, x, y, dy, mean, ab),
+            _ => grad_sums_of::<ALL>(c, x, y, dy, mean, ab),
+        }
+    }
+}
+
+/// `dx = ka * g + kb * (x - mean) + kc` per channel over a chunk, and `dsum =
+/// g` (the gradient at the residual sum) in the same sweep when asked.
+#[inline(always)]
+fn write_dx_of<const K: u8>(
+    c: usize,
+    (x, y, dy): (&[f32], &[f32], &[f32]),
+    mean: &[f32],
+    k: (&[f32], &[f32], &[f32]),
+    (a, b): (&[f32], &[f32]),
+    dx: &mut [f32],
+    dsum: Option<&mut [f32]>,
+) {
+    let (ka, kb, kc, mean) = (&k.0[..c], &k.1[..c], &k.2[..c], &mean[..c]);
+    let (a, b) = if K == AFFINE { (&a[..c], &b[..c]) } else { (mean, mean) };
+    let rows = x.chunks_exact(c).zip(y.chunks_exact(c)).zip(dy.chunks_exact(c)).zip(dx.chunks_exact_mut(c));
+    match dsum {
+        Some(ds) => {
+            for ((((xr, yr), gr), dr), sr) in rows.zip(ds.chunks_exact_mut(c)) {
+                for ch in 0..c {
+                    let g = gate::<K>(gr[ch], xr[ch], yr[ch], a[ch], b[ch]);
+                    sr[ch] = g;
+                    dr[ch] = ka[ch] * g + kb[ch] * (xr[ch] - mean[ch]) + kc[ch];
+                }
             }
         }
-        (s1, s2)
+        None => {
+            for (((xr, yr), gr), dr) in rows {
+                for ch in 0..c {
+                    let g = gate::<K>(gr[ch], xr[ch], yr[ch], a[ch], b[ch]);
+                    dr[ch] = ka[ch] * g + kb[ch] * (xr[ch] - mean[ch]) + kc[ch];
+                }
+            }
+        }
     }
 }
 
 wide_fn! {
-    /// `dx = ka * g + kb * (x - mean) + kc` per channel over a chunk, and `dsum = g`
-    /// (the gradient at the residual sum) in the same sweep when asked.
+    /// [`write_dx_of`] for the mask's kind, on the chunk `span`.
     fn write_dx(
         c: usize,
         x: &[f32],
-        y: &[f32],
         dy: &[f32],
+        span: std::ops::Range<usize>,
         mean: &[f32],
         k: (&[f32], &[f32], &[f32]),
-        relu: bool,
+        mask: Mask<'_>,
         dx: &mut [f32],
         dsum: Option<&mut [f32]>,
     ) {
-        let (ka, kb, kc, mean) = (&k.0[..c], &k.1[..c], &k.2[..c], &mean[..c]);
-        let rows = x.chunks_exact(c).zip(y.chunks_exact(c)).zip(dy.chunks_exact(c)).zip(dx.chunks_exact_mut(c));
-        match dsum {
-            Some(ds) => {
-                for ((((xr, yr), gr), dr), sr) in rows.zip(ds.chunks_exact_mut(c)) {
-                    for ch in 0..c {
-                        let g = if !relu || yr[ch] > 0.0 { gr[ch] } else { 0.0 };
-                        sr[ch] = g;
-                        dr[ch] = ka[ch] * g + kb[ch] * (xr[ch] - mean[ch]) + kc[ch];
-                    }
-                }
-            }
-            None => {
-                for (((xr, yr), gr), dr) in rows {
-                    for ch in 0..c {
-                        let g = if !relu || yr[ch] > 0.0 { gr[ch] } else { 0.0 };
-                        dr[ch] = ka[ch] * g + kb[ch] * (xr[ch] - mean[ch]) + kc[ch];
-                    }
-                }
-            }
+        let (kind, y, ab) = mask.parts(x, span.clone());
+        let rows = (&x[span.clone()], y, &dy[span]);
+        match kind {
+            OUTPUT => write_dx_of::<OUTPUT>(c, rows, mean, k, ab, dx, dsum),
+            AFFINE => write_dx_of::<AFFINE>(c, rows, mean, k, ab, dx, dsum),
+            _ => write_dx_of::<ALL>(c, rows, mean, k, ab, dx, dsum),
         }
     }
 }
@@ -265,7 +356,7 @@ pub fn backward(
     y: &[f32],
     relu: bool,
     dy: &[f32],
-    gamma: &[f32],
+    (gamma, beta): (&[f32], &[f32]),
     mean: &[f32],
     invstd: &[f32],
     dx: &mut [f32],
@@ -273,10 +364,17 @@ pub fn backward(
     dbeta: &mut [f32],
     dsum: Option<&mut [f32]>,
 ) {
+    // Without a residual, the ReLU mask follows from x (and spares reading y).
+    let ab = (relu && dsum.is_none()).then(|| training_affine(gamma, beta, mean, invstd));
+    let mask = match (&ab, relu) {
+        (Some((a, b)), _) => Mask::Affine(a, b),
+        (None, true) => Mask::Output(y),
+        (None, false) => Mask::All,
+    };
     // Sums of g and g * (x - mean) per channel, chunk by chunk.
     let parts = per_chunk(rows, |r| {
         let span = r.start * c..r.end * c;
-        grad_sums(c, &x[span.clone()], &y[span.clone()], &dy[span], mean, relu)
+        grad_sums(c, x, dy, span, mean, mask)
     });
     let mut sum_g = vec![0.0f64; c];
     let mut sum_gx = vec![0.0f64; c];
@@ -305,11 +403,55 @@ pub fn backward(
     match dsum {
         Some(ds) => dx.par_chunks_mut(chunk).zip(ds.par_chunks_mut(chunk)).enumerate().for_each(|(j, (dxc, dsc))| {
             let span = j * chunk..j * chunk + dxc.len();
-            write_dx(c, &x[span.clone()], &y[span.clone()], &dy[span], mean, k, relu, dxc, Some(dsc))
+            write_dx(c, x, dy, span, mean, k, mask, dxc, Some(dsc))
         }),
         None => rows_mut(dx, c, |r, dxc| {
             let span = r.start * c..r.end * c;
-            write_dx(c, &x[span.clone()], &y[span.clone()], &dy[span], mean, k, relu, dxc, None)
+            write_dx(c, x, dy, span, mean, k, mask, dxc, None)
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without a residual, backward takes the ReLU mask from `x` (recomputing
+    /// the forward's pre-ReLU value) instead of reading `y`: the gradients
+    /// must be bit for bit those of the mask read from `y`.
+    #[test]
+    fn mask_from_x_is_the_mask_from_y() {
+        let (rows, c) = (700, 24);
+        let mut state = 0x9e3779b97f4a7c15u64;
+        let mut rand = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        };
+        let x: Vec<f32> = (0..rows * c).map(|_| rand() * 3.0 + 0.5).collect();
+        let dy: Vec<f32> = (0..rows * c).map(|_| rand()).collect();
+        let gamma: Vec<f32> = (0..c).map(|_| rand()).collect();
+        let beta: Vec<f32> = (0..c).map(|_| rand() * 0.5).collect();
+        let (mut mean, mut invstd, mut y) = (vec![0.0; c], vec![0.0; c], vec![0.0; rows * c]);
+        forward_training(rows, c, &x, &gamma, &beta, 1e-5, None, None, &mut mean, &mut invstd, None, true, &mut y);
+        assert!(y.contains(&0.0) && y.iter().any(|&v| v > 0.0));
+        let ab = training_affine(&gamma, &beta, &mean, &invstd);
+        let run = |mask: Mask<'_>| {
+            let (s1, s2) = grad_sums(c, &x, &dy, 0..rows * c, &mean, mask);
+            let mut dx = vec![0.0; rows * c];
+            write_dx(c, &x, &dy, 0..rows * c, &mean, (&gamma, &s1, &s2), mask, &mut dx, None);
+            (s1, s2, dx)
+        };
+        let from_y = run(Mask::Output(&y));
+        let from_x = run(Mask::Affine(&ab.0, &ab.1));
+        assert_eq!(from_y, from_x);
+        // And the whole backward pass, with and without a residual's dsum.
+        let (mut dx1, mut dx2, mut dsum) = (vec![0.0; rows * c], vec![0.0; rows * c], vec![0.0; rows * c]);
+        let (mut g1, mut b1, mut g2, mut b2) = (vec![0.0; c], vec![0.0; c], vec![0.0; c], vec![0.0; c]);
+        let p = (&gamma[..], &beta[..]);
+        backward(rows, c, &x, &y, true, &dy, p, &mean, &invstd, &mut dx1, &mut g1, &mut b1, None);
+        backward(rows, c, &x, &y, true, &dy, p, &mean, &invstd, &mut dx2, &mut g2, &mut b2, Some(&mut dsum));
+        assert_eq!((dx1, g1, b1), (dx2, g2, b2));
     }
 }

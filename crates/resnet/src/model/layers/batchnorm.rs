@@ -135,6 +135,7 @@ impl<B: Backend> BatchNorm2d<B> {
             None
         };
         let grads = BnGrads { dx: &mut self.dx.buf, dweight: &mut self.weight.grad, dbias: &mut self.bias.grad, dsum };
+        let p = BnParams { weight: &self.weight.value, bias: &self.bias.value, eps: self.eps };
         b.bn_backward(
             rows,
             self.c,
@@ -142,7 +143,7 @@ impl<B: Backend> BatchNorm2d<B> {
             &self.y.buf,
             self.relu,
             &dy.buf,
-            &self.weight.value,
+            &p,
             &self.save_mean,
             &self.save_invstd,
             grads,
