@@ -227,6 +227,11 @@ impl<'a> Out<'a> {
         Out::plain(rows, NR, 0, epi)
     }
 
+    /// Rows up to the last with an output pointer.
+    fn live_rows(&self) -> usize {
+        self.rows.iter().rposition(|r| !r.is_null()).map_or(0, |i| i + 1)
+    }
+
     /// Address of this tile's first value in output row `i` (non-null).
     fn row_start(&self, i: usize) -> *const i8 {
         let size = if self.bf16_out { 2 } else { 4 };
@@ -240,6 +245,23 @@ impl<'a> Out<'a> {
     }
 }
 
+/// Calls the micro-kernel `f::<R>` that computes the first `R` rows of a
+/// tile, `R` the tile's live rows (those with an output pointer) rounded up
+/// to even: a short last row group (49 pixels at 7x7 make four groups of 12
+/// and one of 1) then costs its own rows, not twelve.
+macro_rules! by_live_rows {
+    ($out:expr, $($f:ident)::+, ($($arg:expr),*)) => {
+        match $out.live_rows() {
+            0..=2 => $($f)::+::<2>($($arg),*),
+            3..=4 => $($f)::+::<4>($($arg),*),
+            5..=6 => $($f)::+::<6>($($arg),*),
+            7..=8 => $($f)::+::<8>($($arg),*),
+            9..=10 => $($f)::+::<10>($($arg),*),
+            _ => $($f)::+::<12>($($arg),*),
+        }
+    };
+}
+
 /// Computes `MR x NR` outputs: `sum_t sum_c a[t][i][c] * b[t * klen + c][j]`.
 ///
 /// # Safety
@@ -250,7 +272,7 @@ unsafe fn kernel(isa: Isa, a: &[[*const f32; MR]], klen: usize, b: &[f32], out: 
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Avx512 is selected only when the CPU has avx512f; the rest is the caller's contract.
-        Isa::Avx512 => unsafe { x86::kernel_avx512(a, klen, b, out) },
+        Isa::Avx512 => unsafe { by_live_rows!(out, x86::kernel_avx512, (a, klen, b, out)) },
         // SAFETY: the caller's contract.
         _ => unsafe { kernel_generic(a, klen, b, out) },
     }
@@ -280,7 +302,7 @@ unsafe fn kernel2(
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Avx512 is selected only when the CPU has avx512f; the rest is the caller's contract.
-        Isa::Avx512 => unsafe { x86::kernel2_avx512(a, klen, b0, b1, out0, out1) },
+        Isa::Avx512 => unsafe { by_live_rows!(out0, x86::kernel2_avx512, (a, klen, b0, b1, out0, out1)) },
         // SAFETY: the caller's contract.
         _ => unsafe {
             kernel_generic(a, klen, b0, out0);
@@ -383,7 +405,9 @@ mod x86 {
     /// # Safety
     /// avx512f must be available; otherwise as `kernel`.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn kernel_avx512(a: &[[*const f32; MR]], klen: usize, b: &[f32], out: &Out<'_>) {
+    /// Computes the first `R` rows only: the rest have no output (see
+    /// `by_live_rows`).
+    pub(super) unsafe fn kernel_avx512<const R: usize>(a: &[[*const f32; MR]], klen: usize, b: &[f32], out: &Out<'_>) {
         // SAFETY: the caller's contract.
         unsafe { prefetch(out) };
         let mut acc = [_mm512_setzero_ps(); MR];
@@ -394,7 +418,7 @@ mod x86 {
                 // SAFETY: b holds a.len() * klen * NR floats; each row pointer klen floats.
                 unsafe {
                     let bv = _mm512_loadu_ps(bp.add(c * NR));
-                    for i in 0..MR {
+                    for i in 0..R {
                         acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(*r[i].add(c)), bv, acc[i]);
                     }
                 }
@@ -412,7 +436,7 @@ mod x86 {
     /// # Safety
     /// As `kernel_avx512`, for both panels.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn kernel2_avx512(
+    pub(super) unsafe fn kernel2_avx512<const R: usize>(
         a: &[[*const f32; MR]],
         klen: usize,
         b0: &[f32],
@@ -435,7 +459,7 @@ mod x86 {
                 unsafe {
                     let v0 = _mm512_loadu_ps(p0.add(c * NR));
                     let v1 = _mm512_loadu_ps(p1.add(c * NR));
-                    for i in 0..MR {
+                    for i in 0..R {
                         let av = _mm512_set1_ps(*r[i].add(c));
                         acc0[i] = _mm512_fmadd_ps(av, v0, acc0[i]);
                         acc1[i] = _mm512_fmadd_ps(av, v1, acc1[i]);
