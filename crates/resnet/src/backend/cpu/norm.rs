@@ -108,7 +108,7 @@ wide_fn! {
 /// Per-channel batch moments combined from parts (chunks of rows, blocks of
 /// tiles) in a fixed order with Chan et al.'s parallel formula, in f64.
 #[derive(Debug)]
-pub struct Moments {
+pub(super) struct Moments {
     n: usize,
     mean: Vec<f64>,
     m2: Vec<f64>,
@@ -116,13 +116,13 @@ pub struct Moments {
 
 impl Moments {
     /// No rows yet, `c` channels.
-    pub fn new(c: usize) -> Self {
+    pub(super) fn new(c: usize) -> Self {
         Self { n: 0, mean: vec![0.0; c], m2: vec![0.0; c] }
     }
 
     /// Adds a part of `nb` rows with per-channel mean `mb` and sum of squared
     /// deviations `m2b`.
-    pub fn add(&mut self, nb: usize, mb: &[f32], m2b: &[f32]) {
+    pub(super) fn add(&mut self, nb: usize, mb: &[f32], m2b: &[f32]) {
         if nb == 0 {
             return;
         }
@@ -136,7 +136,7 @@ impl Moments {
     }
 
     /// Writes the mean and the biased variance (`[mean; c]`, then `[var; c]`).
-    pub fn write(&self, out: &mut [f32]) {
+    pub(super) fn write(&self, out: &mut [f32]) {
         let c = self.mean.len();
         let n = self.n.max(1) as f64;
         for ch in 0..c {
@@ -205,7 +205,7 @@ fn training_affine(gamma: &[f32], beta: &[f32], mean: &[f32], invstd: &[f32]) ->
 
 /// Which elements of `dy` pass back through the forward pass's ReLU.
 #[derive(Clone, Copy)]
-pub enum Mask<'a> {
+enum Mask<'a> {
     /// All (no ReLU).
     All,
     /// Those where the forward output `y` is positive (a ReLU after a

@@ -349,14 +349,13 @@ pub fn forward(
     let y_ptr = SyncPtr(y.as_mut_ptr());
     // Per block: its pixel count, then the mean and the sum of squared
     // deviations of each channel.
-    let part_len = 1 + 2 * d.c_out;
-    let mut parts = match stats {
-        Some(_) => BLOCK_MOMENTS.with(|p| std::mem::take(&mut *p.borrow_mut())),
-        None => Vec::new(),
-    };
-    grow(&mut parts, if stats.is_some() { blocks * part_len } else { 0 });
+    let (want_stats, part_len) = (stats.is_some(), 1 + 2 * d.c_out);
+    let mut parts = Vec::new();
+    if want_stats {
+        parts = BLOCK_MOMENTS.with(|p| std::mem::take(&mut *p.borrow_mut()));
+        grow(&mut parts, blocks * part_len);
+    }
     let parts_ptr = SyncPtr(parts.as_mut_ptr());
-    let want_stats = stats.is_some();
     let task = |k: usize| {
         let (b, g) = (k / groups, k % groups);
         let panels = g * per_group..((g + 1) * per_group).min(np);
