@@ -381,6 +381,12 @@ impl<B: Backend> InferencePlan<B> {
 
     /// Runs the plan on an NHWC batch; returns the logits `[n, 1, 1, classes]`.
     pub fn run(&mut self, x: &Tensor<B>) -> Result<&Tensor<B>> {
+        let b = self.backend.clone();
+        b.scope(|| self.run_ops(x))
+    }
+
+    /// [`InferencePlan::run`]'s operations, in the backend's scope.
+    fn run_ops(&mut self, x: &Tensor<B>) -> Result<&Tensor<B>> {
         if x.shape[3] != self.in_channels || x.shape[0] == 0 {
             return Err(Error::Invalid(format!(
                 "the network expects {}-channel input, got shape {:?}",

@@ -54,6 +54,12 @@ impl<B: Backend> Sgd<B> {
     /// from its accumulated gradient.
     pub fn step(&mut self, net: &mut Network<B>, lr: f32) {
         let b = net.backend().clone();
+        b.scope(|| self.step_params(net, lr));
+    }
+
+    /// [`Sgd::step`]'s updates, in the backend's scope.
+    fn step_params(&mut self, net: &mut Network<B>, lr: f32) {
+        let b = net.backend().clone();
         let c = self.config.clone();
         let first = self.steps == 0 || self.buffers.is_empty();
         let mut i = 0;

@@ -200,6 +200,12 @@ impl<B: Backend> Network<B> {
     /// Runs the network on an NHWC batch and returns the logits `[n, 1, 1, classes]`.
     pub fn forward(&mut self, x: &Tensor<B>, mode: Mode) -> Result<&Tensor<B>> {
         self.check_input(x.shape)?;
+        let b = self.backend.clone();
+        Ok(b.scope(|| self.forward_ops(x, mode)))
+    }
+
+    /// [`Network::forward`]'s layers, in the backend's scope.
+    fn forward_ops(&mut self, x: &Tensor<B>, mode: Mode) -> &Tensor<B> {
         let b = &self.backend;
         let (mut h, st) = self.conv1.forward_for_norm(b, x, mode);
         if let Some(bn) = &mut self.bn1 {
@@ -215,13 +221,19 @@ impl<B: Backend> Network<B> {
             h = bn.forward(b, h, None, mode);
         }
         let h = self.avgpool.forward(b, h);
-        Ok(self.fc.forward(b, h))
+        self.fc.forward(b, h)
     }
 
     /// Back-propagates `dlogits` (the loss gradient at the logits) after a
     /// training-mode [`forward`](Self::forward) of the same `x`, accumulating
     /// every parameter gradient.
     pub fn backward(&mut self, x: &Tensor<B>, dlogits: &Tensor<B>) {
+        let b = self.backend.clone();
+        b.scope(|| self.backward_ops(x, dlogits));
+    }
+
+    /// [`Network::backward`]'s layers, in the backend's scope.
+    fn backward_ops(&mut self, x: &Tensor<B>, dlogits: &Tensor<B>) {
         let b = &self.backend;
         let nblocks = self.blocks.len();
         let features = match nblocks {

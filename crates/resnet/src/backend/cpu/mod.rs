@@ -116,6 +116,10 @@ impl Backend for Cpu {
         bf16::native()
     }
 
+    fn scope<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.install(f)
+    }
+
     fn zeros(&self, len: usize) -> Vec<f32> {
         vec![0.0; len]
     }
