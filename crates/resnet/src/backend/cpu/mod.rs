@@ -40,6 +40,7 @@ pub mod pool;
 pub mod winograd;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
 
@@ -95,6 +96,15 @@ impl Cpu {
     }
 }
 
+/// Sets its flag when dropped.
+struct SetOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
 fn isa_name() -> &'static str {
     match gemm::isa() {
         gemm::Isa::Avx512 => "avx512",
@@ -116,8 +126,34 @@ impl Backend for Cpu {
         bf16::native()
     }
 
+    /// Runs `f` on a pool thread while the other threads wait for its work
+    /// spinning (`rayon::yield_now`) instead of going to sleep: rayon parks an
+    /// idle worker after about 33 `sched_yield`s (~20 us here), shorter than
+    /// the uneven end of most operations, and waking it again costs more than
+    /// that. ONNX Runtime's pool spins the same way.
     fn scope<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        self.install(f)
+        if self.threads == 1 {
+            return self.install(f);
+        }
+        self.install(|| {
+            let done = AtomicBool::new(false);
+            rayon::scope(|s| {
+                for _ in 1..self.threads {
+                    // Stealers take the oldest job first, so the spinners are
+                    // taken before any work `f` pushes.
+                    s.spawn(|_| {
+                        while !done.load(Ordering::Acquire) {
+                            if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                                std::hint::spin_loop();
+                            }
+                        }
+                    });
+                }
+                // Set even if `f` panics, so the scope can end.
+                let _stop = SetOnDrop(&done);
+                f()
+            })
+        })
     }
 
     fn zeros(&self, len: usize) -> Vec<f32> {
@@ -491,4 +527,25 @@ pub fn peak_gflops(cpu: &Cpu) -> f64 {
         let flops: f64 = (0..cpu.threads()).into_par_iter().map(|_| per_thread(iters)).sum();
         flops / t.elapsed().as_secs_f64() / 1e9
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The scope's spinners must end however `f` ends: nested scopes, parallel
+    /// work inside, and a panic (which must reach the caller, not hang).
+    #[test]
+    fn scope_runs_nested_parallel_work_and_passes_panics_on() {
+        for threads in [1, 2, 3] {
+            let cpu = Cpu::new(Some(threads)).unwrap();
+            let sum: u64 = cpu.scope(|| cpu.scope(|| (0..10_000u64).into_par_iter().map(|v| v * v).sum()));
+            assert_eq!(sum, (0..10_000u64).map(|v| v * v).sum::<u64>());
+            let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                cpu.scope(|| (0..100).into_par_iter().for_each(|i| assert!(i != 57, "task {i} fails")))
+            }));
+            assert!(caught.is_err(), "the panic reaches the caller");
+            assert_eq!(cpu.scope(rayon::current_num_threads), threads, "the pool still works");
+        }
+    }
 }
