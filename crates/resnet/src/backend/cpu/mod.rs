@@ -137,11 +137,17 @@ impl Backend for Cpu {
         }
         self.install(|| {
             let done = AtomicBool::new(false);
+            let owner = rayon::current_thread_index();
             rayon::scope(|s| {
                 for _ in 1..self.threads {
                     // Stealers take the oldest job first, so the spinners are
-                    // taken before any work `f` pushes.
+                    // taken before any work `f` pushes. The thread running `f`
+                    // may still pop one (when `f` waits on another pool): it
+                    // must not spin, or it would wait for itself.
                     s.spawn(|_| {
+                        if rayon::current_thread_index() == owner {
+                            return;
+                        }
                         while !done.load(Ordering::Acquire) {
                             if rayon::yield_now() != Some(rayon::Yield::Executed) {
                                 std::hint::spin_loop();
