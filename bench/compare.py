@@ -3,7 +3,8 @@
 alternately on the same random-weight networks and prints medians and ratios.
 
 Invoked by bench/compare.sh, which prepares the virtual environment and the binary.
-Options: --runs N (timed runs per engine, default 5), --only SUBSTRING, --quick.
+Options: --runs N (timed runs per engine, default 5), --only SUBSTRING (a workload's exact name selects that row
+alone), --quick.
 """
 
 import argparse
@@ -95,8 +96,10 @@ def main():
     a = p.parse_args()
     results = []
     checked = set()
+    # An exact workload name selects that row alone ("..., batch 1" would also match "..., batch 16").
+    exact = any(w[0] == a.only for w in WORKLOADS)
     for name, arch, batch, threads, mode, side, peers, *prec in WORKLOADS:
-        if a.only and a.only not in name:
+        if a.only and (name != a.only if exact else a.only not in name):
             continue
         precision = prec[0] if prec else "f32"
         w, onnx = prepare(arch, side)
