@@ -54,12 +54,11 @@ impl<B: Backend> Sgd<B> {
     /// from its accumulated gradient.
     pub fn step(&mut self, net: &mut Network<B>, lr: f32) {
         let b = net.backend().clone();
-        b.scope(|| self.step_params(net, lr));
+        b.scope(|| self.step_params(&b, net, lr));
     }
 
     /// [`Sgd::step`]'s updates, in the backend's scope.
-    fn step_params(&mut self, net: &mut Network<B>, lr: f32) {
-        let b = net.backend().clone();
+    fn step_params(&mut self, b: &B, net: &mut Network<B>, lr: f32) {
         let c = self.config.clone();
         let first = self.steps == 0 || self.buffers.is_empty();
         let mut i = 0;
@@ -78,7 +77,7 @@ impl<B: Backend> Sgd<B> {
                     nesterov: c.nesterov,
                     first,
                 };
-                p.ensure_grad(&b);
+                p.ensure_grad(b);
                 b.sgd_update(&step, &mut p.value, &p.grad, &mut buffers[i]);
                 p.version += 1;
                 i += 1;
