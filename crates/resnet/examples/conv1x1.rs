@@ -58,7 +58,13 @@ fn main() {
         let mut y = vec![0.0f32; d.out_len()];
         let mut f = Default::default();
         cpu.prepare_filter(&d, &w, usage, &mut f);
-        let epi = ConvEpilogue { bias: Some(&bias), residual: res.then_some(&r), relu: true, scale: None };
+        let epi = ConvEpilogue {
+            bias: Some(&bias),
+            residual: res.then_some(&r),
+            relu: true,
+            scale: None,
+            residual_in_output: false,
+        };
         let macs = (d.out_len() * d.k_len()) as f64;
         let it = (2e9 / macs).clamp(3.0, 300.0) as usize;
         for _ in 0..it.min(20) {

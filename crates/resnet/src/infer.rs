@@ -224,6 +224,9 @@ impl<B: Backend> InferencePlan<B> {
                 }
             }
             plan.storage = bf16_storage(&plan.ops, plan.storage.len());
+            let (slot, nslots) = assign_slots(&plan.ops, &plan.storage, plan.features);
+            plan.slot = slot;
+            plan.bufs = (0..nslots).map(|_| Tensor::empty(&plan.backend)).collect();
         }
         plan.precision = precision;
         plan
@@ -317,7 +320,7 @@ impl<B: Backend> InferencePlan<B> {
             residual: None,
             relu: false,
         });
-        let (slot, nslots) = assign_slots(&bl.ops, bl.values, pooled);
+        let (slot, nslots) = assign_slots(&bl.ops, &vec![Storage::F32; bl.values], pooled);
         let bufs = (0..nslots).map(|_| Tensor::empty(&b)).collect();
         Self {
             backend: b,
@@ -423,10 +426,16 @@ impl<B: Backend> InferencePlan<B> {
             let dslot = self.slot[dst].expect("every produced value has a slot");
             // Take the destination out so sources can be borrowed alongside it.
             let mut y = std::mem::replace(&mut self.bufs[dslot], Tensor::empty(&b));
-            y.reshape(&b, out);
-            if self.storage[dst] == Storage::Bf16 {
-                let half = y.len().div_ceil(2);
-                b.ensure_len(&mut y.buf, half);
+            // Sharing the output's slot, the residual is what `y` holds (see `assign_slots`).
+            let in_output = matches!(self.ops[i], Op::Conv { residual: Some(r), .. } if self.slot[r] == Some(dslot));
+            if in_output {
+                assert_eq!(y.shape, out, "a residual has its convolution's output shape");
+            } else {
+                y.reshape(&b, out);
+                if self.storage[dst] == Storage::Bf16 {
+                    let half = y.len().div_ceil(2);
+                    b.ensure_len(&mut y.buf, half);
+                }
             }
             if let Op::Conv { conv, .. } = &mut self.ops[i]
                 && let Some(w) = conv.weights.take()
@@ -443,8 +452,9 @@ impl<B: Backend> InferencePlan<B> {
                         let epi = ConvEpilogue {
                             scale: None,
                             bias: conv.bias.as_ref(),
-                            residual: residual.map(|r| &get(r).buf),
+                            residual: residual.filter(|_| !in_output).map(|r| &get(r).buf),
                             relu: *relu,
+                            residual_in_output: in_output,
                         };
                         let st = &self.storage;
                         let rs = residual.map_or(Storage::F32, |r| st[r]);
@@ -547,7 +557,12 @@ fn op_io<B: Backend>(op: &Op<B>) -> (usize, usize) {
 
 /// Gives every produced value a buffer slot, reusing a slot once its value
 /// has been read for the last time. `keep` (the features) is never reused.
-fn assign_slots<B: Backend>(ops: &[Op<B>], values: usize, keep: usize) -> (Vec<Option<usize>>, usize) {
+/// A 1x1 convolution's output takes its residual's slot when nothing reads
+/// the residual afterwards (and both are stored alike): the backend then adds
+/// the residual in place (`ConvEpilogue::residual_in_output`), touching one
+/// buffer where it would read one and fetch another for writing.
+fn assign_slots<B: Backend>(ops: &[Op<B>], storage: &[Storage], keep: usize) -> (Vec<Option<usize>>, usize) {
+    let values = storage.len();
     let mut last_use = vec![0usize; values];
     for (i, op) in ops.iter().enumerate() {
         let (src, _) = op_io(op);
@@ -562,19 +577,31 @@ fn assign_slots<B: Backend>(ops: &[Op<B>], values: usize, keep: usize) -> (Vec<O
     let mut free: Vec<usize> = Vec::new();
     let mut n = 0;
     for (i, op) in ops.iter().enumerate() {
-        let (_, dst) = op_io(op);
-        // A value's slot is freed after its last reader, but not before the
-        // reader's own output is placed (inputs and outputs never alias).
-        let s = free.pop().unwrap_or_else(|| {
-            n += 1;
-            n - 1
+        let (src, dst) = op_io(op);
+        let in_place = match op {
+            Op::Conv { conv, residual: Some(r), .. }
+                if conv.template.kernel == [1, 1] && last_use[*r] == i && *r != src && storage[*r] == storage[dst] =>
+            {
+                slot[*r]
+            }
+            _ => None,
+        };
+        // Otherwise a value's slot is freed after its last reader, but not
+        // before the reader's own output is placed (so the input of an
+        // operation never shares its output's buffer).
+        let s = in_place.unwrap_or_else(|| {
+            free.pop().unwrap_or_else(|| {
+                n += 1;
+                n - 1
+            })
         });
         slot[dst] = Some(s);
         for v in 1..values {
             if last_use[v] == i
-                && let Some(s) = slot[v]
+                && let Some(sv) = slot[v]
+                && sv != s
             {
-                free.push(s);
+                free.push(sv);
             }
         }
     }

@@ -265,6 +265,7 @@ fn bf16_conv_is_the_f32_conv_of_rounded_values() {
             residual: with_epilogue.then_some(&res),
             relu: with_epilogue,
             scale: None,
+            residual_in_output: false,
         };
         let mut f = Default::default();
         cpu.prepare_filter(&d, &w, FilterUse::ForwardBf16, &mut f);
@@ -313,6 +314,7 @@ fn stored_bf16_activations_match_the_rounded_reference() {
         (ConvDesc { w: 1, ..conv(24, 40, 3, 1, 1) }, FilterUse::ForwardBf16),
         (conv(15, 10, 1, 1, 5), FilterUse::ForwardBf16), // odd groups: an f32 filter
         (conv(16, 32, 1, 1, 1), FilterUse::Forward),
+        (conv(24, 40, 3, 1, 1), FilterUse::Forward), // f32 Winograd
     ]
     .into_iter()
     .enumerate()
@@ -328,8 +330,26 @@ fn stored_bf16_activations_match_the_rounded_reference() {
             let stored = |v: &[f32], s: Storage| if s == bf16s { pack(v) } else { v.to_vec() };
             let (xb, rb) = (stored(&x, xs), stored(&res, rs));
             let mut y = vec![f32::NAN; d.out_len()];
-            let epi = ConvEpilogue { bias: Some(&bias), residual: Some(&rb), relu: true, scale: None };
+            let epi = ConvEpilogue {
+                bias: Some(&bias),
+                residual: Some(&rb),
+                relu: true,
+                scale: None,
+                residual_in_output: false,
+            };
             cpu.conv_forward_stored(&d, &xb, xs, &f, &mut y, ys, &epi, rs);
+            if ys == rs {
+                // The residual stored in the output (as an inference plan keeps a
+                // bottleneck's): read in place by 1x1 layers, from a copy elsewhere.
+                let mut yr = rb.clone();
+                let epi = ConvEpilogue { residual: None, residual_in_output: true, ..epi };
+                cpu.conv_forward_stored(&d, &xb, xs, &f, &mut yr, ys, &epi, rs);
+                let bits = |v: &[f32]| {
+                    let v = if ys == bf16s { unpack(v, d.out_len()) } else { v.to_vec() };
+                    v.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+                };
+                assert!(bits(&yr) == bits(&y), "case {case} {xs:?}/{ys:?}: residual in the output differs");
+            }
             let got = if ys == bf16s { unpack(&y, d.out_len()) } else { y };
             // What the kernels see: rounded inputs where stored or computed in bf16.
             let xr = if xs == bf16s || bf16_filter { round(&x) } else { x.clone() };

@@ -152,11 +152,16 @@ pub struct ConvEpilogue<'a, B: Backend> {
     pub residual: Option<&'a B::Buf>,
     /// Clamp at zero.
     pub relu: bool,
+    /// The output buffer already holds the residual (then `residual` is
+    /// `None`): it is added as `residual` would be and overwritten. An
+    /// inference plan stores a bottleneck's output over its residual, which
+    /// halves the memory the widest layers touch (see `InferencePlan`).
+    pub residual_in_output: bool,
 }
 
 impl<B: Backend> Default for ConvEpilogue<'_, B> {
     fn default() -> Self {
-        Self { scale: None, bias: None, residual: None, relu: false }
+        Self { scale: None, bias: None, residual: None, relu: false, residual_in_output: false }
     }
 }
 

@@ -13,7 +13,7 @@
 //! from the image.
 
 use super::bf16::{self, Bf16};
-use super::direct::{self, Elem, Panels, Rows, RowsMut};
+use super::direct::{self, Elem, Panels, Residual, Rows, RowsMut};
 use super::gemm::Epilogue;
 use super::winograd;
 use crate::backend::ConvDesc;
@@ -458,7 +458,7 @@ fn forward_bf16(
     f: &CpuFilter,
     y: RowsMut<'_>,
     epi: &Epilogue<'_>,
-    residual: Option<Rows<'_>>,
+    residual: Option<Residual<'_>>,
 ) {
     let x = match x {
         // Stored in bf16 already: read in place.
@@ -540,7 +540,7 @@ fn forward_direct<T: Elem>(
     padded: &'static Scratch<T>,
     y: RowsMut<'_>,
     epi: &Epilogue<'_>,
-    residual: Option<Rows<'_>>,
+    residual: Option<Residual<'_>>,
 ) {
     if use_rows(d) {
         // Few input channels (the stem): runs of kw * c values instead of c.
@@ -558,7 +558,7 @@ fn run_groups<T: Elem, W: direct::Taps<T>>(
     groups: &[Panels<T>],
     mut y: RowsMut<'_>,
     epi: &Epilogue<'_>,
-    residual: Option<Rows<'_>>,
+    residual: Option<Residual<'_>>,
     window: impl Fn(usize) -> W,
 ) {
     let cg = d.cout_g();
@@ -620,29 +620,64 @@ pub fn forward_stats(d: &ConvDesc, x: &[f32], f: &CpuFilter, y: &mut [f32], stat
 pub fn forward(d: &ConvDesc, x: &[f32], f: &CpuFilter, y: &mut [f32], epi: &Epilogue<'_>) {
     let residual = epi.residual.map(|(r, ld)| {
         assert_eq!(ld, d.c_out, "a convolution's residual rows have c_out values");
-        Rows::F32(r)
+        Residual::Rows(Rows::F32(r))
     });
-    let plain = Epilogue { residual: None, ..*epi };
+    forward_f32(d, x, f, y, &Epilogue { residual: None, ..*epi }, residual);
+}
+
+/// [`forward`] with the residual apart from the epilogue (whose own is
+/// ignored); a residual in the output rows only for single-tap windows.
+fn forward_f32(
+    d: &ConvDesc,
+    x: &[f32],
+    f: &CpuFilter,
+    y: &mut [f32],
+    epi: &Epilogue<'_>,
+    residual: Option<Residual<'_>>,
+) {
     match (&f.winograd, f.bf16.is_empty()) {
-        (_, false) => forward_bf16(d, Rows::F32(x), f, RowsMut::F32(y), &plain, residual),
-        (Some(wf), true) => winograd::forward(d, x, wf, y, epi, None),
-        (None, true) => forward_direct(d, x, &f.groups, &PADDED, RowsMut::F32(y), &plain, residual),
+        (_, false) => forward_bf16(d, Rows::F32(x), f, RowsMut::F32(y), epi, residual),
+        (Some(wf), true) => {
+            let residual = match residual {
+                Some(Residual::Rows(Rows::F32(r))) => Some((r, d.c_out)),
+                None => None,
+                Some(_) => unreachable!("forward_stored gives Winograd layers f32 residual rows"),
+            };
+            winograd::forward(d, x, wf, y, &Epilogue { residual, ..*epi }, None)
+        }
+        (None, true) => forward_direct(d, x, &f.groups, &PADDED, RowsMut::F32(y), epi, residual),
     }
 }
 
 /// Convolution forward over stored activations: input, output and residual
 /// (rows of `c_out`) each f32 or bf16, as a bf16 inference plan keeps them.
 /// `epi.residual` is ignored. Filters without bf16 panels compute in f32
-/// between a widened input and a rounded output.
+/// between a widened input and a rounded output. A residual in the output
+/// rows ([`Residual::InOutput`]) is read in place by 1x1 layers on the
+/// indirect kernels, and from a copy elsewhere.
 pub fn forward_stored(
     d: &ConvDesc,
     x: Rows<'_>,
     f: &CpuFilter,
     mut y: RowsMut<'_>,
     epi: &Epilogue<'_>,
-    residual: Option<Rows<'_>>,
+    residual: Option<Residual<'_>>,
 ) {
     let epi = &Epilogue { residual: None, ..*epi };
+    let in_place = d.kernel == [1, 1] && (matches!(y, RowsMut::F32(_)) || !f.bf16.is_empty());
+    if matches!(residual, Some(Residual::InOutput)) && !in_place {
+        let n = d.out_len();
+        return match &mut y {
+            RowsMut::F32(v) => {
+                let copy = v[..n].to_vec();
+                forward_stored(d, x, f, y, epi, Some(Residual::Rows(Rows::F32(&copy))))
+            }
+            RowsMut::Bf16(v) => {
+                let copy = v[..n].to_vec();
+                forward_stored(d, x, f, y, epi, Some(Residual::Rows(Rows::Bf16(&copy))))
+            }
+        };
+    }
     if let RowsMut::Bf16(yb) = &mut y
         && (f.bf16.is_empty() || d.kernel != [1, 1])
     {
@@ -657,23 +692,19 @@ pub fn forward_stored(
         return forward_bf16(d, x, f, y, epi, residual);
     }
     let RowsMut::F32(y) = y else { unreachable!("bf16 outputs of f32 filters are computed above") };
-    let widen = |r: Rows<'_>| -> Vec<f32> {
-        match r {
-            Rows::F32(v) => v.to_vec(),
-            Rows::Bf16(v) => v.iter().map(|b| b.to_f32()).collect(),
-        }
-    };
+    let widen = |r: &[Bf16]| -> Vec<f32> { r.iter().map(|b| b.to_f32()).collect() };
     // Stored bf16 around an f32 filter (layers without a bf16 form): widen.
-    let widened = residual.filter(|r| matches!(r, Rows::Bf16(_))).map(widen);
-    let residual = match (residual, &widened) {
-        (_, Some(w)) => Some((&w[..], d.c_out)),
-        (Some(Rows::F32(r)), None) => Some((r, d.c_out)),
+    let widened = match residual {
+        Some(Residual::Rows(Rows::Bf16(r))) => Some(widen(r)),
         _ => None,
     };
-    let epi = Epilogue { residual, ..*epi };
+    let residual = match &widened {
+        Some(w) => Some(Residual::Rows(Rows::F32(w))),
+        None => residual,
+    };
     match x {
-        Rows::F32(x) => forward(d, x, f, y, &epi),
-        Rows::Bf16(_) => forward(d, &widen(x), f, y, &epi),
+        Rows::F32(x) => forward_f32(d, x, f, y, epi, residual),
+        Rows::Bf16(x) => forward_f32(d, &widen(x), f, y, epi, residual),
     }
 }
 

@@ -176,6 +176,30 @@ impl Rows<'_> {
     }
 }
 
+/// The residual a convolution's epilogue adds.
+#[derive(Clone, Copy, Debug)]
+pub enum Residual<'a> {
+    /// Rows of their own.
+    Rows(Rows<'a>),
+    /// The output rows themselves: a residual stored where the output goes,
+    /// each value read just before the same tile overwrites it. That saves
+    /// reading one buffer and fetching another for writing (in a bottleneck
+    /// block the output and its residual are the block's largest tensors).
+    /// Single-tap windows only: a tile whose taps are split stores partial
+    /// sums in its output rows before it reads the residual.
+    InOutput,
+}
+
+impl Residual<'_> {
+    /// The residual from value `off` of each row on.
+    pub fn from(self, off: usize) -> Self {
+        match self {
+            Residual::Rows(r) => Residual::Rows(r.from(off)),
+            Residual::InOutput => Residual::InOutput,
+        }
+    }
+}
+
 impl RowsMut<'_> {
     /// Values held.
     pub fn len(&self) -> usize {
@@ -717,7 +741,7 @@ pub fn run<T: Elem>(
     ld: usize,
     col0: usize,
     epi: &Epilogue<'_>,
-    residual: Option<(Rows<'_>, usize)>,
+    residual: Option<(Residual<'_>, usize)>,
 ) {
     let m = w.rows();
     let (taps, klen) = (w.taps(), w.klen());
@@ -748,9 +772,16 @@ pub fn run<T: Elem>(
         RowsMut::F32(o) => (SendPtr(o.as_mut_ptr()), false),
         RowsMut::Bf16(o) => (SendPtr(o.as_mut_ptr().cast()), true),
     };
-    let bf16_res = matches!(residual, Some((Rows::Bf16(_), _)));
+    let in_output = matches!(residual, Some((Residual::InOutput, _)));
+    assert!(!in_output || taps == 1, "a residual in the output rows needs a single-tap window");
+    let bf16_res = match residual {
+        Some((Residual::Rows(Rows::Bf16(_)), _)) => true,
+        Some((Residual::InOutput, _)) => bf16_out,
+        _ => false,
+    };
     let size = |bf16: bool| if bf16 { 2 } else { 4 };
     let ahead = (MR * ld * size(bf16_out), residual.map_or(0, |(_, rld)| MR * rld * size(bf16_res)));
+    assert!(!in_output || residual.is_some_and(|(_, rld)| rld == ld), "the output rows' stride is the residual's");
     assert!(T::BF16 || !(bf16_out || bf16_res), "bf16 activations need bf16 panels");
     // Split taps (padding) sum their parts in the output rows: not in bf16.
     assert!(!bf16_out || (taps == 1 && !epi.accumulate), "bf16 output rows need a single-tap window");
@@ -786,8 +817,10 @@ pub fn run<T: Elem>(
                     }
                 };
                 t.res[i] = match residual {
-                    Some((Rows::F32(r), rld)) => r[(r0 + i) * rld..].as_ptr(),
-                    Some((Rows::Bf16(r), rld)) => r[(r0 + i) * rld..].as_ptr().cast(),
+                    Some((Residual::Rows(Rows::F32(r)), rld)) => r[(r0 + i) * rld..].as_ptr(),
+                    Some((Residual::Rows(Rows::Bf16(r)), rld)) => r[(r0 + i) * rld..].as_ptr().cast(),
+                    // Read by the epilogue before it stores the same values.
+                    Some((Residual::InOutput, _)) => t.rows[i],
                     None => std::ptr::null(),
                 };
             }

@@ -208,6 +208,9 @@ impl Backend for Cpu {
     ) {
         debug_assert_eq!(x.len(), d.in_len());
         debug_assert_eq!(y.len(), d.out_len());
+        if e.residual_in_output {
+            return self.conv_forward_stored(d, x, Storage::F32, w, y, Storage::F32, e, Storage::F32);
+        }
         let epi = gemm::Epilogue {
             accumulate: false,
             scale: e.scale.map(|v| v.as_slice()),
@@ -251,7 +254,12 @@ impl Backend for Cpu {
             relu: e.relu,
         };
         let x = rows(x, x_storage, d.in_len());
-        let residual = e.residual.map(|r| rows(r, residual_storage, d.out_len()));
+        let residual = match (e.residual, e.residual_in_output) {
+            (Some(r), false) => Some(direct::Residual::Rows(rows(r, residual_storage, d.out_len()))),
+            (None, true) => Some(direct::Residual::InOutput),
+            (None, false) => None,
+            (Some(_), true) => panic!("a residual both in the output and apart"),
+        };
         let y = match y_storage {
             Storage::F32 => direct::RowsMut::F32(&mut y[..d.out_len()]),
             Storage::Bf16 => {
