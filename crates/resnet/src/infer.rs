@@ -521,18 +521,26 @@ impl<B: Backend> InferencePlan<B> {
     }
 }
 
-/// Which values a bf16 plan stores in bf16: those written by a bf16 1x1
-/// convolution and read only by bf16 1x1 convolutions (as input or as
-/// residual). A 1x1 layer never takes the Winograd path, so its kernels read
-/// and write bf16 rows directly; every other reader wants f32.
+/// Which values a bf16 plan stores in bf16: those read only by bf16 1x1
+/// convolutions (as input or as residual), which round what they read to
+/// bf16 anyway, and written by a layer whose kernels store bf16 rows: a bf16
+/// 1x1 convolution, or a 3x3 stride-1 one (Winograd, which rounds its f32
+/// results as it writes them; where a backend computes it otherwise it
+/// rounds an f32 result). Every other reader wants f32.
 fn bf16_storage<B: Backend>(ops: &[Op<B>], values: usize) -> Vec<Storage> {
+    let bf16_conv = |op: &Op<B>, kernel: [usize; 2]| {
+        matches!(op, Op::Conv { conv, .. } if conv.usage == FilterUse::ForwardBf16
+            && conv.template.kernel == kernel
+            && conv.template.stride == [1, 1]
+            && conv.template.cin_g().is_multiple_of(2))
+    };
     let bf16_1x1 = |op: &Op<B>| {
         matches!(op, Op::Conv { conv, .. } if conv.usage == FilterUse::ForwardBf16
             && conv.template.kernel == [1, 1]
             && conv.template.cin_g().is_multiple_of(2))
     };
     let mut storage = vec![Storage::F32; values];
-    for op in ops.iter().filter(|op| bf16_1x1(op)) {
+    for op in ops.iter().filter(|op| bf16_1x1(op) || bf16_conv(op, [3, 3])) {
         storage[op_io(op).1] = Storage::Bf16;
     }
     for op in ops.iter().filter(|op| !bf16_1x1(op)) {

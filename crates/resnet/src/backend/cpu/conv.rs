@@ -678,6 +678,28 @@ pub fn forward_stored(
             }
         };
     }
+    let widen = |r: &[Bf16]| -> Vec<f32> { r.iter().map(|b| b.to_f32()).collect() };
+    if let (RowsMut::Bf16(yb), Some(wf)) = (&mut y, &f.winograd) {
+        // Winograd rounds its own output rows.
+        let (xw, rw);
+        let x = match x {
+            Rows::Bf16(v) => {
+                xw = widen(v);
+                &xw[..]
+            }
+            Rows::F32(v) => v,
+        };
+        let residual = match residual {
+            Some(Residual::Rows(Rows::Bf16(r))) => {
+                rw = widen(r);
+                Some((&rw[..], d.c_out))
+            }
+            Some(Residual::Rows(Rows::F32(r))) => Some((r, d.c_out)),
+            Some(Residual::InOutput) => unreachable!("3x3 layers read a residual in their output from a copy (above)"),
+            None => None,
+        };
+        return winograd::forward_bf16(d, x, wf, yb, &Epilogue { residual, ..*epi });
+    }
     if let RowsMut::Bf16(yb) = &mut y
         && (f.bf16.is_empty() || d.kernel != [1, 1])
     {
@@ -692,7 +714,6 @@ pub fn forward_stored(
         return forward_bf16(d, x, f, y, epi, residual);
     }
     let RowsMut::F32(y) = y else { unreachable!("bf16 outputs of f32 filters are computed above") };
-    let widen = |r: &[Bf16]| -> Vec<f32> { r.iter().map(|b| b.to_f32()).collect() };
     // Stored bf16 around an f32 filter (layers without a bf16 form): widen.
     let widened = match residual {
         Some(Residual::Rows(Rows::Bf16(r))) => Some(widen(r)),

@@ -16,6 +16,7 @@
 
 use rayon::prelude::*;
 
+use super::bf16::Bf16;
 use super::direct::{self, MR};
 use super::gemm::Epilogue;
 use crate::backend::ConvDesc;
@@ -333,6 +334,58 @@ pub fn forward(
     epi: &Epilogue<'_>,
     stats: Option<&mut [f32]>,
 ) {
+    assert!(y.len() >= d.out_len(), "output too small");
+    forward_to(d, x, f, Dst { ptr: y.as_mut_ptr(), bf16: false }, epi, stats);
+}
+
+/// [`forward`] into bf16 rows (rounded to nearest, ties to even, after the
+/// epilogue), for a bf16 inference plan whose next layer rounds its input
+/// to bf16 anyway: the same values in half the memory.
+pub fn forward_bf16(d: &ConvDesc, x: &[f32], f: &WinogradFilter, y: &mut [Bf16], epi: &Epilogue<'_>) {
+    assert!(y.len() >= d.out_len(), "output too small");
+    assert!(!epi.accumulate, "bf16 rows are never accumulated into");
+    forward_to(d, x, f, Dst { ptr: y.as_mut_ptr().cast(), bf16: true }, epi, None);
+}
+
+/// The output rows, f32 or bf16 (`ptr` then points at bf16 values).
+#[derive(Clone, Copy)]
+struct Dst {
+    ptr: *mut f32,
+    bf16: bool,
+}
+// SAFETY: every task writes a disjoint part of the output (its own pixels and channels).
+unsafe impl Send for Dst {}
+// SAFETY: as above.
+unsafe impl Sync for Dst {}
+
+impl Dst {
+    /// Stores value `idx`.
+    ///
+    /// # Safety
+    /// `idx` lies inside the output and is the caller's to write.
+    unsafe fn store(self, idx: usize, v: f32) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            if self.bf16 {
+                *self.ptr.cast::<Bf16>().add(idx) = Bf16::from_f32(v);
+            } else {
+                *self.ptr.add(idx) = v;
+            }
+        }
+    }
+
+    /// Reads value `idx` back (f32 rows only: the batch statistics and `accumulate`).
+    ///
+    /// # Safety
+    /// As [`Dst::store`].
+    unsafe fn load(self, idx: usize) -> f32 {
+        debug_assert!(!self.bf16);
+        // SAFETY: the caller's contract.
+        unsafe { *self.ptr.add(idx) }
+    }
+}
+
+fn forward_to(d: &ConvDesc, x: &[f32], f: &WinogradFilter, y: Dst, epi: &Epilogue<'_>, stats: Option<&mut [f32]>) {
     let t = transforms(f.m);
     let m = t.m;
     let grid = Grid::new(d, m);
@@ -346,7 +399,6 @@ pub fn forward(
     }
     let per_group = np.div_ceil(groups);
     let groups = np.div_ceil(per_group);
-    let y_ptr = SyncPtr(y.as_mut_ptr());
     // Per block: its pixel count, then the mean and the sum of squared
     // deviations of each channel.
     let (want_stats, part_len) = (stats.is_some(), 1 + 2 * d.c_out);
@@ -365,9 +417,7 @@ pub fn forward(
             let mut s = s.borrow_mut();
             // SAFETY: the task writes only the pixels of its tiles, in its
             // channels, and only its channels of its block's part.
-            unsafe {
-                block(t, d, x, f, b * MR, (tiles - b * MR).min(MR), &grid, panels, y_ptr.get(), epi, part, &mut s)
-            };
+            unsafe { block(t, d, x, f, b * MR, (tiles - b * MR).min(MR), &grid, panels, y, epi, part, &mut s) };
         });
     };
     let tasks = blocks * groups;
@@ -474,7 +524,7 @@ unsafe fn block(
     nt: usize,
     grid: &Grid,
     panels: std::ops::Range<usize>,
-    y: *mut f32,
+    y: Dst,
     epi: &Epilogue<'_>,
     part: Option<*mut f32>,
     s: &mut Scratch,
@@ -548,7 +598,7 @@ unsafe fn block(
         unsafe {
             let mean = std::slice::from_raw_parts_mut(part.add(1 + c0), cols);
             let m2 = std::slice::from_raw_parts_mut(part.add(1 + co + c0), cols);
-            pixel_moments(y, &px[..count], cols, mean, m2);
+            pixel_moments(y.ptr, &px[..count], cols, mean, m2);
             if c0 == 0 {
                 *part = count as f32;
             }
@@ -711,7 +761,7 @@ unsafe fn output_transform(
     n: usize,
     oy: usize,
     ox: usize,
-    y: *mut f32,
+    y: Dst,
     e: &Epilogue<'_>,
     buf: &mut Vec<f32>,
 ) {
@@ -736,11 +786,10 @@ unsafe fn output_transform(
         let Some(px) = *px else { continue };
         for j in 0..cols {
             let ch = c0 + j;
-            // SAFETY: pixel px, channel ch is inside y and owned by the caller.
-            let o = unsafe { &mut *y.add(px * co + ch) };
             let mut v = out[k * cols + j];
             if e.accumulate {
-                v += *o;
+                // SAFETY: pixel px, channel ch is inside y and owned by the caller.
+                v += unsafe { y.load(px * co + ch) };
             }
             if let Some(s) = e.scale {
                 v *= s[ch];
@@ -754,7 +803,8 @@ unsafe fn output_transform(
             if e.relu && v < 0.0 {
                 v = 0.0;
             }
-            *o = v;
+            // SAFETY: as above.
+            unsafe { y.store(px * co + ch, v) };
         }
     }
 }
@@ -977,7 +1027,7 @@ unsafe fn grad_transform(
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::MR;
+    use super::{Bf16, Dst, MR};
     use crate::backend::cpu::gemm::Epilogue;
     use std::arch::x86_64::*;
 
@@ -1192,7 +1242,7 @@ mod x86 {
         cols: usize,
         co: usize,
         dst: &[Option<usize>],
-        y: *mut f32,
+        y: Dst,
         e: &Epilogue<'_>,
     ) {
         for j0 in (0..cols).step_by(16) {
@@ -1203,7 +1253,7 @@ mod x86 {
             let emit = |kk: usize, x: __m512| {
                 let Some(px) = dst[kk] else { return };
                 // SAFETY: pixel px, channels ch.. (masked) are inside y and the epilogue slices.
-                unsafe { epilogue(y.add(px * co + ch), k, x, e, px, ch) }
+                unsafe { epilogue(y, px * co + ch, k, x, e, px, ch) }
             };
             if m == 4 {
                 let v: [__m512; 36] = std::array::from_fn(load);
@@ -1242,11 +1292,12 @@ mod x86 {
     /// pixel and channel.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn epilogue(o: *mut f32, k: __mmask16, mut x: __m512, e: &Epilogue<'_>, px: usize, ch: usize) {
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn epilogue(y: Dst, idx: usize, k: __mmask16, mut x: __m512, e: &Epilogue<'_>, px: usize, ch: usize) {
         // SAFETY: the caller's contract.
         unsafe {
             if e.accumulate {
-                x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(k, o));
+                x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(k, y.ptr.add(idx)));
             }
             if let Some(s) = e.scale {
                 x = _mm512_mul_ps(x, _mm512_maskz_loadu_ps(k, s.as_ptr().add(ch)));
@@ -1260,7 +1311,16 @@ mod x86 {
             if e.relu {
                 x = _mm512_max_ps(x, _mm512_setzero_ps());
             }
-            _mm512_mask_storeu_ps(o, k, x);
+            if y.bf16 {
+                // Round to nearest, ties to even (as `Bf16::from_f32`), then
+                // keep the upper halves.
+                let b = _mm512_castps_si512(x);
+                let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(1));
+                let r = _mm512_srli_epi32::<16>(_mm512_add_epi32(b, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff))));
+                _mm512_mask_cvtepi32_storeu_epi16(y.ptr.cast::<Bf16>().add(idx).cast(), k, r);
+            } else {
+                _mm512_mask_storeu_ps(y.ptr.add(idx), k, x);
+            }
         }
     }
 }
