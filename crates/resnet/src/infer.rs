@@ -484,7 +484,7 @@ impl<B: Backend> InferencePlan<B> {
                             stride: *stride,
                             pad: *pad,
                         };
-                        b.max_pool_forward(&d, &src_t.buf, &mut y.buf);
+                        b.max_pool_forward_stored(&d, &src_t.buf, self.storage[src], &mut y.buf, self.storage[dst]);
                     }
                     Op::Pad { c_in, c_out, stride, .. } => {
                         let d = PadShortcutDesc {
@@ -521,29 +521,34 @@ impl<B: Backend> InferencePlan<B> {
     }
 }
 
-/// Which values a bf16 plan stores in bf16: those read only by bf16 1x1
-/// convolutions (as input or as residual), which round what they read to
-/// bf16 anyway, and written by a layer whose kernels store bf16 rows: a bf16
-/// 1x1 convolution, or a 3x3 stride-1 one (Winograd, which rounds its f32
-/// results as it writes them; where a backend computes it otherwise it
-/// rounds an f32 result). Every other reader wants f32.
+/// Which values a bf16 plan stores in bf16: those read only by layers that
+/// round what they read to bf16 anyway or lose nothing on it (bf16 1x1
+/// convolutions, as input or as residual, and max pooling), and written by a
+/// layer whose kernels store bf16 rows: a bf16 1x1 convolution, a 3x3
+/// stride-1 one (Winograd rounds its f32 results as it writes them), the stem
+/// (a convolution over at most four channels) or a max pool. (A backend that
+/// computes such a layer otherwise rounds an f32 result.) The plan's logits
+/// are then exactly those of an f32-stored bf16 plan; every other reader
+/// wants f32.
 fn bf16_storage<B: Backend>(ops: &[Op<B>], values: usize) -> Vec<Storage> {
-    let bf16_conv = |op: &Op<B>, kernel: [usize; 2]| {
-        matches!(op, Op::Conv { conv, .. } if conv.usage == FilterUse::ForwardBf16
-            && conv.template.kernel == kernel
-            && conv.template.stride == [1, 1]
-            && conv.template.cin_g().is_multiple_of(2))
+    let bf16_conv = |op: &Op<B>| match op {
+        Op::Conv { conv, .. } if conv.usage == FilterUse::ForwardBf16 => Some(conv.template),
+        _ => None,
     };
-    let bf16_1x1 = |op: &Op<B>| {
-        matches!(op, Op::Conv { conv, .. } if conv.usage == FilterUse::ForwardBf16
-            && conv.template.kernel == [1, 1]
-            && conv.template.cin_g().is_multiple_of(2))
+    let reads_bf16 = |op: &Op<B>| {
+        matches!(op, Op::MaxPool { .. })
+            || bf16_conv(op).is_some_and(|t| t.kernel == [1, 1] && t.cin_g().is_multiple_of(2))
+    };
+    let writes_bf16 = |op: &Op<B>| {
+        reads_bf16(op)
+            || bf16_conv(op)
+                .is_some_and(|t| (t.kernel == [3, 3] && t.stride == [1, 1]) || (t.groups == 1 && t.c_in <= 4))
     };
     let mut storage = vec![Storage::F32; values];
-    for op in ops.iter().filter(|op| bf16_1x1(op) || bf16_conv(op, [3, 3])) {
+    for op in ops.iter().filter(|op| writes_bf16(op)) {
         storage[op_io(op).1] = Storage::Bf16;
     }
-    for op in ops.iter().filter(|op| !bf16_1x1(op)) {
+    for op in ops.iter().filter(|op| !reads_bf16(op)) {
         storage[op_io(op).0] = Storage::F32;
         if let Op::Conv { residual: Some(r), .. } = op {
             storage[*r] = Storage::F32;

@@ -429,6 +429,21 @@ pub trait Backend: Clone + Send + Sync + 'static {
     // ---- pooling ----
     /// Max pooling.
     fn max_pool_forward(&self, d: &PoolDesc, x: &Self::Buf, y: &mut Self::Buf);
+    /// Max pooling over stored activations (see `conv_forward_stored`): the
+    /// maximum of bf16 values is a bf16 value, so a bf16 input loses nothing
+    /// and a bf16 output only rounds what its bf16 readers would round. The
+    /// default handles f32 only.
+    fn max_pool_forward_stored(
+        &self,
+        d: &PoolDesc,
+        x: &Self::Buf,
+        x_storage: Storage,
+        y: &mut Self::Buf,
+        y_storage: Storage,
+    ) {
+        assert!(x_storage == Storage::F32 && y_storage == Storage::F32, "this backend stores activations in f32 only");
+        self.max_pool_forward(d, x, y);
+    }
     /// Max-pool backward: each output's gradient goes to the first maximum of
     /// its window (PyTorch's tie rule). Overwrites `dx`.
     fn max_pool_backward(&self, d: &PoolDesc, x: &Self::Buf, dy: &Self::Buf, dx: &mut Self::Buf);

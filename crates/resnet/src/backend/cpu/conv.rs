@@ -700,12 +700,14 @@ pub fn forward_stored(
         };
         return winograd::forward_bf16(d, x, wf, yb, &Epilogue { residual, ..*epi });
     }
+    // The bf16 kernels write bf16 rows where no tile's taps are split (each
+    // would sum its parts in the output): 1x1 layers, and row windows over a
+    // padded copy (the stem).
+    let whole_taps = d.kernel == [1, 1] || use_rows(&ConvDesc { c_in: f.bf16_cin, ..*d });
     if let RowsMut::Bf16(yb) = &mut y
-        && (f.bf16.is_empty() || d.kernel != [1, 1])
+        && (f.bf16.is_empty() || !whole_taps)
     {
-        // Only the bf16 kernels write bf16 rows, and only for single-tap
-        // windows (a tile whose taps are split sums its parts in the output):
-        // compute in f32 and round.
+        // Otherwise compute in f32 and round.
         let mut out = vec![0.0; yb.len()];
         forward_stored(d, x, f, RowsMut::F32(&mut out), epi, residual);
         return bf16::convert(&out, yb);

@@ -709,6 +709,7 @@ unsafe fn panel_tile<T: Elem>(
             }
             let sub = &panel[boffs[s] * klen * NR..];
             let last = e == active.len();
+            assert!(!t.bf16_out || (first && last), "a tile whose taps are split cannot sum its parts in bf16 rows");
             let part = Epilogue {
                 accumulate: epi.accumulate || !first,
                 scale: if last { epi.scale } else { None },
@@ -783,8 +784,9 @@ pub fn run<T: Elem>(
     let ahead = (MR * ld * size(bf16_out), residual.map_or(0, |(_, rld)| MR * rld * size(bf16_res)));
     assert!(!in_output || residual.is_some_and(|(_, rld)| rld == ld), "the output rows' stride is the residual's");
     assert!(T::BF16 || !(bf16_out || bf16_res), "bf16 activations need bf16 panels");
-    // Split taps (padding) sum their parts in the output rows: not in bf16.
-    assert!(!bf16_out || (taps == 1 && !epi.accumulate), "bf16 output rows need a single-tap window");
+    // Split taps (padding) sum their parts in the output rows: not in bf16
+    // (checked per tile in `panel_tile`; windows over a padded copy never split).
+    assert!(!bf16_out || !epi.accumulate, "bf16 output rows are never accumulated into");
     let task = |tk: usize| {
         let zero = zeros(klen);
         let (tg, tp) = (tk % tasks_g, tk / tasks_g);

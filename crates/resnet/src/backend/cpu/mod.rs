@@ -260,15 +260,7 @@ impl Backend for Cpu {
             (None, false) => None,
             (Some(_), true) => panic!("a residual both in the output and apart"),
         };
-        let y = match y_storage {
-            Storage::F32 => direct::RowsMut::F32(&mut y[..d.out_len()]),
-            Storage::Bf16 => {
-                assert!(2 * y.len() >= d.out_len(), "bf16 output buffer too small");
-                // SAFETY: Bf16 is two bytes with alignment 2 (<= f32's 4); the
-                // buffer's f32 slots hold at least out_len bf16 values.
-                direct::RowsMut::Bf16(unsafe { std::slice::from_raw_parts_mut(y.as_mut_ptr().cast(), d.out_len()) })
-            }
-        };
+        let y = rows_mut(y, y_storage, d.out_len());
         self.install(|| conv::forward_stored(d, x, w, y, &epi, residual));
     }
 
@@ -369,6 +361,18 @@ impl Backend for Cpu {
 
     fn max_pool_forward(&self, d: &PoolDesc, x: &Vec<f32>, y: &mut Vec<f32>) {
         self.install(|| pool::max_forward(d, x, y));
+    }
+    fn max_pool_forward_stored(
+        &self,
+        d: &PoolDesc,
+        x: &Vec<f32>,
+        x_storage: Storage,
+        y: &mut Vec<f32>,
+        y_storage: Storage,
+    ) {
+        let x = rows(x, x_storage, d.n * d.h * d.w * d.c);
+        let y = rows_mut(y, y_storage, d.n * d.out_h() * d.out_w() * d.c);
+        self.install(|| pool::max_forward_stored(d, x, y));
     }
     fn max_pool_backward(&self, d: &PoolDesc, x: &Vec<f32>, dy: &Vec<f32>, dx: &mut Vec<f32>) {
         self.install(|| pool::max_backward(d, x, dy, dx));
@@ -491,6 +495,19 @@ fn rows(buf: &[f32], storage: Storage, len: usize) -> direct::Rows<'_> {
             // SAFETY: Bf16 is two bytes with alignment 2 (<= f32's 4); the
             // buffer's f32 slots hold at least len bf16 values.
             direct::Rows::Bf16(unsafe { std::slice::from_raw_parts(buf.as_ptr().cast(), len) })
+        }
+    }
+}
+
+/// [`rows`] for writing.
+fn rows_mut(buf: &mut [f32], storage: Storage, len: usize) -> direct::RowsMut<'_> {
+    match storage {
+        Storage::F32 => direct::RowsMut::F32(&mut buf[..len]),
+        Storage::Bf16 => {
+            assert!(2 * buf.len() >= len, "bf16 buffer too small");
+            // SAFETY: Bf16 is two bytes with alignment 2 (<= f32's 4); the
+            // buffer's f32 slots hold at least len bf16 values.
+            direct::RowsMut::Bf16(unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast(), len) })
         }
     }
 }

@@ -2,6 +2,8 @@
 
 use rayon::prelude::*;
 
+use super::bf16::Bf16;
+use super::direct::{Rows, RowsMut};
 use crate::backend::PoolDesc;
 
 /// The input rows and columns a window at output `(oy, ox)` covers.
@@ -13,51 +15,106 @@ fn window(d: &PoolDesc, oy: usize, ox: usize) -> (std::ops::Range<usize>, std::o
     (ys, xs)
 }
 
+/// A stored activation value: f32, or bf16 (exact in f32).
+trait Value: Copy + Send + Sync {
+    fn get(self) -> f32;
+    fn put(v: f32) -> Self;
+}
+
+impl Value for f32 {
+    #[inline(always)]
+    fn get(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn put(v: f32) -> Self {
+        v
+    }
+}
+
+impl Value for Bf16 {
+    #[inline(always)]
+    fn get(self) -> f32 {
+        self.to_f32()
+    }
+    #[inline(always)]
+    fn put(v: f32) -> Self {
+        Bf16::from_f32(v)
+    }
+}
+
 /// `out = max(out, src)` element-wise, propagating NaN as PyTorch does;
 /// written as selects so that it vectorises.
 #[inline(always)]
-fn max_into(out: &mut [f32], src: &[f32]) {
+fn max_into<X: Value>(out: &mut [f32], src: &[X]) {
     for (o, &v) in out.iter_mut().zip(src) {
+        let v = v.get();
         let m = if v > *o { v } else { *o };
         *o = if v.is_nan() { v } else { m };
     }
 }
 
-/// One output row of max pooling.
+/// One output row of max pooling; `acc` holds a pixel's running maxima.
 #[inline(always)]
-fn max_row(d: &PoolDesc, x: &[f32], n: usize, oy: usize, yr: &mut [f32]) {
+fn max_row<X: Value, Y: Value>(d: &PoolDesc, x: &[X], n: usize, oy: usize, yr: &mut [Y], acc: &mut [f32]) {
     let c = d.c;
     for ox in 0..d.out_w() {
-        let out = &mut yr[ox * c..(ox + 1) * c];
-        out.fill(f32::NEG_INFINITY);
+        acc.fill(f32::NEG_INFINITY);
         let (ys, xs) = window(d, oy, ox);
         for iy in ys {
             let row = &x[((n * d.h + iy) * d.w + xs.start) * c..((n * d.h + iy) * d.w + xs.end) * c];
             for src in row.chunks_exact(c) {
-                max_into(out, src);
+                max_into(acc, src);
             }
+        }
+        for (o, &v) in yr[ox * c..(ox + 1) * c].iter_mut().zip(acc.iter()) {
+            *o = Y::put(v);
         }
     }
 }
 
 /// Max pooling (padding counts as -inf, as in PyTorch).
 pub fn max_forward(d: &PoolDesc, x: &[f32], y: &mut [f32]) {
+    max_forward_as(d, x, y)
+}
+
+/// [`max_forward`] over stored rows, f32 or bf16 on either side.
+pub fn max_forward_stored(d: &PoolDesc, x: Rows<'_>, y: RowsMut<'_>) {
+    match (x, y) {
+        (Rows::F32(x), RowsMut::F32(y)) => max_forward_as(d, x, y),
+        (Rows::F32(x), RowsMut::Bf16(y)) => max_forward_as(d, x, y),
+        (Rows::Bf16(x), RowsMut::F32(y)) => max_forward_as(d, x, y),
+        (Rows::Bf16(x), RowsMut::Bf16(y)) => max_forward_as(d, x, y),
+    }
+}
+
+fn max_forward_as<X: Value, Y: Value>(d: &PoolDesc, x: &[X], y: &mut [Y]) {
     let (oh, ow, c) = (d.out_h(), d.out_w(), d.c);
     let wide = super::gemm::isa() == super::gemm::Isa::Avx512;
-    y.par_chunks_mut(ow * c).enumerate().for_each(|(row, yr)| {
-        let (n, oy) = (row / oh, row % oh);
-        #[cfg(target_arch = "x86_64")]
-        if wide {
-            #[target_feature(enable = "avx512f")]
-            fn row512(d: &PoolDesc, x: &[f32], n: usize, oy: usize, yr: &mut [f32]) {
-                max_row(d, x, n, oy, yr)
+    y[..d.n * oh * ow * c].par_chunks_mut(ow * c).enumerate().for_each_init(
+        || vec![0.0f32; c],
+        |acc, (row, yr)| {
+            let (n, oy) = (row / oh, row % oh);
+            #[cfg(target_arch = "x86_64")]
+            if wide {
+                #[target_feature(enable = "avx512f")]
+                fn row512<X: Value, Y: Value>(
+                    d: &PoolDesc,
+                    x: &[X],
+                    n: usize,
+                    oy: usize,
+                    yr: &mut [Y],
+                    acc: &mut [f32],
+                ) {
+                    max_row(d, x, n, oy, yr, acc)
+                }
+                // SAFETY: the CPU has avx512f (checked once by `isa`).
+                return unsafe { row512(d, x, n, oy, yr, acc) };
             }
-            // SAFETY: the CPU has avx512f (checked once by `isa`).
-            return unsafe { row512(d, x, n, oy, yr) };
-        }
-        let _ = wide;
-        max_row(d, x, n, oy, yr)
-    });
+            let _ = wide;
+            max_row(d, x, n, oy, yr, acc)
+        },
+    );
 }
 
 /// Max-pool backward: the gradient of each output goes to the first maximum
@@ -121,4 +178,32 @@ pub fn gap_backward(hw: usize, c: usize, dy: &[f32], dx: &mut [f32]) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Max pooling over bf16 rows gives the f32 result of the same values,
+    /// rounded where the output is bf16 (which, max being monotonic, is the
+    /// max of the rounded inputs).
+    #[test]
+    fn stored_max_pool_matches_f32() {
+        let d = PoolDesc { n: 2, h: 9, w: 7, c: 20, kernel: 3, stride: 2, pad: 1 };
+        let len = d.n * d.h * d.w * d.c;
+        let x: Vec<f32> = (0..len).map(|i| Bf16::from_f32(((i * 7919) % 1013) as f32 / 97.0 - 5.0).to_f32()).collect();
+        let xb: Vec<Bf16> = x.iter().map(|&v| Bf16::from_f32(v)).collect();
+        let out = d.n * d.out_h() * d.out_w() * d.c;
+        let mut want = vec![0.0; out];
+        max_forward(&d, &x, &mut want);
+        for bf16_in in [false, true] {
+            let src = if bf16_in { Rows::Bf16(&xb) } else { Rows::F32(&x) };
+            let mut y = vec![f32::NAN; out];
+            max_forward_stored(&d, src, RowsMut::F32(&mut y));
+            assert_eq!(y, want, "f32 output, bf16 input {bf16_in}");
+            let mut yb = vec![Bf16::default(); out];
+            max_forward_stored(&d, src, RowsMut::Bf16(&mut yb));
+            assert!(yb.iter().zip(&want).all(|(a, &b)| a.to_f32() == b), "bf16 output, bf16 input {bf16_in}");
+        }
+    }
 }
