@@ -523,34 +523,50 @@ impl<B: Backend> InferencePlan<B> {
 
 /// Which values a bf16 plan stores in bf16: those read only by layers that
 /// round what they read to bf16 anyway or lose nothing on it (bf16 1x1
-/// convolutions, as input or as residual, and max pooling), and written by a
-/// layer whose kernels store bf16 rows: a bf16 1x1 convolution, a 3x3
+/// convolutions, as input or as residual, and max pooling) or by a 3x3
+/// stride-1 layer (Winograd) that reads a 1x1 layer's output, and written by
+/// a layer whose kernels store bf16 rows: a bf16 1x1 convolution, a 3x3
 /// stride-1 one (Winograd rounds its f32 results as it writes them), the stem
 /// (a convolution over at most four channels) or a max pool. (A backend that
-/// computes such a layer otherwise rounds an f32 result.) The plan's logits
-/// are then exactly those of an f32-stored bf16 plan; every other reader
-/// wants f32.
+/// computes such a layer otherwise rounds an f32 result.) Winograd keeps its
+/// arithmetic in f32 (see `prepare_forward_bf16`); rounding the input of a
+/// bottleneck's 3x3 layer is the rounding every other bf16 layer applies to
+/// its input. Every other reader wants f32.
 fn bf16_storage<B: Backend>(ops: &[Op<B>], values: usize) -> Vec<Storage> {
     let bf16_conv = |op: &Op<B>| match op {
         Op::Conv { conv, .. } if conv.usage == FilterUse::ForwardBf16 => Some(conv.template),
         _ => None,
     };
+    let is_1x1 = |op: &Op<B>| bf16_conv(op).is_some_and(|t| t.kernel == [1, 1] && t.cin_g().is_multiple_of(2));
+    let is_3x3 = |op: &Op<B>| bf16_conv(op).is_some_and(|t| t.kernel == [3, 3] && t.stride == [1, 1]);
+    let mut producer = vec![None; values];
+    for (i, op) in ops.iter().enumerate() {
+        producer[op_io(op).1] = Some(i);
+    }
     let reads_bf16 = |op: &Op<B>| {
         matches!(op, Op::MaxPool { .. })
-            || bf16_conv(op).is_some_and(|t| t.kernel == [1, 1] && t.cin_g().is_multiple_of(2))
+            || is_1x1(op)
+            || (is_3x3(op) && producer[op_io(op).0].is_some_and(|p| is_1x1(&ops[p])))
     };
     let writes_bf16 = |op: &Op<B>| {
-        reads_bf16(op)
-            || bf16_conv(op)
-                .is_some_and(|t| (t.kernel == [3, 3] && t.stride == [1, 1]) || (t.groups == 1 && t.c_in <= 4))
+        matches!(op, Op::MaxPool { .. })
+            || is_1x1(op)
+            || is_3x3(op)
+            || bf16_conv(op).is_some_and(|t| t.groups == 1 && t.c_in <= 4)
     };
     let mut storage = vec![Storage::F32; values];
     for op in ops.iter().filter(|op| writes_bf16(op)) {
         storage[op_io(op).1] = Storage::Bf16;
     }
-    for op in ops.iter().filter(|op| !reads_bf16(op)) {
-        storage[op_io(op).0] = Storage::F32;
-        if let Op::Conv { residual: Some(r), .. } = op {
+    for op in ops.iter() {
+        let (src, _) = op_io(op);
+        if !reads_bf16(op) {
+            storage[src] = Storage::F32;
+        }
+        // Only 1x1 layers read a bf16 residual.
+        if let Op::Conv { residual: Some(r), .. } = op
+            && !is_1x1(op)
+        {
             storage[*r] = Storage::F32;
         }
     }

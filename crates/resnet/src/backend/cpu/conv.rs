@@ -680,15 +680,8 @@ pub fn forward_stored(
     }
     let widen = |r: &[Bf16]| -> Vec<f32> { r.iter().map(|b| b.to_f32()).collect() };
     if let (RowsMut::Bf16(yb), Some(wf)) = (&mut y, &f.winograd) {
-        // Winograd rounds its own output rows.
-        let (xw, rw);
-        let x = match x {
-            Rows::Bf16(v) => {
-                xw = widen(v);
-                &xw[..]
-            }
-            Rows::F32(v) => v,
-        };
+        // Winograd rounds its own output rows (and widens stored input).
+        let rw;
         let residual = match residual {
             Some(Residual::Rows(Rows::Bf16(r))) => {
                 rw = widen(r);

@@ -17,7 +17,7 @@
 use rayon::prelude::*;
 
 use super::bf16::Bf16;
-use super::direct::{self, MR};
+use super::direct::{self, MR, Rows};
 use super::gemm::Epilogue;
 use crate::backend::ConvDesc;
 
@@ -335,13 +335,14 @@ pub fn forward(
     stats: Option<&mut [f32]>,
 ) {
     assert!(y.len() >= d.out_len(), "output too small");
-    forward_to(d, x, f, Dst { ptr: y.as_mut_ptr(), bf16: false }, epi, stats);
+    forward_to(d, Rows::F32(x), f, Dst { ptr: y.as_mut_ptr(), bf16: false }, epi, stats);
 }
 
 /// [`forward`] into bf16 rows (rounded to nearest, ties to even, after the
 /// epilogue), for a bf16 inference plan whose next layer rounds its input
-/// to bf16 anyway: the same values in half the memory.
-pub fn forward_bf16(d: &ConvDesc, x: &[f32], f: &WinogradFilter, y: &mut [Bf16], epi: &Epilogue<'_>) {
+/// to bf16 anyway: the same values in half the memory. The input may be
+/// stored in bf16 too (widened as each patch is loaded).
+pub fn forward_bf16(d: &ConvDesc, x: Rows<'_>, f: &WinogradFilter, y: &mut [Bf16], epi: &Epilogue<'_>) {
     assert!(y.len() >= d.out_len(), "output too small");
     assert!(!epi.accumulate, "bf16 rows are never accumulated into");
     forward_to(d, x, f, Dst { ptr: y.as_mut_ptr().cast(), bf16: true }, epi, None);
@@ -385,7 +386,8 @@ impl Dst {
     }
 }
 
-fn forward_to(d: &ConvDesc, x: &[f32], f: &WinogradFilter, y: Dst, epi: &Epilogue<'_>, stats: Option<&mut [f32]>) {
+fn forward_to(d: &ConvDesc, x: Rows<'_>, f: &WinogradFilter, y: Dst, epi: &Epilogue<'_>, stats: Option<&mut [f32]>) {
+    assert!(x.len() >= d.in_len(), "input too small");
     let t = transforms(f.m);
     let m = t.m;
     let grid = Grid::new(d, m);
@@ -518,7 +520,7 @@ wide_fn! {
 unsafe fn block(
     t: &Transforms,
     d: &ConvDesc,
-    x: &[f32],
+    x: Rows<'_>,
     f: &WinogradFilter,
     t0: usize,
     nt: usize,
@@ -662,7 +664,7 @@ fn offsets<const N: usize>(
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn prefetch_patch(
-    data: &[f32],
+    data: Rows<'_>,
     ys: std::ops::Range<isize>,
     xs: std::ops::Range<isize>,
     (h, w): (usize, usize),
@@ -680,13 +682,12 @@ fn prefetch_patch(
             for x in x0..x1 {
                 let px = ((n * h + y) * w + x) * c;
                 for ch in chans.clone().step_by(16) {
-                    // SAFETY: a prefetch never faults; the address is inside `data`
-                    // (pixel (y, x) of image n is).
-                    unsafe {
-                        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                            data.as_ptr().add(px + ch).cast(),
-                        )
+                    let at: *const i8 = match data {
+                        Rows::F32(v) => v[px + ch..].as_ptr().cast(),
+                        Rows::Bf16(v) => v[px + ch..].as_ptr().cast(),
                     };
+                    // SAFETY: a prefetch never faults.
+                    unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(at) };
                 }
             }
         }
@@ -702,7 +703,7 @@ fn prefetch_patch(
 unsafe fn input_transform(
     t: &Transforms,
     d: &ConvDesc,
-    x: &[f32],
+    x: Rows<'_>,
     grid: &Grid,
     tile: usize,
     v: *mut f32,
@@ -731,9 +732,11 @@ unsafe fn input_transform(
     let (patch, rest) = buf.split_at_mut(a * a * c);
     let (tmp, out) = rest.split_at_mut(a * a * c);
     for (k, s) in src[..a * a].iter().enumerate() {
-        match s {
-            Some(o) => patch[k * c..(k + 1) * c].copy_from_slice(&x[*o..o + c]),
-            None => patch[k * c..(k + 1) * c].fill(0.0),
+        let dst = &mut patch[k * c..(k + 1) * c];
+        match (s, x) {
+            (Some(o), Rows::F32(x)) => dst.copy_from_slice(&x[*o..o + c]),
+            (Some(o), Rows::Bf16(x)) => dst.iter_mut().zip(&x[*o..o + c]).for_each(|(d, v)| *d = v.to_f32()),
+            (None, _) => dst.fill(0.0),
         }
     }
     transform_rows(t.bt, a, a, patch, tmp, c);
@@ -896,7 +899,7 @@ fn grad_slab(
         for i in 0..nt {
             // SAFETY: V holds aa * chunk * ci floats and D aa * chunk * ldw; i < chunk.
             unsafe {
-                input_transform(t, d, x, &grid, t0 + i, s.v.as_mut_ptr(), chunk, i, &mut s.tile);
+                input_transform(t, d, Rows::F32(x), &grid, t0 + i, s.v.as_mut_ptr(), chunk, i, &mut s.tile);
                 grad_transform(t, d, dy, &grid, t0 + i, cols.clone(), s.mm.as_mut_ptr(), chunk, ldw, i, &mut s.tile);
             }
         }
@@ -1000,7 +1003,7 @@ unsafe fn grad_transform(
     let src: [Option<usize>; 16] = offsets(m, (oy as isize, ox as isize), (oh, ow), n, d.c_out, cols.start);
     if let Some((n2, oy2, ox2)) = grid.ahead(tile) {
         let (y, x) = (oy2 as isize, ox2 as isize);
-        prefetch_patch(dy, y..y + m as isize, x..x + m as isize, (oh, ow), n2, d.c_out, cols.clone());
+        prefetch_patch(Rows::F32(dy), y..y + m as isize, x..x + m as isize, (oh, ow), n2, d.c_out, cols.clone());
     }
     #[cfg(target_arch = "x86_64")]
     if super::gemm::isa() == super::gemm::Isa::Avx512 {
@@ -1027,7 +1030,7 @@ unsafe fn grad_transform(
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Bf16, Dst, MR};
+    use super::{Bf16, Dst, MR, Rows};
     use crate::backend::cpu::gemm::Epilogue;
     use std::arch::x86_64::*;
 
@@ -1127,7 +1130,7 @@ mod x86 {
                 |p: usize, o: __m512| unsafe { _mm512_mask_storeu_ps(dm.add((p * rows + row) * ld + c0), k, o) };
             if m == 4 {
                 // SAFETY: the caller's contract on src.
-                let d: [__m512; 16] = unsafe { patch(dy, src, c0, k) };
+                let d: [__m512; 16] = unsafe { patch(Rows::F32(dy), src, c0, k) };
                 // SAFETY: register arithmetic.
                 let cols: [[__m512; 6]; 4] =
                     std::array::from_fn(|q| unsafe { a6([d[q], d[4 + q], d[8 + q], d[12 + q]]) });
@@ -1140,7 +1143,7 @@ mod x86 {
                 }
             } else {
                 // SAFETY: the caller's contract on src.
-                let d: [__m512; 4] = unsafe { patch(dy, src, c0, k) };
+                let d: [__m512; 4] = unsafe { patch(Rows::F32(dy), src, c0, k) };
                 // SAFETY: register arithmetic.
                 let cols: [[__m512; 4]; 2] = std::array::from_fn(|q| unsafe { a4([d[q], d[2 + q]]) });
                 for i in 0..4 {
@@ -1165,12 +1168,32 @@ mod x86 {
     /// avx512f; every `Some` offset plus `c0` starts `mask`'s lanes inside `x`.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn patch<const N: usize>(x: &[f32], src: &[Option<usize>], c0: usize, k: __mmask16) -> [__m512; N] {
-        std::array::from_fn(|p| match src[p] {
-            // SAFETY: the caller's contract.
-            Some(o) => unsafe { _mm512_maskz_loadu_ps(k, x.as_ptr().add(o + c0)) },
-            None => _mm512_setzero_ps(),
-        })
+    unsafe fn patch<const N: usize>(x: Rows<'_>, src: &[Option<usize>], c0: usize, k: __mmask16) -> [__m512; N] {
+        match x {
+            Rows::F32(x) => std::array::from_fn(|p| match src[p] {
+                // SAFETY: the caller's contract.
+                Some(o) => unsafe { _mm512_maskz_loadu_ps(k, x.as_ptr().add(o + c0)) },
+                None => _mm512_setzero_ps(),
+            }),
+            Rows::Bf16(x) => std::array::from_fn(|p| match src[p] {
+                Some(o) => {
+                    let h = if k == 0xffff {
+                        // SAFETY: the caller's contract: 16 values from o + c0.
+                        unsafe { _mm256_loadu_si256(x.as_ptr().add(o + c0).cast()) }
+                    } else {
+                        // A short tail: through a buffer, not past the end of `x`.
+                        let mut t = [Bf16::default(); 16];
+                        let n = k.count_ones() as usize;
+                        t[..n].copy_from_slice(&x[o + c0..o + c0 + n]);
+                        // SAFETY: t holds 16 values.
+                        unsafe { _mm256_loadu_si256(t.as_ptr().cast()) }
+                    };
+                    // bf16 to f32: the 16 bits become the upper half.
+                    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+                }
+                None => _mm512_setzero_ps(),
+            }),
+        }
     }
 
     /// Input transform of one tile, 16 channels at a time: `B^T d B`, columns
@@ -1182,7 +1205,7 @@ mod x86 {
     #[allow(clippy::needless_range_loop)] // q indexes the columns' rows
     pub(super) unsafe fn input(
         m: usize,
-        x: &[f32],
+        x: Rows<'_>,
         src: &[Option<usize>],
         c: usize,
         v: *mut f32,
