@@ -522,8 +522,8 @@ impl<B: Backend> InferencePlan<B> {
 }
 
 /// Which values a bf16 plan stores in bf16: those read only by layers that
-/// round what they read to bf16 anyway or lose nothing on it (bf16 1x1
-/// convolutions, as input or as residual, and max pooling) or by a 3x3
+/// round what they read to bf16 anyway or lose nothing on it (bf16 1x1 and
+/// strided convolutions, 1x1 ones also as residual, and max pooling) or by a 3x3
 /// stride-1 layer (Winograd) that reads a 1x1 layer's output, and written by
 /// a layer whose kernels store bf16 rows: a bf16 1x1 convolution, a 3x3
 /// stride-1 one (Winograd rounds its f32 results as it writes them), the stem
@@ -543,9 +543,13 @@ fn bf16_storage<B: Backend>(ops: &[Op<B>], values: usize) -> Vec<Storage> {
     for (i, op) in ops.iter().enumerate() {
         producer[op_io(op).1] = Some(i);
     }
+    // Strided layers never take the Winograd path: their bf16 kernels round
+    // their input (and read stored bf16 in place).
+    let strided = |op: &Op<B>| bf16_conv(op).is_some_and(|t| t.stride != [1, 1] && t.cin_g().is_multiple_of(2));
     let reads_bf16 = |op: &Op<B>| {
         matches!(op, Op::MaxPool { .. })
             || is_1x1(op)
+            || strided(op)
             || (is_3x3(op) && producer[op_io(op).0].is_some_and(|p| is_1x1(&ops[p])))
     };
     let writes_bf16 = |op: &Op<B>| {
@@ -568,6 +572,16 @@ fn bf16_storage<B: Backend>(ops: &[Op<B>], values: usize) -> Vec<Storage> {
             && !is_1x1(op)
         {
             storage[*r] = Storage::F32;
+        }
+    }
+    // A max pool passes values on unchanged: rounding its input is free only
+    // where its output is rounded too (ResNet-50's feeds 1x1 layers,
+    // ResNet-18's a Winograd layer that reads f32).
+    for op in ops {
+        if let Op::MaxPool { src, dst, .. } = op
+            && storage[*dst] == Storage::F32
+        {
+            storage[*src] = Storage::F32;
         }
     }
     storage[0] = Storage::F32;
