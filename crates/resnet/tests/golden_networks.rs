@@ -117,3 +117,29 @@ fn a_smaller_batch_after_larger_ones_matches_a_fresh_network() {
         }
     }
 }
+
+/// An inference plan reuses its buffers across batch sizes, and a
+/// bottleneck's output shares its residual's buffer: a plan that has run a
+/// larger batch must give a fresh plan's logits on a smaller one, in f32 and
+/// in bf16 (where the residual stream and more are stored in bf16).
+#[test]
+fn a_plan_gives_the_same_logits_after_a_larger_batch() {
+    let cpu = Cpu::new(None).unwrap();
+    let spec = ResNetSpec::named("resnet50").unwrap();
+    let mut net = Network::new(&spec, &cpu).unwrap();
+    net.init_formula();
+    let input = |n: usize| Tensor::from_nchw(&cpu, n, 3, 64, 64, &formula_input(n * 3 * 64 * 64));
+    for precision in [Precision::F32, Precision::Bf16] {
+        let mut used = InferencePlan::with_precision(&net, precision);
+        used.run(&input(5)).unwrap();
+        let got = used.run(&input(2)).unwrap().to_host(&cpu);
+        let want = InferencePlan::with_precision(&net, precision).run(&input(2)).unwrap().to_host(&cpu);
+        // The plan keeps the filters it prepared for its first batch, and the
+        // Winograd tile depends on the batch: equal up to rounding (a residual
+        // read from the wrong buffer would be off by the residual itself).
+        let err = relative_l2(&got, &want);
+        let bound = if precision == Precision::F32 { 1e-5 } else { 1e-2 };
+        eprintln!("{precision:?}: relative L2 {err:.1e}");
+        assert!(err <= bound, "{precision:?}: logits differ after a larger batch by {err:e}");
+    }
+}
