@@ -678,14 +678,15 @@ fn prefetch_patch(
         if x0 >= x1 {
             return;
         }
+        let (base, size): (*const i8, usize) = match data {
+            Rows::F32(v) => (v.as_ptr().cast(), 4),
+            Rows::Bf16(v) => (v.as_ptr().cast(), 2),
+        };
         for y in ys.start.max(0) as usize..ys.end.clamp(0, h as isize) as usize {
             for x in x0..x1 {
                 let px = ((n * h + y) * w + x) * c;
                 for ch in chans.clone().step_by(16) {
-                    let at: *const i8 = match data {
-                        Rows::F32(v) => v[px + ch..].as_ptr().cast(),
-                        Rows::Bf16(v) => v[px + ch..].as_ptr().cast(),
-                    };
+                    let at = base.wrapping_add((px + ch) * size);
                     // SAFETY: a prefetch never faults.
                     unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(at) };
                 }
