@@ -143,7 +143,13 @@ pub(super) unsafe fn kernel2(
     #[cfg(target_arch = "x86_64")]
     if native() {
         // SAFETY: the CPU has avx512bf16; the rest is the caller's contract.
-        return unsafe { x86::kernel2(a, klen, b0, b1, out0, out1) };
+        return unsafe {
+            if out0.next.is_some() {
+                x86::kernel2::<true>(a, klen, b0, b1, out0, out1)
+            } else {
+                x86::kernel2::<false>(a, klen, b0, b1, out0, out1)
+            }
+        };
     }
     // SAFETY: the caller's contract.
     unsafe {
@@ -261,12 +267,13 @@ mod x86 {
         unsafe { store(&acc, out) }
     }
 
-    /// Two adjacent panels: each broadcast pair feeds two `vdpbf16ps`.
+    /// Two adjacent panels: each broadcast pair feeds two `vdpbf16ps`. With
+    /// `PF`, it also fetches the next row group's runs (`out0.next`).
     ///
     /// # Safety
-    /// As `kernel`, for both panels.
+    /// As `kernel`, for both panels; with `PF`, `out0.next` holds runs.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-    pub(super) unsafe fn kernel2(
+    pub(super) unsafe fn kernel2<const PF: bool>(
         a: &[[*const Bf16; MR]],
         klen: usize,
         b0: &[Bf16],
@@ -282,9 +289,13 @@ mod x86 {
         let mut acc0 = [_mm512_setzero_ps(); MR];
         let mut acc1 = [_mm512_setzero_ps(); MR];
         let (mut p0, mut p1) = (b0.as_ptr() as *const __m512i, b1.as_ptr() as *const __m512i);
-        for rows in a {
+        for (t, rows) in a.iter().enumerate() {
             let r = *rows;
             for c in (0..klen).step_by(2) {
+                if PF && c % 32 == 0 {
+                    // SAFETY: `next` is the next group's runs (see `Out`).
+                    unsafe { out0.next.fetch::<MR>(t, c * 2) };
+                }
                 // SAFETY: both panels hold a.len() * klen * NR values; runs klen values.
                 unsafe {
                     let v0: __m512bh = std::mem::transmute(_mm512_loadu_si512(p0.add(c / 2)));

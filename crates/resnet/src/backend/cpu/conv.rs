@@ -75,6 +75,9 @@ impl<T: Elem> direct::Taps<T> for Window<'_, T> {
     fn klen(&self) -> usize {
         self.c_len
     }
+    fn source_len(&self) -> usize {
+        self.src.len()
+    }
     fn fill(&self, m0: usize, zero: *const T, out: &mut [[*const T; direct::MR]], _own: &mut Vec<T>) {
         let rows = direct::Taps::rows(self);
         let base = self.src.as_ptr();
@@ -181,6 +184,9 @@ impl<T: Elem> direct::Taps<T> for RowWindow<'_, T> {
     }
     fn klen(&self) -> usize {
         self.kw * self.c
+    }
+    fn source_len(&self) -> usize {
+        self.padded.len()
     }
     fn fill(&self, m0: usize, zero: *const T, out: &mut [[*const T; direct::MR]], _own: &mut Vec<T>) {
         let rows = direct::Taps::rows(self);
