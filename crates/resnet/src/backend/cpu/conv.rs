@@ -236,13 +236,21 @@ fn pad_input<S: Sync, T: Elem>(
     use rayon::prelude::*;
     let (hp, wp) = (d.h + 2 * d.pad[0], d.w + 2 * d.pad[1]);
     let c = d.c_in;
-    out.clear();
+    // Every value is written below, padding included, by the threads that
+    // fill the rows (not zeroed once more by this one first).
+    out.truncate(d.n * hp * wp * c);
     out.resize(d.n * hp * wp * c, T::default());
     out.par_chunks_mut(wp * c).enumerate().for_each(|(r, row)| {
         let (n, yp) = (r / hp, r % hp);
         if (d.pad[0]..d.pad[0] + d.h).contains(&yp) {
             let src = &x[(n * d.h + yp - d.pad[0]) * d.w * c_src..][..d.w * c_src];
-            put(src, &mut row[d.pad[1] * c..][..d.w * c]);
+            let (left, rest) = row.split_at_mut(d.pad[1] * c);
+            let (mid, right) = rest.split_at_mut(d.w * c);
+            left.fill(T::default());
+            put(src, mid);
+            right.fill(T::default());
+        } else {
+            row.fill(T::default());
         }
     });
     (hp, wp)
@@ -452,7 +460,10 @@ fn spread(src: &[f32], c_in: usize, dst: &mut [Bf16], cin: usize) {
     let mut rounded = vec![Bf16::default(); src.len()];
     bf16::convert(src, &mut rounded);
     for (o, s) in dst.chunks_mut(cin).zip(rounded.chunks(c_in)) {
-        o[..c_in].copy_from_slice(s);
+        // Element by element: a few values per pixel (a slice copy calls memmove).
+        for (d, &v) in o.iter_mut().zip(s) {
+            *d = v;
+        }
         o[c_in..].fill(Bf16::default());
     }
 }
