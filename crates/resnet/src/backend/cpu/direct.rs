@@ -283,9 +283,10 @@ impl Next {
 /// rather than a core's own: there the kernels fetch the next row group's
 /// runs ahead. The pattern they read in (twelve runs side by side, a few
 /// bytes of each at a time) is one the hardware prefetchers follow poorly;
-/// a bf16 ResNet-50 1x1 layer at 56x56, batch 16, runs 25-35% faster with
-/// it. Smaller inputs stay in cache, where the prefetches cost issue slots
-/// for nothing (batch 1 was about 1% slower with them).
+/// ResNet-50's 256->64 layer at 56x56, batch 16, runs 20-33% faster with it
+/// in bf16 and 17-19% in f32 (ARCHITECTURE.md, "Prefetch"). Smaller inputs
+/// stay in cache, where the prefetches cost issue slots for nothing (batch 1
+/// was about 1% slower with them).
 pub(super) const PREFETCH_INPUT_BYTES: usize = 4 << 20;
 
 impl<'a> Out<'a> {
