@@ -20,6 +20,7 @@ fn main() {
     let cpu = Cpu::new(Some(2)).unwrap();
     let only: Option<usize> = std::env::var("ONLY").ok().and_then(|v| v.parse().ok());
     for (idx, (h, ci, co, k)) in [
+        // (side, c_in, c_out, kernel side)
         (56, 64, 256, 1),
         (56, 256, 64, 1),
         (28, 128, 512, 1),
@@ -32,6 +33,12 @@ fn main() {
         (14, 256, 256, 3),
         (7, 512, 512, 3),
         (224, 3, 64, 7),
+        (28, 128, 128, 3),
+        (56, 256, 128, 1),
+        (56, 256, 512, -1),
+        (28, 512, 1024, -1),
+        (14, 1024, 2048, -1),
+        (28, 512, 256, 1),
     ]
     .into_iter()
     .enumerate()
@@ -39,7 +46,8 @@ fn main() {
         if only.is_some_and(|o| o != idx) {
             continue;
         }
-        let s = if k == 7 { 2 } else { 1 };
+        // A negative kernel side: a strided 1x1 (the projection shortcuts).
+        let (k, s) = if k < 0 { (1, 2) } else { (k as usize, if k == 7 { 2 } else { 1 }) };
         let d = ConvDesc {
             n,
             h,

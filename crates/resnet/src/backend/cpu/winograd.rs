@@ -255,6 +255,8 @@ struct Scratch {
     v: Vec<f32>,
     mm: Vec<f32>,
     tile: Vec<f32>,
+    /// Each block's rows of one `V_p` and `M_p`, for the micro-kernel.
+    rows: Vec<([*const f32; MR], [*mut f32; MR])>,
 }
 
 thread_local! {
@@ -317,10 +319,10 @@ impl Grid {
 
 /// `y = epilogue(conv3x3(x))` by Winograd (see [`applicable`]).
 ///
-/// Work is cut into blocks of [`MR`] tiles (the micro-kernel's rows); a task
-/// transforms its block's input, runs the `a^2` products for its output
-/// channels and transforms the results into `y`, all in cache. When blocks
-/// are few (small images, batch 1), output channels are split across tasks.
+/// Work is cut into spans of tiles times groups of output channels (see
+/// [`split`]); a task transforms its span's input, runs the `a^2` products
+/// for its output channels, [`MR`] tiles (the micro-kernel's rows) at a time,
+/// and transforms the results into `y`, all in cache.
 ///
 /// With `stats` (`2 * c_out` floats), each task also takes the moments of
 /// its freshly written, cache-resident outputs, and the blocks' moments are
@@ -387,42 +389,64 @@ impl Dst {
 }
 
 fn forward_to(d: &ConvDesc, x: Rows<'_>, f: &WinogradFilter, y: Dst, epi: &Epilogue<'_>, stats: Option<&mut [f32]>) {
+    let t = transforms(f.m);
+    let tiles = Grid::new(d, t.m).count;
+    let cut = split(t.a * t.a, d.c_in, d.c_out, tiles, rayon::current_num_threads());
+    forward_cut(d, x, f, y, epi, stats, cut);
+}
+
+/// [`forward_to`] cut into spans of `span_len` tiles times `groups` groups of
+/// output-channel panels (see [`split`]).
+fn forward_cut(
+    d: &ConvDesc,
+    x: Rows<'_>,
+    f: &WinogradFilter,
+    y: Dst,
+    epi: &Epilogue<'_>,
+    stats: Option<&mut [f32]>,
+    (span_len, groups): (usize, usize),
+) {
     assert!(x.len() >= d.in_len(), "input too small");
     let t = transforms(f.m);
-    let m = t.m;
-    let grid = Grid::new(d, m);
+    let grid = Grid::new(d, t.m);
     let tiles = grid.count;
-    let blocks = tiles.div_ceil(MR);
     let np = d.c_out.div_ceil(direct::NR);
     let threads = rayon::current_num_threads();
-    let mut groups = 1;
-    while blocks * groups < 3 * threads && groups < np {
-        groups += 1;
-    }
+    // With statistics, spans are whole blocks, so that the blocks' moments
+    // (combined in block order) do not depend on the cut.
+    let span_len = if stats.is_some() { span_len.next_multiple_of(MR) } else { span_len }.clamp(1, tiles);
+    let (spans, groups) = (tiles.div_ceil(span_len), groups.clamp(1, np));
     let per_group = np.div_ceil(groups);
     let groups = np.div_ceil(per_group);
+    // Span sp covers tiles span_start(sp)..span_start(sp + 1).
+    let span_start = |sp: usize| (sp * span_len).min(tiles);
+    // Blocks of MR tiles per span, at most: each has its moments.
+    let subs = span_len.div_ceil(MR);
     // Per block: its pixel count, then the mean and the sum of squared
     // deviations of each channel.
     let (want_stats, part_len) = (stats.is_some(), 1 + 2 * d.c_out);
     let mut parts = Vec::new();
     if want_stats {
         parts = BLOCK_MOMENTS.with(|p| std::mem::take(&mut *p.borrow_mut()));
-        grow(&mut parts, blocks * part_len);
+        grow(&mut parts, spans * subs * part_len);
+        // Blocks a span lacks stay empty.
+        parts.chunks_exact_mut(part_len).for_each(|p| p[0] = 0.0);
     }
     let parts_ptr = SyncPtr(parts.as_mut_ptr());
     let task = |k: usize| {
-        let (b, g) = (k / groups, k % groups);
+        let (sp, g) = (k / groups, k % groups);
         let panels = g * per_group..((g + 1) * per_group).min(np);
-        // SAFETY: block b's part lies inside `parts` (blocks * part_len floats).
-        let part = want_stats.then(|| unsafe { parts_ptr.get().add(b * part_len) });
+        let span_tiles = span_start(sp)..span_start(sp + 1);
+        // SAFETY: the span's parts lie inside `parts` (spans * subs * part_len floats).
+        let parts = want_stats.then(|| unsafe { parts_ptr.get().add(sp * subs * part_len) });
         SCRATCH.with(|s| {
             let mut s = s.borrow_mut();
             // SAFETY: the task writes only the pixels of its tiles, in its
-            // channels, and only its channels of its block's part.
-            unsafe { block(t, d, x, f, b * MR, (tiles - b * MR).min(MR), &grid, panels, y, epi, part, &mut s) };
+            // channels, and only its channels of its blocks' parts.
+            unsafe { span(t, d, x, f, span_tiles, &grid, panels, y, epi, parts, part_len, &mut s) };
         });
     };
-    let tasks = blocks * groups;
+    let tasks = spans * groups;
     if tasks == 1 || threads == 1 {
         (0..tasks).for_each(task);
     } else {
@@ -431,7 +455,7 @@ fn forward_to(d: &ConvDesc, x: Rows<'_>, f: &WinogradFilter, y: Dst, epi: &Epilo
     if let Some(stats) = stats {
         let co = d.c_out;
         let mut all = super::norm::Moments::new(co);
-        for part in parts.chunks_exact(part_len).take(blocks) {
+        for part in parts.chunks_exact(part_len).take(spans * subs) {
             all.add(part[0] as usize, &part[1..1 + co], &part[1 + co..]);
         }
         all.write(stats);
@@ -510,84 +534,141 @@ wide_fn! {
     }
 }
 
-/// One block of `nt` tiles starting at tile `t0`, for the output-channel
-/// panels `panels`.
+/// Transformed filters up to this size stay in L2 and L3 while every block
+/// of tiles reads them.
+const U_CACHED_BYTES: usize = 1 << 20;
+/// Transformed filters above this size come from memory at each read.
+const U_STREAMED_BYTES: usize = 16 << 20;
+/// The transformed inputs and products of a span at most, where each span
+/// reads `U` from memory.
+const SPAN_BYTES: usize = 8 << 20;
+
+/// How the work is cut: `(span_len, groups)`, spans of `span_len` tiles
+/// times groups of output-channel panels; a task is one of each, and each
+/// group transforms its span's inputs again.
+///
+/// - Transformed filters `U` small enough to stay in L2 and L3 while every
+///   block of [`MR`] tiles reads them, or many blocks and a `U` that fits in
+///   L3: a span per block, the panels split only as far as `3 * threads`
+///   tasks need.
+/// - Otherwise (`U` larger than L3, or few blocks, as at batch 1) each span
+///   reads `U` from memory: spans are as long as [`SPAN_BYTES`] of
+///   transformed inputs and products (`V`, `M`) allow, and the panels are
+///   split only when there are fewer spans than threads (at batch 1 the
+///   cheapest cut: the threads share `U` and redo only the small input
+///   transforms).
+fn split(aa: usize, ci: usize, co: usize, tiles: usize, threads: usize) -> (usize, usize) {
+    let np = co.div_ceil(direct::NR);
+    let fl = std::mem::size_of::<f32>();
+    let u_bytes = aa * ci * co * fl;
+    let blocks = tiles.div_ceil(MR);
+    if u_bytes <= U_CACHED_BYTES || (blocks >= 3 * threads && u_bytes <= U_STREAMED_BYTES) {
+        let mut groups = 1;
+        while blocks * groups < 3 * threads && groups < np {
+            groups += 1;
+        }
+        return (MR, groups);
+    }
+    let spans = (tiles * aa * (ci + co) * fl).div_ceil(SPAN_BYTES).clamp(1, tiles);
+    if spans >= threads {
+        let spans = if spans < 4 * threads { spans.next_multiple_of(threads) } else { spans };
+        (tiles.div_ceil(spans), 1)
+    } else {
+        (tiles.div_ceil(spans), threads.div_ceil(spans).min(np))
+    }
+}
+
+/// The tiles `tiles` for the output-channel panels `panels`: their input
+/// transforms, the products panel by panel (each block of [`MR`] tiles in
+/// turn while the panel is in cache), the output transforms and, with
+/// `parts`, each block's moments.
 ///
 /// # Safety
 /// `y` is the output tensor; no other task writes these tiles' pixels in
-/// these channels.
+/// these channels. `parts`, if any, points at the first block's part, each
+/// `part_len` floats.
 #[allow(clippy::too_many_arguments)]
-unsafe fn block(
+unsafe fn span(
     t: &Transforms,
     d: &ConvDesc,
     x: Rows<'_>,
     f: &WinogradFilter,
-    t0: usize,
-    nt: usize,
+    tiles: std::ops::Range<usize>,
     grid: &Grid,
     panels: std::ops::Range<usize>,
     y: Dst,
     epi: &Epilogue<'_>,
-    part: Option<*mut f32>,
+    parts: Option<*mut f32>,
+    part_len: usize,
     s: &mut Scratch,
 ) {
     let (a, m) = (t.a, t.m);
     let (ci, co) = (d.c_in, d.c_out);
     let aa = a * a;
+    let t0 = tiles.start;
+    // Tiles of the span: the rows of each V_p and M_p.
+    let nt = tiles.len();
     let c0 = panels.start * direct::NR;
     let cols = (panels.end * direct::NR).min(co) - c0;
     let ldm = cols.next_multiple_of(direct::NR);
     // Grown, never shrunk: layers of different sizes share the scratch, and
     // shrinking would zero-fill it again at every growth.
-    grow(&mut s.v, aa * MR * ci);
-    grow(&mut s.mm, aa * MR * ldm);
+    grow(&mut s.v, aa * nt * ci);
+    grow(&mut s.mm, aa * nt * ldm);
     let corner = |i: usize| grid.corner(t0 + i);
     // 1. Input transforms into V[p][i][..].
     for i in 0..nt {
-        // SAFETY: V has aa * MR * ci floats; the tile writes row i of each V_p.
-        unsafe { input_transform(t, d, x, grid, t0 + i, s.v.as_mut_ptr(), MR, i, &mut s.tile) };
+        // SAFETY: V has aa * nt * ci floats; the tile writes row i of each V_p.
+        unsafe { input_transform(t, d, x, grid, t0 + i, s.v.as_mut_ptr(), nt, i, &mut s.tile) };
     }
-    // 2. The products M_p = V_p U_p for this block's rows and channels.
+    // 2. The products M_p = V_p U_p for these rows and channels.
     let zero = direct::zeros(ci);
     let none = Epilogue::default();
     for p in 0..aa {
-        let mut rows_in = [zero; MR];
-        let mut rows_out = [std::ptr::null_mut(); MR];
-        for i in 0..nt {
-            rows_in[i] = s.v[(p * MR + i) * ci..].as_ptr();
-            // SAFETY: row i of M_p has ldm floats.
-            rows_out[i] = unsafe { s.mm.as_mut_ptr().add((p * MR + i) * ldm) };
+        // The rows of V_p and M_p, a block at a time.
+        s.rows.clear();
+        for r0 in (0..nt).step_by(MR) {
+            let mut rows_in = [zero; MR];
+            let mut rows_out = [std::ptr::null_mut(); MR];
+            for i in 0..MR.min(nt - r0) {
+                rows_in[i] = s.v[(p * nt + r0 + i) * ci..].as_ptr();
+                // SAFETY: row r0 + i of M_p has ldm floats.
+                rows_out[i] = unsafe { s.mm.as_mut_ptr().add((p * nt + r0 + i) * ldm) };
+            }
+            s.rows.push((rows_in, rows_out));
         }
         let mut q = panels.start;
         while q < panels.end {
             let nr = direct::NR.min(co - q * direct::NR);
             let col = (q - panels.start) * direct::NR;
-            let u = |q: usize| f.panel(p, q);
-            // SAFETY: input rows hold ci floats (or are the zero row); panels hold
-            // ci * NR floats; output rows have room for the columns written.
-            unsafe {
-                if q + 1 < panels.end {
-                    let nr1 = direct::NR.min(co - (q + 1) * direct::NR);
-                    direct::tile2(&[rows_in], ci, u(q), u(q + 1), rows_out, col, nr, nr1, &none);
-                    q += 2;
-                } else {
-                    direct::tile(&[rows_in], ci, u(q), rows_out, col, nr, &none);
-                    q += 1;
+            let pair = q + 1 < panels.end;
+            for &(rows_in, rows_out) in &s.rows {
+                // SAFETY: input rows hold ci floats (or are the zero row); panels hold
+                // ci * NR floats; output rows have room for the columns written.
+                unsafe {
+                    if pair {
+                        let nr1 = direct::NR.min(co - (q + 1) * direct::NR);
+                        direct::tile2(&[rows_in], ci, f.panel(p, q), f.panel(p, q + 1), rows_out, col, nr, nr1, &none);
+                    } else {
+                        direct::tile(&[rows_in], ci, f.panel(p, q), rows_out, col, nr, &none);
+                    }
                 }
             }
+            q += if pair { 2 } else { 1 };
         }
     }
     // 3. Output transforms of M into y, with the epilogue.
     for i in 0..nt {
         let (n, oy, ox) = corner(i);
         // SAFETY: the caller owns these pixels and channels of y.
-        unsafe { output_transform(t, d, &s.mm, i, ldm, c0, cols, n, oy, ox, y, epi, &mut s.tile) };
+        unsafe { output_transform(t, d, &s.mm, nt, i, ldm, c0, cols, n, oy, ox, y, epi, &mut s.tile) };
     }
-    // 4. The moments of what was just written, for a batch norm.
-    if let Some(part) = part {
+    // 4. The moments of what was just written, block by block, for a batch norm.
+    let Some(parts) = parts else { return };
+    for (k, r0) in (0..nt).step_by(MR).enumerate() {
         let mut px = [0usize; MR * 16];
         let mut count = 0;
-        for i in 0..nt {
+        for i in r0..(r0 + MR).min(nt) {
             let (n, oy, ox) = corner(i);
             let dst: [Option<usize>; 16] = offsets(m, (oy as isize, ox as isize), (d.out_h(), d.out_w()), n, co, c0);
             for &p in dst[..m * m].iter().flatten() {
@@ -595,9 +676,11 @@ unsafe fn block(
                 count += 1;
             }
         }
-        // SAFETY: the part holds 1 + 2 * co floats; this task alone writes
-        // channels c0..c0 + cols of it, and the first task of the block the count.
+        // SAFETY: each part holds 1 + 2 * co floats; this task alone writes
+        // channels c0..c0 + cols of its blocks' parts, and the first task of
+        // the span the count.
         unsafe {
+            let part = parts.add(k * part_len);
             let mean = std::slice::from_raw_parts_mut(part.add(1 + c0), cols);
             let m2 = std::slice::from_raw_parts_mut(part.add(1 + co + c0), cols);
             pixel_moments(y.ptr, &px[..count], cols, mean, m2);
@@ -758,6 +841,7 @@ unsafe fn output_transform(
     t: &Transforms,
     d: &ConvDesc,
     mm: &[f32],
+    rows: usize,
     i: usize,
     ldm: usize,
     c0: usize,
@@ -776,13 +860,13 @@ unsafe fn output_transform(
     #[cfg(target_arch = "x86_64")]
     if super::gemm::isa() == super::gemm::Isa::Avx512 {
         // SAFETY: the CPU has avx512f; the rest is the caller's contract.
-        return unsafe { x86::output(t.m, mm, i, ldm, c0, cols, co, &dst[..m * m], y, e) };
+        return unsafe { x86::output(t.m, mm, rows, i, ldm, c0, cols, co, &dst[..m * m], y, e) };
     }
     buf.resize((a * a + m * a + m * m) * cols, 0.0);
     let (inp, rest) = buf.split_at_mut(a * a * cols);
     let (tmp, out) = rest.split_at_mut(m * a * cols);
     for p in 0..a * a {
-        inp[p * cols..(p + 1) * cols].copy_from_slice(&mm[(p * MR + i) * ldm..][..cols]);
+        inp[p * cols..(p + 1) * cols].copy_from_slice(&mm[(p * rows + i) * ldm..][..cols]);
     }
     transform_rows(t.at, m, a, inp, tmp, cols);
     transform_cols(t.at, m, a, tmp, out, cols);
@@ -1031,7 +1115,7 @@ unsafe fn grad_transform(
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Bf16, Dst, MR, Rows};
+    use super::{Bf16, Dst, Rows};
     use crate::backend::cpu::gemm::Epilogue;
     use std::arch::x86_64::*;
 
@@ -1260,6 +1344,7 @@ mod x86 {
     pub(super) unsafe fn output(
         m: usize,
         mm: &[f32],
+        rows: usize,
         i: usize,
         ldm: usize,
         c0: usize,
@@ -1272,7 +1357,7 @@ mod x86 {
         for j0 in (0..cols).step_by(16) {
             let k = mask(cols - j0);
             // SAFETY: row i of M_p has ldm >= cols floats.
-            let load = |p: usize| unsafe { _mm512_maskz_loadu_ps(k, mm.as_ptr().add((p * MR + i) * ldm + j0)) };
+            let load = |p: usize| unsafe { _mm512_maskz_loadu_ps(k, mm.as_ptr().add((p * rows + i) * ldm + j0)) };
             let ch = c0 + j0;
             let emit = |kk: usize, x: __m512| {
                 let Some(px) = dst[kk] else { return };
@@ -1392,6 +1477,56 @@ fn transform_cols(mat: &[f32], cols: usize, k: usize, inp: &[f32], out: &mut [f3
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every cut of the work (spans of tiles, groups of panels, spans of
+    /// several blocks with a partial last block) writes the same output as one
+    /// block per task, and the same batch statistics.
+    #[test]
+    fn every_cut_gives_the_same_output() {
+        let mut seed = 0x9e3779b97f4a7c15u64;
+        let mut rand = |len: usize| -> Vec<f32> {
+            (0..len)
+                .map(|_| {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0 + 0.5
+                })
+                .collect()
+        };
+        for (m, n, h, ci, co) in [(4, 1, 28, 40, 72), (2, 2, 13, 24, 40), (4, 3, 9, 16, 16)] {
+            let d = ConvDesc {
+                n,
+                h,
+                w: h,
+                c_in: ci,
+                c_out: co,
+                kernel: [3, 3],
+                stride: [1, 1],
+                pad: [1, 1],
+                dilation: [1, 1],
+                groups: 1,
+            };
+            let (x, w, res) = (rand(d.in_len()), rand(d.weight_len()), rand(d.out_len()));
+            let mut f = WinogradFilter::default();
+            prepare(m, &w, co, ci, FilterSource::Forward, &mut f);
+            let bias = rand(co);
+            let epi = Epilogue { bias: Some(&bias), residual: Some((&res, co)), relu: true, ..Default::default() };
+            let tiles = Grid::new(&d, m).count;
+            let run = |cut: (usize, usize), stats: bool| {
+                let mut y = vec![0.0f32; d.out_len()];
+                let mut st = vec![0.0f32; 2 * co];
+                let dst = Dst { ptr: y.as_mut_ptr(), bf16: false };
+                forward_cut(&d, Rows::F32(&x), &f, dst, &epi, stats.then_some(&mut st[..]), cut);
+                (y, st)
+            };
+            let (want, want_stats) = run((MR, 1), true);
+            for cut in [(tiles, 1), (tiles, 2), (tiles, 3), (tiles.div_ceil(2), 1), (5, 2), (25, 4), (1, 1), (30, 5)] {
+                let (y, st) = run(cut, true);
+                assert!(y == want, "F({m}, 3) {d:?}, cut {cut:?}: outputs differ");
+                assert!(st == want_stats, "cut {cut:?}: statistics differ");
+                assert!(run(cut, false).0 == want, "cut {cut:?} without statistics");
+            }
+        }
+    }
 
     #[test]
     fn output_gradient_matrix_is_the_transpose() {
