@@ -1,4 +1,4 @@
-//! Times ResNet-50's convolution shapes one by one, 2 threads:
+//! Times ResNet-50's convolution shapes one by one, 2 threads (`THREADS=n` for others):
 //!
 //! `cargo run --release --example conv1x1 -- [batch] [f32|bf16] [res|-] [stored|mixed]`
 //!
@@ -17,7 +17,8 @@ fn main() {
     let st = if args.get(4).is_some() { Storage::Bf16 } else { Storage::F32 };
     // `mixed`: f32 input, bf16 output and residual.
     let xst = if args.get(4).map(String::as_str) == Some("mixed") { Storage::F32 } else { st };
-    let cpu = Cpu::new(Some(2)).unwrap();
+    let threads = std::env::var("THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+    let cpu = Cpu::new(Some(threads)).unwrap();
     let only: Option<usize> = std::env::var("ONLY").ok().and_then(|v| v.parse().ok());
     for (idx, (h, ci, co, k)) in [
         // (side, c_in, c_out, kernel side)

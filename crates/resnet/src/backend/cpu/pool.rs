@@ -184,6 +184,35 @@ pub fn gap_backward(hw: usize, c: usize, dy: &[f32], dx: &mut [f32]) {
 mod tests {
     use super::*;
 
+    /// Max pooling against its definition, NaN and infinities included, over
+    /// channel counts with and without a partial last group of 16.
+    #[test]
+    fn max_pool_matches_its_definition() {
+        for (c, kernel, stride, pad) in [(64, 3, 2, 1), (20, 3, 2, 1), (7, 2, 2, 0), (33, 3, 1, 1)] {
+            let d = PoolDesc { n: 2, h: 9, w: 8, c, kernel, stride, pad };
+            let len = d.n * d.h * d.w * c;
+            let x: Vec<f32> = (0..len)
+                .map(|i| match i % 101 {
+                    5 => f32::NAN,
+                    17 => f32::INFINITY,
+                    23 => f32::NEG_INFINITY,
+                    _ => ((i * 7919) % 1013) as f32 / 97.0 - 5.0,
+                })
+                .collect();
+            let (oh, ow) = (d.out_h(), d.out_w());
+            let mut y = vec![0.0; d.n * oh * ow * c];
+            max_forward(&d, &x, &mut y);
+            for (i, &got) in y.iter().enumerate() {
+                let (ch, ox, oy, n) = (i % c, i / c % ow, i / c / ow % oh, i / c / ow / oh);
+                let (ys, xs) = window(&d, oy, ox);
+                let xr = &x;
+                let vals = ys.flat_map(|iy| xs.clone().map(move |ix| xr[((n * d.h + iy) * d.w + ix) * c + ch]));
+                let want = vals.fold(f32::NEG_INFINITY, |m, v| if v.is_nan() || m.is_nan() { f32::NAN } else { m.max(v) });
+                assert!(got == want || (got.is_nan() && want.is_nan()), "{d:?} output {i}: {got} vs {want}");
+            }
+        }
+    }
+
     /// Max pooling over bf16 rows gives the f32 result of the same values,
     /// rounded where the output is bf16 (which, max being monotonic, is the
     /// max of the rounded inputs).
