@@ -17,11 +17,14 @@ fn window(d: &PoolDesc, oy: usize, ox: usize) -> (std::ops::Range<usize>, std::o
 
 /// A stored activation value: f32, or bf16 (exact in f32).
 trait Value: Copy + Send + Sync {
+    /// Whether the value is a [`Bf16`] (else an f32).
+    const BF16: bool;
     fn get(self) -> f32;
     fn put(v: f32) -> Self;
 }
 
 impl Value for f32 {
+    const BF16: bool = false;
     #[inline(always)]
     fn get(self) -> f32 {
         self
@@ -33,6 +36,7 @@ impl Value for f32 {
 }
 
 impl Value for Bf16 {
+    const BF16: bool = true;
     #[inline(always)]
     fn get(self) -> f32 {
         self.to_f32()
@@ -96,6 +100,13 @@ fn max_forward_as<X: Value, Y: Value>(d: &PoolDesc, x: &[X], y: &mut [Y]) {
         |acc, (row, yr)| {
             let (n, oy) = (row / oh, row % oh);
             #[cfg(target_arch = "x86_64")]
+            if wide && c.is_multiple_of(16) {
+                assert!(x.len() >= d.n * d.h * d.w * c, "input too small");
+                // SAFETY: the CPU has avx512f (checked once by `isa`); `x`
+                // holds the whole input, `yr` is this output row.
+                return unsafe { x86::max_row(d, x, n, oy, yr) };
+            }
+            #[cfg(target_arch = "x86_64")]
             if wide {
                 #[target_feature(enable = "avx512f")]
                 fn row512<X: Value, Y: Value>(
@@ -115,6 +126,68 @@ fn max_forward_as<X: Value, Y: Value>(d: &PoolDesc, x: &[X], y: &mut [Y]) {
             max_row(d, x, n, oy, yr, acc)
         },
     );
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{PoolDesc, Value, window};
+    use std::arch::x86_64::*;
+
+    /// [`super::max_row`] for channel counts that are multiples of 16: each
+    /// output pixel's 16-channel groups kept in a register while its window
+    /// is read (bf16 values widened on loading, exact maxima of bf16 inputs
+    /// narrowed back by truncation).
+    ///
+    /// # Safety
+    /// avx512f; `x` holds the whole input; `d.c` is a multiple of 16.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn max_row<X: Value, Y: Value>(d: &PoolDesc, x: &[X], n: usize, oy: usize, yr: &mut [Y]) {
+        let c = d.c;
+        let xp = x.as_ptr();
+        let yp = yr.as_mut_ptr();
+        for ox in 0..d.out_w() {
+            let (ys, xs) = window(d, oy, ox);
+            for c0 in (0..c).step_by(16) {
+                let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
+                for iy in ys.clone() {
+                    for ix in xs.clone() {
+                        let at = ((n * d.h + iy) * d.w + ix) * c + c0;
+                        // SAFETY: pixel (iy, ix) of image n lies inside x; 16 channels from c0.
+                        let v = unsafe {
+                            if X::BF16 {
+                                let h = _mm256_loadu_si256(xp.add(at).cast());
+                                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+                            } else {
+                                _mm512_loadu_ps(xp.add(at).cast())
+                            }
+                        };
+                        // max(v, m) keeps m where either is NaN; a NaN v then replaces it.
+                        let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+                        m = _mm512_mask_mov_ps(_mm512_max_ps(v, m), nan, v);
+                    }
+                }
+                let at = ox * c + c0;
+                // SAFETY: output pixel ox of this row, channels c0..c0 + 16.
+                unsafe {
+                    match (X::BF16, Y::BF16) {
+                        (_, false) => _mm512_storeu_ps(yp.add(at).cast(), m),
+                        // The maximum of bf16 values is one of them: exact.
+                        (true, true) => {
+                            let h = _mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(_mm512_castps_si512(m)));
+                            _mm256_storeu_si256(yp.add(at).cast(), h)
+                        }
+                        (false, true) => {
+                            let mut v = [0.0f32; 16];
+                            _mm512_storeu_ps(v.as_mut_ptr(), m);
+                            for (l, &f) in v.iter().enumerate() {
+                                *yp.add(at + l) = Y::put(f);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Max-pool backward: the gradient of each output goes to the first maximum
@@ -218,7 +291,14 @@ mod tests {
     /// max of the rounded inputs).
     #[test]
     fn stored_max_pool_matches_f32() {
-        let d = PoolDesc { n: 2, h: 9, w: 7, c: 20, kernel: 3, stride: 2, pad: 1 };
+        for c in [20, 32] {
+            stored_max_pool_matches_f32_with(c);
+        }
+    }
+
+    /// `c`: 20 takes the portable rows, 32 the 16-channel ones.
+    fn stored_max_pool_matches_f32_with(c: usize) {
+        let d = PoolDesc { n: 2, h: 9, w: 7, c, kernel: 3, stride: 2, pad: 1 };
         let len = d.n * d.h * d.w * d.c;
         let x: Vec<f32> = (0..len).map(|i| Bf16::from_f32(((i * 7919) % 1013) as f32 / 97.0 - 5.0).to_f32()).collect();
         let xb: Vec<Bf16> = x.iter().map(|&v| Bf16::from_f32(v)).collect();
