@@ -280,7 +280,8 @@ mod tests {
                 let (ys, xs) = window(&d, oy, ox);
                 let xr = &x;
                 let vals = ys.flat_map(|iy| xs.clone().map(move |ix| xr[((n * d.h + iy) * d.w + ix) * c + ch]));
-                let want = vals.fold(f32::NEG_INFINITY, |m, v| if v.is_nan() || m.is_nan() { f32::NAN } else { m.max(v) });
+                let want =
+                    vals.fold(f32::NEG_INFINITY, |m, v| if v.is_nan() || m.is_nan() { f32::NAN } else { m.max(v) });
                 assert!(got == want || (got.is_nan() && want.is_nan()), "{d:?} output {i}: {got} vs {want}");
             }
         }
