@@ -623,38 +623,31 @@ unsafe fn span(
     }
     // 2. The products M_p = V_p U_p for these rows and channels.
     let zero = direct::zeros(ci);
-    let none = Epilogue::default();
+    let (vp, mp) = (s.v.as_ptr(), s.mm.as_mut_ptr());
     for p in 0..aa {
-        // The rows of V_p and M_p, a block at a time.
-        s.rows.clear();
-        for r0 in (0..nt).step_by(MR) {
+        // The rows of V_p and M_p, a block at a time (kept off the heap for
+        // the usual single block: small layers make many short calls).
+        let block = |r0: usize| {
             let mut rows_in = [zero; MR];
             let mut rows_out = [std::ptr::null_mut(); MR];
             for i in 0..MR.min(nt - r0) {
-                rows_in[i] = s.v[(p * nt + r0 + i) * ci..].as_ptr();
-                // SAFETY: row r0 + i of M_p has ldm floats.
-                rows_out[i] = unsafe { s.mm.as_mut_ptr().add((p * nt + r0 + i) * ldm) };
-            }
-            s.rows.push((rows_in, rows_out));
-        }
-        let mut q = panels.start;
-        while q < panels.end {
-            let nr = direct::NR.min(co - q * direct::NR);
-            let col = (q - panels.start) * direct::NR;
-            let pair = q + 1 < panels.end;
-            for &(rows_in, rows_out) in &s.rows {
-                // SAFETY: input rows hold ci floats (or are the zero row); panels hold
-                // ci * NR floats; output rows have room for the columns written.
+                // SAFETY: V_p and M_p have nt rows of ci and ldm floats (grown above).
                 unsafe {
-                    if pair {
-                        let nr1 = direct::NR.min(co - (q + 1) * direct::NR);
-                        direct::tile2(&[rows_in], ci, f.panel(p, q), f.panel(p, q + 1), rows_out, col, nr, nr1, &none);
-                    } else {
-                        direct::tile(&[rows_in], ci, f.panel(p, q), rows_out, col, nr, &none);
-                    }
+                    rows_in[i] = vp.add((p * nt + r0 + i) * ci);
+                    rows_out[i] = mp.add((p * nt + r0 + i) * ldm);
                 }
             }
-            q += if pair { 2 } else { 1 };
+            (rows_in, rows_out)
+        };
+        if nt <= MR {
+            // SAFETY: as `products` asks (rows of V_p and M_p, this task's panels).
+            unsafe { products(f, p, &[block(0)], &panels, ci, co) };
+        } else {
+            let rows: Vec<_> = (0..nt).step_by(MR).map(block).collect();
+            s.rows.clear();
+            s.rows.extend(rows);
+            // SAFETY: as above.
+            unsafe { products(f, p, &s.rows, &panels, ci, co) };
         }
     }
     // 3. Output transforms of M into y, with the epilogue.
@@ -688,6 +681,44 @@ unsafe fn span(
                 *part = count as f32;
             }
         }
+    }
+}
+
+/// `M_p = V_p U_p` for the output-channel panels `panels` (their columns
+/// from 0 in the rows of `M_p`), panel pair by panel pair, each block of rows
+/// in turn while the pair is in cache.
+///
+/// # Safety
+/// Each block's input rows hold `ci` floats (or are the zero row); its
+/// non-null output rows have room for the panels' columns and are this
+/// task's alone.
+unsafe fn products(
+    f: &WinogradFilter,
+    p: usize,
+    blocks: &[([*const f32; MR], [*mut f32; MR])],
+    panels: &std::ops::Range<usize>,
+    ci: usize,
+    co: usize,
+) {
+    let none = Epilogue::default();
+    let mut q = panels.start;
+    while q < panels.end {
+        let nr = direct::NR.min(co - q * direct::NR);
+        let col = (q - panels.start) * direct::NR;
+        let pair = q + 1 < panels.end;
+        for (rows_in, rows_out) in blocks {
+            let rows_in = std::slice::from_ref(rows_in);
+            // SAFETY: the caller's contract; panels hold ci * NR floats.
+            unsafe {
+                if pair {
+                    let nr1 = direct::NR.min(co - (q + 1) * direct::NR);
+                    direct::tile2(rows_in, ci, f.panel(p, q), f.panel(p, q + 1), *rows_out, col, nr, nr1, &none);
+                } else {
+                    direct::tile(rows_in, ci, f.panel(p, q), *rows_out, col, nr, &none);
+                }
+            }
+        }
+        q += if pair { 2 } else { 1 };
     }
 }
 
