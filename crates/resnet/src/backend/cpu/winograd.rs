@@ -430,7 +430,7 @@ fn forward_cut(
         parts = BLOCK_MOMENTS.with(|p| std::mem::take(&mut *p.borrow_mut()));
         grow(&mut parts, spans * subs * part_len);
         // Blocks a span lacks stay empty.
-        parts.chunks_exact_mut(part_len).for_each(|p| p[0] = 0.0);
+        parts.chunks_exact_mut(part_len).take(spans * subs).for_each(|p| p[0] = 0.0);
     }
     let parts_ptr = SyncPtr(parts.as_mut_ptr());
     let task = |k: usize| {
@@ -645,9 +645,8 @@ unsafe fn span(
             }
             (rows_in, rows_out)
         };
-        let rows: Vec<_> = (0..nt).step_by(MR).map(block).collect();
         s.rows.clear();
-        s.rows.extend(rows);
+        s.rows.extend((0..nt).step_by(MR).map(block));
         // SAFETY: as `products` asks (rows of V_p and M_p, this task's panels).
         unsafe { products(f, p, &s.rows, &panels, ci, co) };
     }
@@ -660,27 +659,49 @@ unsafe fn span(
     // 4. The moments of what was just written, block by block, for a batch norm.
     let Some(parts) = parts else { return };
     for (k, r0) in (0..nt).step_by(MR).enumerate() {
-        let mut px = [0usize; MR * 16];
-        let mut count = 0;
-        for i in r0..(r0 + MR).min(nt) {
-            let (n, oy, ox) = corner(i);
-            let dst: [Option<usize>; 16] = offsets(m, (oy as isize, ox as isize), (d.out_h(), d.out_w()), n, co, c0);
-            for &p in dst[..m * m].iter().flatten() {
-                px[count] = p;
-                count += 1;
-            }
+        let block = t0 + r0..t0 + (r0 + MR).min(nt);
+        // SAFETY: block k's part follows the span's first (the caller's contract).
+        unsafe { block_moments(m, d, grid, block, c0, cols, y, parts.add(k * part_len)) };
+    }
+}
+
+/// The moments of the block of tiles `tiles` (at most [`MR`]) just written
+/// into `y`, channels `c0..c0 + cols`, into `part` (`[count, mean; c_out,
+/// m2; c_out]`).
+///
+/// # Safety
+/// `part` holds `1 + 2 * c_out` floats, whose channels `c0..c0 + cols` this
+/// task alone writes (and the count, where `c0` is 0); `y`'s pixels of these
+/// tiles are written.
+#[allow(clippy::too_many_arguments)]
+unsafe fn block_moments(
+    m: usize,
+    d: &ConvDesc,
+    grid: &Grid,
+    tiles: std::ops::Range<usize>,
+    c0: usize,
+    cols: usize,
+    y: Dst,
+    part: *mut f32,
+) {
+    let co = d.c_out;
+    let mut px = [0usize; MR * 16];
+    let mut count = 0;
+    for tile in tiles {
+        let (n, oy, ox) = grid.corner(tile);
+        let dst: [Option<usize>; 16] = offsets(m, (oy as isize, ox as isize), (d.out_h(), d.out_w()), n, co, c0);
+        for &p in dst[..m * m].iter().flatten() {
+            px[count] = p;
+            count += 1;
         }
-        // SAFETY: each part holds 1 + 2 * co floats; this task alone writes
-        // channels c0..c0 + cols of its blocks' parts, and the first task of
-        // the span the count.
-        unsafe {
-            let part = parts.add(k * part_len);
-            let mean = std::slice::from_raw_parts_mut(part.add(1 + c0), cols);
-            let m2 = std::slice::from_raw_parts_mut(part.add(1 + co + c0), cols);
-            pixel_moments(y.ptr, &px[..count], cols, mean, m2);
-            if c0 == 0 {
-                *part = count as f32;
-            }
+    }
+    // SAFETY: the caller's contract.
+    unsafe {
+        let mean = std::slice::from_raw_parts_mut(part.add(1 + c0), cols);
+        let m2 = std::slice::from_raw_parts_mut(part.add(1 + co + c0), cols);
+        pixel_moments(y.ptr, &px[..count], cols, mean, m2);
+        if c0 == 0 {
+            *part = count as f32;
         }
     }
 }
@@ -748,7 +769,7 @@ unsafe fn block(
     part: Option<*mut f32>,
     s: &mut Scratch,
 ) {
-    let (a, m) = (t.a, t.m);
+    let a = t.a;
     let (ci, co) = (d.c_in, d.c_out);
     let aa = a * a;
     let c0 = panels.start * direct::NR;
@@ -802,26 +823,8 @@ unsafe fn block(
     }
     // 4. The moments of what was just written, for a batch norm.
     if let Some(part) = part {
-        let mut px = [0usize; MR * 16];
-        let mut count = 0;
-        for i in 0..nt {
-            let (n, oy, ox) = corner(i);
-            let dst: [Option<usize>; 16] = offsets(m, (oy as isize, ox as isize), (d.out_h(), d.out_w()), n, co, c0);
-            for &p in dst[..m * m].iter().flatten() {
-                px[count] = p;
-                count += 1;
-            }
-        }
-        // SAFETY: the part holds 1 + 2 * co floats; this task alone writes
-        // channels c0..c0 + cols of it, and the first task of the block the count.
-        unsafe {
-            let mean = std::slice::from_raw_parts_mut(part.add(1 + c0), cols);
-            let m2 = std::slice::from_raw_parts_mut(part.add(1 + co + c0), cols);
-            pixel_moments(y.ptr, &px[..count], cols, mean, m2);
-            if c0 == 0 {
-                *part = count as f32;
-            }
-        }
+        // SAFETY: the block's part (the caller's contract).
+        unsafe { block_moments(t.m, d, grid, t0..t0 + nt, c0, cols, y, part) };
     }
 }
 
