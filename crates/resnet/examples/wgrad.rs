@@ -1,11 +1,16 @@
 //! Times the filter gradient of 3x3 stride-1 layers (ResNet-18 and ResNet-20 shapes).
-//! `RESNET_WINOGRAD=0` forces the direct path.
+//! `RESNET_WINOGRAD=0` forces the direct path; `ONLY=i` times the `i`-th shape
+//! alone, `THREADS=n` sets the threads (default 2).
 use resnet::backend::{Backend, ConvDesc, Cpu};
 fn main() {
-    let cpu = Cpu::new(Some(2)).unwrap();
-    for &(n, h, c) in
-        &[(16, 56, 64), (16, 28, 128), (16, 14, 256), (16, 7, 512), (128, 32, 16), (128, 16, 32), (128, 8, 64)]
-    {
+    let threads = std::env::var("THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+    let only: Option<usize> = std::env::var("ONLY").ok().and_then(|v| v.parse().ok());
+    let cpu = Cpu::new(Some(threads)).unwrap();
+    let shapes = [(16, 56, 64), (16, 28, 128), (16, 14, 256), (16, 7, 512), (128, 32, 16), (128, 16, 32), (128, 8, 64)];
+    for (i, &(n, h, c)) in shapes.iter().enumerate() {
+        if only.is_some_and(|o| o != i) {
+            continue;
+        }
         let d = ConvDesc {
             n,
             h,
@@ -23,7 +28,7 @@ fn main() {
         let mut dw = vec![0.0; d.weight_len()];
         cpu.conv_backward_filter(&d, &x, &dy, &mut dw);
         let t = std::time::Instant::now();
-        let reps = 5;
+        let reps = std::env::var("REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
         for _ in 0..reps {
             cpu.conv_backward_filter(&d, &x, &dy, &mut dw);
         }

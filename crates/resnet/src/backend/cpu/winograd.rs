@@ -298,6 +298,17 @@ struct Grid {
 /// Tiles ahead whose pixels the transforms prefetch.
 const PREFETCH_TILES: usize = 2;
 
+/// Floats from row `i` of `V_p` (or `M_p`, `D_p`) to row `i` of the next
+/// point's, for `rows` rows of `ld` floats: one cache line more than the rows
+/// need. Without it, a tile's `a^2` rows lie a multiple of 4 KiB apart
+/// whenever `rows * ld` is a multiple of 1024 floats (`c_in` 256 with 12-row
+/// blocks, 16 with 64-tile chunks), all in one set of the L1 cache, and every
+/// store of a transform evicts another (ResNet-20's 16-channel filter
+/// gradient ran 1.35x as long).
+fn point_stride(rows: usize, ld: usize) -> usize {
+    rows * ld + 16
+}
+
 impl Grid {
     fn new(d: &ConvDesc, m: usize) -> Self {
         let (th, tw) = (d.out_h().div_ceil(m), d.out_w().div_ceil(m));
@@ -620,13 +631,14 @@ unsafe fn span(
     let ldm = cols.next_multiple_of(direct::NR);
     // Grown, never shrunk: layers of different sizes share the scratch, and
     // shrinking would zero-fill it again at every growth.
-    grow(&mut s.v, aa * nt * ci);
-    grow(&mut s.mm, aa * nt * ldm);
+    let (lv, lm) = (point_stride(nt, ci), point_stride(nt, ldm));
+    grow(&mut s.v, aa * lv);
+    grow(&mut s.mm, aa * lm);
     let corner = |i: usize| grid.corner(t0 + i);
     // 1. Input transforms into V[p][i][..].
     for i in 0..nt {
-        // SAFETY: V has aa * nt * ci floats; the tile writes row i of each V_p.
-        unsafe { input_transform(t, d, x, grid, t0 + i, s.v.as_mut_ptr(), nt, i, &mut s.tile) };
+        // SAFETY: V has aa * lv floats; the tile writes row i of each V_p.
+        unsafe { input_transform(t, d, x, grid, t0 + i, s.v.as_mut_ptr(), lv, i, &mut s.tile) };
     }
     // 2. The products M_p = V_p U_p for these rows and channels.
     let zero = direct::zeros(ci);
@@ -639,8 +651,8 @@ unsafe fn span(
             for i in 0..MR.min(nt - r0) {
                 // SAFETY: V_p and M_p have nt rows of ci and ldm floats (grown above).
                 unsafe {
-                    rows_in[i] = vp.add((p * nt + r0 + i) * ci);
-                    rows_out[i] = mp.add((p * nt + r0 + i) * ldm);
+                    rows_in[i] = vp.add(p * lv + (r0 + i) * ci);
+                    rows_out[i] = mp.add(p * lm + (r0 + i) * ldm);
                 }
             }
             (rows_in, rows_out)
@@ -654,7 +666,7 @@ unsafe fn span(
     for i in 0..nt {
         let (n, oy, ox) = corner(i);
         // SAFETY: the caller owns these pixels and channels of y.
-        unsafe { output_transform(t, d, &s.mm, nt, i, ldm, c0, cols, n, oy, ox, y, epi, &mut s.tile) };
+        unsafe { output_transform(t, d, &s.mm, lm, i, ldm, c0, cols, n, oy, ox, y, epi, &mut s.tile) };
     }
     // 4. The moments of what was just written, block by block, for a batch norm.
     let Some(parts) = parts else { return };
@@ -777,13 +789,14 @@ unsafe fn block(
     let ldm = cols.next_multiple_of(direct::NR);
     // Grown, never shrunk: layers of different sizes share the scratch, and
     // shrinking would zero-fill it again at every growth.
-    grow(&mut s.v, aa * MR * ci);
-    grow(&mut s.mm, aa * MR * ldm);
+    let (lv, lm) = (point_stride(MR, ci), point_stride(MR, ldm));
+    grow(&mut s.v, aa * lv);
+    grow(&mut s.mm, aa * lm);
     let corner = |i: usize| grid.corner(t0 + i);
     // 1. Input transforms into V[p][i][..].
     for i in 0..nt {
-        // SAFETY: V has aa * MR * ci floats; the tile writes row i of each V_p.
-        unsafe { input_transform(t, d, x, grid, t0 + i, s.v.as_mut_ptr(), MR, i, &mut s.tile) };
+        // SAFETY: V has aa * lv floats; the tile writes row i of each V_p.
+        unsafe { input_transform(t, d, x, grid, t0 + i, s.v.as_mut_ptr(), lv, i, &mut s.tile) };
     }
     // 2. The products M_p = V_p U_p for this block's rows and channels.
     let zero = direct::zeros(ci);
@@ -792,9 +805,9 @@ unsafe fn block(
         let mut rows_in = [zero; MR];
         let mut rows_out = [std::ptr::null_mut(); MR];
         for i in 0..nt {
-            rows_in[i] = s.v[(p * MR + i) * ci..].as_ptr();
+            rows_in[i] = s.v[p * lv + i * ci..].as_ptr();
             // SAFETY: row i of M_p has ldm floats.
-            rows_out[i] = unsafe { s.mm.as_mut_ptr().add((p * MR + i) * ldm) };
+            rows_out[i] = unsafe { s.mm.as_mut_ptr().add(p * lm + i * ldm) };
         }
         let mut q = panels.start;
         while q < panels.end {
@@ -819,7 +832,7 @@ unsafe fn block(
     for i in 0..nt {
         let (n, oy, ox) = corner(i);
         // SAFETY: the caller owns these pixels and channels of y.
-        unsafe { output_transform(t, d, &s.mm, MR, i, ldm, c0, cols, n, oy, ox, y, epi, &mut s.tile) };
+        unsafe { output_transform(t, d, &s.mm, lm, i, ldm, c0, cols, n, oy, ox, y, epi, &mut s.tile) };
     }
     // 4. The moments of what was just written, for a batch norm.
     if let Some(part) = part {
@@ -916,10 +929,10 @@ fn prefetch_patch(
 }
 
 /// Transforms the input tile at output corner `(oy, ox)` of image `n` into
-/// row `i` of every `V_p` (`rows` rows each).
+/// row `i` of every `V_p` (`V_p` starts `ldp` floats after `V_{p-1}`).
 ///
 /// # Safety
-/// `v` holds `a^2 * rows * c_in` floats and `i < rows`.
+/// `v` holds `a^2 * ldp` floats and `(i + 1) * c_in <= ldp`.
 #[allow(clippy::too_many_arguments)]
 unsafe fn input_transform(
     t: &Transforms,
@@ -928,7 +941,7 @@ unsafe fn input_transform(
     grid: &Grid,
     tile: usize,
     v: *mut f32,
-    rows: usize,
+    ldp: usize,
     i: usize,
     buf: &mut Vec<f32>,
 ) {
@@ -946,7 +959,7 @@ unsafe fn input_transform(
     #[cfg(target_arch = "x86_64")]
     if super::gemm::isa() == super::gemm::Isa::Avx512 {
         // SAFETY: the CPU has avx512f; pointers as documented.
-        return unsafe { x86::input(t.m, x, &src[..a * a], c, v, rows, i) };
+        return unsafe { x86::input(t.m, x, &src[..a * a], c, v, ldp, i) };
     }
     // Portable: transform the whole patch with the matrices.
     buf.resize(3 * a * a * c, 0.0);
@@ -964,7 +977,7 @@ unsafe fn input_transform(
     transform_cols(t.bt, a, a, tmp, out, c);
     for p in 0..a * a {
         // SAFETY: row i of V_p lies inside v.
-        unsafe { std::ptr::copy_nonoverlapping(out[p * c..].as_ptr(), v.add((p * rows + i) * c), c) };
+        unsafe { std::ptr::copy_nonoverlapping(out[p * c..].as_ptr(), v.add(p * ldp + i * c), c) };
     }
 }
 
@@ -978,7 +991,7 @@ unsafe fn output_transform(
     t: &Transforms,
     d: &ConvDesc,
     mm: &[f32],
-    rows: usize,
+    ldp: usize,
     i: usize,
     ldm: usize,
     c0: usize,
@@ -997,13 +1010,13 @@ unsafe fn output_transform(
     #[cfg(target_arch = "x86_64")]
     if super::gemm::isa() == super::gemm::Isa::Avx512 {
         // SAFETY: the CPU has avx512f; the rest is the caller's contract.
-        return unsafe { x86::output(t.m, mm, rows, i, ldm, c0, cols, co, &dst[..m * m], y, e) };
+        return unsafe { x86::output(t.m, mm, ldp, i, ldm, c0, cols, co, &dst[..m * m], y, e) };
     }
     buf.resize((a * a + m * a + m * m) * cols, 0.0);
     let (inp, rest) = buf.split_at_mut(a * a * cols);
     let (tmp, out) = rest.split_at_mut(m * a * cols);
     for p in 0..a * a {
-        inp[p * cols..(p + 1) * cols].copy_from_slice(&mm[(p * rows + i) * ldm..][..cols]);
+        inp[p * cols..(p + 1) * cols].copy_from_slice(&mm[p * ldp + i * ldm..][..cols]);
     }
     transform_rows(t.at, m, a, inp, tmp, cols);
     transform_cols(t.at, m, a, tmp, out, cols);
@@ -1112,24 +1125,25 @@ fn grad_slab(
 ) {
     let (m, aa, ci) = (t.m, t.a * t.a, d.c_in);
     let grid = Grid::new(d, m);
-    grow(&mut s.v, aa * chunk * ci);
-    grow(&mut s.mm, aa * chunk * ldw);
+    let (lv, lm) = (point_stride(chunk, ci), point_stride(chunk, ldw));
+    grow(&mut s.v, aa * lv);
+    grow(&mut s.mm, aa * lm);
     let isa = super::gemm::isa();
     let mut xs = Vec::with_capacity(chunk);
     for t0 in tiles.clone().step_by(chunk) {
         let nt = chunk.min(tiles.end - t0);
         for i in 0..nt {
-            // SAFETY: V holds aa * chunk * ci floats and D aa * chunk * ldw; i < chunk.
+            // SAFETY: V holds aa * lv floats and D aa * lm; i < chunk.
             unsafe {
-                input_transform(t, d, Rows::F32(x), &grid, t0 + i, s.v.as_mut_ptr(), chunk, i, &mut s.tile);
-                grad_transform(t, d, dy, &grid, t0 + i, cols.clone(), s.mm.as_mut_ptr(), chunk, ldw, i, &mut s.tile);
+                input_transform(t, d, Rows::F32(x), &grid, t0 + i, s.v.as_mut_ptr(), lv, i, &mut s.tile);
+                grad_transform(t, d, dy, &grid, t0 + i, cols.clone(), s.mm.as_mut_ptr(), lm, ldw, i, &mut s.tile);
             }
         }
         for p in 0..aa {
             for c0 in (0..ci).step_by(direct::NR) {
                 let nr = direct::NR.min(ci - c0);
                 xs.clear();
-                xs.extend((0..nt).map(|i| s.v[(p * chunk + i) * ci + c0..].as_ptr()));
+                xs.extend((0..nt).map(|i| s.v[p * lv + i * ci + c0..].as_ptr()));
                 for cb in (0..cols.len()).step_by(direct::MO) {
                     let mut rows = [std::ptr::null_mut(); direct::MO];
                     for (j, r) in rows.iter_mut().enumerate().take(cols.len() - cb) {
@@ -1137,7 +1151,7 @@ fn grad_slab(
                     }
                     // SAFETY: D_p's rows hold ldw >= cb + MO floats (chunk rows, stride ldw);
                     // each xs entry holds nr floats of V_p; rows are this task's partial sums.
-                    unsafe { direct::outer(isa, s.mm[p * chunk * ldw + cb..].as_ptr(), ldw, &xs, &rows, nr) };
+                    unsafe { direct::outer(isa, s.mm[p * lm + cb..].as_ptr(), ldw, &xs, &rows, nr) };
                 }
             }
         }
@@ -1200,11 +1214,11 @@ wide_fn! {
 }
 
 /// Transforms the output-gradient tile at `(oy, ox)` of image `n`, channels
-/// `cols`, into row `i` of every `D_p` (`dM = A dY A^T`; `rows` rows of
+/// `cols`, into row `i` of every `D_p` (`dM = A dY A^T`; `D_p` starts `ldp` floats after `D_{p-1}`, rows of
 /// stride `ld` each); pixels past the output's edge count as zero.
 ///
 /// # Safety
-/// `dm` holds `a^2 * rows * ld` floats, `i < rows` and `cols.len() <= ld`.
+/// `dm` holds `a^2 * ldp` floats, `(i + 1) * ld <= ldp` and `cols.len() <= ld`.
 #[allow(clippy::too_many_arguments)]
 unsafe fn grad_transform(
     t: &Transforms,
@@ -1214,7 +1228,7 @@ unsafe fn grad_transform(
     tile: usize,
     cols: std::ops::Range<usize>,
     dm: *mut f32,
-    rows: usize,
+    ldp: usize,
     ld: usize,
     i: usize,
     buf: &mut Vec<f32>,
@@ -1230,7 +1244,7 @@ unsafe fn grad_transform(
     #[cfg(target_arch = "x86_64")]
     if super::gemm::isa() == super::gemm::Isa::Avx512 {
         // SAFETY: the CPU has avx512f; pointers as documented.
-        return unsafe { x86::grad(m, dy, &src[..m * m], cw, dm, rows, ld, i) };
+        return unsafe { x86::grad(m, dy, &src[..m * m], cw, dm, ldp, ld, i) };
     }
     // Portable: A applied on both sides.
     buf.resize((m * m + a * m + a * a) * cw, 0.0);
@@ -1246,7 +1260,7 @@ unsafe fn grad_transform(
     transform_cols(t.am, a, m, tmp, out, cw);
     for p in 0..a * a {
         // SAFETY: row i of D_p lies inside dm.
-        unsafe { std::ptr::copy_nonoverlapping(out[p * cw..].as_ptr(), dm.add((p * rows + i) * ld), cw) };
+        unsafe { std::ptr::copy_nonoverlapping(out[p * cw..].as_ptr(), dm.add(p * ldp + i * ld), cw) };
     }
 }
 
@@ -1341,7 +1355,7 @@ mod x86 {
         src: &[Option<usize>],
         cw: usize,
         dm: *mut f32,
-        rows: usize,
+        ldp: usize,
         ld: usize,
         row: usize,
     ) {
@@ -1349,7 +1363,7 @@ mod x86 {
             let k = mask(cw - c0);
             // SAFETY: row `row` of D_p has ld >= cw floats; the mask keeps the tail inside.
             let store =
-                |p: usize, o: __m512| unsafe { _mm512_mask_storeu_ps(dm.add((p * rows + row) * ld + c0), k, o) };
+                |p: usize, o: __m512| unsafe { _mm512_mask_storeu_ps(dm.add(p * ldp + row * ld + c0), k, o) };
             if m == 4 {
                 // SAFETY: the caller's contract on src.
                 let d: [__m512; 16] = unsafe { patch(Rows::F32(dy), src, c0, k) };
@@ -1431,13 +1445,13 @@ mod x86 {
         src: &[Option<usize>],
         c: usize,
         v: *mut f32,
-        rows: usize,
+        ldp: usize,
         i: usize,
     ) {
         for c0 in (0..c).step_by(16) {
             let k = mask(c - c0);
             // SAFETY: row i of V_p has c floats; the mask keeps the tail inside.
-            let store = |p: usize, o: __m512| unsafe { _mm512_mask_storeu_ps(v.add((p * rows + i) * c + c0), k, o) };
+            let store = |p: usize, o: __m512| unsafe { _mm512_mask_storeu_ps(v.add(p * ldp + i * c + c0), k, o) };
             if m == 4 {
                 // SAFETY: the caller's contract on src.
                 let d: [__m512; 36] = unsafe { patch(x, src, c0, k) };
@@ -1481,7 +1495,7 @@ mod x86 {
     pub(super) unsafe fn output(
         m: usize,
         mm: &[f32],
-        rows: usize,
+        ldp: usize,
         i: usize,
         ldm: usize,
         c0: usize,
@@ -1494,7 +1508,7 @@ mod x86 {
         for j0 in (0..cols).step_by(16) {
             let k = mask(cols - j0);
             // SAFETY: row i of M_p has ldm >= cols floats.
-            let load = |p: usize| unsafe { _mm512_maskz_loadu_ps(k, mm.as_ptr().add((p * rows + i) * ldm + j0)) };
+            let load = |p: usize| unsafe { _mm512_maskz_loadu_ps(k, mm.as_ptr().add(p * ldp + i * ldm + j0)) };
             let ch = c0 + j0;
             let emit = |kk: usize, x: __m512| {
                 let Some(px) = dst[kk] else { return };
