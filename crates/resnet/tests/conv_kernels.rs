@@ -415,3 +415,54 @@ fn large_inputs_match_the_reference() {
         }
     }
 }
+
+/// Layers whose adjacent output pixels read input pixels a multiple of 4 KiB
+/// apart (1024 and 2048 f32 channels, 512 with stride 2; 2048 bf16, 1024 with
+/// stride 2) read a copy with spaced pixels: 1x1 and 3x3, a residual beside
+/// or in the output (1x1), a smaller layer after a larger one (the copy's
+/// scratch is longer than its input), all still the reference.
+#[test]
+fn aliased_pixel_strides_match_the_reference() {
+    use resnet::backend::Storage;
+    use resnet::backend::cpu::bf16::Bf16;
+    let cpu = Cpu::new(Some(2)).unwrap();
+    let mut r = Rng(0x4096);
+    let bf16 = |v: &[f32]| v.iter().map(|&x| Bf16::from_f32(x)).collect::<Vec<_>>();
+    for (d, storage) in [
+        (square(2, 7, 6, 1024, 40, 1, 1, 1), Storage::F32),
+        (square(1, 5, 5, 1024, 24, 1, 2, 1), Storage::F32),
+        (square(1, 3, 4, 2048, 36, 1, 1, 1), Storage::F32),
+        (square(2, 5, 4, 2048, 40, 1, 1, 1), Storage::Bf16),
+        (square(1, 3, 3, 2048, 20, 1, 2, 1), Storage::Bf16),
+        (square(1, 7, 6, 1024, 20, 1, 2, 1), Storage::Bf16),
+        (square(2, 6, 5, 512, 24, 1, 2, 1), Storage::F32),
+        (square(1, 7, 7, 512, 20, 3, 2, 1), Storage::F32),
+    ] {
+        let x = r.vec(d.in_len());
+        let w = r.vec(d.weight_len());
+        let res = r.vec(d.out_len());
+        let (usage, xr, wr, xs) = match storage {
+            Storage::F32 => (FilterUse::Forward, x.clone(), w.clone(), x.clone()),
+            Storage::Bf16 => {
+                let (xb, wb) = (bf16(&x), bf16(&w));
+                let packed = xb.chunks(2).map(|p| f32::from_bits(p[0].0 as u32 | (p[1].0 as u32) << 16)).collect();
+                let widen = |v: &[Bf16]| v.iter().map(|b| b.to_f32()).collect();
+                (FilterUse::ForwardBf16, widen(&xb), widen(&wb), packed)
+            }
+        };
+        let mut f = Default::default();
+        cpu.prepare_filter(&d, &w, usage, &mut f);
+        let want = reference(&d, &xr, &wr);
+        let epi = ConvEpilogue { residual: Some(&res), relu: true, ..Default::default() };
+        let mut y = vec![f32::NAN; d.out_len()];
+        cpu.conv_forward_stored(&d, &xs, storage, &f, &mut y, Storage::F32, &epi, Storage::F32);
+        let mut in_place = res.clone();
+        let epi = ConvEpilogue { residual: None, residual_in_output: true, ..epi };
+        cpu.conv_forward_stored(&d, &xs, storage, &f, &mut in_place, Storage::F32, &epi, Storage::F32);
+        for (i, (&a, &b)) in y.iter().zip(&want).enumerate() {
+            let b = (b + res[i]).max(0.0);
+            assert!((a - b).abs() < 1e-4 * (1.0 + b.abs()), "{d:?} {storage:?}: y[{i}] = {a}, reference {b}");
+            assert_eq!(a.to_bits(), in_place[i].to_bits(), "{d:?} {storage:?}: residual in the output differs at {i}");
+        }
+    }
+}

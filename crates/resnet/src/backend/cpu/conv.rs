@@ -531,15 +531,17 @@ impl direct::Taps<Bf16> for Rounded<'_> {
             &mut many
         };
         direct::Taps::fill(&self.0, m0, zero32, runs, &mut Vec::new());
-        // Sized once: the pointers below must stay valid.
-        own.resize(taps * direct::MR * klen, Bf16::default());
+        // Sized once: the pointers below must stay valid. Runs one cache line
+        // apart more than their length (see `spaced_stride`).
+        let ld = klen + 32;
+        own.resize(taps * direct::MR * ld, Bf16::default());
         for (t, (src, dst)) in runs.iter().zip(out.iter_mut()).enumerate() {
             for (i, (&r, d)) in src.iter().zip(dst.iter_mut()).enumerate() {
                 if r == zero32 {
                     *d = zero;
                     continue;
                 }
-                let o = &mut own[(t * direct::MR + i) * klen..][..klen];
+                let o = &mut own[(t * direct::MR + i) * ld..][..klen];
                 // SAFETY: the window's runs are `klen` readable floats.
                 bf16::convert(unsafe { std::slice::from_raw_parts(r, klen) }, o);
                 *d = o.as_ptr();
@@ -565,7 +567,50 @@ fn forward_direct<T: Elem>(
         let run = |w: &RowWindow<'_, T>| direct::run(w, &groups[0], y, d.c_out, 0, epi, residual);
         return with_rows(d, padded, |b| pad_copy(d, x, b), run);
     }
+    if let Some(ld) = spaced_stride::<T>(d) {
+        // Rows a multiple of 4 KiB apart: read a copy with spaced pixels, of
+        // only the pixels a strided 1x1 layer reads (a stride-1 layer over them).
+        let sub = d.kernel == [1, 1] && d.pad == [0, 0];
+        let dc = if sub { ConvDesc { h: d.out_h(), w: d.out_w(), stride: [1, 1], ..*d } } else { *d };
+        let mut buf = padded.with(|p| std::mem::take(&mut *p.borrow_mut()));
+        let len = space_pixels(d, x, if sub { d.stride } else { [1, 1] }, ld, &mut buf);
+        let window = |g| Window { src: &buf[..len], src_c: ld, ..forward_window(&dc, x, g) };
+        run_groups(&dc, groups, y, epi, residual, window);
+        return padded.with(|p| *p.borrow_mut() = buf);
+    }
     run_groups(d, groups, y, epi, residual, |g| forward_window(d, x, g));
+}
+
+/// The pixel stride of a spaced copy of a layer's input, where the input
+/// pixels of adjacent output pixels lie a multiple of 4 KiB apart (1024 or
+/// 2048 f32 channels, or 512 with stride 2; 2048 bf16, or 1024 with stride
+/// 2): then the twelve input rows of a micro-kernel call all fall into one
+/// set of the L1 cache (8 ways) and evict each other at every cache line.
+/// One cache line more per pixel spreads them over sets.
+fn spaced_stride<T>(d: &ConvDesc) -> Option<usize> {
+    let size = std::mem::size_of::<T>();
+    let aliased = d.groups == 1 && (d.c_in * d.stride[1] * size).is_multiple_of(4096);
+    aliased.then(|| d.c_in + 64 / size)
+}
+
+/// Copies every `step`-th pixel of each axis of `x` (an input of `d`) into
+/// pixels of `ld` values (the rest left as is); returns the copy's length.
+fn space_pixels<T: Elem>(d: &ConvDesc, x: &[T], step: [usize; 2], ld: usize, out: &mut Vec<T>) -> usize {
+    use rayon::prelude::*;
+    let c = d.c_in;
+    let (h, w) = (d.h.div_ceil(step[0]), d.w.div_ceil(step[1]));
+    let len = x.len() / (d.h * d.w * c) * h * w * ld;
+    if out.len() < len {
+        out.resize(len, T::default());
+    }
+    out[..len].par_chunks_mut(w * ld).enumerate().for_each(|(r, o)| {
+        let (n, y) = (r / h, r % h);
+        let row = &x[(n * d.h + y * step[0]) * d.w * c..][..d.w * c];
+        for (o, s) in o.chunks_mut(ld).zip(row.chunks(c).step_by(step[1])) {
+            o[..c].copy_from_slice(s);
+        }
+    });
+    len
 }
 
 /// Runs each group's panels over its window (`window(g)`), with the group's

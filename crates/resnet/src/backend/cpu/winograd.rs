@@ -1362,8 +1362,7 @@ mod x86 {
         for c0 in (0..cw).step_by(16) {
             let k = mask(cw - c0);
             // SAFETY: row `row` of D_p has ld >= cw floats; the mask keeps the tail inside.
-            let store =
-                |p: usize, o: __m512| unsafe { _mm512_mask_storeu_ps(dm.add(p * ldp + row * ld + c0), k, o) };
+            let store = |p: usize, o: __m512| unsafe { _mm512_mask_storeu_ps(dm.add(p * ldp + row * ld + c0), k, o) };
             if m == 4 {
                 // SAFETY: the caller's contract on src.
                 let d: [__m512; 16] = unsafe { patch(Rows::F32(dy), src, c0, k) };
