@@ -531,8 +531,8 @@ impl direct::Taps<Bf16> for Rounded<'_> {
             &mut many
         };
         direct::Taps::fill(&self.0, m0, zero32, runs, &mut Vec::new());
-        // Sized once: the pointers below must stay valid. Runs one cache line
-        // apart more than their length (see `spaced_stride`).
+        // Sized once: the pointers below must stay valid. Runs lie one cache
+        // line further apart than their length (see `spaced_stride`).
         let ld = klen + 32;
         own.resize(taps * direct::MR * ld, Bf16::default());
         for (t, (src, dst)) in runs.iter().zip(out.iter_mut()).enumerate() {
@@ -599,7 +599,7 @@ fn space_pixels<T: Elem>(d: &ConvDesc, x: &[T], step: [usize; 2], ld: usize, out
     use rayon::prelude::*;
     let c = d.c_in;
     let (h, w) = (d.h.div_ceil(step[0]), d.w.div_ceil(step[1]));
-    let len = x.len() / (d.h * d.w * c) * h * w * ld;
+    let len = d.n * h * w * ld;
     if out.len() < len {
         out.resize(len, T::default());
     }

@@ -982,7 +982,8 @@ unsafe fn input_transform(
 }
 
 /// Transforms row `i` of every `M_p` (channels `c0..c0 + cols` of the output,
-/// stored from column 0 with row stride `ldm`) into the tile's pixels of `y`.
+/// stored from column 0 with row stride `ldm`; `M_p` starts `ldp` floats after
+/// `M_{p-1}`) into the tile's pixels of `y`.
 ///
 /// # Safety
 /// The caller owns these pixels and channels of `y`.
@@ -1214,8 +1215,9 @@ wide_fn! {
 }
 
 /// Transforms the output-gradient tile at `(oy, ox)` of image `n`, channels
-/// `cols`, into row `i` of every `D_p` (`dM = A dY A^T`; `D_p` starts `ldp` floats after `D_{p-1}`, rows of
-/// stride `ld` each); pixels past the output's edge count as zero.
+/// `cols`, into row `i` of every `D_p` (`dM = A dY A^T`; rows of stride `ld`,
+/// `D_p` starting `ldp` floats after `D_{p-1}`); pixels past the output's edge
+/// count as zero.
 ///
 /// # Safety
 /// `dm` holds `a^2 * ldp` floats, `(i + 1) * ld <= ldp` and `cols.len() <= ld`.
