@@ -9,9 +9,12 @@
 //! * a panel row holds a *pair* of reduction indices, interleaved per output
 //!   channel: `[w[k][0], w[k+1][0], w[k][1], w[k+1][1], ...]` (32 values,
 //!   one vector);
-//! * an input pixel's pair `(x[k], x[k+1])` is broadcast as one 32-bit value,
-//!   so every channel run must have even length (the convolution pads odd
-//!   channel counts with a zero channel).
+//! * an input pixel's pair `(x[k], x[k+1])` is broadcast as one 32-bit value.
+//!   A run of odd length ends in a half pair, its last value and a zero (read
+//!   alone, never the value after the run), and each tap's part of a panel is
+//!   padded to whole pairs with a zero weight ([`pairs`]). Row taps (the
+//!   stem's seven pixels of three colours, 21 values) use this; other windows
+//!   with an odd channel count get a zero channel (`conv.rs`).
 //!
 //! Inputs are rounded to bf16 once per layer (round to nearest even); sums,
 //! bias, residual and ReLU stay in f32.
@@ -89,13 +92,18 @@ pub fn pack(w: &[f32], n: usize, k: usize, ld: usize, out: &mut Vec<Bf16>) {
     }
 }
 
+/// Values per tap of a bf16 panel for runs of `klen`: whole pairs.
+pub fn pairs(klen: usize) -> usize {
+    klen.next_multiple_of(2)
+}
+
 /// Computes `MR x NR` outputs from bf16 runs and a bf16 panel (see
 /// `direct::kernel` for the f32 original).
 ///
 /// # Safety
-/// Every `a[t][i]` points at `klen` readable values (`klen` even); `b` holds
-/// `a.len() * klen * NR` values; `out` rows are valid for `col + nr` floats and
-/// written by this call alone.
+/// Every `a[t][i]` points at `klen` readable values; `b` holds
+/// `a.len() * pairs(klen) * NR` values; `out` rows are valid for `col + nr`
+/// floats and written by this call alone.
 pub(super) unsafe fn kernel(a: &[[*const Bf16; MR]], klen: usize, b: &[Bf16], out: &Out<'_>) {
     #[cfg(target_arch = "x86_64")]
     if native() {
@@ -114,7 +122,7 @@ unsafe fn kernel_portable(a: &[[*const Bf16; MR]], klen: usize, b: &[Bf16], out:
     let mut acc = [[0.0f32; NR]; MR];
     for (t, rows) in a.iter().enumerate() {
         for c in 0..klen {
-            let bv = &b[(t * klen + c) / 2 * 2 * NR..][..2 * NR];
+            let bv = &b[(t * pairs(klen) + c) / 2 * 2 * NR..][..2 * NR];
             for (i, &r) in rows.iter().enumerate() {
                 // SAFETY: r points at klen values (contract).
                 let av = unsafe { *r.add(c) }.to_f32();
@@ -163,6 +171,26 @@ mod x86 {
     use super::super::direct::prefetch;
     use super::{Bf16, MR, Out};
     use std::arch::x86_64::*;
+
+    /// Values `c` and `c + 1` of run `r` as one 32-bit pair.
+    ///
+    /// # Safety
+    /// The run has at least `c + 2` values.
+    #[inline(always)]
+    unsafe fn pair(r: *const Bf16, c: usize) -> i32 {
+        // SAFETY: the caller's contract.
+        unsafe { (r.add(c) as *const i32).read_unaligned() }
+    }
+
+    /// The last value `c` of a run of odd length, paired with a zero.
+    ///
+    /// # Safety
+    /// The run has `c + 1` values.
+    #[inline(always)]
+    unsafe fn last(r: *const Bf16, c: usize) -> i32 {
+        // SAFETY: the caller's contract.
+        unsafe { (*r.add(c)).0 as i32 }
+    }
 
     /// # Safety
     /// avx512f and avx512bf16; equal lengths.
@@ -247,21 +275,30 @@ mod x86 {
         unsafe { prefetch(out) };
         let mut acc = [_mm512_setzero_ps(); MR];
         let mut bp = b.as_ptr() as *const __m512i;
+        let whole = klen & !1;
         for rows in a {
             let r = *rows;
-            for c in (0..klen).step_by(2) {
-                // SAFETY: b holds a.len() * klen * NR values; each run klen values (even).
-                unsafe {
-                    let bv: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(c / 2)));
-                    for i in 0..MR {
-                        let pair = (r[i].add(c) as *const i32).read_unaligned();
-                        let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
-                        acc[i] = _mm512_dpbf16_ps(acc[i], av, bv);
+            // The products of pair `c / 2` of every run, read by `$pair`.
+            macro_rules! step {
+                ($c:expr, $pair:ident) => {
+                    // SAFETY: b holds a.len() * pairs(klen) * NR values; runs klen values.
+                    unsafe {
+                        let bv: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add($c / 2)));
+                        for i in 0..MR {
+                            let av: __m512bh = std::mem::transmute(_mm512_set1_epi32($pair(r[i], $c)));
+                            acc[i] = _mm512_dpbf16_ps(acc[i], av, bv);
+                        }
                     }
-                }
+                };
+            }
+            for c in (0..whole).step_by(2) {
+                step!(c, pair);
+            }
+            if whole < klen {
+                step!(whole, last);
             }
             // SAFETY: advancing within b (one vector per pair).
-            bp = unsafe { bp.add(klen / 2) };
+            bp = unsafe { bp.add(klen.div_ceil(2)) };
         }
         // SAFETY: forwarded contract.
         unsafe { store(&acc, out) }
@@ -289,29 +326,38 @@ mod x86 {
         let mut acc0 = [_mm512_setzero_ps(); MR];
         let mut acc1 = [_mm512_setzero_ps(); MR];
         let (mut p0, mut p1) = (b0.as_ptr() as *const __m512i, b1.as_ptr() as *const __m512i);
+        let whole = klen & !1;
         for (t, rows) in a.iter().enumerate() {
             let r = *rows;
-            for c in (0..klen).step_by(2) {
+            // The products of pair `c / 2` of every run, read by `$pair`.
+            macro_rules! step {
+                ($c:expr, $pair:ident) => {
+                    // SAFETY: both panels hold a.len() * pairs(klen) * NR values; runs klen values.
+                    unsafe {
+                        let v0: __m512bh = std::mem::transmute(_mm512_loadu_si512(p0.add($c / 2)));
+                        let v1: __m512bh = std::mem::transmute(_mm512_loadu_si512(p1.add($c / 2)));
+                        for i in 0..MR {
+                            let av: __m512bh = std::mem::transmute(_mm512_set1_epi32($pair(r[i], $c)));
+                            acc0[i] = _mm512_dpbf16_ps(acc0[i], av, v0);
+                            acc1[i] = _mm512_dpbf16_ps(acc1[i], av, v1);
+                        }
+                    }
+                };
+            }
+            for c in (0..whole).step_by(2) {
                 if PF && c % 32 == 0 {
                     // SAFETY: `next` is the next group's runs (see `Out`).
                     unsafe { out0.next.fetch::<MR>(t, c * 2) };
                 }
-                // SAFETY: both panels hold a.len() * klen * NR values; runs klen values.
-                unsafe {
-                    let v0: __m512bh = std::mem::transmute(_mm512_loadu_si512(p0.add(c / 2)));
-                    let v1: __m512bh = std::mem::transmute(_mm512_loadu_si512(p1.add(c / 2)));
-                    for i in 0..MR {
-                        let pair = (r[i].add(c) as *const i32).read_unaligned();
-                        let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
-                        acc0[i] = _mm512_dpbf16_ps(acc0[i], av, v0);
-                        acc1[i] = _mm512_dpbf16_ps(acc1[i], av, v1);
-                    }
-                }
+                step!(c, pair);
+            }
+            if whole < klen {
+                step!(whole, last);
             }
             // SAFETY: advancing within the panels.
             unsafe {
-                p0 = p0.add(klen / 2);
-                p1 = p1.add(klen / 2);
+                p0 = p0.add(klen.div_ceil(2));
+                p1 = p1.add(klen.div_ceil(2));
             }
         }
         // SAFETY: forwarded contract.
@@ -338,29 +384,50 @@ mod tests {
     }
 
     /// The native micro-kernel (where the CPU has one) and the portable one
-    /// agree on a tile with several taps and a full epilogue.
+    /// agree on a tile with several taps, runs of even and odd length, with
+    /// and without an epilogue.
     #[test]
     fn native_and_portable_kernels_agree() {
-        use crate::backend::cpu::gemm::Epilogue;
-        let (taps, klen) = (3, 10);
-        let val = |i: usize| Bf16::from_f32(((i * 37 % 101) as f32 - 50.0) / 64.0);
-        let runs: Vec<Vec<Bf16>> = (0..taps * MR).map(|r| (0..klen).map(|c| val(r * klen + c)).collect()).collect();
-        let mut a = vec![[std::ptr::null(); MR]; taps];
-        for (t, rows) in a.iter_mut().enumerate() {
-            for (i, p) in rows.iter_mut().enumerate() {
-                *p = runs[t * MR + i].as_ptr();
+        for klen in [10, 21] {
+            for with_epilogue in [false, true] {
+                kernels_agree(3, klen, with_epilogue);
             }
         }
+    }
+
+    /// [`native_and_portable_kernels_agree`] for `taps` runs of `klen` values
+    /// (each followed by a NaN that no product may read; the panel padded to
+    /// whole pairs), with or without bias and ReLU.
+    fn kernels_agree(taps: usize, klen: usize, with_epilogue: bool) {
+        use crate::backend::cpu::gemm::Epilogue;
+        let val = |i: usize| Bf16::from_f32(((i * 37 % 101) as f32 - 50.0) / 64.0);
+        let mut runs = vec![Bf16::from_f32(f32::NAN); taps * MR * (klen + 1)];
+        for (r, run) in runs.chunks_mut(klen + 1).enumerate() {
+            for (c, v) in run[..klen].iter_mut().enumerate() {
+                *v = val(r * klen + c);
+            }
+        }
+        let run_at = |t: usize, i: usize| &runs[(t * MR + i) * (klen + 1)..][..klen];
+        let a: Vec<[*const Bf16; MR]> = (0..taps).map(|t| std::array::from_fn(|i| run_at(t, i).as_ptr())).collect();
         let w: Vec<f32> = (0..NR * taps * klen).map(|i| val(i * 7 + 3).to_f32()).collect();
+        // Each tap's weights padded to whole pairs, as the panels hold them.
+        let kp = pairs(klen);
+        let mut wp = vec![0.0f32; NR * taps * kp];
+        for (row, tap) in wp.chunks_mut(kp).zip(w.chunks(klen)) {
+            row[..klen].copy_from_slice(tap);
+        }
         let mut b = Vec::new();
-        pack(&w, NR, taps * klen, taps * klen, &mut b);
+        pack(&wp, NR, taps * kp, taps * kp, &mut b);
         let bias: Vec<f32> = (0..NR).map(|j| j as f32 * 0.25 - 2.0).collect();
-        let epi = Epilogue { bias: Some(&bias), relu: true, ..Default::default() };
+        let epi = match with_epilogue {
+            true => Epilogue { bias: Some(&bias), relu: true, ..Default::default() },
+            false => Epilogue::default(),
+        };
         let run = |portable: bool| {
             let mut y = vec![0.0f32; MR * NR];
             let rows: [*mut f32; MR] = std::array::from_fn(|i| y[i * NR..].as_mut_ptr());
             let out = Out::for_test(rows, &epi);
-            // SAFETY: runs hold klen values, b holds taps * klen * NR, rows NR floats each.
+            // SAFETY: runs hold klen values, b holds taps * pairs(klen) * NR, rows NR floats each.
             unsafe {
                 if portable {
                     kernel_portable(&a, klen, &b, &out);
@@ -376,14 +443,14 @@ mod tests {
                 let (row, j) = (i / NR, i % NR);
                 let mut s = 0.0f64;
                 for t in 0..taps {
-                    for c in 0..klen {
-                        s += runs[t * MR + row][c].to_f32() as f64 * w[j * taps * klen + t * klen + c] as f64;
+                    for (c, v) in run_at(t, row).iter().enumerate() {
+                        s += v.to_f32() as f64 * w[j * taps * klen + t * klen + c] as f64;
                     }
                 }
-                ((s + bias[j] as f64) as f32).max(0.0)
+                if with_epilogue { ((s + bias[j] as f64) as f32).max(0.0) } else { s as f32 }
             };
-            assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "[{i}]: native {x}, portable {y}");
-            assert!((y - want).abs() <= 1e-5 * (1.0 + want.abs()), "[{i}]: portable {y}, exact {want}");
+            assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "klen {klen} [{i}]: native {x}, portable {y}");
+            assert!((y - want).abs() <= 1e-5 * (1.0 + want.abs()), "klen {klen} [{i}]: portable {y}, exact {want}");
         }
     }
 

@@ -391,13 +391,14 @@ pub fn prepare_forward(d: &ConvDesc, w: &[f32], out: &mut CpuFilter) {
     }
 }
 
-/// Input channels of a layer's bf16 form: channel runs must have even length,
-/// so an odd single-group input (the stem's three colours) gets a zero
-/// channel; grouped layers with an odd number of channels per group have
-/// none (they stay in f32).
+/// Input channels of a layer's bf16 form. Row taps (the stem's three
+/// colours) run as they are, an odd run ending in a half pair (`bf16.rs`);
+/// otherwise an odd single-group input gets a zero channel, and grouped
+/// layers with an odd number of channels per group have no bf16 form (they
+/// stay in f32).
 fn bf16_channels(d: &ConvDesc) -> Option<usize> {
     match () {
-        _ if d.cin_g().is_multiple_of(2) => Some(d.c_in),
+        _ if d.cin_g().is_multiple_of(2) || use_rows(d) => Some(d.c_in),
         _ if d.groups == 1 => Some(d.c_in + 1),
         _ => None,
     }
@@ -413,6 +414,21 @@ pub fn prepare_forward_bf16(d: &ConvDesc, w: &[f32], out: &mut CpuFilter) {
     };
     out.winograd = None;
     out.groups.clear();
+    // Row taps of odd length: each kernel row's weights padded to whole pairs.
+    let run = d.kernel[1] * d.c_in;
+    if use_rows(d) && run % 2 == 1 {
+        let kp = bf16::pairs(run);
+        out.scratch.clear();
+        for row in w.chunks(run) {
+            out.scratch.extend_from_slice(row);
+            out.scratch.push(0.0);
+        }
+        let k = d.kernel[0] * kp;
+        out.bf16.resize_with(1, Panels::default);
+        out.bf16[0].pack(&out.scratch, d.c_out, k, k);
+        out.bf16_cin = cin;
+        return;
+    }
     let w = if cin == d.c_in {
         w
     } else {
@@ -491,8 +507,12 @@ fn forward_bf16(
     }
     let dp = ConvDesc { c_in: f.bf16_cin, ..*d };
     if use_rows(&dp) {
-        // The stem: round, add the zero channel and pad in one pass.
-        let pad = |b: &mut Vec<Bf16>| pad_input(&dp, x, d.c_in, b, |s, o| spread(s, d.c_in, o, dp.c_in));
+        // The stem: round (adding a zero channel, if it has one) and pad in one pass.
+        let put = |s: &[f32], o: &mut [Bf16]| match dp.c_in == d.c_in {
+            true => bf16::convert(s, o),
+            false => spread(s, d.c_in, o, dp.c_in),
+        };
+        let pad = |b: &mut Vec<Bf16>| pad_input(&dp, x, d.c_in, b, put);
         let residual = residual.map(|r| (r, d.c_out));
         return with_rows(&dp, &PADDED_BF16, pad, |w| direct::run(w, &f.bf16[0], y, d.c_out, 0, epi, residual));
     }

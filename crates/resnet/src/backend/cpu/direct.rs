@@ -35,6 +35,11 @@ pub fn zeros<T: Elem>(len: usize) -> *const T {
 pub trait Elem: Copy + Default + Send + Sync + 'static {
     /// Whether this is bf16 (whose kernels also store and read bf16 rows).
     const BF16: bool;
+    /// Values per tap in a panel for runs of `klen` (bf16 pads odd runs to
+    /// whole pairs).
+    fn panel_klen(klen: usize) -> usize {
+        klen
+    }
     /// The `MR x NR` micro-kernel (see [`tile`]).
     ///
     /// # Safety
@@ -63,6 +68,9 @@ impl Elem for f32 {
 
 impl Elem for Bf16 {
     const BF16: bool = true;
+    fn panel_klen(klen: usize) -> usize {
+        bf16::pairs(klen)
+    }
     unsafe fn kernel(a: &[[*const Bf16; MR]], klen: usize, b: &[Bf16], out: &Out<'_>) {
         // SAFETY: forwarded contract.
         unsafe { bf16::kernel(a, klen, b, out) }
@@ -785,7 +793,7 @@ unsafe fn panel_tile<T: Elem>(
             while e < active.len() && boffs[e] == boffs[e - 1] + 1 {
                 e += 1;
             }
-            let sub = &panel[boffs[s] * klen * NR..];
+            let sub = &panel[boffs[s] * T::panel_klen(klen) * NR..];
             let last = e == active.len();
             assert!(!t.bf16_out || (first && last), "a tile whose taps are split cannot sum its parts in bf16 rows");
             let part = Epilogue {
@@ -824,7 +832,7 @@ pub fn run<T: Elem>(
 ) {
     let m = w.rows();
     let (taps, klen) = (w.taps(), w.klen());
-    assert_eq!(panels.k, taps * klen, "filter does not match the window");
+    assert_eq!(panels.k, taps * T::panel_klen(klen), "filter does not match the window");
     if m == 0 || panels.n == 0 {
         return;
     }
