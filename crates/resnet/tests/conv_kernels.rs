@@ -373,6 +373,21 @@ fn stored_bf16_activations_match_the_rounded_reference() {
     }
 }
 
+/// A layer's input and weights as a test stores them: the filter use, the
+/// values the kernels see (rounded where `storage` is bf16), and the input
+/// as stored (bf16 values two to each f32 slot, as a bf16 plan keeps them).
+fn stored(x: &[f32], w: &[f32], storage: resnet::backend::Storage) -> (FilterUse, Vec<f32>, Vec<f32>, Vec<f32>) {
+    use resnet::backend::cpu::bf16::Bf16;
+    if storage == resnet::backend::Storage::F32 {
+        return (FilterUse::Forward, x.to_vec(), w.to_vec(), x.to_vec());
+    }
+    let bf16 = |v: &[f32]| v.iter().map(|&x| Bf16::from_f32(x)).collect::<Vec<_>>();
+    let (xb, wb) = (bf16(x), bf16(w));
+    let packed = xb.chunks(2).map(|p| f32::from_bits(p[0].0 as u32 | (p[1].0 as u32) << 16)).collect();
+    let widen = |v: &[Bf16]| v.iter().map(|b| b.to_f32()).collect();
+    (FilterUse::ForwardBf16, widen(&xb), widen(&wb), packed)
+}
+
 /// Inputs of 4 MiB and more, where the kernels fetch the next row group's
 /// runs while they compute a group's (two tiles in turn in `direct::run`):
 /// 1x1, strided 1x1 and strided 3x3 windows, f32 and bf16-stored inputs,
@@ -380,10 +395,8 @@ fn stored_bf16_activations_match_the_rounded_reference() {
 #[test]
 fn large_inputs_match_the_reference() {
     use resnet::backend::Storage;
-    use resnet::backend::cpu::bf16::Bf16;
     let cpu = Cpu::new(Some(2)).unwrap();
     let mut r = Rng(0x1a7e);
-    let bf16 = |v: &[f32]| v.iter().map(|&x| Bf16::from_f32(x)).collect::<Vec<_>>();
     for (d, storage) in [
         (square(2, 64, 64, 128, 24, 1, 1, 1), Storage::F32),
         (square(2, 64, 64, 128, 40, 3, 2, 1), Storage::F32),
@@ -395,16 +408,7 @@ fn large_inputs_match_the_reference() {
         let x = r.vec(d.in_len());
         let w = r.vec(d.weight_len());
         let mut f = Default::default();
-        let (usage, xr, wr, xs) = match storage {
-            Storage::F32 => (FilterUse::Forward, x.clone(), w.clone(), x.clone()),
-            Storage::Bf16 => {
-                let (xb, wb) = (bf16(&x), bf16(&w));
-                // Two bf16 values to each f32 slot, as a bf16 plan stores them.
-                let packed = xb.chunks(2).map(|p| f32::from_bits(p[0].0 as u32 | (p[1].0 as u32) << 16)).collect();
-                let widen = |v: &[Bf16]| v.iter().map(|b| b.to_f32()).collect();
-                (FilterUse::ForwardBf16, widen(&xb), widen(&wb), packed)
-            }
-        };
+        let (usage, xr, wr, xs) = stored(&x, &w, storage);
         cpu.prepare_filter(&d, &w, usage, &mut f);
         let mut y = vec![f32::NAN; d.out_len()];
         let epi = ConvEpilogue::default();
@@ -424,10 +428,8 @@ fn large_inputs_match_the_reference() {
 #[test]
 fn aliased_pixel_strides_match_the_reference() {
     use resnet::backend::Storage;
-    use resnet::backend::cpu::bf16::Bf16;
     let cpu = Cpu::new(Some(2)).unwrap();
     let mut r = Rng(0x4096);
-    let bf16 = |v: &[f32]| v.iter().map(|&x| Bf16::from_f32(x)).collect::<Vec<_>>();
     for (d, storage) in [
         (square(2, 7, 6, 1024, 40, 1, 1, 1), Storage::F32),
         (square(1, 5, 5, 1024, 24, 1, 2, 1), Storage::F32),
@@ -441,15 +443,7 @@ fn aliased_pixel_strides_match_the_reference() {
         let x = r.vec(d.in_len());
         let w = r.vec(d.weight_len());
         let res = r.vec(d.out_len());
-        let (usage, xr, wr, xs) = match storage {
-            Storage::F32 => (FilterUse::Forward, x.clone(), w.clone(), x.clone()),
-            Storage::Bf16 => {
-                let (xb, wb) = (bf16(&x), bf16(&w));
-                let packed = xb.chunks(2).map(|p| f32::from_bits(p[0].0 as u32 | (p[1].0 as u32) << 16)).collect();
-                let widen = |v: &[Bf16]| v.iter().map(|b| b.to_f32()).collect();
-                (FilterUse::ForwardBf16, widen(&xb), widen(&wb), packed)
-            }
-        };
+        let (usage, xr, wr, xs) = stored(&x, &w, storage);
         let mut f = Default::default();
         cpu.prepare_filter(&d, &w, usage, &mut f);
         let want = reference(&d, &xr, &wr);
