@@ -264,6 +264,16 @@ fn pad_copy<T: Elem>(d: &ConvDesc, x: &[T], out: &mut Vec<T>) -> (usize, usize) 
 /// A per-thread scratch vector, taken out while the kernels run.
 type Scratch<T> = std::thread::LocalKey<std::cell::RefCell<Vec<T>>>;
 
+/// Runs `f` on this thread's `scratch` vector, taken out meanwhile: work this
+/// thread picks up while `f` waits on others (rayon) may take it in turn,
+/// which a borrow held across `f` would not allow.
+fn with_scratch<T: 'static, R>(scratch: &'static Scratch<T>, f: impl FnOnce(&mut Vec<T>) -> R) -> R {
+    let mut buf = scratch.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    let r = f(&mut buf);
+    scratch.with(|p| *p.borrow_mut() = buf);
+    r
+}
+
 thread_local! {
     /// Padded inputs for row-tap convolutions.
     static PADDED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -279,23 +289,21 @@ fn with_rows<T: Elem, R>(
     pad: impl FnOnce(&mut Vec<T>) -> (usize, usize),
     f: impl FnOnce(&RowWindow<'_, T>) -> R,
 ) -> R {
-    let mut buf = scratch.with(|p| std::mem::take(&mut *p.borrow_mut()));
-    let (hp, wp) = pad(&mut buf);
-    let w = RowWindow {
-        padded: &buf,
-        hp,
-        wp,
-        c: d.c_in,
-        oh: d.out_h(),
-        ow: d.out_w(),
-        kh: d.kernel[0],
-        kw: d.kernel[1],
-        stride: d.stride,
-        dil_y: d.dilation[0],
-    };
-    let r = f(&w);
-    scratch.with(|p| *p.borrow_mut() = buf);
-    r
+    with_scratch(scratch, |buf| {
+        let (hp, wp) = pad(buf);
+        f(&RowWindow {
+            padded: buf,
+            hp,
+            wp,
+            c: d.c_in,
+            oh: d.out_h(),
+            ow: d.out_w(),
+            kh: d.kernel[0],
+            kw: d.kernel[1],
+            stride: d.stride,
+            dil_y: d.dilation[0],
+        })
+    })
 }
 
 /// Forward window: output pixels over input `x`, group `g`.
@@ -516,10 +524,10 @@ fn forward_bf16(
         let residual = residual.map(|r| (r, d.c_out));
         return with_rows(&dp, &PADDED_BF16, pad, |w| direct::run(w, &f.bf16[0], y, d.c_out, 0, epi, residual));
     }
-    let mut buf = BF16_INPUT.with(|b| std::mem::take(&mut *b.borrow_mut()));
-    to_bf16(x, d.c_in, f.bf16_cin, &mut buf);
-    forward_direct(&ConvDesc { c_in: f.bf16_cin, ..*d }, &buf, &f.bf16, &PADDED_BF16, y, epi, residual);
-    BF16_INPUT.with(|b| *b.borrow_mut() = buf);
+    with_scratch(&BF16_INPUT, |buf| {
+        to_bf16(x, d.c_in, f.bf16_cin, buf);
+        forward_direct(&ConvDesc { c_in: f.bf16_cin, ..*d }, buf, &f.bf16, &PADDED_BF16, y, epi, residual);
+    })
 }
 
 /// A forward window over f32 input whose runs are rounded to bf16 as each
@@ -592,11 +600,11 @@ fn forward_direct<T: Elem>(
         // only the pixels a strided 1x1 layer reads (a stride-1 layer over them).
         let sub = d.kernel == [1, 1] && d.pad == [0, 0];
         let dc = if sub { ConvDesc { h: d.out_h(), w: d.out_w(), stride: [1, 1], ..*d } } else { *d };
-        let mut buf = padded.with(|p| std::mem::take(&mut *p.borrow_mut()));
-        let len = space_pixels(d, x, if sub { d.stride } else { [1, 1] }, ld, &mut buf);
-        let window = |g| Window { src: &buf[..len], src_c: ld, ..forward_window(&dc, x, g) };
-        run_groups(&dc, groups, y, epi, residual, window);
-        return padded.with(|p| *p.borrow_mut() = buf);
+        return with_scratch(padded, |buf| {
+            let len = space_pixels(d, x, if sub { d.stride } else { [1, 1] }, ld, buf);
+            let window = |g| Window { src: &buf[..len], src_c: ld, ..forward_window(&dc, x, g) };
+            run_groups(&dc, groups, y, epi, residual, window);
+        });
     }
     run_groups(d, groups, y, epi, residual, |g| forward_window(d, x, g));
 }

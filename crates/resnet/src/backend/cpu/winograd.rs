@@ -620,30 +620,17 @@ unsafe fn span(
     part_len: usize,
     s: &mut Scratch,
 ) {
-    let (a, m) = (t.a, t.m);
     let (ci, co) = (d.c_in, d.c_out);
-    let aa = a * a;
     let t0 = tiles.start;
     // Tiles of the span: the rows of each V_p and M_p.
     let nt = tiles.len();
-    let c0 = panels.start * direct::NR;
-    let cols = (panels.end * direct::NR).min(co) - c0;
-    let ldm = cols.next_multiple_of(direct::NR);
-    // Grown, never shrunk: layers of different sizes share the scratch, and
-    // shrinking would zero-fill it again at every growth.
-    let (lv, lm) = (point_stride(nt, ci), point_stride(nt, ldm));
-    grow(&mut s.v, aa * lv);
-    grow(&mut s.mm, aa * lm);
-    let corner = |i: usize| grid.corner(t0 + i);
     // 1. Input transforms into V[p][i][..].
-    for i in 0..nt {
-        // SAFETY: V has aa * lv floats; the tile writes row i of each V_p.
-        unsafe { input_transform(t, d, x, grid, t0 + i, s.v.as_mut_ptr(), lv, i, &mut s.tile) };
-    }
+    let l = transform_inputs(t, d, x, grid, t0..t0 + nt, nt, &panels, s);
+    let (lv, lm, ldm) = (l.lv, l.lm, l.ldm);
     // 2. The products M_p = V_p U_p for these rows and channels.
     let zero = direct::zeros(ci);
     let (vp, mp) = (s.v.as_ptr(), s.mm.as_mut_ptr());
-    for p in 0..aa {
+    for p in 0..t.a * t.a {
         // The rows of V_p and M_p, a block at a time.
         let block = |r0: usize| {
             let mut rows_in = [zero; MR];
@@ -663,17 +650,80 @@ unsafe fn span(
         unsafe { products(f, p, &s.rows, &panels, ci, co) };
     }
     // 3. Output transforms of M into y, with the epilogue.
-    for i in 0..nt {
-        let (n, oy, ox) = corner(i);
-        // SAFETY: the caller owns these pixels and channels of y.
-        unsafe { output_transform(t, d, &s.mm, lm, i, ldm, c0, cols, n, oy, ox, y, epi, &mut s.tile) };
-    }
+    // SAFETY: the caller owns these pixels and channels of y.
+    unsafe { transform_outputs(t, d, grid, t0..t0 + nt, &l, y, epi, s) };
     // 4. The moments of what was just written, block by block, for a batch norm.
     let Some(parts) = parts else { return };
     for (k, r0) in (0..nt).step_by(MR).enumerate() {
         let block = t0 + r0..t0 + (r0 + MR).min(nt);
         // SAFETY: block k's part follows the span's first (the caller's contract).
-        unsafe { block_moments(m, d, grid, block, c0, cols, y, parts.add(k * part_len)) };
+        unsafe { block_moments(t.m, d, grid, block, l.c0, l.cols, y, parts.add(k * part_len)) };
+    }
+}
+
+/// Where a task's transformed tiles lie in the scratch: `V_p` and `M_p`
+/// start `lv` and `lm` floats apart, rows of `M_p` hold the task's output
+/// channels `c0..c0 + cols` from column 0, `ldm` floats apart.
+struct Layout {
+    lv: usize,
+    lm: usize,
+    c0: usize,
+    cols: usize,
+    ldm: usize,
+}
+
+/// Step 1 of [`span`] and [`block`]: sizes the scratch for `rows` rows per
+/// point and the output-channel panels `panels`, and transforms the inputs
+/// of `tiles` (at most `rows`) into rows `0..` of every `V_p`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn transform_inputs(
+    t: &Transforms,
+    d: &ConvDesc,
+    x: Rows<'_>,
+    grid: &Grid,
+    tiles: std::ops::Range<usize>,
+    rows: usize,
+    panels: &std::ops::Range<usize>,
+    s: &mut Scratch,
+) -> Layout {
+    let aa = t.a * t.a;
+    let c0 = panels.start * direct::NR;
+    let cols = (panels.end * direct::NR).min(d.c_out) - c0;
+    let ldm = cols.next_multiple_of(direct::NR);
+    let (lv, lm) = (point_stride(rows, d.c_in), point_stride(rows, ldm));
+    // Grown, never shrunk: layers of different sizes share the scratch, and
+    // shrinking would zero-fill it again at every growth.
+    grow(&mut s.v, aa * lv);
+    grow(&mut s.mm, aa * lm);
+    for (i, tile) in tiles.enumerate() {
+        // SAFETY: V has aa * lv floats; the tile writes row i < rows of each V_p.
+        unsafe { input_transform(t, d, x, grid, tile, s.v.as_mut_ptr(), lv, i, &mut s.tile) };
+    }
+    Layout { lv, lm, c0, cols, ldm }
+}
+
+/// Step 3 of [`span`] and [`block`]: transforms rows `0..` of every `M_p`
+/// (laid out as `l`) into the pixels of `tiles` in `y`, with the epilogue.
+///
+/// # Safety
+/// The caller owns these pixels and channels of `y`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn transform_outputs(
+    t: &Transforms,
+    d: &ConvDesc,
+    grid: &Grid,
+    tiles: std::ops::Range<usize>,
+    l: &Layout,
+    y: Dst,
+    epi: &Epilogue<'_>,
+    s: &mut Scratch,
+) {
+    for (i, tile) in tiles.enumerate() {
+        let (n, oy, ox) = grid.corner(tile);
+        // SAFETY: the caller's contract.
+        unsafe { output_transform(t, d, &s.mm, l.lm, i, l.ldm, l.c0, l.cols, n, oy, ox, y, epi, &mut s.tile) };
     }
 }
 
@@ -781,27 +831,14 @@ unsafe fn block(
     part: Option<*mut f32>,
     s: &mut Scratch,
 ) {
-    let a = t.a;
     let (ci, co) = (d.c_in, d.c_out);
-    let aa = a * a;
-    let c0 = panels.start * direct::NR;
-    let cols = (panels.end * direct::NR).min(co) - c0;
-    let ldm = cols.next_multiple_of(direct::NR);
-    // Grown, never shrunk: layers of different sizes share the scratch, and
-    // shrinking would zero-fill it again at every growth.
-    let (lv, lm) = (point_stride(MR, ci), point_stride(MR, ldm));
-    grow(&mut s.v, aa * lv);
-    grow(&mut s.mm, aa * lm);
-    let corner = |i: usize| grid.corner(t0 + i);
     // 1. Input transforms into V[p][i][..].
-    for i in 0..nt {
-        // SAFETY: V has aa * lv floats; the tile writes row i of each V_p.
-        unsafe { input_transform(t, d, x, grid, t0 + i, s.v.as_mut_ptr(), lv, i, &mut s.tile) };
-    }
+    let l = transform_inputs(t, d, x, grid, t0..t0 + nt, MR, &panels, s);
+    let (lv, lm, ldm) = (l.lv, l.lm, l.ldm);
     // 2. The products M_p = V_p U_p for this block's rows and channels.
     let zero = direct::zeros(ci);
     let none = Epilogue::default();
-    for p in 0..aa {
+    for p in 0..t.a * t.a {
         let mut rows_in = [zero; MR];
         let mut rows_out = [std::ptr::null_mut(); MR];
         for i in 0..nt {
@@ -829,15 +866,12 @@ unsafe fn block(
         }
     }
     // 3. Output transforms of M into y, with the epilogue.
-    for i in 0..nt {
-        let (n, oy, ox) = corner(i);
-        // SAFETY: the caller owns these pixels and channels of y.
-        unsafe { output_transform(t, d, &s.mm, lm, i, ldm, c0, cols, n, oy, ox, y, epi, &mut s.tile) };
-    }
+    // SAFETY: the caller owns these pixels and channels of y.
+    unsafe { transform_outputs(t, d, grid, t0..t0 + nt, &l, y, epi, s) };
     // 4. The moments of what was just written, for a batch norm.
     if let Some(part) = part {
         // SAFETY: the block's part (the caller's contract).
-        unsafe { block_moments(t.m, d, grid, t0..t0 + nt, c0, cols, y, part) };
+        unsafe { block_moments(t.m, d, grid, t0..t0 + nt, l.c0, l.cols, y, part) };
     }
 }
 
