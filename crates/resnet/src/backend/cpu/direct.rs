@@ -840,20 +840,25 @@ pub fn run<T: Elem>(
     let np = panels.n.div_ceil(NR);
     let groups = m.div_ceil(MR);
     let threads = rayon::current_num_threads();
-    // Tasks: chunks of row groups x chunks of panels, about four per thread;
+    // Tasks: runs of row groups x chunks of panels, about four per thread;
     // the longer dimension is split first, so a task keeps the other whole
-    // (and can reuse it from cache).
+    // (and can reuse it from cache). Rows are split as well when there are
+    // at least 8 groups per thread (ResNet-50's 14x14 layers at batch 1):
+    // then each thread reads the input rows it wrote in the layer before
+    // (split the same way: rayon hands the first half of the tasks to the
+    // calling thread), instead of every thread reading all of them, half
+    // from the other core's cache (see ARCHITECTURE.md, "Threads").
+    // Runs are dealt out evenly: group counts differ by one at most.
     let want = 4 * threads;
-    let (gchunk, pchunk) = if groups * MR <= np * NR {
+    let by_rows = groups * MR > np * NR || groups >= 8 * threads;
+    let (tasks_g, pchunk) = if !by_rows {
         let pc = np.div_ceil(want).max(2).min(np);
         let pt = np.div_ceil(pc);
-        (if pt >= 2 * threads { groups } else { groups.div_ceil(want.div_ceil(pt)) }, pc)
+        (if pt >= 2 * threads { 1 } else { want.div_ceil(pt).min(groups) }, pc)
     } else {
-        let gc = groups.div_ceil(want).max(1);
-        let gt = groups.div_ceil(gc);
-        (gc, if gt >= 2 * threads { np } else { np.div_ceil(want.div_ceil(gt)) })
+        let tg = want.min(groups);
+        (tg, if tg >= 2 * threads { np } else { np.div_ceil(want.div_ceil(tg)) })
     };
-    let tasks_g = groups.div_ceil(gchunk);
     let tasks = tasks_g * np.div_ceil(pchunk);
     let (optr, bf16_out) = match &mut out {
         RowsMut::F32(o) => (SendPtr(o.as_mut_ptr()), false),
@@ -877,7 +882,7 @@ pub fn run<T: Elem>(
     let task = |tk: usize| {
         let zero = zeros(klen);
         let (tg, tp) = (tk % tasks_g, tk / tasks_g);
-        let gs = tg * gchunk..((tg + 1) * gchunk).min(groups);
+        let gs = tg * groups / tasks_g..(tg + 1) * groups / tasks_g;
         let ps = tp * pchunk..((tp + 1) * pchunk).min(np);
         // The pointers of a row group, with the taps that are not all padding.
         let new_tile = || Tile {

@@ -135,6 +135,29 @@ impl Backend for Cpu {
         if self.threads == 1 {
             return self.install(f);
         }
+        if rayon::current_thread_index().is_none() {
+            // From outside the pool: the same thread (index 0) runs every
+            // pass, so each thread keeps writing the same parts of the plan's
+            // buffers from one pass to the next (see ARCHITECTURE.md).
+            let job = std::sync::Mutex::new(Some(f));
+            let result = std::sync::Mutex::new(None);
+            let done = AtomicBool::new(false);
+            self.pool.broadcast(|ctx| {
+                if ctx.index() == 0 {
+                    let _stop = SetOnDrop(&done);
+                    let f = job.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    let r = f.map(|f| f());
+                    *result.lock().unwrap_or_else(|e| e.into_inner()) = r;
+                } else {
+                    while !done.load(Ordering::Acquire) {
+                        if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                            std::hint::spin_loop();
+                        }
+                    }
+                }
+            });
+            return result.into_inner().unwrap_or_else(|e| e.into_inner()).expect("thread 0 ran the job");
+        }
         self.install(|| {
             let done = AtomicBool::new(false);
             let owner = rayon::current_thread_index();
