@@ -2,10 +2,15 @@
 //!
 //! `cargo run --release --example conv1x1 -- [batch] [f32|bf16] [res|-] [stored|mixed]`
 //!
+//! `SHAPE=side,c_in,c_out,kernel` adds a shape of your own (index 18; a negative kernel side is a strided 1x1).
 //! `res` adds a residual to the epilogue (with bias and ReLU always); `stored` keeps input, output and residual in
 //! bf16, `mixed` only output and residual (as a bf16 plan stores its residual stream). `ONLY=i` runs shape `i`.
 use resnet::backend::{Backend, ConvDesc, ConvEpilogue, Cpu, FilterUse, Storage};
 use std::time::Instant;
+/// As the `resnet` binary: large blocks on cache lines (`resnet::alloc`).
+#[global_allocator]
+static ALLOC: resnet::alloc::CacheAligned = resnet::alloc::CacheAligned;
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let n: usize = args.get(1).and_then(|v| v.parse().ok()).unwrap_or(1);
@@ -20,6 +25,12 @@ fn main() {
     let threads = std::env::var("THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
     let cpu = Cpu::new(Some(threads)).unwrap();
     let only: Option<usize> = std::env::var("ONLY").ok().and_then(|v| v.parse().ok());
+    // `SHAPE=side,c_in,c_out,kernel` adds one shape (index 18).
+    let shape = std::env::var("SHAPE").ok().map(|v| {
+        let f: Vec<i64> = v.split(',').map(|x| x.trim().parse().expect("SHAPE=side,c_in,c_out,kernel")).collect();
+        assert_eq!(f.len(), 4, "SHAPE=side,c_in,c_out,kernel");
+        (f[0] as usize, f[1] as usize, f[2] as usize, f[3])
+    });
     for (idx, (h, ci, co, k)) in [
         // (side, c_in, c_out, kernel side)
         (56, 64, 256, 1),
@@ -42,6 +53,7 @@ fn main() {
         (28, 512, 256, 1),
     ]
     .into_iter()
+    .chain(shape)
     .enumerate()
     {
         if only.is_some_and(|o| o != idx) {

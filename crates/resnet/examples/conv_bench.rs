@@ -1,5 +1,9 @@
 use resnet::backend::{Backend, ConvDesc, ConvEpilogue, Cpu, FilterUse};
 use std::time::Instant;
+/// As the `resnet` binary: large blocks on cache lines (`resnet::alloc`).
+#[global_allocator]
+static ALLOC: resnet::alloc::CacheAligned = resnet::alloc::CacheAligned;
+
 fn main() {
     let threads: usize = std::env::args().nth(1).map(|s| s.parse().unwrap()).unwrap_or(2);
     let cpu = Cpu::new(Some(threads)).unwrap();

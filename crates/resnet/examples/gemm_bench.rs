@@ -1,5 +1,9 @@
 use resnet::backend::cpu::gemm::*;
 use std::time::Instant;
+/// As the `resnet` binary: large blocks on cache lines (`resnet::alloc`).
+#[global_allocator]
+static ALLOC: resnet::alloc::CacheAligned = resnet::alloc::CacheAligned;
+
 fn main() {
     let threads: usize = std::env::args().nth(1).map(|s| s.parse().unwrap()).unwrap_or(1);
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();

@@ -3,6 +3,10 @@
 //! `THREADS=n cargo run --release --example maxpool -- [batch]`
 use resnet::backend::{Backend, Cpu, PoolDesc};
 use std::time::Instant;
+/// As the `resnet` binary: large blocks on cache lines (`resnet::alloc`).
+#[global_allocator]
+static ALLOC: resnet::alloc::CacheAligned = resnet::alloc::CacheAligned;
+
 fn main() {
     let n: usize = std::env::args().nth(1).and_then(|v| v.parse().ok()).unwrap_or(1);
     let threads = std::env::var("THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);

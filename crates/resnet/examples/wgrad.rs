@@ -2,6 +2,10 @@
 //! `RESNET_WINOGRAD=0` forces the direct path; `ONLY=i` times the `i`-th shape
 //! alone, `THREADS=n` sets the threads (default 2).
 use resnet::backend::{Backend, ConvDesc, Cpu};
+/// As the `resnet` binary: large blocks on cache lines (`resnet::alloc`).
+#[global_allocator]
+static ALLOC: resnet::alloc::CacheAligned = resnet::alloc::CacheAligned;
+
 fn main() {
     let threads = std::env::var("THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
     let only: Option<usize> = std::env::var("ONLY").ok().and_then(|v| v.parse().ok());
