@@ -847,7 +847,8 @@ pub fn run<T: Elem>(
     // then each thread reads the input rows it wrote in the layer before
     // (split the same way: rayon hands the first half of the tasks to the
     // calling thread), instead of every thread reading all of them, half
-    // from the other core's cache (see ARCHITECTURE.md, "Threads").
+    // from the other core's cache (see ARCHITECTURE.md, "Which thread
+    // touches which data").
     // Runs are dealt out evenly: group counts differ by one at most.
     let want = 4 * threads;
     let by_rows = groups * MR > np * NR || groups >= 8 * threads;

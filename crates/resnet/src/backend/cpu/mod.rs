@@ -130,7 +130,10 @@ impl Backend for Cpu {
     /// spinning (`rayon::yield_now`) instead of going to sleep: rayon parks an
     /// idle worker after about 33 `sched_yield`s (~20 us here), shorter than
     /// the uneven end of most operations, and waking it again costs more than
-    /// that. ONNX Runtime's pool spins the same way.
+    /// that. ONNX Runtime's pool spins the same way. Called from outside the
+    /// pool, `f` runs on pool thread 0 every time (`ThreadPool::broadcast`),
+    /// so that each thread works on the same parts of the buffers from one
+    /// call to the next.
     fn scope<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         if self.threads == 1 {
             return self.install(f);
@@ -138,7 +141,8 @@ impl Backend for Cpu {
         if rayon::current_thread_index().is_none() {
             // From outside the pool: the same thread (index 0) runs every
             // pass, so each thread keeps writing the same parts of the plan's
-            // buffers from one pass to the next (see ARCHITECTURE.md).
+            // buffers from one pass to the next (see ARCHITECTURE.md, "Which
+            // thread touches which data").
             let job = std::sync::Mutex::new(Some(f));
             let result = std::sync::Mutex::new(None);
             let done = AtomicBool::new(false);
