@@ -1,9 +1,9 @@
 //! `resnet archs`.
 
 use anyhow::Result;
-use resnet::model::{ARCHS, Network, ResNetSpec, Stem};
+use resnet::model::{ARCHS, Graph, ResNetSpec, Stem};
 
-use crate::util::{cpu, grouped, human};
+use crate::util::{grouped, human};
 
 /// Arguments of `resnet archs`.
 #[derive(clap::Args)]
@@ -14,12 +14,11 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let cpu = cpu(Some(1))?;
     let mut rows = Vec::new();
     for name in ARCHS {
         let spec = ResNetSpec::named(name)?;
         let input = if spec.stem == Stem::Imagenet { 224 } else { 32 };
-        let s = Network::new(&spec, &cpu)?.summary(input, input)?;
+        let s = Graph::new(&spec)?.summary(input, input)?;
         rows.push((spec, input, s.params, s.macs));
     }
     if a.json {

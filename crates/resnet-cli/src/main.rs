@@ -10,6 +10,7 @@ mod classify;
 mod demo;
 mod eval;
 mod experiment;
+mod inspect;
 mod summary;
 mod train;
 mod util;
@@ -41,6 +42,8 @@ enum Command {
     Demo(demo::Args),
     /// The residual-learning lab: experiments that reproduce the papers' findings.
     Experiment(experiment::Args),
+    /// What a weights file holds: tensors, the architecture (recognised from keys and shapes), parameters.
+    Inspect(inspect::Args),
     /// Write freshly initialised weights for an architecture.
     Init(bench::InitArgs),
     /// Measure speed: images/s, latency and peak memory of inference or training steps.
@@ -65,6 +68,7 @@ fn main() {
         Command::Eval(a) => eval::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Init(a) => bench::init(a),
+        Command::Inspect(a) => inspect::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Experiment(a) => experiment::run(a),
     };

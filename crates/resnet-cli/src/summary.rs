@@ -1,9 +1,9 @@
 //! `resnet summary`.
 
 use anyhow::{Result, bail};
-use resnet::model::{Network, ResNetSpec, Stem};
+use resnet::model::{Graph, ResNetSpec, Stem};
 
-use crate::util::{cpu, grouped, human};
+use crate::util::{grouped, human};
 
 /// Arguments of `resnet summary`.
 #[derive(clap::Args)]
@@ -36,7 +36,7 @@ pub fn run(a: Args) -> Result<()> {
     if input == 0 || input > 16384 {
         bail!("--input must be between 1 and 16384, got {input}");
     }
-    let s = Network::new(&spec, &cpu(Some(1))?)?.summary(input, input)?;
+    let s = Graph::new(&spec)?.summary(input, input)?;
     if a.json {
         let layers: Vec<_> = s
             .layers

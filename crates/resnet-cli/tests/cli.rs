@@ -32,6 +32,21 @@ fn tmp(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// `inspect` recognises bare weights from their keys and shapes, in both formats.
+#[test]
+fn inspect_recognises_bare_weights() {
+    for file in ["resnet8.safetensors", "resnet8.pth", "resnet8_checkpoint_f16.pth"] {
+        let path = fixtures().join(file);
+        let out = resnet(&["inspect", path.to_str().unwrap(), "--json"]);
+        assert!(out.status.success(), "{file}: {}", text(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!((v["arch"].as_str(), v["source"].as_str()), (Some("resnet8"), Some("recognised")), "{file}");
+        assert_eq!(v["params"], 75_290, "{file}");
+    }
+    let legacy = fixtures().join("legacy.pth");
+    fails_with(&["inspect", legacy.to_str().unwrap()], 1, "legacy");
+}
+
 #[test]
 fn summary_totals_equal_torchvision() {
     for (arch, params, macs) in [

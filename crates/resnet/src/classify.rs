@@ -83,6 +83,55 @@ pub fn read_card(weights: &Path) -> Result<Option<ModelCard>> {
     Ok(Some(w.model))
 }
 
+/// Where the architecture of a weights file came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpecSource {
+    /// The model card in the file's sidecar (a checkpoint of ours).
+    Sidecar,
+    /// The `--arch` the caller gave, with the file's class and channel counts.
+    Given,
+    /// Recognised from the file's keys and shapes ([`io::guess_arch`]).
+    Recognised,
+}
+
+/// The architecture of the weights in `sd` (read from `weights`): the
+/// sidecar's when there is one (an `arch` that contradicts it is an error),
+/// else `arch` with the weights' class and channel counts, else the named
+/// architecture whose keys and shapes the weights match.
+pub fn resolve_spec(
+    arch: Option<&str>,
+    weights: &Path,
+    sd: &io::StateDict,
+    card: Option<&ModelCard>,
+) -> Result<(ResNetSpec, SpecSource)> {
+    match (arch, card) {
+        (Some(a), Some(c)) if a != c.spec.name => Err(Error::Invalid(format!(
+            "--arch {a} does not match the checkpoint's architecture {} (from {})",
+            c.spec.name,
+            sidecar_path(weights).display()
+        ))),
+        (_, Some(c)) => Ok((c.spec.clone(), SpecSource::Sidecar)),
+        (Some(a), None) => {
+            let mut s = ResNetSpec::named(a)?;
+            if let Some(t) = sd.get("fc.weight") {
+                s.num_classes = t.shape[0];
+            }
+            if let Some(t) = sd.get("conv1.weight").filter(|t| t.shape.len() == 4) {
+                s.in_channels = t.shape[1];
+            }
+            Ok((s, SpecSource::Given))
+        }
+        (None, None) => io::guess_arch(sd).map(|s| (s, SpecSource::Recognised)).ok_or_else(|| {
+            Error::Invalid(format!(
+                "--arch is needed: the weights match no known architecture and {} has no sidecar ({})",
+                weights.display(),
+                sidecar_path(weights).display()
+            ))
+        }),
+    }
+}
+
 impl<B: Backend> Classifier<B> {
     /// Loads weights for `arch` (or for the architecture the weights' sidecar
     /// names, or failing that the one whose keys and shapes they match). The
@@ -105,33 +154,7 @@ impl<B: Backend> Classifier<B> {
     ) -> Result<Self> {
         let sd = io::read_state_dict(weights)?;
         let card = read_card(weights)?;
-        let mut spec = match (arch, &card) {
-            (Some(a), Some(c)) if a != c.spec.name => {
-                return Err(Error::Invalid(format!(
-                    "--arch {a} does not match the checkpoint's architecture {} (from {})",
-                    c.spec.name,
-                    sidecar_path(weights).display()
-                )));
-            }
-            (_, Some(c)) => c.spec.clone(),
-            (Some(a), None) => {
-                let mut s = ResNetSpec::named(a)?;
-                if let Some(t) = sd.get("fc.weight") {
-                    s.num_classes = t.shape[0];
-                }
-                if let Some(t) = sd.get("conv1.weight").filter(|t| t.shape.len() == 4) {
-                    s.in_channels = t.shape[1];
-                }
-                s
-            }
-            (None, None) => io::guess_arch(&sd).ok_or_else(|| {
-                Error::Invalid(format!(
-                    "--arch is needed: the weights match no known architecture and {} has no sidecar ({})",
-                    weights.display(),
-                    sidecar_path(weights).display()
-                ))
-            })?,
-        };
+        let (mut spec, _) = resolve_spec(arch, weights, &sd, card.as_ref())?;
         if let Some(n) = num_classes {
             spec.num_classes = n;
         }

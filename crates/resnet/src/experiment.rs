@@ -114,8 +114,8 @@ impl Observer for Overall<'_> {
     }
 }
 
-fn macs_per_image(spec: &ResNetSpec, side: usize, backend: &impl Backend) -> f64 {
-    Network::new(spec, backend).and_then(|n| n.summary(side, side)).map(|s| s.macs as f64).unwrap_or(1.0)
+fn macs_per_image(spec: &ResNetSpec, side: usize) -> f64 {
+    crate::model::Graph::new(spec).and_then(|g| g.summary(side, side)).map(|s| s.macs as f64).unwrap_or(1.0)
 }
 
 fn read_sidecar(dir: &Path) -> Option<Sidecar> {
@@ -139,7 +139,7 @@ pub fn run_variants<B: Backend>(
         crate::data::Images::Memory { h, .. } => base.pad_to.unwrap_or(*h).max(*h),
         crate::data::Images::Files(_) => base.image_size,
     };
-    let work: Vec<f64> = variants.iter().map(|v| macs_per_image(&v.spec, side, backend)).collect();
+    let work: Vec<f64> = variants.iter().map(|v| macs_per_image(&v.spec, side)).collect();
     let total: f64 = work.iter().sum();
     let mut results = Vec::new();
     let start = Instant::now();

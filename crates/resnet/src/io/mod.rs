@@ -17,7 +17,8 @@ use std::path::Path;
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::model::{ARCHS, Network, ResNetSpec, StateEntry};
+use crate::model::graph::ParamRole;
+use crate::model::{ARCHS, Graph, Network, ResNetSpec, StateEntry};
 
 /// Values of a stored tensor.
 #[derive(Clone, Debug, PartialEq)]
@@ -166,44 +167,29 @@ pub fn state_dict<B: Backend>(net: &mut Network<B>) -> StateDict {
     sd
 }
 
-/// Guesses which named architecture a state dict holds, for error messages.
+/// Recognises which named architecture a state dict holds, from its keys and
+/// shapes alone: the file's class and channel counts applied to each named
+/// architecture (and to the CIFAR depths with as many units per stage as the
+/// file has), compared with the graph's key/shape table. No weights are
+/// built, so this is cheap for any file.
 pub fn guess_arch(sd: &StateDict) -> Option<ResNetSpec> {
     let classes = sd.get("fc.weight").and_then(|t| t.shape.first().copied())?;
     let in_ch = sd.get("conv1.weight").and_then(|t| t.shape.get(1).copied())?;
-    let shapes: BTreeMap<&str, &Vec<usize>> = sd.iter().map(|(k, v)| (k.as_str(), &v.shape)).collect();
-    // The named family, then CIFAR depths with as many units per stage as the file has.
     let n = (0..).take_while(|i| sd.keys().any(|k| k.starts_with(&format!("layer1.{i}.")))).count();
     let cifar = [format!("resnet{}", 6 * n + 2), format!("plain{}", 6 * n + 2), format!("preact_resnet{}", 6 * n + 2)];
     let cifar = cifar.into_iter().chain(std::iter::once(format!("preact_resnet{}", 9 * n + 2)));
-    for name in ARCHS.iter().map(|s| s.to_string()).chain(cifar) {
-        let Ok(mut spec) = ResNetSpec::named(&name) else { continue };
+    ARCHS.iter().map(|s| s.to_string()).chain(cifar).find_map(|name| {
+        let mut spec = ResNetSpec::named(&name).ok()?;
         spec.num_classes = classes;
         spec.in_channels = in_ch;
-        if spec_shapes(&spec).is_some_and(|s| {
-            s.iter().all(|(k, v)| k.ends_with("num_batches_tracked") || shapes.get(k.as_str()) == Some(&v))
-                && s.len() >= shapes.len()
-        }) {
-            return Some(spec);
-        }
-    }
-    None
-}
-
-/// Key -> shape for a spec, without allocating weights (zero-size backend buffers
-/// are still built, but the layer structure is all that is read).
-fn spec_shapes(spec: &ResNetSpec) -> Option<BTreeMap<String, Vec<usize>>> {
-    let cpu = crate::backend::Cpu::new(Some(1)).ok()?;
-    let mut net = Network::new(spec, &cpu).ok()?;
-    let mut out = BTreeMap::new();
-    net.visit(&mut |k, e| {
-        let shape = match e {
-            StateEntry::Param(p) => p.shape.clone(),
-            StateEntry::Buffer(_, len) => vec![len],
-            StateEntry::Counter(_) => vec![],
-        };
-        out.insert(k.to_string(), shape);
-    });
-    Some(out)
+        let graph = Graph::new(&spec).ok()?;
+        let mut expected = 0;
+        let all_match = graph.params().all(|p| {
+            expected += 1;
+            p.role == ParamRole::NumBatchesTracked || sd.get(&p.key).is_some_and(|t| t.shape == p.shape)
+        });
+        (all_match && expected >= sd.len()).then_some(spec)
+    })
 }
 
 fn guess_hint(sd: &StateDict, model: &str) -> String {

@@ -11,10 +11,10 @@
 //! residual branch and the shortcut and adds the two input gradients.
 
 use super::Mode;
-use super::layers::{BatchNorm2d, Conv2d, PadShortcut, Visit, child, take};
+use super::graph::key;
+use super::layers::{BatchNorm2d, Conv2d, PadShortcut, Visit, take};
 use super::spec::{BlockKind, ShortcutKind};
 use super::state::StateEntry;
-use super::summary::LayerInfo;
 use crate::backend::Backend;
 use crate::tensor::Tensor;
 
@@ -169,59 +169,6 @@ impl<B: Backend> Block<B> {
             Block::PreAct(k) => &k.units[0].0.dx,
         }
     }
-
-    /// Adds the unit's rows to a summary; returns the output shape.
-    pub fn summarize(&self, prefix: &str, x: [usize; 4], out: &mut Vec<LayerInfo>) -> [usize; 4] {
-        let name = |n: &str| child(prefix, n);
-        match self {
-            Block::Basic(k) => {
-                let h = k.conv1.summarize(&name("conv1"), x, out);
-                let h = k.bn1.summarize(&name("bn1"), h, out);
-                let h = k.conv2.summarize(&name("conv2"), h, out);
-                summarize_shortcut(&k.shortcut, prefix, x, out);
-                k.bn2.summarize(&name("bn2"), h, out)
-            }
-            Block::Bottleneck(k) => {
-                let h = k.conv1.summarize(&name("conv1"), x, out);
-                let h = k.bn1.summarize(&name("bn1"), h, out);
-                let h = k.conv2.summarize(&name("conv2"), h, out);
-                let h = k.bn2.summarize(&name("bn2"), h, out);
-                let h = k.conv3.summarize(&name("conv3"), h, out);
-                summarize_shortcut(&k.shortcut, prefix, x, out);
-                k.bn3.summarize(&name("bn3"), h, out)
-            }
-            Block::PreAct(k) => {
-                let mut h = x;
-                for (i, (bn, conv)) in k.units.iter().enumerate() {
-                    h = bn.summarize(&name(&format!("bn{}", i + 1)), h, out);
-                    h = conv.summarize(&name(&format!("conv{}", i + 1)), h, out);
-                }
-                match &k.shortcut {
-                    PreShortcut::Projection(c) => {
-                        c.summarize(&name("downsample.0"), x, out);
-                    }
-                    PreShortcut::Pad(p) => {
-                        p.summarize(&name("shortcut"), x, out);
-                    }
-                    _ => {}
-                }
-                h
-            }
-        }
-    }
-}
-
-fn summarize_shortcut<B: Backend>(s: &Shortcut<B>, prefix: &str, x: [usize; 4], out: &mut Vec<LayerInfo>) {
-    match s {
-        Shortcut::Projection(conv, bn) => {
-            let h = conv.summarize(&child(prefix, "downsample.0"), x, out);
-            bn.summarize(&child(prefix, "downsample.1"), h, out);
-        }
-        Shortcut::Pad(p) => {
-            p.summarize(&child(prefix, "shortcut"), x, out);
-        }
-        Shortcut::None | Shortcut::Identity => {}
-    }
 }
 
 /// Forward of a post-activation shortcut; `None` for plain networks.
@@ -280,8 +227,8 @@ fn first_conv_backward<B: Backend>(
 
 fn visit_shortcut<B: Backend>(s: &mut Shortcut<B>, prefix: &str, f: &mut dyn FnMut(&str, StateEntry<'_, B>)) {
     if let Shortcut::Projection(conv, bn) = s {
-        conv.visit(&child(prefix, "downsample.0"), f);
-        bn.visit(&child(prefix, "downsample.1"), f);
+        conv.visit(&key(prefix, "downsample.0"), f);
+        bn.visit(&key(prefix, "downsample.1"), f);
     }
 }
 
@@ -437,28 +384,28 @@ impl<B: Backend> Visit<B> for Block<B> {
     fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, StateEntry<'_, B>)) {
         match self {
             Block::Basic(k) => {
-                k.conv1.visit(&child(prefix, "conv1"), f);
-                k.bn1.visit(&child(prefix, "bn1"), f);
-                k.conv2.visit(&child(prefix, "conv2"), f);
-                k.bn2.visit(&child(prefix, "bn2"), f);
+                k.conv1.visit(&key(prefix, "conv1"), f);
+                k.bn1.visit(&key(prefix, "bn1"), f);
+                k.conv2.visit(&key(prefix, "conv2"), f);
+                k.bn2.visit(&key(prefix, "bn2"), f);
                 visit_shortcut(&mut k.shortcut, prefix, f);
             }
             Block::Bottleneck(k) => {
-                k.conv1.visit(&child(prefix, "conv1"), f);
-                k.bn1.visit(&child(prefix, "bn1"), f);
-                k.conv2.visit(&child(prefix, "conv2"), f);
-                k.bn2.visit(&child(prefix, "bn2"), f);
-                k.conv3.visit(&child(prefix, "conv3"), f);
-                k.bn3.visit(&child(prefix, "bn3"), f);
+                k.conv1.visit(&key(prefix, "conv1"), f);
+                k.bn1.visit(&key(prefix, "bn1"), f);
+                k.conv2.visit(&key(prefix, "conv2"), f);
+                k.bn2.visit(&key(prefix, "bn2"), f);
+                k.conv3.visit(&key(prefix, "conv3"), f);
+                k.bn3.visit(&key(prefix, "bn3"), f);
                 visit_shortcut(&mut k.shortcut, prefix, f);
             }
             Block::PreAct(k) => {
                 for (i, (bn, conv)) in k.units.iter_mut().enumerate() {
-                    bn.visit(&child(prefix, &format!("bn{}", i + 1)), f);
-                    conv.visit(&child(prefix, &format!("conv{}", i + 1)), f);
+                    bn.visit(&key(prefix, &format!("bn{}", i + 1)), f);
+                    conv.visit(&key(prefix, &format!("conv{}", i + 1)), f);
                 }
                 if let PreShortcut::Projection(c) = &mut k.shortcut {
-                    c.visit(&child(prefix, "downsample.0"), f);
+                    c.visit(&key(prefix, "downsample.0"), f);
                 }
             }
         }

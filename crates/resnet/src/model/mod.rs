@@ -1,6 +1,7 @@
 //! The ResNet family: specification, layers, blocks and the network.
 
 pub mod blocks;
+pub mod graph;
 pub mod init;
 pub mod layers;
 pub mod network;
@@ -8,6 +9,7 @@ pub mod spec;
 pub mod state;
 pub mod summary;
 
+pub use graph::Graph;
 pub use network::Network;
 pub use spec::{ARCHS, BlockKind, ResNetSpec, ShortcutKind, Stem};
 pub use state::StateEntry;

@@ -6,10 +6,11 @@
 
 use super::Mode;
 use super::blocks::{Block, UnitShape};
-use super::layers::{BatchNorm2d, Conv2d, GlobalAvgPool, Linear, MaxPool2d, Visit, child};
+use super::graph::{Graph, block_name, key};
+use super::layers::{BatchNorm2d, Conv2d, GlobalAvgPool, Linear, MaxPool2d, Visit};
 use super::spec::{BlockKind, ResNetSpec, Stem};
 use super::state::StateEntry;
-use super::summary::{LayerInfo, Summary};
+use super::summary::Summary;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -18,6 +19,7 @@ use crate::tensor::Tensor;
 pub struct Network<B: Backend> {
     /// What it is.
     pub spec: ResNetSpec,
+    graph: Graph,
     backend: B,
     /// Stem convolution.
     pub conv1: Conv2d<B>,
@@ -42,7 +44,7 @@ impl<B: Backend> Network<B> {
     /// Builds the network for `spec` with zero weights (call an `init_*`
     /// method or load a state dict).
     pub fn new(spec: &ResNetSpec, backend: &B) -> Result<Self> {
-        spec.validate()?;
+        let graph = Graph::new(spec)?;
         let b = backend;
         let (conv1, bn1, maxpool) = match spec.stem {
             Stem::Imagenet => (
@@ -66,13 +68,14 @@ impl<B: Backend> Network<B> {
                 let inner = spec.bottleneck_width(planes);
                 let u = UnitShape { c_in: c, planes, inner, groups: spec.groups, stride };
                 blocks.push(Block::new(b, spec.block, spec.shortcut, u));
-                block_names.push(format!("layer{}.{i}", s + 1));
+                block_names.push(block_name(s, i));
                 c = planes * spec.block.expansion();
             }
         }
         let bn_final = spec.block.is_preact().then(|| BatchNorm2d::new(b, c, true));
         Ok(Self {
             spec: spec.clone(),
+            graph,
             backend: backend.clone(),
             conv1,
             bn1,
@@ -141,41 +144,17 @@ impl<B: Backend> Network<B> {
             // Pre-activation branches end in a convolution.
             _ => return Vec::new(),
         };
-        self.block_names.iter().map(|n| child(n, last)).collect()
+        self.block_names.iter().map(|n| key(n, last)).collect()
     }
 
-    /// Per-layer summary for a batch of one `[in_channels, height, width]` image.
+    /// The network's structure, from which its names and shapes come.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// Per-layer summary for one `[in_channels, height, width]` image (see [`Graph::summary`]).
     pub fn summary(&self, height: usize, width: usize) -> Result<Summary> {
-        let x = [1, height, width, self.spec.in_channels];
-        let mut rows: Vec<LayerInfo> = Vec::new();
-        let mut h = self.conv1.summarize("conv1", x, &mut rows);
-        if let Some(bn) = &self.bn1 {
-            h = bn.summarize("bn1", h, &mut rows);
-        }
-        if let Some(m) = &self.maxpool {
-            h = m.summarize("maxpool", h, &mut rows);
-        }
-        for (blk, name) in self.blocks.iter().zip(&self.block_names) {
-            h = blk.summarize(name, h, &mut rows);
-        }
-        if let Some(bn) = &self.bn_final {
-            h = bn.summarize("bn_final", h, &mut rows);
-        }
-        if let Some(bad) = rows.iter().find(|r| r.output[1] == 0 || r.output[2] == 0) {
-            return Err(Error::Invalid(format!(
-                "input {height}x{width} is too small for {}: `{}` would have no output pixels",
-                self.spec.name, bad.name
-            )));
-        }
-        h = self.avgpool.summarize("avgpool", h, &mut rows);
-        self.fc.summarize("fc", h, &mut rows);
-        Ok(Summary {
-            arch: self.spec.name.clone(),
-            params: rows.iter().map(|r| r.params).sum(),
-            macs: rows.iter().map(|r| r.macs).sum(),
-            input: [self.spec.in_channels, height, width],
-            layers: rows,
-        })
+        self.graph.summary(height, width)
     }
 
     /// Checks that `shape` (NHWC) is an input this network accepts.
@@ -192,7 +171,7 @@ impl<B: Backend> Network<B> {
         if shape[0] == 0 {
             return Err(Error::Invalid("empty batch".into()));
         }
-        self.summary(shape[1], shape[2])?;
+        self.graph.shapes(shape[1], shape[2])?;
         self.checked_input = Some(shape);
         Ok(())
     }
@@ -276,5 +255,41 @@ impl<B: Backend> Network<B> {
                 p.zero_grad(&b);
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ARCHS, ShortcutKind};
+
+    /// The explicit layers carry exactly the graph's state: the same keys, in
+    /// the same order, with the same shapes, for every architecture and every
+    /// shortcut option.
+    #[test]
+    fn state_names_and_shapes_are_the_graphs() {
+        let b = crate::backend::Cpu::new(Some(1)).unwrap();
+        let mut specs: Vec<ResNetSpec> = ARCHS.iter().map(|a| ResNetSpec::named(a).unwrap()).collect();
+        for arch in ["resnet20", "resnet18", "resnet50", "preact_resnet110", "preact_resnet164"] {
+            for sc in [ShortcutKind::None, ShortcutKind::A, ShortcutKind::B, ShortcutKind::C] {
+                let mut s = ResNetSpec::named(arch).unwrap();
+                (s.shortcut, s.num_classes, s.in_channels) = (sc, 7, 1);
+                specs.push(s);
+            }
+        }
+        for spec in specs {
+            let mut net = Network::new(&spec, &b).unwrap();
+            let mut got = Vec::new();
+            net.visit(&mut |k, e| {
+                let shape = match e {
+                    StateEntry::Param(p) => p.shape.clone(),
+                    StateEntry::Buffer(_, len) => vec![len],
+                    StateEntry::Counter(_) => vec![],
+                };
+                got.push((k.to_string(), shape));
+            });
+            let want: Vec<_> = net.graph().params().map(|p| (p.key, p.shape)).collect();
+            assert_eq!(got, want, "{} with shortcut {:?}", spec.name, spec.shortcut);
+        }
     }
 }

@@ -12,8 +12,3 @@ pub enum StateEntry<'a, B: Backend> {
     /// `num_batches_tracked` (an int64 scalar in PyTorch).
     Counter(&'a mut i64),
 }
-
-/// `prefix.name`, or `name` when `prefix` is empty.
-pub fn key(prefix: &str, name: &str) -> String {
-    if prefix.is_empty() { name.to_string() } else { format!("{prefix}.{name}") }
-}

@@ -4,11 +4,11 @@
 //!
 //! Shapes: `x, y [n, h, w, c]`; parameters `[c]`.
 
-use super::{Visit, push_info};
+use super::Visit;
 use crate::backend::{Backend, BnGrads, BnParams, BnSaved, BnTail};
 use crate::model::Mode;
-use crate::model::state::{StateEntry, key};
-use crate::model::summary::LayerInfo;
+use crate::model::graph::key;
+use crate::model::state::StateEntry;
 use crate::tensor::{Param, ParamLayout, Tensor};
 
 /// A batch-norm layer with an optional fused ReLU.
@@ -67,13 +67,6 @@ impl<B: Backend> BatchNorm2d<B> {
             save_invstd: b.zeros(c),
             had_residual: false,
         }
-    }
-
-    /// Adds this layer's summary row.
-    pub fn summarize(&self, name: &str, x: [usize; 4], out: &mut Vec<LayerInfo>) -> [usize; 4] {
-        let kind = if self.relu { "BatchNorm2d+ReLU" } else { "BatchNorm2d" };
-        push_info(out, name, kind.into(), x, 2 * self.c, 0);
-        x
     }
 
     /// `y = relu?(bn(x) + residual?)`, with batch statistics in training mode.

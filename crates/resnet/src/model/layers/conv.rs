@@ -4,11 +4,11 @@
 //! Shapes: `x [n, h, w, c_in]` -> `y [n, oh, ow, c_out]`; weight
 //! `[c_out, c_in/groups, kh, kw]` in PyTorch's naming, stored OHWI.
 
-use super::{Visit, push_info, take};
+use super::{Visit, take};
 use crate::backend::{Backend, ConvDesc, ConvEpilogue, FilterUse};
 use crate::model::Mode;
-use crate::model::state::{StateEntry, key};
-use crate::model::summary::LayerInfo;
+use crate::model::graph::key;
+use crate::model::state::StateEntry;
 use crate::tensor::{Param, ParamLayout, Tensor};
 
 /// A convolution layer.
@@ -100,27 +100,6 @@ impl<B: Backend> Conv2d<B> {
     pub fn out_shape(&self, x: [usize; 4]) -> [usize; 4] {
         let d = self.desc(x);
         [x[0], d.out_h(), d.out_w(), self.c_out]
-    }
-
-    /// Multiply-accumulates per batch for an input shape.
-    pub fn macs(&self, x: [usize; 4]) -> u64 {
-        let d = self.desc(x);
-        (d.out_h() * d.out_w() * self.c_out * d.k_len()) as u64 * x[0] as u64
-    }
-
-    /// Adds this layer's summary row; returns the output shape.
-    pub fn summarize(&self, name: &str, x: [usize; 4], out: &mut Vec<LayerInfo>) -> [usize; 4] {
-        let y = self.out_shape(x);
-        let k = self.kernel;
-        let mut kind = format!("Conv2d {}x{}", k[0], k[1]);
-        if self.stride != [1, 1] {
-            kind += &format!("/{}", self.stride[0]);
-        }
-        if self.groups > 1 {
-            kind += &format!(" g{}", self.groups);
-        }
-        push_info(out, name, kind, y, self.weight.numel(), self.macs(x));
-        y
     }
 
     /// `y = conv(x)` followed by `epi`.

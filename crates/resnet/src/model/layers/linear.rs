@@ -2,10 +2,10 @@
 //!
 //! Shapes: `x [n, 1, 1, c_in]` -> `y [n, 1, 1, c_out]`; `weight [c_out, c_in]`.
 
-use super::{Visit, push_info};
+use super::Visit;
 use crate::backend::Backend;
-use crate::model::state::{StateEntry, key};
-use crate::model::summary::LayerInfo;
+use crate::model::graph::key;
+use crate::model::state::StateEntry;
 use crate::tensor::{Param, ParamLayout, Tensor};
 
 /// A linear layer with bias.
@@ -37,14 +37,6 @@ impl<B: Backend> Linear<B> {
             y: Tensor::empty(b),
             dx: Tensor::empty(b),
         }
-    }
-
-    /// Adds this layer's summary row.
-    pub fn summarize(&self, name: &str, x: [usize; 4], out: &mut Vec<LayerInfo>) -> [usize; 4] {
-        let y = [x[0], 1, 1, self.c_out];
-        let params = self.weight.numel() + self.bias.numel();
-        push_info(out, name, "Linear".into(), y, params, (self.c_in * self.c_out * x[0]) as u64);
-        y
     }
 
     /// Forward.

@@ -21,8 +21,7 @@ pub use linear::Linear;
 pub use pool::{GlobalAvgPool, MaxPool2d};
 pub use shortcut::PadShortcut;
 
-use super::state::{StateEntry, key};
-use super::summary::LayerInfo;
+use super::state::StateEntry;
 use crate::backend::Backend;
 use crate::tensor::Tensor;
 
@@ -36,21 +35,4 @@ pub(crate) fn take<B: Backend>(t: &mut Tensor<B>, b: &B) -> Tensor<B> {
 pub trait Visit<B: Backend> {
     /// Calls `f` for every parameter, buffer and counter, with its full key.
     fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, StateEntry<'_, B>));
-}
-
-/// Adds the row of a leaf layer to a summary.
-pub(crate) fn push_info(
-    out: &mut Vec<LayerInfo>,
-    name: &str,
-    kind: String,
-    shape: [usize; 4],
-    params: usize,
-    macs: u64,
-) {
-    out.push(LayerInfo { name: name.to_string(), kind, output: shape, params, macs });
-}
-
-/// `prefix.name`, or `name` at the top level.
-pub(crate) fn child(prefix: &str, name: &str) -> String {
-    key(prefix, name)
 }

@@ -3,9 +3,7 @@
 //! Shapes: max pool `[n, h, w, c] -> [n, oh, ow, c]`; global average pool
 //! `[n, h, w, c] -> [n, 1, 1, c]`.
 
-use super::push_info;
 use crate::backend::{Backend, PoolDesc};
-use crate::model::summary::LayerInfo;
 use crate::tensor::Tensor;
 
 /// Max pooling with a square window.
@@ -38,13 +36,6 @@ impl<B: Backend> MaxPool2d<B> {
         [x[0], d.out_h(), d.out_w(), x[3]]
     }
 
-    /// Adds this layer's summary row.
-    pub fn summarize(&self, name: &str, x: [usize; 4], out: &mut Vec<LayerInfo>) -> [usize; 4] {
-        let y = self.out_shape(x);
-        push_info(out, name, format!("MaxPool2d {0}x{0}/{1}", self.kernel, self.stride), y, 0, 0);
-        y
-    }
-
     /// Forward.
     pub fn forward(&mut self, b: &B, x: &Tensor<B>) -> &Tensor<B> {
         self.y.reshape(b, self.out_shape(x.shape));
@@ -71,13 +62,6 @@ impl<B: Backend> GlobalAvgPool<B> {
     /// A global average pool.
     pub fn new(b: &B) -> Self {
         Self { y: Tensor::empty(b), dx: Tensor::empty(b) }
-    }
-
-    /// Adds this layer's summary row.
-    pub fn summarize(&self, name: &str, x: [usize; 4], out: &mut Vec<LayerInfo>) -> [usize; 4] {
-        let y = [x[0], 1, 1, x[3]];
-        push_info(out, name, "GlobalAvgPool".into(), y, 0, 0);
-        y
     }
 
     /// Forward.

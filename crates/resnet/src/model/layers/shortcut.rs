@@ -7,9 +7,7 @@
 //!
 //! Shapes: `[n, h, w, c_in] -> [n, ceil(h/s), ceil(w/s), c_out]`.
 
-use super::push_info;
 use crate::backend::{Backend, PadShortcutDesc};
-use crate::model::summary::LayerInfo;
 use crate::tensor::Tensor;
 
 /// Zero-padded identity shortcut.
@@ -45,13 +43,6 @@ impl<B: Backend> PadShortcut<B> {
     /// Output shape.
     pub fn out_shape(&self, x: [usize; 4]) -> [usize; 4] {
         [x[0], x[1].div_ceil(self.stride), x[2].div_ceil(self.stride), self.c_out]
-    }
-
-    /// Adds this layer's summary row.
-    pub fn summarize(&self, name: &str, x: [usize; 4], out: &mut Vec<LayerInfo>) -> [usize; 4] {
-        let y = self.out_shape(x);
-        push_info(out, name, format!("ZeroPadShortcut /{}", self.stride), y, 0, 0);
-        y
     }
 
     /// Forward.
