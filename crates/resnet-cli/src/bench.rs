@@ -97,7 +97,7 @@ pub fn run(a: Args) -> Result<()> {
         bail!("--input must be between 1 and 4096");
     }
     let mut net = Network::new(&spec, &cpu)?;
-    net.init_kaiming(&mut Rng::new(0), false);
+    net.init_kaiming(&mut Rng::new(0), false)?;
     if let Some(w) = &a.weights {
         resnet::io::load_state_dict(&mut net, &resnet::io::read_state_dict(w)?, resnet::io::LoadMode::Strict)?;
     }
@@ -106,13 +106,15 @@ pub fn run(a: Args) -> Result<()> {
     let data: Vec<f32> = (0..batch * c * side * side)
         .map(|i| (resnet::model::init::formula_u("input", i) * 3.4641016151377544) as f32)
         .collect();
-    let x = Tensor::from_nchw(&cpu, batch, c, side, side, &data);
+    let x = Tensor::from_nchw(&cpu, batch, c, side, side, &data)?;
     let labels: Vec<u32> = (0..batch).map(|i| (i % spec.num_classes) as u32).collect();
+    let labels = cpu.upload(&labels)?;
+    let mut metrics = cpu.alloc(resnet::backend::DType::F32, 2)?;
     let macs = net.summary(side, side)?.macs as f64;
     let mut sgd: Sgd<resnet::backend::Cpu> = Sgd::new(SgdConfig::default())?;
-    let mut dl = Tensor::empty(&cpu);
+    let mut dl = Tensor::empty();
     // Inference runs the compiled plan; the network itself is then dropped (as a deployment would).
-    let mut plan = (!train).then(|| InferencePlan::with_precision(&net, precision));
+    let mut plan = if train { None } else { Some(InferencePlan::with_precision(&mut net, precision)?) };
     if let (true, Some(p)) = (a.profile, plan.as_mut()) {
         p.enable_profiling();
     }
@@ -120,20 +122,20 @@ pub fn run(a: Args) -> Result<()> {
     let mut logits = Vec::new();
     let mut step = |keep: bool| -> Result<()> {
         if let Some(net) = net.as_mut() {
-            net.zero_grad();
+            net.zero_grad()?;
             let out = net.forward(&x, Mode::Train)?;
-            dl.reshape(&cpu, out.shape);
-            let loss = cpu.softmax_cross_entropy(batch, spec.num_classes, &out.buf, &labels, 0.0, &mut dl.buf);
-            std::hint::black_box(loss);
+            dl.reshape(&cpu, out.shape)?;
+            let classes = spec.num_classes;
+            cpu.softmax_cross_entropy(batch, classes, &out.buf, &labels, 0.0, &mut dl.buf, &mut metrics, 0)?;
             if keep {
-                logits = out.to_host(&cpu);
+                logits = out.to_host(&cpu)?;
             }
-            net.backward(&x, &dl);
-            sgd.step(net, 0.01);
+            net.backward(&x, &dl)?;
+            sgd.step(net, 0.01)?;
         } else if let Some(plan) = plan.as_mut() {
             let out = plan.run(&x)?;
             if keep {
-                logits = out.to_host(&cpu);
+                logits = out.to_host(&cpu)?;
             }
         }
         Ok(())
@@ -152,11 +154,11 @@ pub fn run(a: Args) -> Result<()> {
     if let (true, Some(p)) = (a.profile, plan.as_ref()) {
         let prof = p.profile();
         let total: f64 = prof.iter().map(|(_, t)| t).sum();
-        println!("{:<48} {:>9} {:>6}", "operation (last run)", "ms", "share");
+        println!("{:<64} {:>9} {:>6}", "operation (last run)", "ms", "share");
         for (name, t) in &prof {
-            println!("{name:<48} {:>9.3} {:>5.1}%", 1e3 * t, 100.0 * t / total);
+            println!("{name:<64} {:>9.3} {:>5.1}%", 1e3 * t, 100.0 * t / total);
         }
-        println!("{:<48} {:>9.3}", "total", 1e3 * total);
+        println!("{:<64} {:>9.3}", "total", 1e3 * total);
     }
     if let Some(p) = &a.logits_out {
         let rows: Vec<&[f32]> = logits.chunks(spec.num_classes).collect();
@@ -224,9 +226,9 @@ pub fn init(a: InitArgs) -> Result<()> {
     }
     let cpu = cpu(Some(1))?;
     let mut net = Network::new(&spec, &cpu)?;
-    net.init_kaiming(&mut Rng::new(a.seed), false);
+    net.init_kaiming(&mut Rng::new(a.seed), false)?;
     let meta = [("arch".to_string(), spec.name.clone())].into();
-    resnet::io::safetensors::write(&a.out, &resnet::io::state_dict(&mut net), Some(meta))?;
+    resnet::io::safetensors::write(&a.out, &resnet::io::state_dict(&mut net)?, Some(meta))?;
     println!("wrote {} ({} parameters) to {}", spec.name, net.num_params(), a.out.display());
     Ok(())
 }

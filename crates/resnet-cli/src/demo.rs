@@ -148,8 +148,8 @@ fn show_samples(
         .flat_map(|&i| data[i * sz..(i + 1) * sz].iter().map(|&v| (v as f32 / 255.0 - mean) / std))
         .collect();
     let cpu = trainer.net.backend().clone();
-    let xt = Tensor::from_host(&cpu, [picks.len(), *h, *w, *c], &x);
-    let logits = trainer.net.forward(&xt, Mode::Eval)?.to_host(&cpu);
+    let xt = Tensor::from_host(&cpu, [picks.len(), *h, *w, *c], &x)?;
+    let logits = trainer.net.forward(&xt, Mode::Eval)?.to_host(&cpu)?;
     let k = classes.len();
     let mut thumbs = Vec::new();
     println!("\na few test images, two of each of the first six classes, with the predicted class (x: wrong):");

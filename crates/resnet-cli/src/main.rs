@@ -17,11 +17,6 @@ mod util;
 
 use clap::{Parser, Subcommand};
 
-/// Large blocks on cache lines: the kernels' 64-byte vectors then never
-/// straddle two lines (see `resnet::alloc`).
-#[global_allocator]
-static ALLOC: resnet::alloc::CacheAligned = resnet::alloc::CacheAligned;
-
 /// Deep residual networks (He et al. 2015, 2016): the ResNet family on CPU.
 #[derive(Parser)]
 #[command(name = "resnet", version, about, long_about = None, propagate_version = true)]

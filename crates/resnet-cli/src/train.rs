@@ -280,13 +280,14 @@ impl Observer for Progress {
     fn step(&mut self, r: &StepReport) {
         if let Some(bar) = &self.bar {
             bar.set_position(r.step as u64);
-            let acc = if r.accuracy.is_finite() { format!(" acc {:5.1}%", 100.0 * r.accuracy) } else { String::new() };
+            let loss = r.mean_loss.map_or(String::new(), |l| format!("loss {l:.4}"));
+            let acc = r.accuracy.map_or(String::new(), |a| format!(" acc {:5.1}%", 100.0 * a));
             let ips = if r.images_per_second.is_finite() {
                 format!(" {:4.0} img/s", r.images_per_second)
             } else {
                 String::new()
             };
-            bar.set_message(format!("loss {:.4}{acc}{ips} lr {:.4}  {}", r.mean_loss, r.lr, self.extra));
+            bar.set_message(format!("{loss}{acc}{ips} lr {:.4}  {}", r.lr, self.extra));
         }
     }
 
@@ -377,7 +378,7 @@ pub fn run(a: Args) -> Result<()> {
             println!(
                 "training {} ({} parameters) on {}: {} training and {} test images, {} classes, {}",
                 cfg.spec.name,
-                crate::util::human(resnet::model::Network::new(&cfg.spec, &cpu)?.num_params() as f64),
+                crate::util::human(resnet::model::Graph::new(&cfg.spec)?.num_params() as f64),
                 cfg.data,
                 data.train.len(),
                 data.test.len(),

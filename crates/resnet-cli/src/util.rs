@@ -56,7 +56,7 @@ pub fn cpu(threads: Option<usize>) -> Result<resnet::backend::Cpu> {
 pub fn precision(arg: &str, cpu: &resnet::backend::Cpu) -> Result<resnet::backend::Precision> {
     use resnet::backend::{Backend, Precision};
     let p: Precision = arg.parse()?;
-    if p == Precision::Bf16 && !cpu.native_bf16() {
+    if !cpu.supports(p) {
         eprintln!("note: this CPU has no AVX-512 BF16; running in f32");
         return Ok(Precision::F32);
     }

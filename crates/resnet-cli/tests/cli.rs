@@ -216,7 +216,7 @@ fn bf16_precision_classifies_and_benches() {
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let ran = if resnet::backend::cpu::bf16::native() { "bf16" } else { "f32" };
+    let ran = if resnet::backend::Cpu::native_bf16() { "bf16" } else { "f32" };
     assert_eq!(v["precision"], ran);
     assert!(v["images_per_second"].as_f64().unwrap() > 0.0);
 

@@ -115,7 +115,7 @@ fn train_then_eval_and_classify_from_the_checkpoint() {
     ]);
     assert!(r.status.success(), "{}", text(&r.stderr));
     let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
-    assert!(v["precision"] == "bf16" || !resnet::backend::cpu::bf16::native(), "{}", v["precision"]);
+    assert!(v["precision"] == "bf16" || !resnet::backend::Cpu::native_bf16(), "{}", v["precision"]);
     assert!((v["top1"].as_f64().unwrap() - top1).abs() <= 1.0 / 40.0 + 1e-9, "bf16 top-1 {} vs f32 {top1}", v["top1"]);
 
     // classify picks up arch, classes and preprocessing from the sidecar.

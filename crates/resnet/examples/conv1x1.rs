@@ -5,11 +5,8 @@
 //! `SHAPE=side,c_in,c_out,kernel` adds a shape of your own (index 18; a negative kernel side is a strided 1x1).
 //! `res` adds a residual to the epilogue (with bias and ReLU always); `stored` keeps input, output and residual in
 //! bf16, `mixed` only output and residual (as a bf16 plan stores its residual stream). `ONLY=i` runs shape `i`.
-use resnet::backend::{Backend, ConvDesc, ConvEpilogue, Cpu, FilterUse, Storage};
+use resnet::backend::{Backend, Bf16, ConvDesc, ConvEpilogue, Cpu, DType, FilterUse};
 use std::time::Instant;
-/// As the `resnet` binary: large blocks on cache lines (`resnet::alloc`).
-#[global_allocator]
-static ALLOC: resnet::alloc::CacheAligned = resnet::alloc::CacheAligned;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -19,9 +16,9 @@ fn main() {
     let res = args.get(3).map(String::as_str) == Some("res");
     assert!(args.get(4).is_none_or(|s| s == "stored" || s == "mixed"), "the fourth argument is stored or mixed");
     // Activations stored in bf16 (as a bf16 plan keeps the residual stream).
-    let st = if args.get(4).is_some() { Storage::Bf16 } else { Storage::F32 };
+    let st = if args.get(4).is_some() { DType::Bf16 } else { DType::F32 };
     // `mixed`: f32 input, bf16 output and residual.
-    let xst = if args.get(4).map(String::as_str) == Some("mixed") { Storage::F32 } else { st };
+    let xst = if args.get(4).map(String::as_str) == Some("mixed") { DType::F32 } else { st };
     let threads = std::env::var("THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
     let cpu = Cpu::new(Some(threads)).unwrap();
     let only: Option<usize> = std::env::var("ONLY").ok().and_then(|v| v.parse().ok());
@@ -73,30 +70,30 @@ fn main() {
             dilation: [1, 1],
             groups: 1,
         };
-        let x: Vec<f32> = (0..d.in_len()).map(|i| (i % 7) as f32 * 0.1).collect();
-        let w = vec![0.01f32; d.weight_len()];
-        let r = vec![0.5f32; d.out_len()];
-        let bias = vec![0.1f32; co];
-        let mut y = vec![0.0f32; d.out_len()];
-        let mut f = Default::default();
-        cpu.prepare_filter(&d, &w, usage, &mut f);
-        let epi = ConvEpilogue {
-            bias: Some(&bias),
-            residual: res.then_some(&r),
-            relu: true,
-            scale: None,
-            residual_in_output: false,
+        // Activations of the stored type.
+        let stored = |v: Vec<f32>, t: DType| match t {
+            DType::Bf16 => cpu.upload(&v.into_iter().map(Bf16::from_f32).collect::<Vec<_>>()).unwrap(),
+            _ => cpu.upload(&v).unwrap(),
         };
+        let x = stored((0..d.in_len()).map(|i| (i % 7) as f32 * 0.1).collect(), xst);
+        let w = cpu.upload(&vec![0.01f32; d.weight_len()]).unwrap();
+        let r = stored(vec![0.5f32; d.out_len()], st);
+        let bias = cpu.upload(&vec![0.1f32; co]).unwrap();
+        let mut y = cpu.alloc(st, d.out_len()).unwrap();
+        let mut f = Default::default();
+        cpu.prepare_filter(&d, &w, usage, &mut f).unwrap();
+        let epi =
+            ConvEpilogue { bias: Some(&bias), residual: res.then_some(&r), relu: true, residual_in_output: false };
         let macs = (d.out_len() * d.k_len()) as f64;
         let it = (2e9 / macs).clamp(3.0, 300.0) as usize;
         for _ in 0..it.min(20) {
-            cpu.conv_forward_stored(&d, &x, xst, &f, &mut y, st, &epi, st);
+            cpu.conv_forward(&d, &x, &f, &mut y, &epi).unwrap();
         }
         let mut best = f64::MAX;
         for _ in 0..5 {
             let t = Instant::now();
             for _ in 0..it {
-                cpu.conv_forward_stored(&d, &x, xst, &f, &mut y, st, &epi, st);
+                cpu.conv_forward(&d, &x, &f, &mut y, &epi).unwrap();
             }
             best = best.min(t.elapsed().as_secs_f64() / it as f64);
         }

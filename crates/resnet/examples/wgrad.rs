@@ -2,9 +2,6 @@
 //! `RESNET_WINOGRAD=0` forces the direct path; `ONLY=i` times the `i`-th shape
 //! alone, `THREADS=n` sets the threads (default 2).
 use resnet::backend::{Backend, ConvDesc, Cpu};
-/// As the `resnet` binary: large blocks on cache lines (`resnet::alloc`).
-#[global_allocator]
-static ALLOC: resnet::alloc::CacheAligned = resnet::alloc::CacheAligned;
 
 fn main() {
     let threads = std::env::var("THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
@@ -27,14 +24,14 @@ fn main() {
             dilation: [1, 1],
             groups: 1,
         };
-        let x = vec![0.5f32; d.in_len()];
-        let dy = vec![0.25f32; d.out_len()];
-        let mut dw = vec![0.0; d.weight_len()];
-        cpu.conv_backward_filter(&d, &x, &dy, &mut dw);
+        let x = cpu.upload(&vec![0.5f32; d.in_len()]).unwrap();
+        let dy = cpu.upload(&vec![0.25f32; d.out_len()]).unwrap();
+        let mut dw = cpu.alloc(resnet::backend::DType::F32, d.weight_len()).unwrap();
+        cpu.conv_backward_filter(&d, &x, &dy, &mut dw).unwrap();
         let t = std::time::Instant::now();
         let reps = std::env::var("REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
         for _ in 0..reps {
-            cpu.conv_backward_filter(&d, &x, &dy, &mut dw);
+            cpu.conv_backward_filter(&d, &x, &dy, &mut dw).unwrap();
         }
         let ms = t.elapsed().as_secs_f64() * 1e3 / reps as f64;
         let gf = 2.0 * 9.0 * (n * h * h * c * c) as f64 / ms / 1e6;

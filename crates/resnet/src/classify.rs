@@ -15,15 +15,16 @@
 //! ```
 
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::Serialize;
 
 use crate::backend::Backend;
 use crate::backend::Precision;
 use crate::error::{Error, Result};
-use crate::infer::{Infer, InferencePlan};
-use crate::io::{self, LoadMode};
-use crate::model::{Network, ResNetSpec};
+use crate::infer::{CompiledModel, Infer, InferencePlan};
+use crate::io;
+use crate::model::{Graph, ResNetSpec};
 use crate::preprocess::{RgbImage, Transform};
 use crate::tensor::Tensor;
 
@@ -158,8 +159,7 @@ impl<B: Backend> Classifier<B> {
         if let Some(n) = num_classes {
             spec.num_classes = n;
         }
-        let mut net = Network::new(&spec, backend)?;
-        io::load_state_dict(&mut net, &sd, LoadMode::Strict)?;
+        let model = CompiledModel::new(backend, &Graph::new(&spec)?, &sd, precision)?;
         drop(sd);
         let mut transform = card.as_ref().and_then(|c| c.transform.clone()).unwrap_or(Transform::preset("v1")?);
         if spec.in_channels == 1 {
@@ -170,7 +170,7 @@ impl<B: Backend> Classifier<B> {
             None if spec.num_classes == 1000 => crate::labels::imagenet(),
             None => (0..spec.num_classes).map(|i| format!("class {i}")).collect(),
         };
-        Ok(Self { spec, plan: InferencePlan::with_precision(&net, precision), transform, labels })
+        Ok(Self { spec, plan: InferencePlan::from_model(Arc::new(model)), transform, labels })
     }
 
     /// Replaces the class names (their number must match the outputs).
@@ -187,7 +187,7 @@ impl<B: Backend> Classifier<B> {
     }
 
     /// Preprocesses images into one NHWC batch tensor.
-    fn batch(&self, images: &[RgbImage]) -> Tensor<B> {
+    fn batch(&self, images: &[RgbImage]) -> Result<Tensor<B>> {
         let (c, s) = (self.transform.channels(), self.transform.size());
         let mut data = Vec::with_capacity(images.len() * c * s * s);
         for img in images {
@@ -201,9 +201,9 @@ impl<B: Backend> Classifier<B> {
         if images.is_empty() {
             return Ok(Vec::new());
         }
-        let x = self.batch(images);
+        let x = self.batch(images)?;
         let b = self.plan.backend().clone();
-        let y = self.plan.run(&x)?.to_host(&b);
+        let y = self.plan.run(&x)?.to_host(&b)?;
         Ok(y.chunks(self.spec.num_classes).map(<[f32]>::to_vec).collect())
     }
 
@@ -218,11 +218,11 @@ impl<B: Backend> Classifier<B> {
         if images.is_empty() {
             return Ok(Vec::new());
         }
-        let x = self.batch(images);
+        let x = self.batch(images)?;
         let b = self.plan.backend().clone();
         self.plan.run(&x)?;
         let d = self.spec.feature_dim();
-        Ok(self.plan.features().to_host(&b).chunks(d).map(<[f32]>::to_vec).collect())
+        Ok(self.plan.features().to_host(&b)?.chunks(d).map(<[f32]>::to_vec).collect())
     }
 }
 

@@ -59,6 +59,10 @@ pub enum Error {
     /// Any other invalid argument.
     #[error("{0}")]
     Invalid(String),
+    /// A backend operation failed (a device error, or buffers of the wrong
+    /// element type or size).
+    #[error("backend: {0}")]
+    Backend(String),
     /// Training diverged.
     #[error("{0}")]
     Diverged(String),

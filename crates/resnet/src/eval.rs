@@ -130,13 +130,12 @@ pub fn evaluate<B: Backend, M: Infer<B>>(
     let total = split.len();
     let b = net.backend().clone();
     let mut acc = EvalAccumulator::new(classes);
-    let mut x = Tensor::empty(&b);
+    let mut x = Tensor::empty();
     let mut done = 0;
     for bt in loader {
         let bt = bt?;
-        x.shape = bt.shape;
-        b.write(&mut x.buf, &bt.x);
-        let logits = net.infer(&x)?.to_host(&b);
+        x.write(&b, bt.shape, &bt.x)?;
+        let logits = net.infer(&x)?.to_host(&b)?;
         let preds = acc.add(&logits, &bt.labels);
         on_batch(&bt.indices, &bt.labels, &preds);
         done += bt.labels.len();

@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, DType};
 use crate::data::loader::Loader;
 use crate::error::{Error, Result};
 use crate::eval::evaluate;
@@ -369,32 +369,38 @@ pub fn profile<B: Backend>(net: &mut Network<B>, x: &Tensor<B>, labels: &[u32], 
     let b = net.backend().clone();
     let classes = net.spec.num_classes;
     // Training-mode BN updates running statistics: save and restore them.
-    let saved = crate::io::state_dict(net);
-    net.zero_grad();
+    let saved = crate::io::state_dict(net)?;
+    net.zero_grad()?;
     let logits = net.forward(x, Mode::Train)?;
-    let mut dl = Tensor::zeros(&b, logits.shape);
-    b.softmax_cross_entropy(labels.len(), classes, &logits.buf, labels, 0.0, &mut dl.buf);
+    let mut dl = Tensor::zeros(&b, logits.shape)?;
+    let (labels, mut metrics) = (b.upload(labels)?, b.alloc(DType::F32, 2)?);
+    b.softmax_cross_entropy(x.shape[0], classes, &logits.buf, &labels, 0.0, &mut dl.buf, &mut metrics, 0)?;
     let mut activation_std = Vec::new();
     let stem = match (&net.maxpool, &net.bn1) {
         (Some(m), _) => &m.y,
         (None, Some(bn)) => &bn.y,
         (None, None) => &net.conv1.y,
     };
-    activation_std.push(std_of(&stem.to_host(&b)));
+    activation_std.push(std_of(&stem.to_host(&b)?));
     for blk in &net.blocks {
-        activation_std.push(std_of(&blk.output().to_host(&b)));
+        activation_std.push(std_of(&blk.output().to_host(&b)?));
     }
-    net.backward(x, &dl);
+    net.backward(x, &dl)?;
     let mut layers = Vec::new();
     let mut grad_norm = Vec::new();
+    let mut result = Ok(());
     net.visit(&mut |k, e| {
         if let StateEntry::Param(p) = e
             && (p.layout == ParamLayout::ConvOhwi || k == "fc.weight")
         {
             layers.push(k.to_string());
-            grad_norm.push(b.sum_squares(&p.grad).sqrt());
+            match b.sum_squares(&p.grad) {
+                Ok(s) => grad_norm.push(s.sqrt()),
+                Err(e) => result = Err(e),
+            }
         }
     });
+    result?;
     crate::io::load_state_dict(net, &saved, crate::io::LoadMode::Strict)?;
     let convs = grad_norm.len().saturating_sub(1).max(1);
     let (first, last) = (grad_norm[0], grad_norm[convs - 1]);
@@ -426,12 +432,12 @@ pub fn gradients<B: Backend>(
     let data = load_data(&base.data, base.train_per_class, base.test_per_class)?;
     let (train_tf, test_tf) = transforms(&TrainConfig { spec: spec.clone(), ..base.clone() }, &data)?;
     let mut net = Network::new(spec, backend)?;
-    net.init_kaiming(&mut Rng::new(base.seed).fork(u64::MAX), false);
+    net.init_kaiming(&mut Rng::new(base.seed).fork(u64::MAX), false)?;
     // The probe batch: the first `batch` images of a fixed shuffle, untransformed.
     let mut order: Vec<usize> = (0..data.train.len()).collect();
     Rng::new(base.seed).fork(0xbeef).shuffle(&mut order);
     let probe = crate::data::loader::build_batch(&data.train, &order, base.batch, 0, &test_tf, &Rng::new(0))?;
-    let x = Tensor::from_host(backend, probe.shape, &probe.x);
+    let x = Tensor::from_host(backend, probe.shape, &probe.x)?;
     let at_init = profile(&mut net, &x, &probe.labels, 0)?;
     let mut sgd: Sgd<B> = Sgd::new(base.sgd.clone())?;
     let mut policy = base.policy.clone();
@@ -439,8 +445,11 @@ pub fn gradients<B: Backend>(
     let mut it = 0u64;
     let per_epoch = data.train.len().div_ceil(base.batch);
     let mut epoch = 0;
-    let mut xt = Tensor::empty(backend);
-    let mut dl = Tensor::empty(backend);
+    let mut xt = Tensor::empty();
+    let mut dl = Tensor::empty();
+    let mut labels = backend.alloc(DType::U32, 0)?;
+    // One slot per step of an epoch: the losses are read once per epoch.
+    let mut metrics = backend.alloc(DType::F32, 2 * per_epoch)?;
     let train_tf = std::sync::Arc::new(train_tf);
     while it < steps {
         let mut order: Vec<usize> = (0..data.train.len()).collect();
@@ -455,27 +464,32 @@ pub fn gradients<B: Backend>(
             base.workers,
         );
         obs.epoch_start(epoch, steps.div_ceil(per_epoch as u64) as usize, per_epoch.min((steps - it) as usize), 0);
+        let mut sizes = Vec::new();
         for (s, bt) in loader.enumerate() {
             if it >= steps {
                 break;
             }
             let bt = bt?;
-            xt.shape = bt.shape;
-            backend.write(&mut xt.buf, &bt.x);
-            net.zero_grad();
+            xt.write(backend, bt.shape, &bt.x)?;
+            backend.write(&mut labels, &bt.labels)?;
+            net.zero_grad()?;
             let logits = net.forward(&xt, Mode::Train)?;
-            dl.reshape(backend, logits.shape);
-            let loss = backend.softmax_cross_entropy(
-                bt.labels.len(),
+            dl.reshape(backend, logits.shape)?;
+            let n = bt.labels.len();
+            backend.softmax_cross_entropy(
+                n,
                 spec.num_classes,
                 &logits.buf,
-                &bt.labels,
+                &labels,
                 0.0,
                 &mut dl.buf,
-            );
-            net.backward(&xt, &dl);
+                &mut metrics,
+                s,
+            )?;
+            sizes.push(n);
+            net.backward(&xt, &dl)?;
             let lr = policy.at(it);
-            sgd.step(&mut net, lr);
+            sgd.step(&mut net, lr)?;
             it += 1;
             obs.step(&StepReport {
                 epoch,
@@ -483,12 +497,21 @@ pub fn gradients<B: Backend>(
                 steps: per_epoch,
                 iteration: it,
                 total_iterations: steps,
-                loss,
-                mean_loss: loss as f64,
-                accuracy: f64::NAN,
+                mean_loss: None,
+                accuracy: None,
                 lr,
                 images_per_second: f64::NAN,
             });
+        }
+        let losses = backend.download(&metrics)?;
+        if let Some(i) = (0..sizes.len()).find(|&i| !losses[2 * i].is_finite()) {
+            return Err(Error::Diverged(format!(
+                "{}: the loss became {} at step {} of epoch {}: try a lower --lr",
+                spec.name,
+                losses[2 * i],
+                i + 1,
+                epoch + 1
+            )));
         }
         epoch += 1;
     }

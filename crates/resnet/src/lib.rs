@@ -9,7 +9,6 @@
 //!   parameter names.
 //! * [`io`]: state dicts in safetensors and PyTorch `.pth` files.
 //! * [`image`](mod@image): decoding and torchvision-identical preprocessing.
-pub mod alloc;
 pub mod backend;
 pub mod classify;
 pub mod data;

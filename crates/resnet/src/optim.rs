@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Backend, SgdStep};
+use crate::backend::{Backend, DType, SgdStep};
 use crate::error::{Error, Result};
 use crate::model::{Network, StateEntry};
 
@@ -52,38 +52,45 @@ impl<B: Backend> Sgd<B> {
 
     /// Applies one update with learning rate `lr` to every parameter of `net`
     /// from its accumulated gradient.
-    pub fn step(&mut self, net: &mut Network<B>, lr: f32) {
+    pub fn step(&mut self, net: &mut Network<B>, lr: f32) -> Result<()> {
         let b = net.backend().clone();
-        b.scope(|| self.step_params(&b, net, lr));
+        b.scope(|| self.step_params(&b, net, lr))
     }
 
     /// [`Sgd::step`]'s updates, in the backend's scope.
-    fn step_params(&mut self, b: &B, net: &mut Network<B>, lr: f32) {
+    fn step_params(&mut self, b: &B, net: &mut Network<B>, lr: f32) -> Result<()> {
         let c = self.config.clone();
         let first = self.steps == 0 || self.buffers.is_empty();
         let mut i = 0;
         let buffers = &mut self.buffers;
+        let mut result = Ok(());
         net.visit(&mut |_, e| {
-            if let StateEntry::Param(p) = e {
-                if buffers.len() <= i {
-                    buffers.push(b.zeros(p.numel()));
-                }
-                let decay = if c.no_decay_bn_bias && p.is_scale_or_bias { 0.0 } else { c.weight_decay };
-                let step = SgdStep {
-                    lr,
-                    momentum: c.momentum,
-                    dampening: c.dampening,
-                    weight_decay: decay,
-                    nesterov: c.nesterov,
-                    first,
-                };
-                p.ensure_grad(b);
-                b.sgd_update(&step, &mut p.value, &p.grad, &mut buffers[i]);
-                p.version += 1;
-                i += 1;
+            let StateEntry::Param(p) = e else { return };
+            if result.is_err() {
+                return;
             }
+            let decay = if c.no_decay_bn_bias && p.is_scale_or_bias { 0.0 } else { c.weight_decay };
+            let step = SgdStep {
+                lr,
+                momentum: c.momentum,
+                dampening: c.dampening,
+                weight_decay: decay,
+                nesterov: c.nesterov,
+                first,
+            };
+            result = (|| {
+                if buffers.len() <= i {
+                    buffers.push(b.alloc(DType::F32, p.numel())?);
+                }
+                p.ensure_grad(b)?;
+                b.sgd_update(&step, &mut p.value, &p.grad, &mut buffers[i])
+            })();
+            p.version += 1;
+            i += 1;
         });
+        result?;
         self.steps += 1;
+        Ok(())
     }
 }
 

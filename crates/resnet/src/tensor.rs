@@ -1,6 +1,7 @@
 //! Activation tensors and trainable parameters.
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Buffer, DType};
+use crate::error::{Error, Result};
 
 /// A batch of activations in NHWC layout, held by a backend.
 ///
@@ -19,42 +20,57 @@ impl<B: Backend> std::fmt::Debug for Tensor<B> {
     }
 }
 
+impl<B: Backend> Default for Tensor<B> {
+    fn default() -> Self {
+        Self { shape: [0; 4], buf: B::Buf::default() }
+    }
+}
+
 impl<B: Backend> Tensor<B> {
-    /// An empty tensor (shape all zeros); layers start with these.
-    pub fn empty(b: &B) -> Self {
-        Self { shape: [0; 4], buf: b.zeros(0) }
+    /// An empty f32 tensor (shape all zeros, no allocation); layers start with these.
+    pub fn empty() -> Self {
+        Self::default()
     }
 
     /// A tensor of zeros.
-    pub fn zeros(b: &B, shape: [usize; 4]) -> Self {
-        Self { shape, buf: b.zeros(shape.iter().product()) }
+    pub fn zeros(b: &B, shape: [usize; 4]) -> Result<Self> {
+        Ok(Self { shape, buf: b.alloc(DType::F32, shape.iter().product())? })
     }
 
     /// A tensor holding `data` (NHWC).
-    pub fn from_host(b: &B, shape: [usize; 4], data: &[f32]) -> Self {
-        assert_eq!(data.len(), shape.iter().product::<usize>(), "data does not match shape {shape:?}");
-        Self { shape, buf: b.upload(data) }
+    pub fn from_host(b: &B, shape: [usize; 4], data: &[f32]) -> Result<Self> {
+        if data.len() != shape.iter().product::<usize>() {
+            return Err(Error::Invalid(format!("{} values do not fill a tensor of shape {shape:?}", data.len())));
+        }
+        Ok(Self { shape, buf: b.upload(data)? })
     }
 
     /// A tensor from an NCHW batch (PyTorch's layout).
-    pub fn from_nchw(b: &B, n: usize, c: usize, h: usize, w: usize, data: &[f32]) -> Self {
-        assert_eq!(data.len(), n * c * h * w, "data does not match [{n}, {c}, {h}, {w}]");
-        let mut nhwc = vec![0.0; data.len()];
-        for i in 0..n {
-            for ch in 0..c {
-                let src = &data[(i * c + ch) * h * w..][..h * w];
-                for (p, &v) in src.iter().enumerate() {
-                    nhwc[(i * h * w + p) * c + ch] = v;
-                }
-            }
+    pub fn from_nchw(b: &B, n: usize, c: usize, h: usize, w: usize, data: &[f32]) -> Result<Self> {
+        if data.len() != n * c * h * w {
+            return Err(Error::Invalid(format!("{} values do not fill a [{n}, {c}, {h}, {w}] batch", data.len())));
         }
-        Self::from_host(b, [n, h, w, c], &nhwc)
+        Self::from_host(b, [n, h, w, c], &crate::backend::reference::nchw_to_nhwc(data, n, c, h, w))
     }
 
-    /// Gives the tensor a new shape, reusing its memory when the size matches.
-    pub fn reshape(&mut self, b: &B, shape: [usize; 4]) {
+    /// Overwrites the tensor with an NHWC batch from host memory, reusing its memory.
+    pub fn write(&mut self, b: &B, shape: [usize; 4], data: &[f32]) -> Result<()> {
+        if data.len() != shape.iter().product::<usize>() {
+            return Err(Error::Invalid(format!("{} values do not fill a tensor of shape {shape:?}", data.len())));
+        }
         self.shape = shape;
-        b.ensure_len(&mut self.buf, shape.iter().product());
+        b.write(&mut self.buf, data)
+    }
+
+    /// Gives the tensor a new shape (f32), reusing its memory when it can.
+    pub fn reshape(&mut self, b: &B, shape: [usize; 4]) -> Result<()> {
+        self.reshape_as(b, shape, DType::F32)
+    }
+
+    /// Gives the tensor a new shape and element type, reusing its memory when it can.
+    pub fn reshape_as(&mut self, b: &B, shape: [usize; 4], dtype: DType) -> Result<()> {
+        self.shape = shape;
+        b.resize(&mut self.buf, dtype, shape.iter().product())
     }
 
     /// Number of elements.
@@ -67,8 +83,8 @@ impl<B: Backend> Tensor<B> {
         self.len() == 0
     }
 
-    /// Copies the values to the host (NHWC).
-    pub fn to_host(&self, b: &B) -> Vec<f32> {
+    /// Copies the values to the host (NHWC, f32).
+    pub fn to_host(&self, b: &B) -> Result<Vec<f32>> {
         b.download(&self.buf)
     }
 }
@@ -102,15 +118,15 @@ pub struct Param<B: Backend> {
 
 impl<B: Backend> Param<B> {
     /// A zero parameter.
-    pub fn zeros(b: &B, shape: &[usize], layout: ParamLayout) -> Self {
-        Self {
+    pub fn zeros(b: &B, shape: &[usize], layout: ParamLayout) -> Result<Self> {
+        Ok(Self {
             shape: shape.to_vec(),
             layout,
-            value: b.zeros(shape.iter().product()),
-            grad: b.zeros(0),
+            value: b.alloc(DType::F32, shape.iter().product())?,
+            grad: B::Buf::default(),
             version: 0,
             is_scale_or_bias: false,
-        }
+        })
     }
 
     /// Number of elements.
@@ -119,28 +135,30 @@ impl<B: Backend> Param<B> {
     }
 
     /// Allocates (if needed) and zeroes the gradient.
-    pub fn zero_grad(&mut self, b: &B) {
+    pub fn zero_grad(&mut self, b: &B) -> Result<()> {
         let n = self.numel();
-        b.ensure_len(&mut self.grad, n);
-        b.fill(&mut self.grad, 0.0);
+        b.resize(&mut self.grad, DType::F32, n)?;
+        b.fill(&mut self.grad, 0.0)
     }
 
     /// Allocates the gradient if it is not there yet.
-    pub fn ensure_grad(&mut self, b: &B) {
-        if b.len(&self.grad) != self.numel() {
-            self.zero_grad(b);
+    pub fn ensure_grad(&mut self, b: &B) -> Result<()> {
+        if self.grad.len() != self.numel() {
+            self.zero_grad(b)?;
         }
+        Ok(())
     }
 
     /// Replaces the values from host memory in PyTorch's order.
-    pub fn set_from_torch(&mut self, b: &B, data: &[f32]) {
-        self.value = b.upload(&to_internal(self.layout, &self.shape, data));
+    pub fn set_from_torch(&mut self, b: &B, data: &[f32]) -> Result<()> {
+        self.value = b.upload(&to_internal(self.layout, &self.shape, data))?;
         self.version += 1;
+        Ok(())
     }
 
     /// The values in PyTorch's order.
-    pub fn to_torch(&self, b: &B) -> Vec<f32> {
-        to_torch(self.layout, &self.shape, &b.download(&self.value))
+    pub fn to_torch(&self, b: &B) -> Result<Vec<f32>> {
+        Ok(to_torch(self.layout, &self.shape, &b.download(&self.value)?))
     }
 }
 

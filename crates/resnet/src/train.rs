@@ -26,13 +26,13 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, DType};
 use crate::classify::ModelCard;
 use crate::data::augment::{Geometry, SampleTransform};
 use crate::data::loader::Loader;
 use crate::data::{DataKind, DataSpec, Dataset, Images};
 use crate::error::{Error, Result};
-use crate::eval::{EvalAccumulator, EvalResult, evaluate};
+use crate::eval::{EvalResult, evaluate};
 use crate::io::{self, HostTensor, LoadMode, StateDict, TensorData};
 use crate::model::{Mode, Network, ResNetSpec, StateEntry};
 use crate::optim::{LrPolicy, Sgd, SgdConfig};
@@ -172,12 +172,11 @@ pub struct StepReport {
     pub iteration: u64,
     /// Iterations the run will take.
     pub total_iterations: u64,
-    /// Loss of this batch.
-    pub loss: f32,
-    /// Running mean loss over the epoch.
-    pub mean_loss: f64,
-    /// Running accuracy over the epoch.
-    pub accuracy: f64,
+    /// Mean loss over the epoch so far, as of the last read-back of the
+    /// training metrics (once per log interval); `None` before the first.
+    pub mean_loss: Option<f64>,
+    /// Accuracy over the epoch so far, likewise.
+    pub accuracy: Option<f64>,
     /// Learning rate used.
     pub lr: f32,
     /// Training throughput over the epoch so far.
@@ -384,7 +383,7 @@ impl<B: Backend> Trainer<B> {
         }
         config.policy.total_iters = total;
         let mut net = Network::new(&config.spec, backend)?;
-        net.init_kaiming(&mut Rng::new(config.seed).fork(u64::MAX), config.zero_init_residual);
+        net.init_kaiming(&mut Rng::new(config.seed).fork(u64::MAX), config.zero_init_residual)?;
         if let Some(init) = &config.init {
             let sd = io::read_state_dict(init)?;
             let classes_in_file = sd.get("fc.weight").map(|t| t.shape[0]);
@@ -452,20 +451,20 @@ impl<B: Backend> Trainer<B> {
             let p = dir.join(f);
             check_iteration(&p, side.state.iteration)?;
             let bufs = io::read_state_dict(&p)?;
-            let mut missing = None;
+            let mut result = Ok(());
             net.visit(&mut |key, e| {
-                if let StateEntry::Param(p) = e {
-                    match bufs.get(&format!("momentum.{key}")) {
-                        Some(HostTensor { data: TensorData::F32(v), .. }) if v.len() == p.numel() => {
-                            sgd.buffers.push(backend.upload(&crate::tensor::to_internal(p.layout, &p.shape, v)))
-                        }
-                        _ => missing = missing.take().or(Some(key.to_string())),
-                    }
+                let StateEntry::Param(param) = e else { return };
+                if result.is_err() {
+                    return;
                 }
+                result = match bufs.get(&format!("momentum.{key}")) {
+                    Some(HostTensor { data: TensorData::F32(v), .. }) if v.len() == param.numel() => backend
+                        .upload(&crate::tensor::to_internal(param.layout, &param.shape, v))
+                        .map(|buf| sgd.buffers.push(buf)),
+                    _ => Err(Error::format(&p, format!("no momentum buffer for `{key}`"))),
+                };
             });
-            if let Some(k) = missing {
-                return Err(Error::format(&p, format!("no momentum buffer for `{k}`")));
-            }
+            result?;
         }
         let (train_tf, test_tf) = transforms(&config, &data)?;
         let (train_points, test_points) = read_metrics(&dir.join("metrics.jsonl"), side.state.iteration)?;
@@ -536,17 +535,29 @@ impl<B: Backend> Trainer<B> {
     }
 
     /// Runs to the end (or until interrupted or diverged).
+    ///
+    /// Each step's loss and top-1 count stay on the backend
+    /// ([`Backend::softmax_cross_entropy`]) and are read back once per log
+    /// interval, at the end of an epoch and before any checkpoint: the
+    /// training loop never waits for the device within an interval. The
+    /// error-based warm-up is decided at log boundaries (iterations that are
+    /// multiples of `log_every`), from the running training error then, so
+    /// that an interrupted and resumed run decides exactly as an
+    /// uninterrupted one.
     pub fn run(&mut self, obs: &mut dyn Observer) -> Result<TrainSummary> {
         let wall = Instant::now();
         let backend = self.net.backend().clone();
         let classes = self.config.spec.num_classes;
         let total = self.total_iterations();
-        let mut x = Tensor::empty(&backend);
-        let mut dlogits = Tensor::empty(&backend);
+        let mut x = Tensor::empty();
+        let mut labels = backend.alloc(DType::U32, 0)?;
+        let mut dlogits = Tensor::empty();
+        let mut metrics = StepMetrics::new(&backend, self.config.log_every)?;
         // Logged training points cover `log_every` iterations each, across
         // epoch boundaries, so that an epoch's short last batch does not make
         // a point of its own.
-        let (mut log_loss, mut log_err, mut log_n, mut log_images) = (0.0f64, 0.0f64, 0usize, 0usize);
+        let mut log = Tally::default();
+        let mut log_images = 0usize;
         let mut log_t = Instant::now();
         while self.state.epoch < self.config.epochs && self.state.iteration < total {
             let epoch = self.state.epoch;
@@ -563,8 +574,7 @@ impl<B: Backend> Trainer<B> {
             );
             let steps = loader.len();
             obs.epoch_start(epoch, self.config.epochs, steps, start);
-            let mut ep = EvalAccumulator::new(classes);
-            let (mut ep_loss, mut ep_n) = (0.0f64, 0usize);
+            let mut ep = Tally::default();
             let ep_t = Instant::now();
             let mut ep_images = 0usize;
             let mut epoch_train_seconds = 0.0f64;
@@ -573,92 +583,67 @@ impl<B: Backend> Trainer<B> {
                 let t0 = Instant::now();
                 let lr = self.lr();
                 let n = batch.labels.len();
-                x.shape = batch.shape;
-                backend.write(&mut x.buf, &batch.x);
-                self.net.zero_grad();
+                x.write(&backend, batch.shape, &batch.x)?;
+                backend.write(&mut labels, &batch.labels)?;
+                self.net.zero_grad()?;
                 let logits = self.net.forward(&x, Mode::Train)?;
-                dlogits.reshape(&backend, logits.shape);
-                let loss = backend.softmax_cross_entropy(
+                dlogits.reshape(&backend, logits.shape)?;
+                let slot = metrics.next_slot(n, self.state.iteration + 1);
+                let smoothing = self.config.label_smoothing;
+                backend.softmax_cross_entropy(
                     n,
                     classes,
                     &logits.buf,
-                    &batch.labels,
-                    self.config.label_smoothing,
+                    &labels,
+                    smoothing,
                     &mut dlogits.buf,
-                );
-                if !loss.is_finite() {
-                    return Err(Error::Diverged(format!(
-                        "the loss became {loss} at iteration {} (epoch {}): stopping; try a lower --lr. \
-                         The last checkpoint in {} is intact",
-                        self.state.iteration + 1,
-                        epoch + 1,
-                        self.out.display()
-                    )));
-                }
-                let host_logits = logits.to_host(&backend);
-                self.net.backward(&x, &dlogits);
-                self.sgd.step(&mut self.net, lr);
+                    &mut metrics.buf,
+                    slot,
+                )?;
+                self.net.backward(&x, &dlogits)?;
+                self.sgd.step(&mut self.net, lr)?;
                 let dt = t0.elapsed().as_secs_f64();
                 self.state.train_seconds += dt;
                 epoch_train_seconds += dt;
                 self.state.iteration += 1;
                 self.state.step_in_epoch += 1;
-
-                let before = ep.finish();
-                let correct_before = (before.top1 * before.n as f64).round();
-                ep.add(&host_logits, &batch.labels);
-                let after = ep.finish();
-                let batch_err = 1.0 - ((after.top1 * after.n as f64).round() - correct_before) / n as f64;
-                self.state.train_error_ema = 0.9 * self.state.train_error_ema + 0.1 * batch_err;
-                if let Some((_, until)) = self.config.policy.warmup_until_error
-                    && !self.state.warmup_done
-                    && self.state.train_error_ema < until as f64
-                {
-                    {
-                        self.state.warmup_done = true;
-                        obs.message(&format!(
-                            "warm-up done at iteration {}: training error below {:.0}%",
-                            self.state.iteration,
-                            until * 100.0
-                        ));
-                    }
-                }
-                ep_loss += loss as f64 * n as f64;
-                ep_n += n;
                 ep_images += n;
-                log_loss += loss as f64 * n as f64;
-                log_err += batch_err * n as f64;
-                log_n += n;
                 log_images += n;
-                let ips = ep_images as f64 / ep_t.elapsed().as_secs_f64().max(1e-9);
+                let done = self.state.iteration >= total;
+                let boundary = self.state.iteration.is_multiple_of(self.config.log_every) || done;
+                if boundary || metrics.full() {
+                    self.absorb(&backend, &mut metrics, &mut [&mut ep, &mut log])?;
+                }
+                if boundary {
+                    self.end_warmup_if_due(obs);
+                }
                 obs.step(&StepReport {
                     epoch,
                     step: self.state.step_in_epoch,
                     steps,
                     iteration: self.state.iteration,
                     total_iterations: total,
-                    loss,
-                    mean_loss: ep_loss / ep_n as f64,
-                    accuracy: after.top1,
+                    mean_loss: ep.mean_loss(),
+                    accuracy: ep.accuracy(),
                     lr,
-                    images_per_second: ips,
+                    images_per_second: ep_images as f64 / ep_t.elapsed().as_secs_f64().max(1e-9),
                 });
-                let done = self.state.iteration >= total;
-                if self.state.iteration.is_multiple_of(self.config.log_every) || done {
+                if boundary {
                     let p = TrainPoint {
                         epoch,
                         iteration: self.state.iteration,
                         lr,
-                        loss: log_loss / log_n.max(1) as f64,
-                        error: log_err / log_n.max(1) as f64,
+                        loss: log.loss / log.n.max(1) as f64,
+                        error: log.error / log.n.max(1) as f64,
                         images_per_second: log_images as f64 / log_t.elapsed().as_secs_f64().max(1e-9),
                     };
                     self.log(&serde_json::json!({"kind": "train", "point": p}))?;
                     self.train_points.push(p);
-                    (log_loss, log_err, log_n, log_images) = (0.0, 0.0, 0, 0);
+                    (log, log_images) = (Tally::default(), 0);
                     log_t = Instant::now();
                 }
                 if self.interrupt.load(Ordering::SeqCst) {
+                    self.absorb(&backend, &mut metrics, &mut [&mut ep, &mut log])?;
                     self.save("last", true)?;
                     return Err(Error::Interrupted);
                 }
@@ -667,20 +652,20 @@ impl<B: Backend> Trainer<B> {
                 }
             }
             // End of epoch (or of the iteration budget): evaluate, log, checkpoint.
+            self.absorb(&backend, &mut metrics, &mut [&mut ep, &mut log])?;
             let eval_t = Instant::now();
             let test = self.evaluate_test(obs)?;
             log_t += eval_t.elapsed();
             self.state.epoch += 1;
             self.state.step_in_epoch = 0;
-            let train_acc = ep.finish();
             let tp = TestPoint {
                 epoch: self.state.epoch,
                 iteration: self.state.iteration,
                 loss: test.loss,
                 error: 1.0 - test.top1,
                 top5_error: 1.0 - test.top5,
-                train_loss: ep_loss / ep_n.max(1) as f64,
-                train_error: if ep_n == 0 { f64::NAN } else { 1.0 - train_acc.top1 },
+                train_loss: ep.loss / ep.n.max(1) as f64,
+                train_error: if ep.n == 0 { f64::NAN } else { 1.0 - ep.correct as f64 / ep.n as f64 },
                 images_per_second: ep_images as f64 / epoch_train_seconds.max(1e-9),
             };
             self.log(&serde_json::json!({"kind": "test", "point": tp}))?;
@@ -709,6 +694,42 @@ impl<B: Backend> Trainer<B> {
             train_seconds: self.state.train_seconds,
             wall_seconds: wall.elapsed().as_secs_f64(),
         })
+    }
+
+    /// Reads back the steps' metrics and adds them, step by step, to the
+    /// tallies and the running training error of the warm-up; a non-finite
+    /// loss stops the run (before anything is saved).
+    fn absorb(&mut self, b: &B, metrics: &mut StepMetrics<B>, tallies: &mut [&mut Tally]) -> Result<()> {
+        for (loss, correct, n, iteration) in metrics.read(b)? {
+            if !loss.is_finite() {
+                return Err(Error::Diverged(format!(
+                    "the loss became {loss} at iteration {iteration}: stopping; try a lower --lr. \
+                     The last checkpoint in {} is intact",
+                    self.out.display()
+                )));
+            }
+            let batch_err = 1.0 - correct as f64 / n as f64;
+            self.state.train_error_ema = 0.9 * self.state.train_error_ema + 0.1 * batch_err;
+            for t in tallies.iter_mut() {
+                t.add(loss, correct, n);
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends He et al.'s warm-up once the running training error is below its threshold.
+    fn end_warmup_if_due(&mut self, obs: &mut dyn Observer) {
+        if let Some((_, until)) = self.config.policy.warmup_until_error
+            && !self.state.warmup_done
+            && self.state.train_error_ema < until as f64
+        {
+            self.state.warmup_done = true;
+            obs.message(&format!(
+                "warm-up done at iteration {}: training error below {:.0}%",
+                self.state.iteration,
+                until * 100.0
+            ));
+        }
     }
 
     /// The visiting order of epoch `epoch`.
@@ -804,7 +825,7 @@ impl<B: Backend> Trainer<B> {
     /// Writes `name.safetensors` and `name.json` (and the momentum buffers when
     /// `with_optimizer`), each atomically.
     pub fn save(&mut self, name: &str, with_optimizer: bool) -> Result<()> {
-        let sd = io::state_dict(&mut self.net);
+        let sd = io::state_dict(&mut self.net)?;
         if let Some(key) = sd.iter().find_map(|(k, t)| match &t.data {
             TensorData::F32(v) if v.iter().any(|x| !x.is_finite()) => Some(k),
             _ => None,
@@ -829,16 +850,20 @@ impl<B: Backend> Trainer<B> {
             let mut sd = StateDict::new();
             let mut i = 0;
             let bufs = &self.sgd.buffers;
+            let mut result = Ok(());
             self.net.visit(&mut |key, e| {
-                if let StateEntry::Param(p) = e {
-                    let v = crate::tensor::to_torch(p.layout, &p.shape, &b.download(&bufs[i]));
-                    sd.insert(
-                        format!("momentum.{key}"),
-                        HostTensor { shape: p.shape.clone(), data: TensorData::F32(v) },
-                    );
-                    i += 1;
+                let StateEntry::Param(p) = e else { return };
+                match b.download(&bufs[i]) {
+                    Ok(v) => {
+                        let v = crate::tensor::to_torch(p.layout, &p.shape, &v);
+                        let t = HostTensor { shape: p.shape.clone(), data: TensorData::F32(v) };
+                        sd.insert(format!("momentum.{key}"), t);
+                    }
+                    Err(e) => result = Err(e),
                 }
+                i += 1;
             });
+            result?;
             io::safetensors::write(&self.out.join(&file), &sd, Some(meta.clone()))?;
             Some(file)
         } else {
@@ -864,6 +889,75 @@ impl<B: Backend> Trainer<B> {
         };
         let text = serde_json::to_string_pretty(&side).map_err(|e| Error::Invalid(e.to_string()))?;
         io::atomic::write(&self.out.join(format!("{name}.json")), text.as_bytes())
+    }
+}
+
+/// Sums of training metrics over some steps.
+#[derive(Default)]
+struct Tally {
+    /// Sum of batch mean losses times batch sizes.
+    loss: f64,
+    /// Sum of batch errors times batch sizes.
+    error: f64,
+    /// Images whose label had the largest logit.
+    correct: usize,
+    /// Images.
+    n: usize,
+}
+
+impl Tally {
+    fn add(&mut self, loss: f32, correct: usize, n: usize) {
+        self.loss += loss as f64 * n as f64;
+        self.error += (1.0 - correct as f64 / n as f64) * n as f64;
+        self.correct += correct;
+        self.n += n;
+    }
+
+    fn mean_loss(&self) -> Option<f64> {
+        (self.n > 0).then(|| self.loss / self.n as f64)
+    }
+
+    fn accuracy(&self) -> Option<f64> {
+        (self.n > 0).then(|| self.correct as f64 / self.n as f64)
+    }
+}
+
+/// The steps' losses and top-1 counts, written by the backend into one small
+/// buffer and read back in one transfer.
+struct StepMetrics<B: Backend> {
+    buf: B::Buf,
+    /// `(batch size, iteration)` of each step written since the last read.
+    pending: Vec<(usize, u64)>,
+    capacity: usize,
+}
+
+impl<B: Backend> StepMetrics<B> {
+    /// Room for `steps` steps (at most 1024; a fuller buffer is read early).
+    fn new(b: &B, steps: u64) -> Result<Self> {
+        let capacity = steps.clamp(1, 1024) as usize;
+        Ok(Self { buf: b.alloc(DType::F32, 2 * capacity)?, pending: Vec::new(), capacity })
+    }
+
+    /// The slot of the next step (of `n` images, iteration `iteration`).
+    fn next_slot(&mut self, n: usize, iteration: u64) -> usize {
+        self.pending.push((n, iteration));
+        self.pending.len() - 1
+    }
+
+    fn full(&self) -> bool {
+        self.pending.len() == self.capacity
+    }
+
+    /// `(loss, correct, n, iteration)` of each pending step, in order.
+    fn read(&mut self, b: &B) -> Result<Vec<(f32, usize, usize, u64)>> {
+        if self.pending.is_empty() {
+            return Ok(Vec::new());
+        }
+        let v = b.download(&self.buf)?;
+        let out =
+            self.pending.iter().enumerate().map(|(i, &(n, it))| (v[2 * i], v[2 * i + 1] as usize, n, it)).collect();
+        self.pending.clear();
+        Ok(out)
     }
 }
 

@@ -1,9 +1,13 @@
 //! Finite-difference gradient checks: every layer's backward pass (our f32
 //! kernels) against central differences of an independent f64 forward pass,
 //! on small random shapes. The loss is `sum(layer(x) * r)` for a random `r`,
-//! so `dy = r`.
+//! so `dy = r`. On every backend.
 
-use resnet::backend::{Backend, Cpu};
+#[macro_use]
+mod common;
+
+use common::*;
+use resnet::backend::{Backend, DType};
 use resnet::model::Mode;
 use resnet::model::layers::{BatchNorm2d, Conv2d, GlobalAvgPool, Linear, MaxPool2d, PadShortcut};
 use resnet::rng::Rng;
@@ -90,9 +94,7 @@ fn conv_ref(
     y
 }
 
-#[test]
-fn conv2d_backward_matches_finite_differences() {
-    let cpu = Cpu::new(Some(2)).unwrap();
+fn conv2d_backward_matches_finite_differences<B: Backend>(cpu: &B, _: Scale) {
     let mut r = Rng::new(3);
     for &(c_in, c_out, k, stride, pad, dil, g) in &[
         (3, 4, 3, 1, 1, 1, 1),
@@ -104,20 +106,20 @@ fn conv2d_backward_matches_finite_differences() {
         let s = [2, 6, 5, c_in];
         let x = rand(&mut r, s.iter().product());
         let w = rand(&mut r, c_out * k * k * c_in / g);
-        let mut conv = Conv2d::<Cpu>::new(&cpu, c_in, c_out, k, stride, pad, g);
+        let mut conv = Conv2d::<B>::new(cpu, c_in, c_out, k, stride, pad, g).unwrap();
         conv.dilation = [dil, dil];
-        conv.weight.value = f32s(&w);
+        conv.weight.value = cpu.upload(&f32s(&w)).unwrap();
         conv.weight.version += 1;
-        let xt = Tensor::from_host(&cpu, s, &f32s(&x));
-        let yshape = conv.forward(&cpu, &xt).shape;
+        let xt = Tensor::from_host(cpu, s, &f32s(&x)).unwrap();
+        let yshape = conv.forward(cpu, &xt).unwrap().shape;
         let rr = rand(&mut r, yshape.iter().product());
-        conv.weight.zero_grad(&cpu);
-        conv.backward(&cpu, &xt, &Tensor::from_host(&cpu, yshape, &f32s(&rr)), true);
+        conv.weight.zero_grad(cpu).unwrap();
+        conv.backward(cpu, &xt, &Tensor::from_host(cpu, yshape, &f32s(&rr)).unwrap(), true).unwrap();
         let what = format!("conv c{c_in}->{c_out} k{k} s{stride} p{pad} d{dil} g{g}");
         let nx = numeric(&x, |xv| dot(&conv_ref(xv, &w, s, c_out, k, stride, pad, dil, g), &rr));
-        check(&format!("{what} dx"), &conv.dx.to_host(&cpu), &nx);
+        check(&format!("{what} dx"), &host(cpu, &conv.dx), &nx);
         let nw = numeric(&w, |wv| dot(&conv_ref(&x, wv, s, c_out, k, stride, pad, dil, g), &rr));
-        check(&format!("{what} dw"), &cpu.download(&conv.weight.grad), &nw);
+        check(&format!("{what} dw"), &down(cpu, &conv.weight.grad), &nw);
     }
 }
 
@@ -140,9 +142,7 @@ fn bn_ref(x: &[f64], c: usize, gamma: &[f64], beta: &[f64], res: Option<&[f64]>,
     y
 }
 
-#[test]
-fn batch_norm_backward_matches_finite_differences() {
-    let cpu = Cpu::new(Some(2)).unwrap();
+fn batch_norm_backward_matches_finite_differences<B: Backend>(cpu: &B, _: Scale) {
     let mut r = Rng::new(5);
     let s = [3, 4, 3, 5];
     let c = s[3];
@@ -152,54 +152,52 @@ fn batch_norm_backward_matches_finite_differences() {
         let beta = rand(&mut r, c);
         let res = rand(&mut r, x.len());
         let rr = rand(&mut r, x.len());
-        let mut bn = BatchNorm2d::<Cpu>::new(&cpu, c, relu);
-        bn.weight.value = f32s(&gamma);
-        bn.bias.value = f32s(&beta);
-        let xt = Tensor::from_host(&cpu, s, &f32s(&x));
-        let rt = Tensor::from_host(&cpu, s, &f32s(&res));
-        bn.forward(&cpu, &xt, residual.then_some(&rt), Mode::Train);
-        bn.weight.zero_grad(&cpu);
-        bn.bias.zero_grad(&cpu);
-        bn.backward(&cpu, &xt, &Tensor::from_host(&cpu, s, &f32s(&rr)));
+        let mut bn = BatchNorm2d::<B>::new(cpu, c, relu).unwrap();
+        bn.weight.value = cpu.upload(&f32s(&gamma)).unwrap();
+        bn.bias.value = cpu.upload(&f32s(&beta)).unwrap();
+        let xt = Tensor::from_host(cpu, s, &f32s(&x)).unwrap();
+        let rt = Tensor::from_host(cpu, s, &f32s(&res)).unwrap();
+        bn.forward(cpu, &xt, residual.then_some(&rt), Mode::Train).unwrap();
+        bn.weight.zero_grad(cpu).unwrap();
+        bn.bias.zero_grad(cpu).unwrap();
+        bn.backward(cpu, &xt, &Tensor::from_host(cpu, s, &f32s(&rr)).unwrap()).unwrap();
         let rs = residual.then_some(res.as_slice());
         let what = format!("bn relu={relu} residual={residual}");
         check(
             &format!("{what} dx"),
-            &bn.dx.to_host(&cpu),
+            &host(cpu, &bn.dx),
             &numeric(&x, |v| dot(&bn_ref(v, c, &gamma, &beta, rs, relu), &rr)),
         );
         check(
             &format!("{what} dgamma"),
-            &cpu.download(&bn.weight.grad),
+            &down(cpu, &bn.weight.grad),
             &numeric(&gamma, |v| dot(&bn_ref(&x, c, v, &beta, rs, relu), &rr)),
         );
         check(
             &format!("{what} dbeta"),
-            &cpu.download(&bn.bias.grad),
+            &down(cpu, &bn.bias.grad),
             &numeric(&beta, |v| dot(&bn_ref(&x, c, &gamma, v, rs, relu), &rr)),
         );
         if residual {
             check(
                 &format!("{what} dresidual"),
-                &bn.dsum.to_host(&cpu),
+                &host(cpu, &bn.dsum),
                 &numeric(&res, |v| dot(&bn_ref(&x, c, &gamma, &beta, Some(v), relu), &rr)),
             );
         }
     }
 }
 
-#[test]
-fn pooling_linear_shortcut_and_loss_backward_match_finite_differences() {
-    let cpu = Cpu::new(Some(2)).unwrap();
+fn pooling_linear_shortcut_and_loss_backward_match_finite_differences<B: Backend>(cpu: &B, _: Scale) {
     let mut r = Rng::new(8);
     // Max pool 3x3/2 pad 1 (distinct random values: no ties).
     let s = [2, 7, 6, 3];
     let x = rand(&mut r, s.iter().product());
-    let mut mp = MaxPool2d::<Cpu>::new(&cpu, 3, 2, 1);
-    let xt = Tensor::from_host(&cpu, s, &f32s(&x));
-    let ys = mp.forward(&cpu, &xt).shape;
+    let mut mp = MaxPool2d::<B>::new(3, 2, 1);
+    let xt = Tensor::from_host(cpu, s, &f32s(&x)).unwrap();
+    let ys = mp.forward(cpu, &xt).unwrap().shape;
     let rr = rand(&mut r, ys.iter().product());
-    mp.backward(&cpu, &xt, &Tensor::from_host(&cpu, ys, &f32s(&rr)));
+    mp.backward(cpu, &xt, &Tensor::from_host(cpu, ys, &f32s(&rr)).unwrap()).unwrap();
     let pool_ref = |v: &[f64]| {
         let mut y = vec![f64::NEG_INFINITY; ys.iter().product()];
         for b in 0..s[0] {
@@ -221,13 +219,13 @@ fn pooling_linear_shortcut_and_loss_backward_match_finite_differences() {
         }
         y
     };
-    check("maxpool dx", &mp.dx.to_host(&cpu), &numeric(&x, |v| dot(&pool_ref(v), &rr)));
+    check("maxpool dx", &host(cpu, &mp.dx), &numeric(&x, |v| dot(&pool_ref(v), &rr)));
 
     // Global average pool.
-    let mut gap = GlobalAvgPool::<Cpu>::new(&cpu);
-    gap.forward(&cpu, &xt);
+    let mut gap = GlobalAvgPool::<B>::new();
+    gap.forward(cpu, &xt).unwrap();
     let rr = rand(&mut r, s[0] * s[3]);
-    gap.backward(&cpu, &xt, &Tensor::from_host(&cpu, [s[0], 1, 1, s[3]], &f32s(&rr)));
+    gap.backward(cpu, &xt, &Tensor::from_host(cpu, [s[0], 1, 1, s[3]], &f32s(&rr)).unwrap()).unwrap();
     let gap_ref = |v: &[f64]| {
         let hw = s[1] * s[2];
         let mut y = vec![0.0; s[0] * s[3]];
@@ -240,7 +238,7 @@ fn pooling_linear_shortcut_and_loss_backward_match_finite_differences() {
         }
         y
     };
-    check("gap dx", &gap.dx.to_host(&cpu), &numeric(&x, |v| dot(&gap_ref(v), &rr)));
+    check("gap dx", &host(cpu, &gap.dx), &numeric(&x, |v| dot(&gap_ref(v), &rr)));
 
     // Linear.
     let (n, ci, co) = (3, 5, 4);
@@ -248,32 +246,32 @@ fn pooling_linear_shortcut_and_loss_backward_match_finite_differences() {
     let w = rand(&mut r, co * ci);
     let bias = rand(&mut r, co);
     let rr = rand(&mut r, n * co);
-    let mut fc = Linear::<Cpu>::new(&cpu, ci, co);
-    fc.weight.value = f32s(&w);
-    fc.bias.value = f32s(&bias);
-    let xt = Tensor::from_host(&cpu, [n, 1, 1, ci], &f32s(&x));
-    fc.forward(&cpu, &xt);
-    fc.weight.zero_grad(&cpu);
-    fc.bias.zero_grad(&cpu);
-    fc.backward(&cpu, &xt, &Tensor::from_host(&cpu, [n, 1, 1, co], &f32s(&rr)));
+    let mut fc = Linear::<B>::new(cpu, ci, co).unwrap();
+    fc.weight.value = cpu.upload(&f32s(&w)).unwrap();
+    fc.bias.value = cpu.upload(&f32s(&bias)).unwrap();
+    let xt = Tensor::from_host(cpu, [n, 1, 1, ci], &f32s(&x)).unwrap();
+    fc.forward(cpu, &xt).unwrap();
+    fc.weight.zero_grad(cpu).unwrap();
+    fc.bias.zero_grad(cpu).unwrap();
+    fc.backward(cpu, &xt, &Tensor::from_host(cpu, [n, 1, 1, co], &f32s(&rr)).unwrap()).unwrap();
     let lin = |x: &[f64], w: &[f64], b: &[f64]| -> Vec<f64> {
         (0..n * co)
             .map(|i| b[i % co] + (0..ci).map(|k| x[(i / co) * ci + k] * w[(i % co) * ci + k]).sum::<f64>())
             .collect()
     };
-    check("linear dx", &fc.dx.to_host(&cpu), &numeric(&x, |v| dot(&lin(v, &w, &bias), &rr)));
-    check("linear dw", &cpu.download(&fc.weight.grad), &numeric(&w, |v| dot(&lin(&x, v, &bias), &rr)));
-    check("linear db", &cpu.download(&fc.bias.grad), &numeric(&bias, |v| dot(&lin(&x, &w, v), &rr)));
+    check("linear dx", &host(cpu, &fc.dx), &numeric(&x, |v| dot(&lin(v, &w, &bias), &rr)));
+    check("linear dw", &down(cpu, &fc.weight.grad), &numeric(&w, |v| dot(&lin(&x, v, &bias), &rr)));
+    check("linear db", &down(cpu, &fc.bias.grad), &numeric(&bias, |v| dot(&lin(&x, &w, v), &rr)));
 
     // Option-A shortcut.
     let s = [2, 5, 4, 3];
     let x = rand(&mut r, s.iter().product());
-    let mut sc = PadShortcut::<Cpu>::new(&cpu, 3, 8, 2);
-    let xt = Tensor::from_host(&cpu, s, &f32s(&x));
-    let ys = sc.forward(&cpu, &xt).shape;
+    let mut sc = PadShortcut::<B>::new(3, 8, 2);
+    let xt = Tensor::from_host(cpu, s, &f32s(&x)).unwrap();
+    let ys = sc.forward(cpu, &xt).unwrap().shape;
     let rr = rand(&mut r, ys.iter().product());
-    let mut dx = Tensor::zeros(&cpu, s);
-    sc.backward_accumulate(&cpu, s, &Tensor::from_host(&cpu, ys, &f32s(&rr)), &mut dx);
+    let mut dx = Tensor::zeros(cpu, s).unwrap();
+    sc.backward_accumulate(cpu, s, &Tensor::from_host(cpu, ys, &f32s(&rr)).unwrap(), &mut dx).unwrap();
     let pad_ref = |v: &[f64]| {
         let mut y = vec![0.0; ys.iter().product()];
         for b in 0..s[0] {
@@ -288,15 +286,17 @@ fn pooling_linear_shortcut_and_loss_backward_match_finite_differences() {
         }
         y
     };
-    check("pad shortcut dx", &dx.to_host(&cpu), &numeric(&x, |v| dot(&pad_ref(v), &rr)));
+    check("pad shortcut dx", &host(cpu, &dx), &numeric(&x, |v| dot(&pad_ref(v), &rr)));
 
     // Softmax cross-entropy with label smoothing.
     let (n, k) = (4, 6);
     let z = rand(&mut r, n * k);
     let labels = [1u32, 0, 5, 3];
     for eps in [0.0f32, 0.1] {
-        let mut g = vec![0.0f32; n * k];
-        let loss = cpu.softmax_cross_entropy(n, k, &f32s(&z), &labels, eps, &mut g);
+        let (zb, lb) = (cpu.upload(&f32s(&z)).unwrap(), cpu.upload(&labels).unwrap());
+        let (mut gb, mut m) = (cpu.alloc(DType::F32, n * k).unwrap(), cpu.alloc(DType::F32, 2).unwrap());
+        cpu.softmax_cross_entropy(n, k, &zb, &lb, eps, &mut gb, &mut m, 0).unwrap();
+        let (loss, g) = (down(cpu, &m)[0], down(cpu, &gb));
         let ce = |z: &[f64]| -> f64 {
             let mut total = 0.0;
             for (i, &y) in labels.iter().enumerate() {
@@ -314,3 +314,9 @@ fn pooling_linear_shortcut_and_loss_backward_match_finite_differences() {
         check(&format!("cross-entropy eps={eps}"), &g, &numeric(&z, ce));
     }
 }
+
+for_each_backend!(
+    conv2d_backward_matches_finite_differences,
+    batch_norm_backward_matches_finite_differences,
+    pooling_linear_shortcut_and_loss_backward_match_finite_differences,
+);

@@ -6,7 +6,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-use resnet::backend::Cpu;
+#[macro_use]
+mod common;
+
+use common::Scale;
+use resnet::backend::Backend;
 use resnet::data::{DataKind, DataSpec, Dataset};
 use resnet::io::{read_state_dict, state_dict};
 use resnet::model::ResNetSpec;
@@ -15,10 +19,7 @@ use resnet::rng::Rng;
 use resnet::train::{Observer, StepReport, TrainConfig, Trainer, load_data};
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("resnet-training-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::temp_dir(&format!("training-{name}"))
 }
 
 /// A learnable toy set: a bright square whose position encodes the class.
@@ -98,45 +99,42 @@ impl Observer for StopAt {
     }
 }
 
-fn train(cfg: &TrainConfig, out: &Path, stop: Option<u64>) -> resnet::Result<Trainer<Cpu>> {
-    let cpu = Cpu::new(Some(2)).unwrap();
+fn train<B: Backend>(b: &B, cfg: &TrainConfig, out: &Path, stop: Option<u64>) -> resnet::Result<Trainer<B>> {
     let data = load_data(&cfg.data, None, None)?;
-    let mut t = Trainer::new(cfg.clone(), &cpu, data, out)?;
+    let mut t = Trainer::new(cfg.clone(), b, data, out)?;
     let mut obs = StopAt(stop.unwrap_or(u64::MAX), t.interrupt_flag());
     t.run(&mut obs)?;
     Ok(t)
 }
 
-fn resume(out: &Path) -> Trainer<Cpu> {
-    let cpu = Cpu::new(Some(2)).unwrap();
-    let mut t = Trainer::resume(out, &cpu, None).unwrap();
+fn resume<B: Backend>(b: &B, out: &Path) -> Trainer<B> {
+    let mut t = Trainer::resume(out, b, None).unwrap();
     t.run(&mut resnet::train::Quiet).unwrap();
     t
 }
 
-#[test]
-fn runs_are_deterministic_and_resume_bit_identically() {
+fn runs_are_deterministic_and_resume_bit_identically<B: Backend>(be: &B, _: Scale) {
     let data = tmp("data");
     write_idx_set(&data, true);
     let cfg = config(&data, 3);
     let a = tmp("a");
-    let mut ta = train(&cfg, &a, None).unwrap();
-    let wa = state_dict(&mut ta.net);
+    let mut ta = train(be, &cfg, &a, None).unwrap();
+    let wa = state_dict(&mut ta.net).unwrap();
     assert_eq!(ta.state.iteration, 18);
     // Same seed, same threads: the same weights.
     let b = tmp("b");
-    let mut tb = train(&cfg, &b, None).unwrap();
-    assert_eq!(state_dict(&mut tb.net), wa, "two runs with one seed differ");
+    let mut tb = train(be, &cfg, &b, None).unwrap();
+    assert_eq!(state_dict(&mut tb.net).unwrap(), wa, "two runs with one seed differ");
     // Interrupted mid-epoch (iteration 8 of 6 per epoch) and at an epoch boundary (12).
     for stop in [8, 12] {
         let c = tmp(&format!("c{stop}"));
-        let e = train(&cfg, &c, Some(stop)).err().expect("interrupted");
+        let e = train(be, &cfg, &c, Some(stop)).err().expect("interrupted");
         assert!(matches!(e, resnet::Error::Interrupted), "{e}");
         let saved: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(c.join("last.json")).unwrap()).unwrap();
         assert_eq!(saved["state"]["iteration"], stop);
-        let mut tc = resume(&c);
-        assert_eq!(state_dict(&mut tc.net), wa, "resumed at {stop}: weights differ");
+        let mut tc = resume(be, &c);
+        assert_eq!(state_dict(&mut tc.net).unwrap(), wa, "resumed at {stop}: weights differ");
         assert_eq!(read_state_dict(&c.join("last.safetensors")).unwrap(), wa);
         let m = std::fs::read_to_string(c.join("metrics.csv")).unwrap();
         assert_eq!(m.lines().count(), 4, "one CSV row per epoch:\n{m}");
@@ -219,33 +217,9 @@ fn data_formats_load_and_bad_files_are_errors() {
 
     // An image folder.
     let f = tmp("folder");
-    for (split, n) in [("train", 3), ("val", 1)] {
-        for class in ["cat", "dog"] {
-            let dir = f.join(split).join(class);
-            std::fs::create_dir_all(&dir).unwrap();
-            for i in 0..n {
-                image::RgbImage::from_pixel(20 + i, 16, image::Rgb([i as u8 * 40, 100, 200]))
-                    .save(dir.join(format!("{i}.png")))
-                    .unwrap();
-            }
-        }
-    }
+    write_folder(&f);
     let d = Dataset::load(&DataSpec { kind: DataKind::Folder, path: f.clone() }).unwrap();
     assert_eq!((d.classes.clone(), d.train.len(), d.test.len()), (vec!["cat".to_string(), "dog".to_string()], 6, 2));
-    // A folder run trains (random resized crops to 16x16) and evaluates.
-    let mut cfg = config(&f, 1);
-    cfg.augment = true;
-    cfg.data = DataSpec { kind: DataKind::Folder, path: f.clone() };
-    cfg.spec.in_channels = 3;
-    cfg.spec.num_classes = 2;
-    cfg.image_size = 16;
-    cfg.pad_to = None;
-    cfg.batch = 4;
-    train(&cfg, &tmp("folder-run"), None).unwrap();
-    // A corrupt image stops training with its name.
-    std::fs::write(f.join("train/dog/1.png"), b"not a png").unwrap();
-    let e = train(&cfg, &tmp("folder-run2"), None).err().unwrap().to_string();
-    assert!(e.contains("1.png"), "{e}");
     // Errors: no class folders, an unknown class in val/, empty train/.
     std::fs::create_dir_all(f.join("val/bird")).unwrap();
     let e = Dataset::load(&DataSpec { kind: DataKind::Folder, path: f.clone() }).err().unwrap().to_string();
@@ -257,3 +231,39 @@ fn data_formats_load_and_bad_files_are_errors() {
     assert!(e.contains("no JPEG or PNG"), "{e}");
     assert!(Dataset::load(&DataSpec { kind: DataKind::Folder, path: tmp("nothing") }).is_err());
 }
+
+/// Two classes of PNG images of two sizes in `train/` and `val/`.
+fn write_folder(f: &Path) {
+    for (split, n) in [("train", 3), ("val", 1)] {
+        for class in ["cat", "dog"] {
+            let dir = f.join(split).join(class);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..n {
+                image::RgbImage::from_pixel(20 + i, 16, image::Rgb([i as u8 * 40, 100, 200]))
+                    .save(dir.join(format!("{i}.png")))
+                    .unwrap();
+            }
+        }
+    }
+}
+
+/// A folder run trains (random resized crops to 16x16) and evaluates; a
+/// corrupt image stops training with its name.
+fn a_folder_run_trains_and_a_corrupt_image_stops_it<B: Backend>(be: &B, _: Scale) {
+    let f = tmp("folder-train");
+    write_folder(&f);
+    let mut cfg = config(&f, 1);
+    cfg.augment = true;
+    cfg.data = DataSpec { kind: DataKind::Folder, path: f.clone() };
+    cfg.spec.in_channels = 3;
+    cfg.spec.num_classes = 2;
+    cfg.image_size = 16;
+    cfg.pad_to = None;
+    cfg.batch = 4;
+    train(be, &cfg, &tmp("folder-run"), None).unwrap();
+    std::fs::write(f.join("train/dog/1.png"), b"not a png").unwrap();
+    let e = train(be, &cfg, &tmp("folder-run2"), None).err().unwrap().to_string();
+    assert!(e.contains("1.png"), "{e}");
+}
+
+for_each_backend!(runs_are_deterministic_and_resume_bit_identically, a_folder_run_trains_and_a_corrupt_image_stops_it);

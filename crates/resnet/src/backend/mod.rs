@@ -5,191 +5,177 @@
 //! vocabulary is cuDNN's (convolution forward, backward-data, backward-filter;
 //! batch-norm forward-inference, forward-training and backward; pooling
 //! forward and backward), so that a CUDA backend maps onto cuDNN and cuBLAS one
-//! to one. Memory is the backend's own ([`Backend::Buf`]): host vectors here,
-//! device allocations there.
+//! to one. Memory is the backend's own ([`Backend::Buf`]: host memory here,
+//! device allocations there), and a buffer knows its element type
+//! ([`DType`]). Every operation that could fail on a device (allocation,
+//! transfer, launch) returns a [`Result`].
+//!
+//! Generic code asks the backend, in descriptor terms, what it does best: the
+//! algorithm a convolution gets at a given shape ([`Backend::conv_algorithm`]),
+//! which element types a convolution of a bf16 plan reads and writes and
+//! whether its residual may live in its output buffer
+//! ([`Backend::conv_storage`]). The rules of a backend's kernels stay in the
+//! backend.
 //!
 //! Activations are NHWC (`[batch, height, width, channels]`, channels
 //! fastest). Convolution weights are stored as `[out, kh, kw, in/groups]`
 //! (OHWI); PyTorch's OIHW layout is converted when a state dict is read or
 //! written. See `docs/ARCHITECTURE.md` for why.
+//!
+//! [`cpu::Cpu`] is the fast CPU backend; [`reference::Reference`] is a plain,
+//! obviously correct one that the conformance tests (`tests/conformance.rs`)
+//! hold every backend to.
 
 pub mod cpu;
+mod desc;
 pub mod reference;
 
 pub use cpu::Cpu;
+pub use desc::{ConvDesc, PadShortcutDesc, PoolDesc, out_size};
+pub use reference::Reference;
 
-/// A 2-D convolution over an NHWC batch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConvDesc {
-    /// Batch size.
-    pub n: usize,
-    /// Input height.
-    pub h: usize,
-    /// Input width.
-    pub w: usize,
-    /// Input channels.
-    pub c_in: usize,
-    /// Output channels.
-    pub c_out: usize,
-    /// Kernel size (height, width).
-    pub kernel: [usize; 2],
-    /// Stride (vertical, horizontal).
-    pub stride: [usize; 2],
-    /// Zero padding on each side (top/bottom, left/right).
-    pub pad: [usize; 2],
-    /// Dilation (vertical, horizontal).
-    pub dilation: [usize; 2],
-    /// Channel groups: `c_in` and `c_out` are both divisible by it.
-    pub groups: usize,
+use crate::error::Result;
+
+/// The element type of a backend buffer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum DType {
+    /// 32-bit float.
+    #[default]
+    F32,
+    /// bfloat16: the upper half of an f32 (8 exponent bits, 7 mantissa bits).
+    Bf16,
+    /// 32-bit unsigned integer (class labels).
+    U32,
 }
 
-impl ConvDesc {
-    /// Output height.
-    pub fn out_h(&self) -> usize {
-        out_size(self.h, self.kernel[0], self.stride[0], self.pad[0], self.dilation[0])
-    }
-    /// Output width.
-    pub fn out_w(&self) -> usize {
-        out_size(self.w, self.kernel[1], self.stride[1], self.pad[1], self.dilation[1])
-    }
-    /// Input channels per group.
-    pub fn cin_g(&self) -> usize {
-        self.c_in / self.groups
-    }
-    /// Output channels per group.
-    pub fn cout_g(&self) -> usize {
-        self.c_out / self.groups
-    }
-    /// Length of one filter: `kh * kw * c_in / groups`.
-    pub fn k_len(&self) -> usize {
-        self.kernel[0] * self.kernel[1] * self.cin_g()
-    }
-    /// Elements in the input batch.
-    pub fn in_len(&self) -> usize {
-        self.n * self.h * self.w * self.c_in
-    }
-    /// Elements in the output batch.
-    pub fn out_len(&self) -> usize {
-        self.n * self.out_h() * self.out_w() * self.c_out
-    }
-    /// Elements in the weight tensor.
-    pub fn weight_len(&self) -> usize {
-        self.c_out * self.k_len()
-    }
-    /// True for a 1x1, unpadded convolution (a plain matrix product).
-    pub fn is_pointwise(&self) -> bool {
-        self.kernel == [1, 1] && self.pad == [0, 0]
+impl DType {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 | DType::U32 => 4,
+            DType::Bf16 => 2,
+        }
     }
 }
 
-/// Output size of a convolution or pooling window along one axis
-/// (PyTorch's formula, floor mode). Zero when the window does not fit.
-pub fn out_size(input: usize, kernel: usize, stride: usize, pad: usize, dilation: usize) -> usize {
-    let span = dilation * (kernel - 1) + 1;
-    let padded = input + 2 * pad;
-    if padded < span { 0 } else { (padded - span) / stride + 1 }
-}
+/// A bf16 number: the upper 16 bits of an f32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(transparent)]
+pub struct Bf16(pub u16);
 
-/// A max-pooling window over an NHWC batch (floor mode, implicit -inf padding).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PoolDesc {
-    /// Batch size.
-    pub n: usize,
-    /// Input height.
-    pub h: usize,
-    /// Input width.
-    pub w: usize,
-    /// Channels.
-    pub c: usize,
-    /// Window size.
-    pub kernel: usize,
-    /// Stride.
-    pub stride: usize,
-    /// Padding on each side.
-    pub pad: usize,
-}
-
-impl PoolDesc {
-    /// Output height.
-    pub fn out_h(&self) -> usize {
-        out_size(self.h, self.kernel, self.stride, self.pad, 1)
+impl Bf16 {
+    /// Rounds to the nearest bf16, ties to even (NaN stays NaN).
+    pub fn from_f32(v: f32) -> Self {
+        let b = v.to_bits();
+        if v.is_nan() {
+            return Self((b >> 16) as u16 | 0x40);
+        }
+        let round = 0x7fff + ((b >> 16) & 1);
+        Self((b.wrapping_add(round) >> 16) as u16)
     }
-    /// Output width.
-    pub fn out_w(&self) -> usize {
-        out_size(self.w, self.kernel, self.stride, self.pad, 1)
+
+    /// The exact f32 value.
+    pub fn to_f32(self) -> f32 {
+        f32::from_bits((self.0 as u32) << 16)
     }
 }
 
-/// The option-A shortcut of the CIFAR ResNets (He 2015, sec. 4.2): identity
-/// subsampled by `stride`, with zero channels added: `pad_before` in front of
-/// the input's channels and the rest after, up to `c_out`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PadShortcutDesc {
-    /// Batch size.
-    pub n: usize,
-    /// Input height.
-    pub h: usize,
-    /// Input width.
-    pub w: usize,
-    /// Input channels.
-    pub c_in: usize,
-    /// Output channels (>= c_in).
-    pub c_out: usize,
-    /// Spatial subsampling.
-    pub stride: usize,
-    /// Zero channels before the input's.
-    pub pad_before: usize,
+/// Host element types that can be copied into a backend buffer.
+pub trait Element: Copy + Send + Sync + 'static + sealed::Sealed {
+    /// The buffer type that holds them.
+    const DTYPE: DType;
+    /// The values, by type.
+    fn host(values: &[Self]) -> HostSlice<'_>;
 }
 
-/// How a convolution's output is finished (fused into the GEMM's epilogue on
-/// the CPU): `y = relu?(conv(x) * scale + bias + residual)`.
+/// Host values on their way to a backend buffer.
+#[derive(Clone, Copy, Debug)]
+pub enum HostSlice<'a> {
+    /// Floats.
+    F32(&'a [f32]),
+    /// bf16 values.
+    Bf16(&'a [Bf16]),
+    /// Labels.
+    U32(&'a [u32]),
+}
+
+impl Element for f32 {
+    const DTYPE: DType = DType::F32;
+    fn host(values: &[f32]) -> HostSlice<'_> {
+        HostSlice::F32(values)
+    }
+}
+
+impl Element for Bf16 {
+    const DTYPE: DType = DType::Bf16;
+    fn host(values: &[Bf16]) -> HostSlice<'_> {
+        HostSlice::Bf16(values)
+    }
+}
+
+impl Element for u32 {
+    const DTYPE: DType = DType::U32;
+    fn host(values: &[u32]) -> HostSlice<'_> {
+        HostSlice::U32(values)
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for super::Bf16 {}
+    impl Sealed for u32 {}
+}
+
+/// What every backend buffer knows about itself.
+pub trait Buffer: Default + Send + Sync + std::fmt::Debug {
+    /// Element type.
+    fn dtype(&self) -> DType;
+    /// Number of elements.
+    fn len(&self) -> usize;
+    /// True when it holds no elements.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// How a convolution's output is finished (fused into the kernel's
+/// epilogue): `y = relu?(conv(x) + bias + residual)`.
 pub struct ConvEpilogue<'a, B: Backend> {
-    /// Per-output-channel multiplier (a folded batch norm).
-    pub scale: Option<&'a B::Buf>,
-    /// Per-output-channel addend (a conv bias or folded batch norm).
+    /// Per-output-channel addend (a folded batch norm's shift), f32.
     pub bias: Option<&'a B::Buf>,
-    /// Added element-wise; same shape as the output.
+    /// Added element-wise; same shape as the output, f32 or (where
+    /// [`ConvStorage::residual_bf16`] allows) bf16.
     pub residual: Option<&'a B::Buf>,
     /// Clamp at zero.
     pub relu: bool,
     /// The output buffer already holds the residual (then `residual` is
-    /// `None`): it is added as `residual` would be and overwritten. An
-    /// inference plan stores a bottleneck's output over its residual, which
-    /// halves the memory the widest layers touch (see `InferencePlan`).
+    /// `None`): it is added as `residual` would be and overwritten. Asked for
+    /// only where [`ConvStorage::residual_in_output`] allows.
     pub residual_in_output: bool,
 }
 
 impl<B: Backend> Default for ConvEpilogue<'_, B> {
     fn default() -> Self {
-        Self { scale: None, bias: None, residual: None, relu: false, residual_in_output: false }
+        Self { bias: None, residual: None, relu: false, residual_in_output: false }
     }
 }
 
 /// What a prepared filter is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FilterUse {
-    /// `conv_forward`.
+    /// `conv_forward` in f32.
     Forward,
     /// `conv_forward` at inference in bf16: bf16 weights and inputs, f32 sums
-    /// and epilogue (layers without a bf16 form run in f32).
+    /// and epilogue (where the backend has no bf16 form of a layer, it runs
+    /// in f32).
     ForwardBf16,
     /// `conv_backward_data`.
     BackwardData,
 }
 
-/// How an activation is kept in memory.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Storage {
-    /// One f32 per element.
-    #[default]
-    F32,
-    /// One bf16 per element, two to each f32 slot of the buffer (the first
-    /// `len.div_ceil(2)` slots): half the memory traffic of f32.
-    Bf16,
-}
-
 /// The arithmetic of inference.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Precision {
     /// f32 throughout.
     #[default]
@@ -218,7 +204,38 @@ impl std::fmt::Display for Precision {
     }
 }
 
-/// Per-channel batch-norm parameters and statistics.
+/// How a convolution reads an input stored in bf16.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputRead {
+    /// It reads f32 only.
+    F32,
+    /// It rounds its input to bf16 anyway: a bf16 input changes nothing.
+    Bf16,
+    /// It computes on f32 input; a bf16 input costs one rounding of what it
+    /// reads (the rounding every bf16 layer applies to its input).
+    Bf16Rounding,
+}
+
+/// The element types a convolution reads and writes in an inference plan,
+/// and whether its residual may share its output buffer: the backend's
+/// answer, in descriptor terms, to the plan compiler
+/// ([`Backend::conv_storage`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvStorage {
+    /// How it reads a bf16 input.
+    pub input: InputRead,
+    /// It writes bf16 output in its kernel, exactly the rounding of its f32
+    /// result (no pass of its own).
+    pub output_bf16: bool,
+    /// It reads a bf16 residual.
+    pub residual_bf16: bool,
+    /// Its output may be written over its residual
+    /// ([`ConvEpilogue::residual_in_output`]), each residual value read just
+    /// before it is overwritten.
+    pub residual_in_output: bool,
+}
+
+/// Per-channel batch-norm parameters.
 pub struct BnParams<'a, B: Backend> {
     /// gamma.
     pub weight: &'a B::Buf,
@@ -275,56 +292,87 @@ pub struct SgdStep {
     pub first: bool,
 }
 
-/// The kernels a device provides. All buffers hold f32; shapes come from the
-/// descriptors. Methods that write a buffer overwrite it unless they say they
-/// accumulate.
+/// The kernels a device provides. Shapes come from the descriptors; buffers
+/// hold f32 unless an operation says otherwise. Methods that write a buffer
+/// overwrite it unless they say they accumulate; output buffers have the
+/// right element type and length (see [`Backend::resize`]).
 pub trait Backend: Clone + Send + Sync + 'static {
-    /// A device allocation of f32 values.
-    type Buf: Send + Sync + std::fmt::Debug;
-    /// A convolution filter prepared for one use (CPU: GEMM panels).
+    /// A device allocation. `Default` is an empty f32 buffer (no allocation).
+    type Buf: Buffer;
+    /// A convolution filter prepared for one use and one algorithm.
     type Filter: Send + Sync + Default + std::fmt::Debug;
+    /// A convolution algorithm (see [`Backend::conv_algorithm`]).
+    type Algo: Copy + Eq + std::hash::Hash + Send + Sync + std::fmt::Debug;
 
     /// A short description (e.g. `cpu (2 threads, avx512)`).
     fn describe(&self) -> String;
 
-    /// Whether bf16 convolutions run natively (faster than f32). Elsewhere
-    /// they give the same results slowly, and callers should fall back to f32.
-    fn native_bf16(&self) -> bool {
-        false
+    /// Whether inference in `precision` runs natively (faster than f32).
+    /// Elsewhere bf16 gives the same results slowly, and callers should run
+    /// in f32 instead.
+    fn supports(&self, precision: Precision) -> bool {
+        precision == Precision::F32
     }
 
     /// Runs `f`, which issues a sequence of operations, where they start
-    /// fastest. The CPU backend runs it on one of its pool threads: each
-    /// operation then starts on a running thread instead of handing work to a
-    /// sleeping one and waiting for the answer (tens of microseconds per
-    /// operation on a VM). The default just calls `f`.
+    /// fastest (the CPU backend: on one of its pool threads, the others
+    /// waiting for work). The default just calls `f`.
     fn scope<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         f()
     }
 
     // ---- memory ----
-    /// A buffer of `len` zeros.
-    fn zeros(&self, len: usize) -> Self::Buf;
+    /// A buffer of `len` zeros of `dtype`.
+    fn alloc(&self, dtype: DType, len: usize) -> Result<Self::Buf>;
     /// A buffer holding a copy of `data`.
-    fn upload(&self, data: &[f32]) -> Self::Buf;
-    /// Copies a buffer to host memory.
-    fn download(&self, buf: &Self::Buf) -> Vec<f32>;
-    /// Overwrites `dst` with host data, resizing it (reusing its memory) as needed.
-    fn write(&self, dst: &mut Self::Buf, src: &[f32]);
-    /// Number of elements.
-    fn len(&self, buf: &Self::Buf) -> usize;
-    /// Makes `buf` hold `len` elements, reusing its allocation when it can.
-    /// The contents are unspecified afterwards.
-    fn ensure_len(&self, buf: &mut Self::Buf, len: usize);
-    /// Sets every element to `value`.
-    fn fill(&self, buf: &mut Self::Buf, value: f32);
-    /// Overwrites `dst` with `src` (same length).
-    fn copy(&self, src: &Self::Buf, dst: &mut Self::Buf);
+    fn upload<T: Element>(&self, data: &[T]) -> Result<Self::Buf> {
+        let mut buf = self.alloc(T::DTYPE, 0)?;
+        self.write(&mut buf, data)?;
+        Ok(buf)
+    }
+    /// Overwrites `dst` with host data, giving it `src`'s type and length
+    /// (reusing its memory when it can).
+    fn write<T: Element>(&self, dst: &mut Self::Buf, src: &[T]) -> Result<()>;
+    /// Copies an f32 or bf16 buffer to host memory, as f32.
+    fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
+    /// Makes `buf` hold `len` elements of `dtype`, reusing its allocation
+    /// when it can. The contents are unspecified afterwards.
+    fn resize(&self, buf: &mut Self::Buf, dtype: DType, len: usize) -> Result<()>;
+    /// Sets every element of an f32 buffer to `value`.
+    fn fill(&self, buf: &mut Self::Buf, value: f32) -> Result<()>;
 
     // ---- convolution ----
-    /// Prepares an OHWI weight tensor for `conv_forward` or `conv_backward_data`.
-    fn prepare_filter(&self, d: &ConvDesc, weight: &Self::Buf, usage: FilterUse, out: &mut Self::Filter);
-    /// `y = epilogue(conv(x, w))`.
+    /// The algorithm a convolution of descriptor `d` gets for `usage`, chosen
+    /// from the whole descriptor (batch and size included) as cuDNN chooses
+    /// one. A filter prepared for it serves every descriptor with the same
+    /// answer.
+    fn conv_algorithm(&self, d: &ConvDesc, usage: FilterUse) -> Self::Algo;
+    /// Whether [`Backend::conv_algorithm`] gives the same answer for every
+    /// batch and size of `d`'s layer. A compiled model then prepares the
+    /// filter once and keeps no copy of the weights; elsewhere it keeps them
+    /// to prepare the filter a new shape's algorithm needs. The default: the
+    /// answer may depend on the shape.
+    fn conv_algorithm_is_fixed(&self, d: &ConvDesc, usage: FilterUse) -> bool {
+        let _ = (d, usage);
+        false
+    }
+    /// Which element types a convolution prepared for `usage` reads and
+    /// writes, in descriptor terms (batch and size ignored). The default
+    /// keeps everything in f32.
+    fn conv_storage(&self, d: &ConvDesc, usage: FilterUse) -> ConvStorage {
+        let _ = (d, usage);
+        ConvStorage { input: InputRead::F32, output_bf16: false, residual_bf16: false, residual_in_output: false }
+    }
+    /// Whether max pooling reads and writes bf16 (exactly: the maximum of
+    /// bf16 values is a bf16 value). The default: f32 only.
+    fn max_pool_bf16(&self) -> bool {
+        false
+    }
+    /// Prepares an OHWI weight tensor for `usage` with the algorithm
+    /// [`Backend::conv_algorithm`] gives for `d`.
+    fn prepare_filter(&self, d: &ConvDesc, weight: &Self::Buf, usage: FilterUse, out: &mut Self::Filter) -> Result<()>;
+    /// `y = epilogue(conv(x, w))`. `x` and `y` are f32 or bf16 as
+    /// [`Backend::conv_storage`] allows.
     fn conv_forward(
         &self,
         d: &ConvDesc,
@@ -332,28 +380,7 @@ pub trait Backend: Clone + Send + Sync + 'static {
         w: &Self::Filter,
         y: &mut Self::Buf,
         epi: &ConvEpilogue<'_, Self>,
-    );
-    /// [`Backend::conv_forward`] over activations stored as a bf16 inference
-    /// plan keeps them: the input, the output and the epilogue's residual
-    /// each in f32 or bf16 ([`Storage`]). The default stores f32 only.
-    #[allow(clippy::too_many_arguments)]
-    fn conv_forward_stored(
-        &self,
-        d: &ConvDesc,
-        x: &Self::Buf,
-        x_storage: Storage,
-        w: &Self::Filter,
-        y: &mut Self::Buf,
-        y_storage: Storage,
-        epi: &ConvEpilogue<'_, Self>,
-        residual_storage: Storage,
-    ) {
-        assert!(
-            [x_storage, y_storage, residual_storage].iter().all(|&s| s == Storage::F32),
-            "this backend stores activations in f32 only"
-        );
-        self.conv_forward(d, x, w, y, epi);
-    }
+    ) -> Result<()>;
     /// `y = conv(x)` (no epilogue) for a training-mode batch norm that
     /// follows: where the backend can, it also computes the per-channel mean
     /// and biased variance of `y` on the way, into `stats` (`[mean; c_out]`,
@@ -367,15 +394,22 @@ pub trait Backend: Clone + Send + Sync + 'static {
         w: &Self::Filter,
         y: &mut Self::Buf,
         stats: &mut Self::Buf,
-    ) -> bool {
+    ) -> Result<bool> {
         let _ = stats;
-        self.conv_forward(d, x, w, y, &ConvEpilogue::default());
-        false
+        self.conv_forward(d, x, w, y, &ConvEpilogue::default())?;
+        Ok(false)
     }
     /// `dx (+)= conv_transpose(dy, w)`; accumulates into `dx` when asked.
-    fn conv_backward_data(&self, d: &ConvDesc, dy: &Self::Buf, w: &Self::Filter, dx: &mut Self::Buf, accumulate: bool);
+    fn conv_backward_data(
+        &self,
+        d: &ConvDesc,
+        dy: &Self::Buf,
+        w: &Self::Filter,
+        dx: &mut Self::Buf,
+        accumulate: bool,
+    ) -> Result<()>;
     /// `dw += correlation(x, dy)` (accumulates).
-    fn conv_backward_filter(&self, d: &ConvDesc, x: &Self::Buf, dy: &Self::Buf, dw: &mut Self::Buf);
+    fn conv_backward_filter(&self, d: &ConvDesc, x: &Self::Buf, dy: &Self::Buf, dw: &mut Self::Buf) -> Result<()>;
 
     // ---- batch norm (per channel over `rows = n*h*w` rows of `c` channels) ----
     /// Inference: normalise with running statistics.
@@ -390,7 +424,7 @@ pub trait Backend: Clone + Send + Sync + 'static {
         running_var: &Self::Buf,
         tail: &BnTail<'_, Self>,
         y: &mut Self::Buf,
-    );
+    ) -> Result<()>;
     /// Training: normalise with batch statistics, save them, and update the
     /// running estimates (`momentum` weight on the new value; unbiased variance).
     /// `batch_stats`: the statistics of `x` when [`Backend::conv_forward_stats`]
@@ -407,7 +441,7 @@ pub trait Backend: Clone + Send + Sync + 'static {
         saved: BnSaved<'_, Self>,
         tail: &BnTail<'_, Self>,
         y: &mut Self::Buf,
-    );
+    ) -> Result<()>;
     /// Backward of a training-mode batch norm (with its fused tail: `y` is the
     /// forward output, for the ReLU mask when `relu` is set; `p` the forward's
     /// parameters, unchanged since).
@@ -424,33 +458,19 @@ pub trait Backend: Clone + Send + Sync + 'static {
         mean: &Self::Buf,
         invstd: &Self::Buf,
         grads: BnGrads<'_, Self>,
-    );
+    ) -> Result<()>;
 
     // ---- pooling ----
-    /// Max pooling.
-    fn max_pool_forward(&self, d: &PoolDesc, x: &Self::Buf, y: &mut Self::Buf);
-    /// Max pooling over stored activations (see `conv_forward_stored`): the
-    /// maximum of bf16 values is a bf16 value, so a bf16 input loses nothing
-    /// and a bf16 output only rounds what its bf16 readers would round. The
-    /// default handles f32 only.
-    fn max_pool_forward_stored(
-        &self,
-        d: &PoolDesc,
-        x: &Self::Buf,
-        x_storage: Storage,
-        y: &mut Self::Buf,
-        y_storage: Storage,
-    ) {
-        assert!(x_storage == Storage::F32 && y_storage == Storage::F32, "this backend stores activations in f32 only");
-        self.max_pool_forward(d, x, y);
-    }
+    /// Max pooling; `x` and `y` f32, or bf16 where [`Backend::max_pool_bf16`].
+    fn max_pool_forward(&self, d: &PoolDesc, x: &Self::Buf, y: &mut Self::Buf) -> Result<()>;
     /// Max-pool backward: each output's gradient goes to the first maximum of
     /// its window (PyTorch's tie rule). Overwrites `dx`.
-    fn max_pool_backward(&self, d: &PoolDesc, x: &Self::Buf, dy: &Self::Buf, dx: &mut Self::Buf);
+    fn max_pool_backward(&self, d: &PoolDesc, x: &Self::Buf, dy: &Self::Buf, dx: &mut Self::Buf) -> Result<()>;
     /// Mean over the `hw` positions of each of `n` images: `[n, hw, c] -> [n, c]`.
-    fn global_avg_pool_forward(&self, n: usize, hw: usize, c: usize, x: &Self::Buf, y: &mut Self::Buf);
+    fn global_avg_pool_forward(&self, n: usize, hw: usize, c: usize, x: &Self::Buf, y: &mut Self::Buf) -> Result<()>;
     /// Backward of the global average pool. Overwrites `dx`.
-    fn global_avg_pool_backward(&self, n: usize, hw: usize, c: usize, dy: &Self::Buf, dx: &mut Self::Buf);
+    fn global_avg_pool_backward(&self, n: usize, hw: usize, c: usize, dy: &Self::Buf, dx: &mut Self::Buf)
+    -> Result<()>;
 
     // ---- dense ----
     /// `y[n, out] = x[n, in] · w[out, in]^T + b`.
@@ -464,7 +484,7 @@ pub trait Backend: Clone + Send + Sync + 'static {
         w: &Self::Buf,
         b: Option<&Self::Buf>,
         y: &mut Self::Buf,
-    );
+    ) -> Result<()>;
     /// Gradients of a linear layer: `dx = dy · w` (overwritten), and
     /// accumulated `dw += dy^T · x`, `db += sum(dy)`.
     #[allow(clippy::too_many_arguments)]
@@ -479,37 +499,52 @@ pub trait Backend: Clone + Send + Sync + 'static {
         dx: Option<&mut Self::Buf>,
         dw: &mut Self::Buf,
         db: Option<&mut Self::Buf>,
-    );
+    ) -> Result<()>;
 
     // ---- element-wise ----
-    /// `y = max(x, 0)`.
-    fn relu_forward(&self, x: &Self::Buf, y: &mut Self::Buf);
-    /// `dx = dy * (y > 0)`.
-    fn relu_backward(&self, y: &Self::Buf, dy: &Self::Buf, dx: &mut Self::Buf);
     /// `y = relu?(a + b)`.
-    fn add(&self, a: &Self::Buf, b: &Self::Buf, relu: bool, y: &mut Self::Buf);
+    fn add(&self, a: &Self::Buf, b: &Self::Buf, relu: bool, y: &mut Self::Buf) -> Result<()>;
     /// `y += x`.
-    fn add_assign(&self, y: &mut Self::Buf, x: &Self::Buf);
+    fn add_assign(&self, y: &mut Self::Buf, x: &Self::Buf) -> Result<()>;
     /// Option-A shortcut forward.
-    fn pad_shortcut_forward(&self, d: &PadShortcutDesc, x: &Self::Buf, y: &mut Self::Buf);
+    fn pad_shortcut_forward(&self, d: &PadShortcutDesc, x: &Self::Buf, y: &mut Self::Buf) -> Result<()>;
     /// Option-A shortcut backward: `dx (+)= subsample-slice(dy)`.
-    fn pad_shortcut_backward(&self, d: &PadShortcutDesc, dy: &Self::Buf, dx: &mut Self::Buf, accumulate: bool);
+    fn pad_shortcut_backward(
+        &self,
+        d: &PadShortcutDesc,
+        dy: &Self::Buf,
+        dx: &mut Self::Buf,
+        accumulate: bool,
+    ) -> Result<()>;
 
     // ---- loss and optimiser ----
-    /// Softmax cross-entropy over `[n, classes]` logits with integer labels and
-    /// optional label smoothing (PyTorch's `CrossEntropyLoss`, mean reduction).
-    /// Writes `dlogits` (gradient of the mean loss) and returns the mean loss.
+    /// Softmax cross-entropy over `[n, classes]` logits with the labels of
+    /// `labels` (a u32 buffer of `n`) and optional label smoothing (PyTorch's
+    /// `CrossEntropyLoss`, mean reduction). Writes `dlogits` (the gradient of
+    /// the mean loss) and, into the f32 buffer `metrics` at `2 * slot` and
+    /// `2 * slot + 1`, the mean loss and the number of images whose label has
+    /// the largest logit (ties go to the lower class), so that a training
+    /// loop reads them back once per log interval, not once per step.
+    #[allow(clippy::too_many_arguments)]
     fn softmax_cross_entropy(
         &self,
         n: usize,
         classes: usize,
         logits: &Self::Buf,
-        labels: &[u32],
+        labels: &Self::Buf,
         smoothing: f32,
         dlogits: &mut Self::Buf,
-    ) -> f32;
+        metrics: &mut Self::Buf,
+        slot: usize,
+    ) -> Result<()>;
     /// One SGD step on a parameter: `PyTorch torch.optim.SGD` semantics.
-    fn sgd_update(&self, step: &SgdStep, param: &mut Self::Buf, grad: &Self::Buf, momentum_buf: &mut Self::Buf);
+    fn sgd_update(
+        &self,
+        step: &SgdStep,
+        param: &mut Self::Buf,
+        grad: &Self::Buf,
+        momentum_buf: &mut Self::Buf,
+    ) -> Result<()>;
     /// Sum of squares (for gradient norms).
-    fn sum_squares(&self, x: &Self::Buf) -> f64;
+    fn sum_squares(&self, x: &Self::Buf) -> Result<f64>;
 }

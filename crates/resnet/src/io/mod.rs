@@ -85,86 +85,102 @@ pub enum LoadMode {
     SkipClassifier,
 }
 
-/// Copies a state dict into `net`.
-pub fn load_state_dict<B: Backend>(net: &mut Network<B>, sd: &StateDict, mode: LoadMode) -> Result<()> {
-    let backend = net.backend().clone();
-    let mut seen = std::collections::BTreeSet::new();
-    let mut err: Option<Error> = None;
-    let model_name = net.spec.name.clone();
-    let hint = || guess_hint(sd, &model_name);
-    let mut missing: Option<String> = None;
-    let mut bad_shape: Option<(String, Vec<usize>, Vec<usize>)> = None;
-    net.visit(&mut |key, entry| {
-        if err.is_some() || missing.is_some() || bad_shape.is_some() {
-            return;
-        }
-        if mode == LoadMode::SkipClassifier && key.starts_with("fc.") {
-            seen.insert(key.to_string());
-            return;
-        }
-        let Some(t) = sd.get(key) else {
-            if !key.ends_with("num_batches_tracked") {
-                missing = Some(key.to_string());
+/// Checks `sd` against the key/shape table of `graph`: every key of the
+/// model in the file with its shape (PyTorch's `strict=True`, but for
+/// `num_batches_tracked`, which old checkpoints lack), floats where floats
+/// belong, and no other key. The first problem, in torchvision's key order,
+/// is the error.
+pub fn check_state_dict(graph: &Graph, sd: &StateDict, mode: LoadMode) -> Result<()> {
+    let skip = |k: &str| mode == LoadMode::SkipClassifier && k.starts_with("fc.");
+    let hint = || guess_hint(sd, &graph.spec.name);
+    for p in graph.params().filter(|p| !skip(&p.key)) {
+        let counter = p.role == ParamRole::NumBatchesTracked;
+        let Some(t) = sd.get(&p.key) else {
+            if counter {
+                continue;
             }
+            return Err(Error::MissingKey { key: p.key, hint: hint() });
+        };
+        let shape_ok = match (&t.data, counter) {
+            (TensorData::I64(_), false) => {
+                return Err(Error::Invalid(format!("`{}` holds integers, expected floats", p.key)));
+            }
+            (_, true) => t.numel() == 1,
+            (TensorData::F32(_), false) => t.shape == p.shape,
+        };
+        if !shape_ok {
+            let hint = if p.key.starts_with("fc.") && mode == LoadMode::Strict {
+                let classes = t.shape.first().copied().unwrap_or(0);
+                format!(
+                    " (the weights have {classes} classes: pass --num-classes {classes}, or fine-tune with a new head)"
+                )
+            } else {
+                hint()
+            };
+            return Err(Error::ShapeMismatch { key: p.key, expected: p.shape, found: t.shape.clone(), hint });
+        }
+    }
+    let known: std::collections::BTreeSet<String> = graph.params().map(|p| p.key).collect();
+    match sd.keys().find(|k| !known.contains(*k) && !skip(k)) {
+        Some(key) => Err(Error::UnexpectedKey { key: key.clone(), hint: hint() }),
+        None => Ok(()),
+    }
+}
+
+/// Copies a state dict into `net` after [`check_state_dict`].
+pub fn load_state_dict<B: Backend>(net: &mut Network<B>, sd: &StateDict, mode: LoadMode) -> Result<()> {
+    check_state_dict(net.graph(), sd, mode)?;
+    let backend = net.backend().clone();
+    let mut result = Ok(());
+    net.visit(&mut |key, entry| {
+        let Some(t) =
+            sd.get(key).filter(|_| result.is_ok() && !(mode == LoadMode::SkipClassifier && key.starts_with("fc.")))
+        else {
             return;
         };
-        seen.insert(key.to_string());
-        match entry {
-            StateEntry::Param(p) => match &t.data {
-                TensorData::F32(v) if t.shape == p.shape => p.set_from_torch(&backend, v),
-                TensorData::F32(_) => bad_shape = Some((key.to_string(), p.shape.clone(), t.shape.clone())),
-                TensorData::I64(_) => err = Some(Error::Invalid(format!("`{key}` holds integers, expected floats"))),
-            },
-            StateEntry::Buffer(buf, len) => match &t.data {
-                TensorData::F32(v) if t.shape == [len] => *buf = backend.upload(v),
-                TensorData::F32(_) => bad_shape = Some((key.to_string(), vec![len], t.shape.clone())),
-                TensorData::I64(_) => err = Some(Error::Invalid(format!("`{key}` holds integers, expected floats"))),
-            },
-            StateEntry::Counter(c) => match &t.data {
-                TensorData::I64(v) if v.len() == 1 => *c = v[0],
-                TensorData::F32(v) if v.len() == 1 => *c = v[0] as i64,
-                _ => bad_shape = Some((key.to_string(), vec![], t.shape.clone())),
-            },
-        }
-    });
-    if let Some(e) = err {
-        return Err(e);
-    }
-    if let Some(key) = missing {
-        return Err(Error::MissingKey { key, hint: hint() });
-    }
-    if let Some((key, expected, found)) = bad_shape {
-        let hint = if key.starts_with("fc.") && mode == LoadMode::Strict {
-            let classes = found.first().copied().unwrap_or(0);
-            format!(" (the weights have {classes} classes: pass --num-classes {classes}, or fine-tune with a new head)")
-        } else {
-            hint()
+        result = match (entry, &t.data) {
+            (StateEntry::Param(p), TensorData::F32(v)) => p.set_from_torch(&backend, v),
+            (StateEntry::Buffer(buf, _), TensorData::F32(v)) => backend.upload(v).map(|v| *buf = v),
+            (StateEntry::Counter(c), TensorData::I64(v)) => {
+                *c = v[0];
+                Ok(())
+            }
+            (StateEntry::Counter(c), TensorData::F32(v)) => {
+                *c = v[0] as i64;
+                Ok(())
+            }
+            (_, TensorData::I64(_)) => unreachable!("check_state_dict refuses integer parameters"),
         };
-        return Err(Error::ShapeMismatch { key, expected, found, hint });
-    }
-    if let Some(key) =
-        sd.keys().find(|k| !(seen.contains(*k) || mode == LoadMode::SkipClassifier && k.starts_with("fc.")))
-    {
-        return Err(Error::UnexpectedKey { key: key.clone(), hint: hint() });
-    }
-    Ok(())
+    });
+    result
 }
 
 /// Reads the state dict of `net` (PyTorch layout and names).
-pub fn state_dict<B: Backend>(net: &mut Network<B>) -> StateDict {
+pub fn state_dict<B: Backend>(net: &mut Network<B>) -> Result<StateDict> {
     let backend = net.backend().clone();
     let mut sd = StateDict::new();
+    let mut result = Ok(());
     net.visit(&mut |key, entry| {
+        if result.is_err() {
+            return;
+        }
         let t = match entry {
-            StateEntry::Param(p) => HostTensor { shape: p.shape.clone(), data: TensorData::F32(p.to_torch(&backend)) },
-            StateEntry::Buffer(buf, len) => {
-                HostTensor { shape: vec![len], data: TensorData::F32(backend.download(buf)) }
+            StateEntry::Param(p) => {
+                p.to_torch(&backend).map(|v| HostTensor { shape: p.shape.clone(), data: TensorData::F32(v) })
             }
-            StateEntry::Counter(c) => HostTensor { shape: vec![], data: TensorData::I64(vec![*c]) },
+            StateEntry::Buffer(buf, len) => {
+                backend.download(buf).map(|v| HostTensor { shape: vec![len], data: TensorData::F32(v) })
+            }
+            StateEntry::Counter(c) => Ok(HostTensor { shape: vec![], data: TensorData::I64(vec![*c]) }),
         };
-        sd.insert(key.to_string(), t);
+        match t {
+            Ok(t) => {
+                sd.insert(key.to_string(), t);
+            }
+            Err(e) => result = Err(e),
+        }
     });
-    sd
+    result.map(|_| sd)
 }
 
 /// Recognises which named architecture a state dict holds, from its keys and

@@ -16,6 +16,7 @@ use super::layers::{BatchNorm2d, Conv2d, PadShortcut, Visit, take};
 use super::spec::{BlockKind, ShortcutKind};
 use super::state::StateEntry;
 use crate::backend::Backend;
+use crate::error::Result;
 use crate::tensor::Tensor;
 
 /// The shortcut of a post-activation block.
@@ -70,72 +71,77 @@ pub enum Block<B: Backend> {
     PreAct(PreActBlock<B>),
 }
 
-fn make_shortcut<B: Backend>(b: &B, kind: ShortcutKind, c_in: usize, c_out: usize, stride: usize) -> Shortcut<B> {
+fn make_shortcut<B: Backend>(
+    b: &B,
+    kind: ShortcutKind,
+    c_in: usize,
+    c_out: usize,
+    stride: usize,
+) -> Result<Shortcut<B>> {
     let reshape = stride != 1 || c_in != c_out;
-    match kind {
+    Ok(match kind {
         ShortcutKind::None => Shortcut::None,
-        ShortcutKind::A if reshape => Shortcut::Pad(PadShortcut::new(b, c_in, c_out, stride)),
-        ShortcutKind::B if reshape => projection(b, c_in, c_out, stride),
-        ShortcutKind::C => projection(b, c_in, c_out, stride),
+        ShortcutKind::A if reshape => Shortcut::Pad(PadShortcut::new(c_in, c_out, stride)),
+        ShortcutKind::B if reshape => projection(b, c_in, c_out, stride)?,
+        ShortcutKind::C => projection(b, c_in, c_out, stride)?,
         _ => Shortcut::Identity,
-    }
+    })
 }
 
-fn projection<B: Backend>(b: &B, c_in: usize, c_out: usize, stride: usize) -> Shortcut<B> {
-    Shortcut::Projection(Conv2d::new(b, c_in, c_out, 1, stride, 0, 1), BatchNorm2d::new(b, c_out, false))
+fn projection<B: Backend>(b: &B, c_in: usize, c_out: usize, stride: usize) -> Result<Shortcut<B>> {
+    Ok(Shortcut::Projection(Conv2d::new(b, c_in, c_out, 1, stride, 0, 1)?, BatchNorm2d::new(b, c_out, false)?))
 }
 
 impl<B: Backend> Block<B> {
     /// Builds a unit of `kind`.
-    pub fn new(b: &B, kind: BlockKind, sc: ShortcutKind, u: UnitShape) -> Self {
+    pub fn new(b: &B, kind: BlockKind, sc: ShortcutKind, u: UnitShape) -> Result<Self> {
         let c_out = u.planes * kind.expansion();
         // Plain networks have no sum, so their last norm carries the ReLU alone.
-        match kind {
+        Ok(match kind {
             BlockKind::Basic => Block::Basic(BasicBlock {
-                conv1: Conv2d::new(b, u.c_in, u.planes, 3, u.stride, 1, 1),
-                bn1: BatchNorm2d::new(b, u.planes, true),
-                conv2: Conv2d::new(b, u.planes, u.planes, 3, 1, 1, 1),
-                bn2: BatchNorm2d::new(b, u.planes, true),
-                shortcut: make_shortcut(b, sc, u.c_in, c_out, u.stride),
+                conv1: Conv2d::new(b, u.c_in, u.planes, 3, u.stride, 1, 1)?,
+                bn1: BatchNorm2d::new(b, u.planes, true)?,
+                conv2: Conv2d::new(b, u.planes, u.planes, 3, 1, 1, 1)?,
+                bn2: BatchNorm2d::new(b, u.planes, true)?,
+                shortcut: make_shortcut(b, sc, u.c_in, c_out, u.stride)?,
             }),
             BlockKind::Bottleneck => Block::Bottleneck(Bottleneck {
-                conv1: Conv2d::new(b, u.c_in, u.inner, 1, 1, 0, 1),
-                bn1: BatchNorm2d::new(b, u.inner, true),
-                conv2: Conv2d::new(b, u.inner, u.inner, 3, u.stride, 1, u.groups),
-                bn2: BatchNorm2d::new(b, u.inner, true),
-                conv3: Conv2d::new(b, u.inner, c_out, 1, 1, 0, 1),
-                bn3: BatchNorm2d::new(b, c_out, true),
-                shortcut: make_shortcut(b, sc, u.c_in, c_out, u.stride),
+                conv1: Conv2d::new(b, u.c_in, u.inner, 1, 1, 0, 1)?,
+                bn1: BatchNorm2d::new(b, u.inner, true)?,
+                conv2: Conv2d::new(b, u.inner, u.inner, 3, u.stride, 1, u.groups)?,
+                bn2: BatchNorm2d::new(b, u.inner, true)?,
+                conv3: Conv2d::new(b, u.inner, c_out, 1, 1, 0, 1)?,
+                bn3: BatchNorm2d::new(b, c_out, true)?,
+                shortcut: make_shortcut(b, sc, u.c_in, c_out, u.stride)?,
             }),
             BlockKind::PreactBasic | BlockKind::PreactBottleneck => {
                 let reshape = u.stride != 1 || u.c_in != c_out;
                 let shortcut = match sc {
                     ShortcutKind::None => PreShortcut::None,
-                    ShortcutKind::A if reshape => PreShortcut::Pad(PadShortcut::new(b, u.c_in, c_out, u.stride)),
+                    ShortcutKind::A if reshape => PreShortcut::Pad(PadShortcut::new(u.c_in, c_out, u.stride)),
                     ShortcutKind::B if !reshape => PreShortcut::Identity,
                     ShortcutKind::A => PreShortcut::Identity,
-                    _ => PreShortcut::Projection(Conv2d::new(b, u.c_in, c_out, 1, u.stride, 0, 1)),
+                    _ => PreShortcut::Projection(Conv2d::new(b, u.c_in, c_out, 1, u.stride, 0, 1)?),
                 };
-                let mut units = Vec::new();
-                if kind == BlockKind::PreactBasic {
-                    units
-                        .push((BatchNorm2d::new(b, u.c_in, true), Conv2d::new(b, u.c_in, u.planes, 3, u.stride, 1, 1)));
-                    units.push((BatchNorm2d::new(b, u.planes, true), Conv2d::new(b, u.planes, u.planes, 3, 1, 1, 1)));
+                // (input channels, output channels, kernel, stride, groups) of each BN-ReLU-conv.
+                let convs: &[(usize, usize, usize, usize, usize)] = if kind == BlockKind::PreactBasic {
+                    &[(u.c_in, u.planes, 3, u.stride, 1), (u.planes, u.planes, 3, 1, 1)]
                 } else {
-                    units.push((BatchNorm2d::new(b, u.c_in, true), Conv2d::new(b, u.c_in, u.inner, 1, 1, 0, 1)));
-                    units.push((
-                        BatchNorm2d::new(b, u.inner, true),
-                        Conv2d::new(b, u.inner, u.inner, 3, u.stride, 1, u.groups),
-                    ));
-                    units.push((BatchNorm2d::new(b, u.inner, true), Conv2d::new(b, u.inner, c_out, 1, 1, 0, 1)));
-                }
-                Block::PreAct(PreActBlock { units, shortcut, y: Tensor::empty(b) })
+                    &[(u.c_in, u.inner, 1, 1, 1), (u.inner, u.inner, 3, u.stride, u.groups), (u.inner, c_out, 1, 1, 1)]
+                };
+                let units = convs
+                    .iter()
+                    .map(|&(ci, co, k, s, g)| {
+                        Ok((BatchNorm2d::new(b, ci, true)?, Conv2d::new(b, ci, co, k, s, k / 2, g)?))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Block::PreAct(PreActBlock { units, shortcut, y: Tensor::empty() })
             }
-        }
+        })
     }
 
     /// Forward pass; returns the unit's output.
-    pub fn forward(&mut self, b: &B, x: &Tensor<B>, mode: Mode) -> &Tensor<B> {
+    pub fn forward(&mut self, b: &B, x: &Tensor<B>, mode: Mode) -> Result<&Tensor<B>> {
         match self {
             Block::Basic(k) => k.forward(b, x, mode),
             Block::Bottleneck(k) => k.forward(b, x, mode),
@@ -144,7 +150,7 @@ impl<B: Backend> Block<B> {
     }
 
     /// Backward pass (after a training-mode forward with the same `x`).
-    pub fn backward(&mut self, b: &B, x: &Tensor<B>, dy: &Tensor<B>) {
+    pub fn backward(&mut self, b: &B, x: &Tensor<B>, dy: &Tensor<B>) -> Result<()> {
         match self {
             Block::Basic(k) => k.backward(b, x, dy),
             Block::Bottleneck(k) => k.backward(b, x, dy),
@@ -177,28 +183,34 @@ fn shortcut_forward<'a, B: Backend>(
     b: &B,
     x: &'a Tensor<B>,
     mode: Mode,
-) -> Option<&'a Tensor<B>> {
-    match s {
+) -> Result<Option<&'a Tensor<B>>> {
+    Ok(match s {
         Shortcut::None => None,
         Shortcut::Identity => Some(x),
-        Shortcut::Pad(p) => Some(p.forward(b, x)),
+        Shortcut::Pad(p) => Some(p.forward(b, x)?),
         Shortcut::Projection(conv, bn) => {
-            let (h, st) = conv.forward_for_norm(b, x, mode);
-            Some(bn.forward_with_stats(b, h, st, None, mode))
+            let (h, st) = conv.forward_for_norm(b, x, mode)?;
+            Some(bn.forward_with_stats(b, h, st, None, mode)?)
         }
-    }
+    })
 }
 
 /// Sends `dsum` (the gradient at the residual sum) through the shortcut and
 /// adds the result to `dx`, which already holds the residual branch's part.
-fn shortcut_backward<B: Backend>(s: &mut Shortcut<B>, b: &B, x: &Tensor<B>, dsum: &Tensor<B>, dx: &mut Tensor<B>) {
+fn shortcut_backward<B: Backend>(
+    s: &mut Shortcut<B>,
+    b: &B,
+    x: &Tensor<B>,
+    dsum: &Tensor<B>,
+    dx: &mut Tensor<B>,
+) -> Result<()> {
     match s {
-        Shortcut::None => {}
+        Shortcut::None => Ok(()),
         Shortcut::Identity => b.add_assign(&mut dx.buf, &dsum.buf),
         Shortcut::Pad(p) => p.backward_accumulate(b, x.shape, dsum, dx),
         Shortcut::Projection(conv, bn) => {
-            bn.backward(b, &conv.y, dsum);
-            conv.backward_accumulate(b, x, &bn.dx, dx);
+            bn.backward(b, &conv.y, dsum)?;
+            conv.backward_accumulate(b, x, &bn.dx, dx)
         }
     }
 }
@@ -215,14 +227,14 @@ fn first_conv_backward<B: Backend>(
     x: &Tensor<B>,
     dy: &Tensor<B>,
     dsum: &mut Tensor<B>,
-) {
+) -> Result<()> {
     if let Shortcut::Identity = shortcut {
-        conv.backward_accumulate(b, x, dy, dsum);
+        conv.backward_accumulate(b, x, dy, dsum)?;
         std::mem::swap(&mut conv.dx, dsum);
-        return;
+        return Ok(());
     }
-    conv.backward(b, x, dy, true);
-    shortcut_backward(shortcut, b, x, dsum, &mut conv.dx);
+    conv.backward(b, x, dy, true)?;
+    shortcut_backward(shortcut, b, x, dsum, &mut conv.dx)
 }
 
 fn visit_shortcut<B: Backend>(s: &mut Shortcut<B>, prefix: &str, f: &mut dyn FnMut(&str, StateEntry<'_, B>)) {
@@ -247,19 +259,19 @@ pub struct BasicBlock<B: Backend> {
 }
 
 impl<B: Backend> BasicBlock<B> {
-    fn forward(&mut self, b: &B, x: &Tensor<B>, mode: Mode) -> &Tensor<B> {
-        let (h, st) = self.conv1.forward_for_norm(b, x, mode);
-        let h = self.bn1.forward_with_stats(b, h, st, None, mode);
-        let (h, st) = self.conv2.forward_for_norm(b, h, mode);
-        let s = shortcut_forward(&mut self.shortcut, b, x, mode);
+    fn forward(&mut self, b: &B, x: &Tensor<B>, mode: Mode) -> Result<&Tensor<B>> {
+        let (h, st) = self.conv1.forward_for_norm(b, x, mode)?;
+        let h = self.bn1.forward_with_stats(b, h, st, None, mode)?;
+        let (h, st) = self.conv2.forward_for_norm(b, h, mode)?;
+        let s = shortcut_forward(&mut self.shortcut, b, x, mode)?;
         self.bn2.forward_with_stats(b, h, st, s, mode)
     }
 
-    fn backward(&mut self, b: &B, x: &Tensor<B>, dy: &Tensor<B>) {
-        self.bn2.backward(b, &self.conv2.y, dy);
-        self.conv2.backward(b, &self.bn1.y, &self.bn2.dx, true);
-        self.bn1.backward(b, &self.conv1.y, &self.conv2.dx);
-        first_conv_backward(&mut self.conv1, &mut self.shortcut, b, x, &self.bn1.dx, &mut self.bn2.dsum);
+    fn backward(&mut self, b: &B, x: &Tensor<B>, dy: &Tensor<B>) -> Result<()> {
+        self.bn2.backward(b, &self.conv2.y, dy)?;
+        self.conv2.backward(b, &self.bn1.y, &self.bn2.dx, true)?;
+        self.bn1.backward(b, &self.conv1.y, &self.conv2.dx)?;
+        first_conv_backward(&mut self.conv1, &mut self.shortcut, b, x, &self.bn1.dx, &mut self.bn2.dsum)
     }
 }
 
@@ -282,23 +294,23 @@ pub struct Bottleneck<B: Backend> {
 }
 
 impl<B: Backend> Bottleneck<B> {
-    fn forward(&mut self, b: &B, x: &Tensor<B>, mode: Mode) -> &Tensor<B> {
-        let (h, st) = self.conv1.forward_for_norm(b, x, mode);
-        let h = self.bn1.forward_with_stats(b, h, st, None, mode);
-        let (h, st) = self.conv2.forward_for_norm(b, h, mode);
-        let h = self.bn2.forward_with_stats(b, h, st, None, mode);
-        let (h, st) = self.conv3.forward_for_norm(b, h, mode);
-        let s = shortcut_forward(&mut self.shortcut, b, x, mode);
+    fn forward(&mut self, b: &B, x: &Tensor<B>, mode: Mode) -> Result<&Tensor<B>> {
+        let (h, st) = self.conv1.forward_for_norm(b, x, mode)?;
+        let h = self.bn1.forward_with_stats(b, h, st, None, mode)?;
+        let (h, st) = self.conv2.forward_for_norm(b, h, mode)?;
+        let h = self.bn2.forward_with_stats(b, h, st, None, mode)?;
+        let (h, st) = self.conv3.forward_for_norm(b, h, mode)?;
+        let s = shortcut_forward(&mut self.shortcut, b, x, mode)?;
         self.bn3.forward_with_stats(b, h, st, s, mode)
     }
 
-    fn backward(&mut self, b: &B, x: &Tensor<B>, dy: &Tensor<B>) {
-        self.bn3.backward(b, &self.conv3.y, dy);
-        self.conv3.backward(b, &self.bn2.y, &self.bn3.dx, true);
-        self.bn2.backward(b, &self.conv2.y, &self.conv3.dx);
-        self.conv2.backward(b, &self.bn1.y, &self.bn2.dx, true);
-        self.bn1.backward(b, &self.conv1.y, &self.conv2.dx);
-        first_conv_backward(&mut self.conv1, &mut self.shortcut, b, x, &self.bn1.dx, &mut self.bn3.dsum);
+    fn backward(&mut self, b: &B, x: &Tensor<B>, dy: &Tensor<B>) -> Result<()> {
+        self.bn3.backward(b, &self.conv3.y, dy)?;
+        self.conv3.backward(b, &self.bn2.y, &self.bn3.dx, true)?;
+        self.bn2.backward(b, &self.conv2.y, &self.conv3.dx)?;
+        self.conv2.backward(b, &self.bn1.y, &self.bn2.dx, true)?;
+        self.bn1.backward(b, &self.conv1.y, &self.conv2.dx)?;
+        first_conv_backward(&mut self.conv1, &mut self.shortcut, b, x, &self.bn1.dx, &mut self.bn3.dsum)
     }
 }
 
@@ -320,36 +332,36 @@ impl<B: Backend> PreActBlock<B> {
         }
     }
 
-    fn forward(&mut self, b: &B, x: &Tensor<B>, mode: Mode) -> &Tensor<B> {
+    fn forward(&mut self, b: &B, x: &Tensor<B>, mode: Mode) -> Result<&Tensor<B>> {
         let mut h = x;
         for (i, (bn, conv)) in self.units.iter_mut().enumerate() {
-            let p = bn.forward(b, h, None, mode);
+            let p = bn.forward(b, h, None, mode)?;
             if i == 0 {
                 match &mut self.shortcut {
                     PreShortcut::Projection(c) => {
-                        c.forward(b, p);
+                        c.forward(b, p)?;
                     }
                     PreShortcut::Pad(s) => {
-                        s.forward(b, x);
+                        s.forward(b, x)?;
                     }
                     PreShortcut::None | PreShortcut::Identity => {}
                 }
             }
-            h = conv.forward(b, p);
+            h = conv.forward(b, p)?;
         }
         let h = &self.units.last().expect("a unit has convolutions").1.y;
         let s = match &self.shortcut {
-            PreShortcut::None => return h,
+            PreShortcut::None => return Ok(h),
             PreShortcut::Identity => x,
             PreShortcut::Pad(p) => &p.y,
             PreShortcut::Projection(c) => &c.y,
         };
-        self.y.reshape(b, h.shape);
-        b.add(&h.buf, &s.buf, false, &mut self.y.buf);
-        &self.y
+        self.y.reshape(b, h.shape)?;
+        b.add(&h.buf, &s.buf, false, &mut self.y.buf)?;
+        Ok(&self.y)
     }
 
-    fn backward(&mut self, b: &B, x: &Tensor<B>, dy: &Tensor<B>) {
+    fn backward(&mut self, b: &B, x: &Tensor<B>, dy: &Tensor<B>) -> Result<()> {
         let n = self.units.len();
         // Residual branch, last unit first: conv_i sees relu(bn_i(...)).
         for i in (0..n).rev() {
@@ -357,25 +369,26 @@ impl<B: Backend> PreActBlock<B> {
             let (prev, cur) = head.split_at_mut(i);
             let (bn, conv) = &mut cur[0];
             let g = if i + 1 == n { dy } else { &tail[0].0.dx };
-            conv.backward(b, &bn.y, g, true);
+            conv.backward(b, &bn.y, g, true)?;
             if i == 0 {
                 // The projection reads p = relu(bn1(x)); its gradient joins conv1's.
                 if let PreShortcut::Projection(c) = &mut self.shortcut {
-                    c.backward_accumulate(b, &bn.y, dy, &mut conv.dx);
+                    c.backward_accumulate(b, &bn.y, dy, &mut conv.dx)?;
                 }
             }
             let input = if i == 0 { x } else { &prev[i - 1].1.y };
-            bn.backward(b, input, &conv.dx);
+            bn.backward(b, input, &conv.dx)?;
         }
         let bn1 = &mut self.units[0].0;
         match &self.shortcut {
             PreShortcut::Identity => b.add_assign(&mut bn1.dx.buf, &dy.buf),
             PreShortcut::Pad(p) => {
-                let mut dx = take(&mut bn1.dx, b);
-                p.backward_accumulate(b, x.shape, dy, &mut dx);
+                let mut dx = take(&mut bn1.dx);
+                let r = p.backward_accumulate(b, x.shape, dy, &mut dx);
                 bn1.dx = dx;
+                r
             }
-            PreShortcut::None | PreShortcut::Projection(_) => {}
+            PreShortcut::None | PreShortcut::Projection(_) => Ok(()),
         }
     }
 }

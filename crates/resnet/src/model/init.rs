@@ -3,6 +3,7 @@
 use super::Network;
 use super::state::StateEntry;
 use crate::backend::Backend;
+use crate::error::Result;
 use crate::rng::Rng;
 use crate::tensor::ParamLayout;
 
@@ -14,51 +15,71 @@ impl<B: Backend> Network<B> {
     ///
     /// With `zero_init_residual`, the last batch norm of each residual branch
     /// starts at gamma = 0 (Goyal et al. 2017), as torchvision's option does.
-    pub fn init_kaiming(&mut self, rng: &mut Rng, zero_init_residual: bool) {
+    pub fn init_kaiming(&mut self, rng: &mut Rng, zero_init_residual: bool) -> Result<()> {
         let zero_gamma = if zero_init_residual { self.residual_branch_ends() } else { Vec::new() };
         let fc_bound = 1.0 / (self.fc.c_in as f64).sqrt();
         let backend = self.backend().clone();
-        self.visit(&mut |key, entry| match entry {
-            StateEntry::Param(p) => {
-                let n = p.numel();
-                let values: Vec<f32> = if p.layout == ParamLayout::ConvOhwi {
-                    let fan_out = p.shape[0] * p.shape[2] * p.shape[3];
-                    let std = (2.0 / fan_out as f64).sqrt();
-                    (0..n).map(|_| (rng.normal() * std) as f32).collect()
-                } else if key == "fc.weight" || key == "fc.bias" {
-                    (0..n).map(|_| ((rng.uniform() * 2.0 - 1.0) * fc_bound) as f32).collect()
-                } else if let Some(module) = key.strip_suffix(".weight") {
-                    vec![if zero_gamma.iter().any(|k| k == module) { 0.0 } else { 1.0 }; n]
-                } else {
-                    vec![0.0; n]
-                };
-                p.value = backend.upload(&values);
-                p.version += 1;
+        let mut result = Ok(());
+        self.visit(&mut |key, entry| {
+            if result.is_err() {
+                return;
             }
-            StateEntry::Buffer(buf, len) => {
-                let v = if key.ends_with("running_var") { 1.0 } else { 0.0 };
-                *buf = backend.upload(&vec![v; len]);
+            result = match entry {
+                StateEntry::Param(p) => {
+                    let n = p.numel();
+                    let values: Vec<f32> = if p.layout == ParamLayout::ConvOhwi {
+                        let fan_out = p.shape[0] * p.shape[2] * p.shape[3];
+                        let std = (2.0 / fan_out as f64).sqrt();
+                        (0..n).map(|_| (rng.normal() * std) as f32).collect()
+                    } else if key == "fc.weight" || key == "fc.bias" {
+                        (0..n).map(|_| ((rng.uniform() * 2.0 - 1.0) * fc_bound) as f32).collect()
+                    } else if let Some(module) = key.strip_suffix(".weight") {
+                        vec![if zero_gamma.iter().any(|k| k == module) { 0.0 } else { 1.0 }; n]
+                    } else {
+                        vec![0.0; n]
+                    };
+                    p.version += 1;
+                    backend.upload(&values).map(|v| p.value = v)
+                }
+                StateEntry::Buffer(buf, len) => {
+                    let v: f32 = if key.ends_with("running_var") { 1.0 } else { 0.0 };
+                    backend.upload(&vec![v; len]).map(|v| *buf = v)
+                }
+                StateEntry::Counter(c) => {
+                    *c = 0;
+                    Ok(())
+                }
             }
-            StateEntry::Counter(c) => *c = 0,
         });
+        result
     }
 
     /// Fills every tensor with [`formula_value`], which `tools/` computes
     /// identically in Python, so golden tests of large networks need no
     /// stored weights.
-    pub fn init_formula(&mut self) {
+    pub fn init_formula(&mut self) -> Result<()> {
         let backend = self.backend().clone();
-        self.visit(&mut |key, entry| match entry {
-            StateEntry::Param(p) => {
-                let torch: Vec<f32> = (0..p.numel()).map(|i| formula_value(key, &p.shape, i)).collect();
-                p.set_from_torch(&backend, &torch);
+        let mut result = Ok(());
+        self.visit(&mut |key, entry| {
+            if result.is_err() {
+                return;
             }
-            StateEntry::Buffer(buf, len) => {
-                let v: Vec<f32> = (0..len).map(|i| formula_value(key, &[len], i)).collect();
-                *buf = backend.upload(&v);
+            result = match entry {
+                StateEntry::Param(p) => {
+                    let torch: Vec<f32> = (0..p.numel()).map(|i| formula_value(key, &p.shape, i)).collect();
+                    p.set_from_torch(&backend, &torch)
+                }
+                StateEntry::Buffer(buf, len) => {
+                    let v: Vec<f32> = (0..len).map(|i| formula_value(key, &[len], i)).collect();
+                    backend.upload(&v).map(|v| *buf = v)
+                }
+                StateEntry::Counter(c) => {
+                    *c = 0;
+                    Ok(())
+                }
             }
-            StateEntry::Counter(c) => *c = 0,
         });
+        result
     }
 }
 

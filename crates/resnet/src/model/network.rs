@@ -48,16 +48,16 @@ impl<B: Backend> Network<B> {
         let b = backend;
         let (conv1, bn1, maxpool) = match spec.stem {
             Stem::Imagenet => (
-                Conv2d::new(b, spec.in_channels, spec.stem_width, 7, 2, 3, 1),
-                Some(BatchNorm2d::new(b, spec.stem_width, true)),
-                Some(MaxPool2d::new(b, 3, 2, 1)),
+                Conv2d::new(b, spec.in_channels, spec.stem_width, 7, 2, 3, 1)?,
+                Some(BatchNorm2d::new(b, spec.stem_width, true)?),
+                Some(MaxPool2d::new(3, 2, 1)),
             ),
             Stem::Cifar => (
-                Conv2d::new(b, spec.in_channels, spec.stem_width, 3, 1, 1, 1),
-                Some(BatchNorm2d::new(b, spec.stem_width, true)),
+                Conv2d::new(b, spec.in_channels, spec.stem_width, 3, 1, 1, 1)?,
+                Some(BatchNorm2d::new(b, spec.stem_width, true)?),
                 None,
             ),
-            Stem::CifarPreact => (Conv2d::new(b, spec.in_channels, spec.stem_width, 3, 1, 1, 1), None, None),
+            Stem::CifarPreact => (Conv2d::new(b, spec.in_channels, spec.stem_width, 3, 1, 1, 1)?, None, None),
         };
         let mut blocks = Vec::new();
         let mut block_names = Vec::new();
@@ -67,12 +67,12 @@ impl<B: Backend> Network<B> {
                 let stride = if i == 0 && s > 0 { 2 } else { 1 };
                 let inner = spec.bottleneck_width(planes);
                 let u = UnitShape { c_in: c, planes, inner, groups: spec.groups, stride };
-                blocks.push(Block::new(b, spec.block, spec.shortcut, u));
+                blocks.push(Block::new(b, spec.block, spec.shortcut, u)?);
                 block_names.push(block_name(s, i));
                 c = planes * spec.block.expansion();
             }
         }
-        let bn_final = spec.block.is_preact().then(|| BatchNorm2d::new(b, c, true));
+        let bn_final = spec.block.is_preact().then(|| BatchNorm2d::new(b, c, true)).transpose()?;
         Ok(Self {
             spec: spec.clone(),
             graph,
@@ -83,8 +83,8 @@ impl<B: Backend> Network<B> {
             blocks,
             block_names,
             bn_final,
-            avgpool: GlobalAvgPool::new(b),
-            fc: Linear::new(b, c, spec.num_classes),
+            avgpool: GlobalAvgPool::new(),
+            fc: Linear::new(b, c, spec.num_classes)?,
             checked_input: None,
         })
     }
@@ -180,39 +180,39 @@ impl<B: Backend> Network<B> {
     pub fn forward(&mut self, x: &Tensor<B>, mode: Mode) -> Result<&Tensor<B>> {
         self.check_input(x.shape)?;
         let b = self.backend.clone();
-        Ok(b.scope(|| self.forward_ops(x, mode)))
+        b.scope(|| self.forward_ops(x, mode))
     }
 
     /// [`Network::forward`]'s layers, in the backend's scope.
-    fn forward_ops(&mut self, x: &Tensor<B>, mode: Mode) -> &Tensor<B> {
+    fn forward_ops(&mut self, x: &Tensor<B>, mode: Mode) -> Result<&Tensor<B>> {
         let b = &self.backend;
-        let (mut h, st) = self.conv1.forward_for_norm(b, x, mode);
+        let (mut h, st) = self.conv1.forward_for_norm(b, x, mode)?;
         if let Some(bn) = &mut self.bn1 {
-            h = bn.forward_with_stats(b, h, st, None, mode);
+            h = bn.forward_with_stats(b, h, st, None, mode)?;
         }
         if let Some(m) = &mut self.maxpool {
-            h = m.forward(b, h);
+            h = m.forward(b, h)?;
         }
         for blk in self.blocks.iter_mut() {
-            h = blk.forward(b, h, mode);
+            h = blk.forward(b, h, mode)?;
         }
         if let Some(bn) = &mut self.bn_final {
-            h = bn.forward(b, h, None, mode);
+            h = bn.forward(b, h, None, mode)?;
         }
-        let h = self.avgpool.forward(b, h);
+        let h = self.avgpool.forward(b, h)?;
         self.fc.forward(b, h)
     }
 
     /// Back-propagates `dlogits` (the loss gradient at the logits) after a
     /// training-mode [`forward`](Self::forward) of the same `x`, accumulating
     /// every parameter gradient.
-    pub fn backward(&mut self, x: &Tensor<B>, dlogits: &Tensor<B>) {
+    pub fn backward(&mut self, x: &Tensor<B>, dlogits: &Tensor<B>) -> Result<()> {
         let b = self.backend.clone();
-        b.scope(|| self.backward_ops(x, dlogits));
+        b.scope(|| self.backward_ops(x, dlogits))
     }
 
     /// [`Network::backward`]'s layers, in the backend's scope.
-    fn backward_ops(&mut self, x: &Tensor<B>, dlogits: &Tensor<B>) {
+    fn backward_ops(&mut self, x: &Tensor<B>, dlogits: &Tensor<B>) -> Result<()> {
         let b = &self.backend;
         let nblocks = self.blocks.len();
         let features = match nblocks {
@@ -220,10 +220,10 @@ impl<B: Backend> Network<B> {
             n => self.blocks[n - 1].output(),
         };
         let pooled_in = self.bn_final.as_ref().map_or(features, |bn| &bn.y);
-        self.fc.backward(b, &self.avgpool.y, dlogits);
-        self.avgpool.backward(b, pooled_in, &self.fc.dx);
+        self.fc.backward(b, &self.avgpool.y, dlogits)?;
+        self.avgpool.backward(b, pooled_in, &self.fc.dx)?;
         if let Some(bn) = &mut self.bn_final {
-            bn.backward(b, features, &self.avgpool.dx);
+            bn.backward(b, features, &self.avgpool.dx)?;
         }
         let head_grad = self.bn_final.as_ref().map_or(&self.avgpool.dx, |bn| &bn.dx);
         let stem_out = stem_output(&self.conv1, &self.bn1, &self.maxpool);
@@ -232,29 +232,33 @@ impl<B: Backend> Network<B> {
             let (cur, after) = rest.split_first_mut().expect("i < nblocks");
             let input = before.last().map_or(stem_out, |p| p.output());
             let dy = after.first().map_or(head_grad, |n| n.input_grad());
-            cur.backward(b, input, dy);
+            cur.backward(b, input, dy)?;
         }
         let mut g = self.blocks.first().map_or(head_grad, |blk| blk.input_grad());
         if let Some(m) = &mut self.maxpool {
             let pre = self.bn1.as_ref().map_or(&self.conv1.y, |bn| &bn.y);
-            m.backward(b, pre, g);
+            m.backward(b, pre, g)?;
             g = &m.dx;
         }
         if let Some(bn) = &mut self.bn1 {
-            bn.backward(b, &self.conv1.y, g);
+            bn.backward(b, &self.conv1.y, g)?;
             g = &bn.dx;
         }
-        self.conv1.backward(b, x, g, false);
+        self.conv1.backward(b, x, g, false)
     }
 
     /// Zeroes (and allocates, the first time) every parameter gradient.
-    pub fn zero_grad(&mut self) {
+    pub fn zero_grad(&mut self) -> Result<()> {
         let b = self.backend.clone();
+        let mut result = Ok(());
         self.visit(&mut |_, e| {
-            if let StateEntry::Param(p) = e {
-                p.zero_grad(&b);
+            if let StateEntry::Param(p) = e
+                && result.is_ok()
+            {
+                result = p.zero_grad(&b);
             }
         });
+        result
     }
 }
 

@@ -1,5 +1,53 @@
-//! Shared helpers for the integration tests: fixture loading and comparison.
+//! Shared helpers for the integration tests: the backends every model test
+//! runs on, fixture loading and comparison.
 #![allow(dead_code)]
+
+use resnet::backend::Backend;
+use resnet::tensor::Tensor;
+
+/// How much work a test may ask of a backend: the reference backend (plain
+/// f64 loops, one thread) runs the smaller cases only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scale {
+    /// Every case.
+    Full,
+    /// The cases that take the reference backend a second or so.
+    Light,
+}
+
+/// Instantiates each listed `fn name<B: Backend>(b: &B, scale: Scale)` as a
+/// test on every backend, one module per backend. A new backend is one line here.
+#[macro_export]
+macro_rules! for_each_backend {
+    ($($test:ident),* $(,)?) => {
+        mod reference {
+            $(#[test] fn $test() { super::$test(&resnet::backend::Reference::new(), $crate::common::Scale::Light) })*
+        }
+        mod cpu {
+            $(#[test] fn $test() { super::$test(&resnet::backend::Cpu::new(Some(2)).unwrap(), $crate::common::Scale::Full) })*
+        }
+    };
+}
+
+/// A fresh, empty folder of this process's own (one per call).
+pub fn temp_dir(tag: &str) -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("resnet-{tag}-{}-{k}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A tensor's values on the host (NHWC).
+pub fn host<B: Backend>(b: &B, t: &Tensor<B>) -> Vec<f32> {
+    t.to_host(b).unwrap()
+}
+
+/// A buffer's values on the host.
+pub fn down<B: Backend>(b: &B, buf: &B::Buf) -> Vec<f32> {
+    b.download(buf).unwrap()
+}
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -20,28 +20,9 @@
 //! bias, residual and ReLU stay in f32.
 
 use super::direct::{MR, NR, Out};
+use super::mem::AlignedVec;
 
-/// A bf16 number: the upper 16 bits of an f32.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[repr(transparent)]
-pub struct Bf16(pub u16);
-
-impl Bf16 {
-    /// Rounds to the nearest bf16, ties to even (NaN stays NaN).
-    pub fn from_f32(v: f32) -> Self {
-        let b = v.to_bits();
-        if v.is_nan() {
-            return Self((b >> 16) as u16 | 0x40);
-        }
-        let round = 0x7fff + ((b >> 16) & 1);
-        Self((b.wrapping_add(round) >> 16) as u16)
-    }
-
-    /// The exact f32 value.
-    pub fn to_f32(self) -> f32 {
-        f32::from_bits((self.0 as u32) << 16)
-    }
-}
+pub use crate::backend::Bf16;
 
 /// Whether this CPU runs the bf16 kernels natively (AVX-512-BF16, with the
 /// AVX-512 BW and VL extensions every such CPU has). Elsewhere
@@ -77,7 +58,7 @@ pub fn convert(src: &[f32], dst: &mut [Bf16]) {
 /// Packs `w[n][k]` (row stride `ld`, `k` even) into bf16 panels of [`NR`]
 /// output channels, reduction pairs interleaved: panel `p` row-pair `r` is
 /// `[w[r*2][j], w[r*2+1][j] for j in panel]`.
-pub fn pack(w: &[f32], n: usize, k: usize, ld: usize, out: &mut Vec<Bf16>) {
+pub fn pack(w: &[f32], n: usize, k: usize, ld: usize, out: &mut AlignedVec<Bf16>) {
     assert!(k.is_multiple_of(2), "bf16 panels need an even reduction length");
     let np = n.div_ceil(NR);
     out.clear();
@@ -416,7 +397,7 @@ mod tests {
         for (row, tap) in wp.chunks_mut(kp).zip(w.chunks(klen)) {
             row[..klen].copy_from_slice(tap);
         }
-        let mut b = Vec::new();
+        let mut b = AlignedVec::new();
         pack(&wp, NR, taps * kp, taps * kp, &mut b);
         let bias: Vec<f32> = (0..NR).map(|j| j as f32 * 0.25 - 2.0).collect();
         let epi = match with_epilogue {

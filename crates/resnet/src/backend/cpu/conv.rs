@@ -15,8 +15,9 @@
 use super::bf16::{self, Bf16};
 use super::direct::{self, Elem, Panels, Residual, Rows, RowsMut};
 use super::gemm::Epilogue;
+use super::mem::{AlignedVec, Pod};
 use super::winograd;
-use crate::backend::ConvDesc;
+use crate::backend::{ConvDesc, ConvStorage, FilterUse, InputRead};
 
 /// A sliding-window view of one group of channels of an NHWC image, seen as a
 /// matrix with one row per destination pixel and one column per
@@ -78,7 +79,7 @@ impl<T: Elem> direct::Taps<T> for Window<'_, T> {
     fn source_len(&self) -> usize {
         self.src.len()
     }
-    fn fill(&self, m0: usize, zero: *const T, out: &mut [[*const T; direct::MR]], _own: &mut Vec<T>) {
+    fn fill(&self, m0: usize, zero: *const T, out: &mut [[*const T; direct::MR]], _own: &mut AlignedVec<T>) {
         let rows = direct::Taps::rows(self);
         let base = self.src.as_ptr();
         // Walk the pixels incrementally (no divisions after the first).
@@ -188,7 +189,7 @@ impl<T: Elem> direct::Taps<T> for RowWindow<'_, T> {
     fn source_len(&self) -> usize {
         self.padded.len()
     }
-    fn fill(&self, m0: usize, zero: *const T, out: &mut [[*const T; direct::MR]], _own: &mut Vec<T>) {
+    fn fill(&self, m0: usize, zero: *const T, out: &mut [[*const T; direct::MR]], _own: &mut AlignedVec<T>) {
         let rows = direct::Taps::rows(self);
         let row_step = self.dil_y * self.wp * self.c;
         for i in 0..direct::MR {
@@ -230,7 +231,7 @@ fn pad_input<S: Sync, T: Elem>(
     d: &ConvDesc,
     x: &[S],
     c_src: usize,
-    out: &mut Vec<T>,
+    out: &mut AlignedVec<T>,
     put: impl Fn(&[S], &mut [T]) + Sync,
 ) -> (usize, usize) {
     use rayon::prelude::*;
@@ -257,17 +258,17 @@ fn pad_input<S: Sync, T: Elem>(
 }
 
 /// [`pad_input`] for same-type rows.
-fn pad_copy<T: Elem>(d: &ConvDesc, x: &[T], out: &mut Vec<T>) -> (usize, usize) {
+fn pad_copy<T: Elem>(d: &ConvDesc, x: &[T], out: &mut AlignedVec<T>) -> (usize, usize) {
     pad_input(d, x, d.c_in, out, |s, o| o.copy_from_slice(s))
 }
 
 /// A per-thread scratch vector, taken out while the kernels run.
-type Scratch<T> = std::thread::LocalKey<std::cell::RefCell<Vec<T>>>;
+type Scratch<T> = std::thread::LocalKey<std::cell::RefCell<AlignedVec<T>>>;
 
 /// Runs `f` on this thread's `scratch` vector, taken out meanwhile: work this
 /// thread picks up while `f` waits on others (rayon) may take it in turn,
 /// which a borrow held across `f` would not allow.
-fn with_scratch<T: 'static, R>(scratch: &'static Scratch<T>, f: impl FnOnce(&mut Vec<T>) -> R) -> R {
+fn with_scratch<T: Pod, R>(scratch: &'static Scratch<T>, f: impl FnOnce(&mut AlignedVec<T>) -> R) -> R {
     let mut buf = scratch.with(|p| std::mem::take(&mut *p.borrow_mut()));
     let r = f(&mut buf);
     scratch.with(|p| *p.borrow_mut() = buf);
@@ -276,9 +277,9 @@ fn with_scratch<T: 'static, R>(scratch: &'static Scratch<T>, f: impl FnOnce(&mut
 
 thread_local! {
     /// Padded inputs for row-tap convolutions.
-    static PADDED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static PADDED: std::cell::RefCell<AlignedVec<f32>> = const { std::cell::RefCell::new(AlignedVec::new()) };
     /// Padded bf16 inputs for row-tap convolutions.
-    static PADDED_BF16: std::cell::RefCell<Vec<Bf16>> = const { std::cell::RefCell::new(Vec::new()) };
+    static PADDED_BF16: std::cell::RefCell<AlignedVec<Bf16>> = const { std::cell::RefCell::new(AlignedVec::new()) };
 }
 
 /// Runs `f` with a row window over a padded copy of the input, made by
@@ -286,7 +287,7 @@ thread_local! {
 fn with_rows<T: Elem, R>(
     d: &ConvDesc,
     scratch: &'static Scratch<T>,
-    pad: impl FnOnce(&mut Vec<T>) -> (usize, usize),
+    pad: impl FnOnce(&mut AlignedVec<T>) -> (usize, usize),
     f: impl FnOnce(&RowWindow<'_, T>) -> R,
 ) -> R {
     with_scratch(scratch, |buf| {
@@ -364,12 +365,10 @@ pub struct CpuFilter {
 /// and channels enough for its transforms to pay. `RESNET_WINOGRAD=0|2|4`
 /// overrides the choice (for benchmarks and tests).
 fn winograd_tile(d: &ConvDesc) -> usize {
-    static MODE: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-    let forced = *MODE.get_or_init(|| std::env::var("RESNET_WINOGRAD").ok().and_then(|v| v.parse().ok()));
     if !winograd::applicable(d) {
         return 0;
     }
-    if let Some(m @ (0 | 2 | 4)) = forced {
+    if let Some(m) = forced_tile() {
         return m;
     }
     let tiles = |m: usize| d.n * d.out_h().div_ceil(m) * d.out_w().div_ceil(m);
@@ -379,6 +378,80 @@ fn winograd_tile(d: &ConvDesc) -> usize {
         _ if tiles(4) >= enough => 4,
         _ if tiles(2) >= enough => 2,
         _ => 0,
+    }
+}
+
+/// The Winograd tile `RESNET_WINOGRAD` forces, if any.
+fn forced_tile() -> Option<usize> {
+    static MODE: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *MODE.get_or_init(|| {
+        std::env::var("RESNET_WINOGRAD").ok().and_then(|v| v.parse().ok()).filter(|m| [0, 2, 4].contains(m))
+    })
+}
+
+/// Whether [`algorithm`] is the same for every batch and size of `d`'s
+/// layer: all but the layers that may take Winograd, whose tile depends on
+/// the number of tiles.
+pub fn algorithm_is_fixed(d: &ConvDesc) -> bool {
+    !winograd::applicable(d) || forced_tile().is_some() || d.c_in < 16 || d.c_out < 16
+}
+
+/// The CPU's convolution algorithms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CpuAlgo {
+    /// The indirect kernels over f32 panels (`direct.rs`).
+    Direct,
+    /// `F(m x m, 3 x 3)` Winograd, `m` 2 or 4 (`winograd.rs`).
+    Winograd(u8),
+    /// The indirect kernels over bf16 panels (`bf16.rs`).
+    DirectBf16,
+}
+
+/// The algorithm of a convolution for `usage` (see [`winograd_tile`]):
+/// Winograd layers stay f32 in bf16 plans, and so do layers without a bf16
+/// form.
+pub fn algorithm(d: &ConvDesc, usage: FilterUse) -> CpuAlgo {
+    match winograd_tile(d) {
+        0 if usage == FilterUse::ForwardBf16 && bf16_channels(d).is_some() => CpuAlgo::DirectBf16,
+        0 => CpuAlgo::Direct,
+        m => CpuAlgo::Winograd(m as u8),
+    }
+}
+
+/// What a convolution reads and writes in a bf16 plan (in descriptor terms:
+/// batch and size do not enter). Pointwise layers with an even number of
+/// channels per group round their input anyway, read and write bf16 rows
+/// and a bf16 residual in their kernels; strided layers round their input;
+/// 3x3 stride-1 layers (Winograd where they have channels enough) round
+/// their f32 results as they write them, and read a bf16 input at the cost
+/// of one rounding; the stem (a convolution over at most four channels on
+/// row taps) writes bf16 rows. Every kernel but Winograd and split-tap tiles
+/// reads a residual in its output rows in place, so the plan may put a 1x1
+/// layer's output over its residual.
+pub fn storage(d: &ConvDesc, usage: FilterUse) -> ConvStorage {
+    let residual_in_output = d.kernel == [1, 1];
+    if usage != FilterUse::ForwardBf16 {
+        return ConvStorage { input: InputRead::F32, output_bf16: false, residual_bf16: false, residual_in_output };
+    }
+    let even = d.cin_g().is_multiple_of(2);
+    let pointwise = d.kernel == [1, 1] && even;
+    let three = d.kernel == [3, 3] && d.stride == [1, 1];
+    let strided = d.stride != [1, 1] && even;
+    let input = match () {
+        _ if pointwise || strided => InputRead::Bf16,
+        _ if three => InputRead::Bf16Rounding,
+        _ => InputRead::F32,
+    };
+    let stem = d.groups == 1 && d.c_in <= 4;
+    ConvStorage { input, output_bf16: pointwise || three || stem, residual_bf16: pointwise, residual_in_output }
+}
+
+/// Prepares `w` for `usage` with [`algorithm`]'s choice.
+pub fn prepare(d: &ConvDesc, w: &[f32], usage: FilterUse, out: &mut CpuFilter) {
+    match usage {
+        FilterUse::Forward => prepare_forward(d, w, out),
+        FilterUse::ForwardBf16 => prepare_forward_bf16(d, w, out),
+        FilterUse::BackwardData => prepare_backward_data(d, w, out),
     }
 }
 
@@ -459,11 +532,11 @@ pub fn prepare_forward_bf16(d: &ConvDesc, w: &[f32], out: &mut CpuFilter) {
 
 thread_local! {
     /// bf16 copies of convolution inputs (taken out while the kernels run).
-    static BF16_INPUT: std::cell::RefCell<Vec<Bf16>> = const { std::cell::RefCell::new(Vec::new()) };
+    static BF16_INPUT: std::cell::RefCell<AlignedVec<Bf16>> = const { std::cell::RefCell::new(AlignedVec::new()) };
 }
 
 /// Rounds an NHWC batch to bf16 with `cin` channels per pixel (zero-padded).
-fn to_bf16(x: &[f32], c_in: usize, cin: usize, out: &mut Vec<Bf16>) {
+fn to_bf16(x: &[f32], c_in: usize, cin: usize, out: &mut AlignedVec<Bf16>) {
     use rayon::prelude::*;
     let pixels = x.len() / c_in;
     out.resize(pixels * cin, Bf16::default());
@@ -520,7 +593,7 @@ fn forward_bf16(
             true => bf16::convert(s, o),
             false => spread(s, d.c_in, o, dp.c_in),
         };
-        let pad = |b: &mut Vec<Bf16>| pad_input(&dp, x, d.c_in, b, put);
+        let pad = |b: &mut AlignedVec<Bf16>| pad_input(&dp, x, d.c_in, b, put);
         let residual = residual.map(|r| (r, d.c_out));
         return with_rows(&dp, &PADDED_BF16, pad, |w| direct::run(w, &f.bf16[0], y, d.c_out, 0, epi, residual));
     }
@@ -547,7 +620,7 @@ impl direct::Taps<Bf16> for Rounded<'_> {
     fn klen(&self) -> usize {
         self.0.c_len
     }
-    fn fill(&self, m0: usize, zero: *const Bf16, out: &mut [[*const Bf16; direct::MR]], own: &mut Vec<Bf16>) {
+    fn fill(&self, m0: usize, zero: *const Bf16, out: &mut [[*const Bf16; direct::MR]], own: &mut AlignedVec<Bf16>) {
         let (klen, taps) = (self.0.c_len, direct::Taps::taps(&self.0));
         let zero32 = direct::zeros::<f32>(klen);
         // One tap (1x1 layers) without an allocation.
@@ -558,7 +631,7 @@ impl direct::Taps<Bf16> for Rounded<'_> {
             many.resize(taps, [zero32; direct::MR]);
             &mut many
         };
-        direct::Taps::fill(&self.0, m0, zero32, runs, &mut Vec::new());
+        direct::Taps::fill(&self.0, m0, zero32, runs, &mut AlignedVec::new());
         // Sized once: the pointers below must stay valid. Runs lie one cache
         // line further apart than their length (see `spaced_stride`).
         let ld = klen + 32;
@@ -623,7 +696,7 @@ fn spaced_stride<T>(d: &ConvDesc) -> Option<usize> {
 
 /// Copies every `step`-th pixel of each axis of `x` (an input of `d`) into
 /// pixels of `ld` values (the rest left as is); returns the copy's length.
-fn space_pixels<T: Elem>(d: &ConvDesc, x: &[T], step: [usize; 2], ld: usize, out: &mut Vec<T>) -> usize {
+fn space_pixels<T: Elem>(d: &ConvDesc, x: &[T], step: [usize; 2], ld: usize, out: &mut AlignedVec<T>) -> usize {
     use rayon::prelude::*;
     let c = d.c_in;
     let (h, w) = (d.h.div_ceil(step[0]), d.w.div_ceil(step[1]));
@@ -759,16 +832,16 @@ pub fn forward_stored(
         let n = d.out_len();
         return match &mut y {
             RowsMut::F32(v) => {
-                let copy = v[..n].to_vec();
+                let copy = AlignedVec::from_slice(&v[..n]);
                 forward_stored(d, x, f, y, epi, Some(Residual::Rows(Rows::F32(&copy))))
             }
             RowsMut::Bf16(v) => {
-                let copy = v[..n].to_vec();
+                let copy = AlignedVec::from_slice(&v[..n]);
                 forward_stored(d, x, f, y, epi, Some(Residual::Rows(Rows::Bf16(&copy))))
             }
         };
     }
-    let widen = |r: &[Bf16]| -> Vec<f32> { r.iter().map(|b| b.to_f32()).collect() };
+    let widen = |r: &[Bf16]| -> AlignedVec<f32> { r.iter().map(|b| b.to_f32()).collect() };
     if let (RowsMut::Bf16(yb), Some(wf)) = (&mut y, &f.winograd) {
         // Winograd rounds its own output rows (and widens stored input).
         let rw;
@@ -791,7 +864,7 @@ pub fn forward_stored(
         && (f.bf16.is_empty() || !whole_taps)
     {
         // Otherwise compute in f32 and round.
-        let mut out = vec![0.0; yb.len()];
+        let mut out = AlignedVec::<f32>::zeroed(yb.len());
         forward_stored(d, x, f, RowsMut::F32(&mut out), epi, residual);
         return bf16::convert(&out, yb);
     }

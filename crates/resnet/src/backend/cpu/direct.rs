@@ -10,6 +10,7 @@
 //! (16-64 channels); reading in place removes that cost. The filter is packed
 //! once per weight update into panels of [`NR`] output channels.
 
+use super::mem::{AlignedVec, Pod};
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
@@ -24,15 +25,15 @@ pub const MR: usize = 12;
 
 /// A zero row as long as any channel run: the source of padding taps.
 pub fn zeros<T: Elem>(len: usize) -> *const T {
-    static Z: OnceLock<Vec<f32>> = OnceLock::new();
-    let z = Z.get_or_init(|| vec![0.0; 1 << 16]);
+    static Z: OnceLock<AlignedVec<f32>> = OnceLock::new();
+    let z = Z.get_or_init(|| AlignedVec::zeroed(1 << 16));
     assert!(len <= z.len(), "channel run of {len} exceeds the zero row");
     // Every element type is at most four bytes and zero when all its bits are.
     z.as_ptr().cast()
 }
 
 /// An element type of the indirect kernels: f32, or bf16 for inference.
-pub trait Elem: Copy + Default + Send + Sync + 'static {
+pub trait Elem: Pod {
     /// Whether this is bf16 (whose kernels also store and read bf16 rows).
     const BF16: bool;
     /// Values per tap in a panel for runs of `klen` (bf16 pads odd runs to
@@ -85,15 +86,15 @@ impl Elem for Bf16 {
 /// values (`k = taps * channels per tap`), zero-padded past the last channel.
 /// bf16 panels interleave reduction pairs (see `bf16.rs`).
 #[derive(Clone, Debug, Default)]
-pub struct Panels<T = f32> {
+pub struct Panels<T: Pod = f32> {
     /// Output channels.
     pub n: usize,
     /// Reduction length.
     pub k: usize,
-    data: Vec<T>,
+    data: AlignedVec<T>,
 }
 
-impl<T> Panels<T> {
+impl<T: Pod> Panels<T> {
     /// The packed values of panel `p` (`k` rows of [`NR`]).
     pub fn panel(&self, p: usize) -> &[T] {
         &self.data[p * self.k * NR..(p + 1) * self.k * NR]
@@ -171,10 +172,6 @@ impl Rows<'_> {
             Rows::Bf16(s) => s.len(),
         }
     }
-    /// Whether no values are held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
     /// The rows from value `off` on.
     pub fn from(self, off: usize) -> Self {
         match self {
@@ -215,10 +212,6 @@ impl RowsMut<'_> {
             RowsMut::F32(s) => s.len(),
             RowsMut::Bf16(s) => s.len(),
         }
-    }
-    /// Whether no values are held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
     /// The rows from value `off` on, reborrowed.
     pub fn from(&mut self, off: usize) -> RowsMut<'_> {
@@ -691,7 +684,7 @@ pub unsafe fn tile2(
 
 /// A sliding window: which source row each destination pixel reads at each
 /// tap (see `conv.rs` for the forward and backward-data mappings).
-pub trait Taps<T = f32>: Sync {
+pub trait Taps<T: Pod = f32>: Sync {
     /// Destination pixels.
     fn rows(&self) -> usize;
     /// Taps per pixel.
@@ -702,7 +695,7 @@ pub trait Taps<T = f32>: Sync {
     /// `t`, or `zero` where the tap reads padding (or `m0 + i` is past the end).
     /// Windows that build their runs (see `conv::Rounded`) keep them in
     /// `own`, which lives as long as the tile.
-    fn fill(&self, m0: usize, zero: *const T, out: &mut [[*const T; MR]], own: &mut Vec<T>);
+    fn fill(&self, m0: usize, zero: *const T, out: &mut [[*const T; MR]], own: &mut AlignedVec<T>);
     /// Values in the source that the runs point into, to decide whether the
     /// kernels fetch them ahead; 0 where the window builds its runs (in `own`).
     fn source_len(&self) -> usize {
@@ -731,9 +724,9 @@ impl SendPtr {
 
 /// A row group's pointers: output rows, residual rows, and the input runs of
 /// the taps that are not all padding (`boffs` holds their tap indices).
-struct Tile<T> {
+struct Tile<T: Pod> {
     /// Runs built by the window (their storage; see [`Taps::fill`]).
-    own: Vec<T>,
+    own: AlignedVec<T>,
     /// Every tap's runs, before the all-padding taps are dropped.
     ptrs: Vec<[*const T; MR]>,
     rows: [*mut f32; MR],
@@ -887,7 +880,7 @@ pub fn run<T: Elem>(
         let ps = tp * pchunk..((tp + 1) * pchunk).min(np);
         // The pointers of a row group, with the taps that are not all padding.
         let new_tile = || Tile {
-            own: Vec::new(),
+            own: AlignedVec::new(),
             ptrs: Vec::with_capacity(taps),
             rows: [std::ptr::null_mut(); MR],
             res: [std::ptr::null(); MR],
@@ -1042,7 +1035,7 @@ pub fn filter_gradient(w: &dyn TapColumns, dy: &[f32], ldy: usize, cout: usize, 
         let nr = NR.min(cin - p * NR);
         let zero = zeros(cin);
         let mut xs: Vec<*const f32> = Vec::with_capacity(CHUNK);
-        let mut packed = vec![0.0f32; CHUNK * MO];
+        let mut packed = AlignedVec::<f32>::zeroed(CHUNK * MO);
         for m0 in (0..m).step_by(CHUNK) {
             let ms = CHUNK.min(m - m0);
             xs.clear();

@@ -15,6 +15,7 @@
 //! Each tile of `C` is computed by exactly one task over the full reduction in
 //! a fixed order, so results do not depend on the number of threads.
 
+use super::mem::AlignedVec;
 use std::cell::RefCell;
 use std::sync::Mutex;
 
@@ -100,7 +101,7 @@ impl Operand for Strided<'_> {
 pub struct PackedB {
     n: usize,
     k: usize,
-    data: Vec<f32>,
+    data: AlignedVec<f32>,
 }
 
 impl PackedB {
@@ -118,16 +119,6 @@ impl PackedB {
             b.pack(0, n, k0, kc, NR, &mut self.data[off..off + len]);
             off += len;
         }
-    }
-
-    /// Columns of `C` (rows of the operand).
-    pub fn n(&self) -> usize {
-        self.n
-    }
-
-    /// The reduction length.
-    pub fn k(&self) -> usize {
-        self.k
     }
 
     /// Panels `jp..` of reduction block starting at `k0` (which has length `kc`).
@@ -202,25 +193,17 @@ fn mr_of(isa: Isa) -> usize {
 
 thread_local! {
     /// Per-thread buffer for packed A blocks (never borrowed across a rayon call).
-    static A_PACK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static A_PACK: RefCell<AlignedVec<f32>> = const { RefCell::new(AlignedVec::new()) };
 }
 
 /// Recycled buffers for on-the-fly packed B blocks, so steady state allocates nothing.
 static B_POOL: Mutex<Vec<PackedB>> = Mutex::new(Vec::new());
 
-/// The right-hand operand of [`gemm`].
-pub enum BSource<'a> {
-    /// Packed in advance (a filter reused across calls).
-    Packed(&'a PackedB),
-    /// Packed by this call.
-    Operand(&'a dyn Operand),
-}
-
 /// `C[m x n] (op)= A[m x k] · B[k x n]`, parallel on the current rayon pool.
 ///
 /// `a` has `m` rows, `b` describes `B` by its `n`-row transpose. See
 /// [`Epilogue`] for what is applied to each tile.
-pub fn gemm(m: usize, n: usize, k: usize, a: &dyn Operand, b: BSource<'_>, c: OutMat<'_>, epi: &Epilogue<'_>) {
+pub fn gemm(m: usize, n: usize, k: usize, a: &dyn Operand, b: &dyn Operand, c: OutMat<'_>, epi: &Epilogue<'_>) {
     gemm_isa(isa(), m, n, k, a, b, c, epi)
 }
 
@@ -232,7 +215,7 @@ fn gemm_isa(
     n: usize,
     k: usize,
     a: &dyn Operand,
-    b: BSource<'_>,
+    b: &dyn Operand,
     c: OutMat<'_>,
     epi: &Epilogue<'_>,
 ) {
@@ -245,18 +228,10 @@ fn gemm_isa(
         epilogue_of_zero(c.data, c.ld, m, n, epi);
         return;
     }
-    match b {
-        BSource::Packed(pb) => {
-            assert!(pb.n == n && pb.k == k, "packed B has the wrong shape");
-            gemm_packed(isa, m, n, k, a, pb, c, epi);
-        }
-        BSource::Operand(op) => {
-            let mut pb = B_POOL.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default();
-            pb.pack(op, n, k);
-            gemm_packed(isa, m, n, k, a, &pb, c, epi);
-            B_POOL.lock().unwrap_or_else(|e| e.into_inner()).push(pb);
-        }
-    }
+    let mut pb = B_POOL.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default();
+    pb.pack(b, n, k);
+    gemm_packed(isa, m, n, k, a, &pb, c, epi);
+    B_POOL.lock().unwrap_or_else(|e| e.into_inner()).push(pb);
 }
 
 /// A raw pointer to `C` that tasks share; each task writes a disjoint tile.
@@ -557,23 +532,23 @@ mod x86 {
     }
 }
 
-/// Plain triple loop, `C = A·B` for row-major `A[m x k]`, `B[k x n]`: the
-/// reference the tests compare against.
-pub fn gemm_reference(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
-    for i in 0..m {
-        for j in 0..n {
-            let mut s = 0.0f64;
-            for p in 0..k {
-                s += a[i * k + p] as f64 * b[p * n + j] as f64;
-            }
-            c[i * n + j] = s as f32;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Plain triple loop, `C = A·B` for row-major `A[m x k]`, `B[k x n]`: the
+    /// reference the tests compare against.
+    fn gemm_reference(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0.0f64;
+                for p in 0..k {
+                    s += a[i * k + p] as f64 * b[p * n + j] as f64;
+                }
+                c[i * n + j] = s as f32;
+            }
+        }
+    }
 
     fn lcg(seed: &mut u64) -> f32 {
         *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -622,7 +597,7 @@ mod tests {
         let b_op = Strided { data: &b, row_stride: 1, k_stride: n };
         let mut c = vec![f32::NAN; m * n];
         let epi = Epilogue { bias: Some(&bias), residual: Some((&res, n)), relu: true, ..Default::default() };
-        gemm_isa(isa, m, n, k, &a_op, BSource::Operand(&b_op), OutMat { data: &mut c, ld: n }, &epi);
+        gemm_isa(isa, m, n, k, &a_op, &b_op, OutMat { data: &mut c, ld: n }, &epi);
         for i in 0..m * n {
             let tol = 1e-4 * (k as f32).sqrt();
             assert!((c[i] - want[i]).abs() < tol, "{isa:?} m{m} n{n} k{k} at {i}: {} vs {}", c[i], want[i]);
@@ -651,7 +626,7 @@ mod tests {
             n,
             k,
             &Strided { data: &a, row_stride: k, k_stride: 1 },
-            BSource::Operand(&Strided { data: &b, row_stride: 1, k_stride: n }),
+            &Strided { data: &b, row_stride: 1, k_stride: n },
             OutMat { data: &mut c, ld: n },
             &epi,
         );

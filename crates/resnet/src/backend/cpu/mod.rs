@@ -30,23 +30,27 @@ macro_rules! wide_fn {
     };
 }
 
-pub mod bf16;
-pub mod conv;
-pub mod direct;
-pub mod gemm;
-pub mod norm;
-pub mod ops;
-pub mod pool;
-pub mod winograd;
+pub(crate) mod bf16;
+mod conv;
+mod direct;
+mod gemm;
+mod mem;
+mod norm;
+mod ops;
+mod pool;
+mod winograd;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
 
+pub use conv::{CpuAlgo, CpuFilter};
+pub use mem::CpuBuf;
+
 use super::{
-    Backend, BnGrads, BnParams, BnSaved, BnTail, ConvDesc, ConvEpilogue, FilterUse, PadShortcutDesc, PoolDesc, SgdStep,
-    Storage,
+    Backend, BnGrads, BnParams, BnSaved, BnTail, Buffer, ConvDesc, ConvEpilogue, ConvStorage, DType, Element,
+    FilterUse, PadShortcutDesc, PoolDesc, Precision, SgdStep,
 };
 use crate::error::{Error, Result};
 
@@ -90,8 +94,14 @@ impl Cpu {
         self.threads
     }
 
+    /// Whether this CPU runs the bf16 kernels natively (AVX-512-BF16;
+    /// `RESNET_NO_BF16` turns them off).
+    pub fn native_bf16() -> bool {
+        bf16::native()
+    }
+
     /// Runs `f` inside this backend's thread pool.
-    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+    fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         self.pool.install(f)
     }
 }
@@ -113,17 +123,52 @@ fn isa_name() -> &'static str {
     }
 }
 
+/// An f32 buffer's values and the element count a descriptor expects of it.
+fn f32s(buf: &CpuBuf, len: usize) -> Result<&[f32]> {
+    let v = buf.f32()?;
+    v.get(..len).ok_or_else(|| short(v.len(), len))
+}
+
+/// [`f32s`] for writing.
+fn f32s_mut(buf: &mut CpuBuf, len: usize) -> Result<&mut [f32]> {
+    let v = buf.f32_mut()?;
+    let have = v.len();
+    v.get_mut(..len).ok_or_else(|| short(have, len))
+}
+
+fn short(have: usize, want: usize) -> Error {
+    Error::Backend(format!("a buffer of {have} elements where {want} are needed"))
+}
+
+/// A buffer's first `len` activations, f32 or bf16.
+fn rows(buf: &CpuBuf, len: usize) -> Result<direct::Rows<'_>> {
+    Ok(match buf.dtype() {
+        DType::Bf16 => direct::Rows::Bf16(buf.bf16()?.get(..len).ok_or_else(|| short(buf.len(), len))?),
+        _ => direct::Rows::F32(f32s(buf, len)?),
+    })
+}
+
+/// [`rows`] for writing.
+fn rows_mut(buf: &mut CpuBuf, len: usize) -> Result<direct::RowsMut<'_>> {
+    let have = buf.len();
+    Ok(match buf.dtype() {
+        DType::Bf16 => direct::RowsMut::Bf16(buf.bf16_mut()?.get_mut(..len).ok_or_else(|| short(have, len))?),
+        _ => direct::RowsMut::F32(f32s_mut(buf, len)?),
+    })
+}
+
 impl Backend for Cpu {
-    type Buf = Vec<f32>;
-    type Filter = conv::CpuFilter;
+    type Buf = CpuBuf;
+    type Filter = CpuFilter;
+    type Algo = CpuAlgo;
 
     fn describe(&self) -> String {
         let bf16 = if bf16::native() { ", avx512-bf16" } else { "" };
         format!("cpu ({} threads, {}{bf16})", self.threads, isa_name())
     }
 
-    fn native_bf16(&self) -> bool {
-        bf16::native()
+    fn supports(&self, precision: Precision) -> bool {
+        precision == Precision::F32 || bf16::native()
     }
 
     /// Runs `f` on a pool thread while the other threads wait for its work
@@ -189,226 +234,204 @@ impl Backend for Cpu {
         })
     }
 
-    fn zeros(&self, len: usize) -> Vec<f32> {
-        vec![0.0; len]
+    fn alloc(&self, dtype: DType, len: usize) -> Result<CpuBuf> {
+        Ok(CpuBuf::zeroed(dtype, len))
     }
-    fn upload(&self, data: &[f32]) -> Vec<f32> {
-        data.to_vec()
+    fn write<T: Element>(&self, dst: &mut CpuBuf, src: &[T]) -> Result<()> {
+        dst.write(src);
+        Ok(())
     }
-    fn download(&self, buf: &Vec<f32>) -> Vec<f32> {
-        buf.clone()
-    }
-    fn write(&self, dst: &mut Vec<f32>, src: &[f32]) {
-        dst.clear();
-        dst.extend_from_slice(src);
-    }
-    fn len(&self, buf: &Vec<f32>) -> usize {
-        buf.len()
-    }
-    fn ensure_len(&self, buf: &mut Vec<f32>, len: usize) {
-        if buf.len() != len {
-            buf.resize(len, 0.0);
+    fn download(&self, buf: &CpuBuf) -> Result<Vec<f32>> {
+        match buf.dtype() {
+            DType::F32 => Ok(buf.f32()?.to_vec()),
+            DType::Bf16 => Ok(buf.bf16()?.iter().map(|v| v.to_f32()).collect()),
+            DType::U32 => Err(Error::Backend("labels are not downloaded as floats".into())),
         }
     }
-    fn fill(&self, buf: &mut Vec<f32>, value: f32) {
-        buf.fill(value);
+    fn resize(&self, buf: &mut CpuBuf, dtype: DType, len: usize) -> Result<()> {
+        if (buf.dtype(), buf.len()) != (dtype, len) {
+            buf.resize(dtype, len);
+        }
+        Ok(())
     }
-    fn copy(&self, src: &Vec<f32>, dst: &mut Vec<f32>) {
-        dst.copy_from_slice(src);
+    fn fill(&self, buf: &mut CpuBuf, value: f32) -> Result<()> {
+        buf.f32_mut()?.fill(value);
+        Ok(())
     }
 
-    fn prepare_filter(&self, d: &ConvDesc, weight: &Vec<f32>, usage: FilterUse, out: &mut conv::CpuFilter) {
-        self.install(|| match usage {
-            FilterUse::Forward => conv::prepare_forward(d, weight, out),
-            FilterUse::ForwardBf16 => conv::prepare_forward_bf16(d, weight, out),
-            FilterUse::BackwardData => conv::prepare_backward_data(d, weight, out),
-        });
+    fn conv_algorithm(&self, d: &ConvDesc, usage: FilterUse) -> CpuAlgo {
+        conv::algorithm(d, usage)
+    }
+    fn conv_algorithm_is_fixed(&self, d: &ConvDesc, _: FilterUse) -> bool {
+        conv::algorithm_is_fixed(d)
+    }
+    fn conv_storage(&self, d: &ConvDesc, usage: FilterUse) -> ConvStorage {
+        conv::storage(d, usage)
+    }
+    fn max_pool_bf16(&self) -> bool {
+        true
+    }
+
+    fn prepare_filter(&self, d: &ConvDesc, weight: &CpuBuf, usage: FilterUse, out: &mut CpuFilter) -> Result<()> {
+        let w = f32s(weight, d.weight_len())?;
+        self.install(|| conv::prepare(d, w, usage, out));
+        Ok(())
     }
 
     fn conv_forward(
         &self,
         d: &ConvDesc,
-        x: &Vec<f32>,
-        w: &conv::CpuFilter,
-        y: &mut Vec<f32>,
+        x: &CpuBuf,
+        w: &CpuFilter,
+        y: &mut CpuBuf,
         e: &ConvEpilogue<'_, Self>,
-    ) {
-        debug_assert_eq!(x.len(), d.in_len());
-        debug_assert_eq!(y.len(), d.out_len());
-        if e.residual_in_output {
-            return self.conv_forward_stored(d, x, Storage::F32, w, y, Storage::F32, e, Storage::F32);
-        }
+    ) -> Result<()> {
         let epi = gemm::Epilogue {
             accumulate: false,
-            scale: e.scale.map(|v| v.as_slice()),
-            bias: e.bias.map(|v| v.as_slice()),
-            residual: e.residual.map(|v| (v.as_slice(), d.c_out)),
+            scale: None,
+            bias: e.bias.map(|v| f32s(v, d.c_out)).transpose()?,
+            residual: None,
             relu: e.relu,
         };
-        self.install(|| conv::forward(d, x, w, y, &epi));
+        let x = rows(x, d.in_len())?;
+        let residual = match (e.residual, e.residual_in_output) {
+            (Some(r), false) => Some(direct::Residual::Rows(rows(r, d.out_len())?)),
+            (None, true) => Some(direct::Residual::InOutput),
+            (None, false) => None,
+            (Some(_), true) => return Err(Error::Backend("a residual both in the output and apart".into())),
+        };
+        let y = rows_mut(y, d.out_len())?;
+        self.install(|| conv::forward_stored(d, x, w, y, &epi, residual));
+        Ok(())
     }
 
     fn conv_forward_stats(
         &self,
         d: &ConvDesc,
-        x: &Vec<f32>,
-        w: &conv::CpuFilter,
-        y: &mut Vec<f32>,
-        stats: &mut Vec<f32>,
-    ) -> bool {
-        debug_assert_eq!(x.len(), d.in_len());
-        debug_assert_eq!(y.len(), d.out_len());
-        stats.resize(2 * d.c_out, 0.0);
-        self.install(|| conv::forward_stats(d, x, w, y, stats))
-    }
-
-    fn conv_forward_stored(
-        &self,
-        d: &ConvDesc,
-        x: &Vec<f32>,
-        x_storage: Storage,
-        w: &conv::CpuFilter,
-        y: &mut Vec<f32>,
-        y_storage: Storage,
-        e: &ConvEpilogue<'_, Self>,
-        residual_storage: Storage,
-    ) {
-        let epi = gemm::Epilogue {
-            accumulate: false,
-            scale: e.scale.map(|v| v.as_slice()),
-            bias: e.bias.map(|v| v.as_slice()),
-            residual: None,
-            relu: e.relu,
-        };
-        let x = rows(x, x_storage, d.in_len());
-        let residual = match (e.residual, e.residual_in_output) {
-            (Some(r), false) => Some(direct::Residual::Rows(rows(r, residual_storage, d.out_len()))),
-            (None, true) => Some(direct::Residual::InOutput),
-            (None, false) => None,
-            (Some(_), true) => panic!("a residual both in the output and apart"),
-        };
-        let y = rows_mut(y, y_storage, d.out_len());
-        self.install(|| conv::forward_stored(d, x, w, y, &epi, residual));
+        x: &CpuBuf,
+        w: &CpuFilter,
+        y: &mut CpuBuf,
+        stats: &mut CpuBuf,
+    ) -> Result<bool> {
+        let (x, y) = (f32s(x, d.in_len())?, f32s_mut(y, d.out_len())?);
+        stats.resize(DType::F32, 2 * d.c_out);
+        let stats = stats.f32_mut()?;
+        Ok(self.install(|| conv::forward_stats(d, x, w, y, stats)))
     }
 
     fn conv_backward_data(
         &self,
         d: &ConvDesc,
-        dy: &Vec<f32>,
-        w: &conv::CpuFilter,
-        dx: &mut Vec<f32>,
+        dy: &CpuBuf,
+        w: &CpuFilter,
+        dx: &mut CpuBuf,
         accumulate: bool,
-    ) {
-        debug_assert_eq!(dy.len(), d.out_len());
-        debug_assert_eq!(dx.len(), d.in_len());
+    ) -> Result<()> {
+        let (dy, dx) = (f32s(dy, d.out_len())?, f32s_mut(dx, d.in_len())?);
         self.install(|| conv::backward_data(d, dy, w, dx, accumulate));
+        Ok(())
     }
 
-    fn conv_backward_filter(&self, d: &ConvDesc, x: &Vec<f32>, dy: &Vec<f32>, dw: &mut Vec<f32>) {
-        debug_assert_eq!(dw.len(), d.weight_len());
+    fn conv_backward_filter(&self, d: &ConvDesc, x: &CpuBuf, dy: &CpuBuf, dw: &mut CpuBuf) -> Result<()> {
+        let (x, dy, dw) = (f32s(x, d.in_len())?, f32s(dy, d.out_len())?, f32s_mut(dw, d.weight_len())?);
         self.install(|| conv::backward_filter(d, x, dy, dw));
+        Ok(())
     }
 
     fn bn_forward_inference(
         &self,
-        _rows: usize,
+        rows: usize,
         c: usize,
-        x: &Vec<f32>,
+        x: &CpuBuf,
         p: &BnParams<'_, Self>,
-        running_mean: &Vec<f32>,
-        running_var: &Vec<f32>,
+        running_mean: &CpuBuf,
+        running_var: &CpuBuf,
         tail: &BnTail<'_, Self>,
-        y: &mut Vec<f32>,
-    ) {
-        self.install(|| {
-            norm::forward_inference(
-                c,
-                x,
-                p.weight,
-                p.bias,
-                running_mean,
-                running_var,
-                p.eps,
-                tail.residual.map(|v| v.as_slice()),
-                tail.relu,
-                y,
-            )
-        });
+        y: &mut CpuBuf,
+    ) -> Result<()> {
+        let (x, y) = (f32s(x, rows * c)?, f32s_mut(y, rows * c)?);
+        let (gamma, beta) = (f32s(p.weight, c)?, f32s(p.bias, c)?);
+        let (mean, var) = (f32s(running_mean, c)?, f32s(running_var, c)?);
+        let residual = tail.residual.map(|r| f32s(r, rows * c)).transpose()?;
+        self.install(|| norm::forward_inference(c, x, gamma, beta, mean, var, p.eps, residual, tail.relu, y));
+        Ok(())
     }
 
     fn bn_forward_training(
         &self,
         rows: usize,
         c: usize,
-        x: &Vec<f32>,
-        batch_stats: Option<&Vec<f32>>,
+        x: &CpuBuf,
+        batch_stats: Option<&CpuBuf>,
         p: &BnParams<'_, Self>,
-        running: Option<(&mut Vec<f32>, &mut Vec<f32>, f32)>,
+        running: Option<(&mut CpuBuf, &mut CpuBuf, f32)>,
         saved: BnSaved<'_, Self>,
         tail: &BnTail<'_, Self>,
-        y: &mut Vec<f32>,
-    ) {
-        let running = running.map(|(m, v, mom)| (m.as_mut_slice(), v.as_mut_slice(), mom));
+        y: &mut CpuBuf,
+    ) -> Result<()> {
+        let (x, y) = (f32s(x, rows * c)?, f32s_mut(y, rows * c)?);
+        let (gamma, beta) = (f32s(p.weight, c)?, f32s(p.bias, c)?);
+        let stats = batch_stats.map(|s| f32s(s, 2 * c)).transpose()?;
+        let running = match running {
+            Some((m, v, mom)) => Some((f32s_mut(m, c)?, f32s_mut(v, c)?, mom)),
+            None => None,
+        };
+        for b in [&mut *saved.mean, &mut *saved.invstd] {
+            b.resize(DType::F32, c);
+        }
+        let (mean, invstd) = (saved.mean.f32_mut()?, saved.invstd.f32_mut()?);
+        let residual = tail.residual.map(|r| f32s(r, rows * c)).transpose()?;
         self.install(|| {
-            norm::forward_training(
-                rows,
-                c,
-                x,
-                p.weight,
-                p.bias,
-                p.eps,
-                batch_stats.map(|v| v.as_slice()),
-                running,
-                saved.mean,
-                saved.invstd,
-                tail.residual.map(|v| v.as_slice()),
-                tail.relu,
-                y,
-            )
+            norm::forward_training(rows, c, x, gamma, beta, p.eps, stats, running, mean, invstd, residual, tail.relu, y)
         });
+        Ok(())
     }
 
     fn bn_backward(
         &self,
         rows: usize,
         c: usize,
-        x: &Vec<f32>,
-        y: &Vec<f32>,
+        x: &CpuBuf,
+        y: &CpuBuf,
         relu: bool,
-        dy: &Vec<f32>,
+        dy: &CpuBuf,
         p: &BnParams<'_, Self>,
-        mean: &Vec<f32>,
-        invstd: &Vec<f32>,
+        mean: &CpuBuf,
+        invstd: &CpuBuf,
         g: BnGrads<'_, Self>,
-    ) {
-        let dsum = g.dsum.map(|v| v.as_mut_slice());
-        let params = (p.weight.as_slice(), p.bias.as_slice());
-        self.install(|| norm::backward(rows, c, x, y, relu, dy, params, mean, invstd, g.dx, g.dweight, g.dbias, dsum));
+    ) -> Result<()> {
+        let n = rows * c;
+        let (x, y, dy) = (f32s(x, n)?, f32s(y, n)?, f32s(dy, n)?);
+        let params = (f32s(p.weight, c)?, f32s(p.bias, c)?);
+        let (mean, invstd) = (f32s(mean, c)?, f32s(invstd, c)?);
+        let (dx, dweight, dbias) = (f32s_mut(g.dx, n)?, f32s_mut(g.dweight, c)?, f32s_mut(g.dbias, c)?);
+        let dsum = g.dsum.map(|v| f32s_mut(v, n)).transpose()?;
+        self.install(|| norm::backward(rows, c, x, y, relu, dy, params, mean, invstd, dx, dweight, dbias, dsum));
+        Ok(())
     }
 
-    fn max_pool_forward(&self, d: &PoolDesc, x: &Vec<f32>, y: &mut Vec<f32>) {
-        self.install(|| pool::max_forward(d, x, y));
-    }
-    fn max_pool_forward_stored(
-        &self,
-        d: &PoolDesc,
-        x: &Vec<f32>,
-        x_storage: Storage,
-        y: &mut Vec<f32>,
-        y_storage: Storage,
-    ) {
-        let x = rows(x, x_storage, d.n * d.h * d.w * d.c);
-        let y = rows_mut(y, y_storage, d.n * d.out_h() * d.out_w() * d.c);
+    fn max_pool_forward(&self, d: &PoolDesc, x: &CpuBuf, y: &mut CpuBuf) -> Result<()> {
+        let x = rows(x, d.n * d.h * d.w * d.c)?;
+        let y = rows_mut(y, d.n * d.out_h() * d.out_w() * d.c)?;
         self.install(|| pool::max_forward_stored(d, x, y));
+        Ok(())
     }
-    fn max_pool_backward(&self, d: &PoolDesc, x: &Vec<f32>, dy: &Vec<f32>, dx: &mut Vec<f32>) {
+    fn max_pool_backward(&self, d: &PoolDesc, x: &CpuBuf, dy: &CpuBuf, dx: &mut CpuBuf) -> Result<()> {
+        let n_in = d.n * d.h * d.w * d.c;
+        let (x, dy) = (f32s(x, n_in)?, f32s(dy, d.n * d.out_h() * d.out_w() * d.c)?);
+        let dx = f32s_mut(dx, n_in)?;
         self.install(|| pool::max_backward(d, x, dy, dx));
+        Ok(())
     }
-    fn global_avg_pool_forward(&self, _n: usize, hw: usize, c: usize, x: &Vec<f32>, y: &mut Vec<f32>) {
+    fn global_avg_pool_forward(&self, n: usize, hw: usize, c: usize, x: &CpuBuf, y: &mut CpuBuf) -> Result<()> {
+        let (x, y) = (f32s(x, n * hw * c)?, f32s_mut(y, n * c)?);
         self.install(|| pool::gap_forward(hw, c, x, y));
+        Ok(())
     }
-    fn global_avg_pool_backward(&self, _n: usize, hw: usize, c: usize, dy: &Vec<f32>, dx: &mut Vec<f32>) {
+    fn global_avg_pool_backward(&self, n: usize, hw: usize, c: usize, dy: &CpuBuf, dx: &mut CpuBuf) -> Result<()> {
+        let (dy, dx) = (f32s(dy, n * c)?, f32s_mut(dx, n * hw * c)?);
         self.install(|| pool::gap_backward(hw, c, dy, dx));
+        Ok(())
     }
 
     fn linear_forward(
@@ -416,16 +439,20 @@ impl Backend for Cpu {
         n: usize,
         c_in: usize,
         c_out: usize,
-        x: &Vec<f32>,
-        w: &Vec<f32>,
-        b: Option<&Vec<f32>>,
-        y: &mut Vec<f32>,
-    ) {
-        use gemm::{BSource, Epilogue, OutMat, Strided};
+        x: &CpuBuf,
+        w: &CpuBuf,
+        b: Option<&CpuBuf>,
+        y: &mut CpuBuf,
+    ) -> Result<()> {
+        use gemm::{Epilogue, OutMat, Strided};
+        let (x, w) = (f32s(x, n * c_in)?, f32s(w, c_out * c_in)?);
+        let bias = b.map(|v| f32s(v, c_out)).transpose()?;
+        let y = f32s_mut(y, n * c_out)?;
         let a = Strided { data: x, row_stride: c_in, k_stride: 1 };
         let bw = Strided { data: w, row_stride: c_in, k_stride: 1 };
-        let epi = Epilogue { bias: b.map(|v| v.as_slice()), ..Default::default() };
-        self.install(|| gemm::gemm(n, c_out, c_in, &a, BSource::Operand(&bw), OutMat { data: y, ld: c_out }, &epi));
+        let epi = Epilogue { bias, ..Default::default() };
+        self.install(|| gemm::gemm(n, c_out, c_in, &a, &bw, OutMat { data: y, ld: c_out }, &epi));
+        Ok(())
     }
 
     fn linear_backward(
@@ -433,32 +460,28 @@ impl Backend for Cpu {
         n: usize,
         c_in: usize,
         c_out: usize,
-        x: &Vec<f32>,
-        w: &Vec<f32>,
-        dy: &Vec<f32>,
-        dx: Option<&mut Vec<f32>>,
-        dw: &mut Vec<f32>,
-        db: Option<&mut Vec<f32>>,
-    ) {
-        use gemm::{BSource, Epilogue, OutMat, Strided};
+        x: &CpuBuf,
+        w: &CpuBuf,
+        dy: &CpuBuf,
+        dx: Option<&mut CpuBuf>,
+        dw: &mut CpuBuf,
+        db: Option<&mut CpuBuf>,
+    ) -> Result<()> {
+        use gemm::{Epilogue, OutMat, Strided};
+        let (x, w, dy) = (f32s(x, n * c_in)?, f32s(w, c_out * c_in)?, f32s(dy, n * c_out)?);
+        let dx = dx.map(|v| f32s_mut(v, n * c_in)).transpose()?;
+        let dw = f32s_mut(dw, c_out * c_in)?;
+        let db = db.map(|v| f32s_mut(v, c_out)).transpose()?;
         self.install(|| {
             if let Some(dx) = dx {
                 let a = Strided { data: dy, row_stride: c_out, k_stride: 1 };
                 let b = Strided { data: w, row_stride: 1, k_stride: c_in };
-                gemm::gemm(
-                    n,
-                    c_in,
-                    c_out,
-                    &a,
-                    BSource::Operand(&b),
-                    OutMat { data: dx, ld: c_in },
-                    &Epilogue::default(),
-                );
+                gemm::gemm(n, c_in, c_out, &a, &b, OutMat { data: dx, ld: c_in }, &Epilogue::default());
             }
             let a = Strided { data: dy, row_stride: 1, k_stride: c_out };
             let b = Strided { data: x, row_stride: 1, k_stride: c_in };
             let epi = Epilogue { accumulate: true, ..Default::default() };
-            gemm::gemm(c_out, c_in, n, &a, BSource::Operand(&b), OutMat { data: dw, ld: c_in }, &epi);
+            gemm::gemm(c_out, c_in, n, &a, &b, OutMat { data: dw, ld: c_in }, &epi);
             if let Some(db) = db {
                 for row in dy.chunks_exact(c_out) {
                     for (o, &v) in db.iter_mut().zip(row) {
@@ -467,75 +490,71 @@ impl Backend for Cpu {
                 }
             }
         });
+        Ok(())
     }
 
-    fn relu_forward(&self, x: &Vec<f32>, y: &mut Vec<f32>) {
-        self.install(|| ops::map(x, y, |v| v.max(0.0)));
-    }
-    fn relu_backward(&self, y: &Vec<f32>, dy: &Vec<f32>, dx: &mut Vec<f32>) {
-        self.install(|| ops::zip_map(y, dy, dx, |yv, g| if yv > 0.0 { g } else { 0.0 }));
-    }
-    fn add(&self, a: &Vec<f32>, b: &Vec<f32>, relu: bool, y: &mut Vec<f32>) {
+    fn add(&self, a: &CpuBuf, b: &CpuBuf, relu: bool, y: &mut CpuBuf) -> Result<()> {
+        let n = y.len();
+        let (a, b, y) = (f32s(a, n)?, f32s(b, n)?, y.f32_mut()?);
         self.install(|| {
             if relu { ops::zip_map(a, b, y, |p, q| (p + q).max(0.0)) } else { ops::zip_map(a, b, y, |p, q| p + q) }
         });
+        Ok(())
     }
-    fn add_assign(&self, y: &mut Vec<f32>, x: &Vec<f32>) {
+    fn add_assign(&self, y: &mut CpuBuf, x: &CpuBuf) -> Result<()> {
+        let n = y.len();
+        let (x, y) = (f32s(x, n)?, y.f32_mut()?);
         self.install(|| ops::update(y, x, |a, b| a + b));
+        Ok(())
     }
-    fn pad_shortcut_forward(&self, d: &PadShortcutDesc, x: &Vec<f32>, y: &mut Vec<f32>) {
+    fn pad_shortcut_forward(&self, d: &PadShortcutDesc, x: &CpuBuf, y: &mut CpuBuf) -> Result<()> {
+        let out = d.n * d.h.div_ceil(d.stride) * d.w.div_ceil(d.stride) * d.c_out;
+        let (x, y) = (f32s(x, d.n * d.h * d.w * d.c_in)?, f32s_mut(y, out)?);
         self.install(|| ops::pad_shortcut_forward(d, x, y));
+        Ok(())
     }
-    fn pad_shortcut_backward(&self, d: &PadShortcutDesc, dy: &Vec<f32>, dx: &mut Vec<f32>, accumulate: bool) {
+    fn pad_shortcut_backward(&self, d: &PadShortcutDesc, dy: &CpuBuf, dx: &mut CpuBuf, accumulate: bool) -> Result<()> {
+        let out = d.n * d.h.div_ceil(d.stride) * d.w.div_ceil(d.stride) * d.c_out;
+        let (dy, dx) = (f32s(dy, out)?, f32s_mut(dx, d.n * d.h * d.w * d.c_in)?);
         self.install(|| ops::pad_shortcut_backward(d, dy, dx, accumulate));
+        Ok(())
     }
 
     fn softmax_cross_entropy(
         &self,
-        _n: usize,
+        n: usize,
         classes: usize,
-        logits: &Vec<f32>,
-        labels: &[u32],
+        logits: &CpuBuf,
+        labels: &CpuBuf,
         smoothing: f32,
-        dlogits: &mut Vec<f32>,
-    ) -> f32 {
-        self.install(|| ops::softmax_cross_entropy(classes, logits, labels, smoothing, dlogits))
+        dlogits: &mut CpuBuf,
+        metrics: &mut CpuBuf,
+        slot: usize,
+    ) -> Result<()> {
+        let labels = labels.u32()?.get(..n).ok_or_else(|| short(labels.len(), n))?;
+        if let Some(&bad) = labels.iter().find(|&&l| l as usize >= classes) {
+            return Err(Error::Backend(format!("label {bad} of a {classes}-class problem")));
+        }
+        let (logits, dlogits) = (f32s(logits, n * classes)?, f32s_mut(dlogits, n * classes)?);
+        let out = f32s_mut(metrics, 2 * slot + 2)?;
+        let (loss, correct) = self.install(|| ops::softmax_cross_entropy(classes, logits, labels, smoothing, dlogits));
+        out[2 * slot] = loss;
+        out[2 * slot + 1] = correct as f32;
+        Ok(())
     }
-    fn sgd_update(&self, step: &SgdStep, param: &mut Vec<f32>, grad: &Vec<f32>, momentum_buf: &mut Vec<f32>) {
-        self.install(|| ops::sgd(step, param, grad, momentum_buf));
+    fn sgd_update(&self, step: &SgdStep, param: &mut CpuBuf, grad: &CpuBuf, momentum_buf: &mut CpuBuf) -> Result<()> {
+        let n = param.len();
+        let (p, g, m) = (param.f32_mut()?, f32s(grad, n)?, f32s_mut(momentum_buf, n)?);
+        self.install(|| ops::sgd(step, p, g, m));
+        Ok(())
     }
-    fn sum_squares(&self, x: &Vec<f32>) -> f64 {
+    fn sum_squares(&self, x: &CpuBuf) -> Result<f64> {
+        let x = x.f32()?;
         // Collect the chunk sums and add them in order: reproducible.
         let parts: Vec<f64> = self.install(|| {
             x.par_chunks(1 << 14).map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>()).collect()
         });
-        parts.iter().sum()
-    }
-}
-
-/// A buffer's first `len` activations as stored.
-fn rows(buf: &[f32], storage: Storage, len: usize) -> direct::Rows<'_> {
-    match storage {
-        Storage::F32 => direct::Rows::F32(&buf[..len]),
-        Storage::Bf16 => {
-            assert!(2 * buf.len() >= len, "bf16 buffer too small");
-            // SAFETY: Bf16 is two bytes with alignment 2 (<= f32's 4); the
-            // buffer's f32 slots hold at least len bf16 values.
-            direct::Rows::Bf16(unsafe { std::slice::from_raw_parts(buf.as_ptr().cast(), len) })
-        }
-    }
-}
-
-/// [`rows`] for writing.
-fn rows_mut(buf: &mut [f32], storage: Storage, len: usize) -> direct::RowsMut<'_> {
-    match storage {
-        Storage::F32 => direct::RowsMut::F32(&mut buf[..len]),
-        Storage::Bf16 => {
-            assert!(2 * buf.len() >= len, "bf16 buffer too small");
-            // SAFETY: Bf16 is two bytes with alignment 2 (<= f32's 4); the
-            // buffer's f32 slots hold at least len bf16 values.
-            direct::RowsMut::Bf16(unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast(), len) })
-        }
+        Ok(parts.iter().sum())
     }
 }
 
@@ -588,22 +607,4 @@ pub fn peak_gflops(cpu: &Cpu) -> f64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The scope's spinners must end however `f` ends: nested scopes, parallel
-    /// work inside, and a panic (which must reach the caller, not hang).
-    #[test]
-    fn scope_runs_nested_parallel_work_and_passes_panics_on() {
-        for threads in [1, 2, 3] {
-            let cpu = Cpu::new(Some(threads)).unwrap();
-            let sum: u64 = cpu.scope(|| cpu.scope(|| (0..10_000u64).into_par_iter().map(|v| v * v).sum()));
-            assert_eq!(sum, (0..10_000u64).map(|v| v * v).sum::<u64>());
-            let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                cpu.scope(|| (0..100).into_par_iter().for_each(|i| assert!(i != 57, "task {i} fails")))
-            }));
-            assert!(caught.is_err(), "the panic reaches the caller");
-            assert_eq!(cpu.scope(rayon::current_num_threads), threads, "the pool still works");
-        }
-    }
-}
+mod tests;

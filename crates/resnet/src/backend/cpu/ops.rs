@@ -17,15 +17,6 @@ pub fn zip_map(a: &[f32], b: &[f32], y: &mut [f32], f: impl Fn(f32, f32) -> f32 
     });
 }
 
-/// `y[i] = f(x[i])` in parallel.
-pub fn map(x: &[f32], y: &mut [f32], f: impl Fn(f32) -> f32 + Sync) {
-    y.par_chunks_mut(GRAIN).enumerate().for_each(|(t, yc)| {
-        for (v, &p) in yc.iter_mut().zip(&x[t * GRAIN..]) {
-            *v = f(p);
-        }
-    });
-}
-
 /// `y[i] = f(y[i], x[i])` in parallel.
 pub fn update(y: &mut [f32], x: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) {
     y.par_chunks_mut(GRAIN).enumerate().for_each(|(t, yc)| {
@@ -74,11 +65,18 @@ pub fn pad_shortcut_backward(d: &PadShortcutDesc, dy: &[f32], dx: &mut [f32], ac
 }
 
 /// Softmax cross-entropy with label smoothing `eps`: the target is
-/// `(1 - eps) * onehot + eps / classes`. Returns the mean loss and writes the
-/// gradient of the mean loss.
-pub fn softmax_cross_entropy(classes: usize, logits: &[f32], labels: &[u32], eps: f32, dlogits: &mut [f32]) -> f32 {
+/// `(1 - eps) * onehot + eps / classes`. Writes the gradient of the mean loss
+/// and returns the mean loss and the number of rows whose label has the
+/// largest logit (ties go to the lower class, as in evaluation).
+pub fn softmax_cross_entropy(
+    classes: usize,
+    logits: &[f32],
+    labels: &[u32],
+    eps: f32,
+    dlogits: &mut [f32],
+) -> (f32, usize) {
     let n = labels.len();
-    let losses: Vec<f64> = dlogits
+    let rows: Vec<(f64, bool)> = dlogits
         .par_chunks_mut(classes)
         .zip(logits.par_chunks(classes))
         .zip(labels.par_iter())
@@ -94,10 +92,13 @@ pub fn softmax_cross_entropy(classes: usize, logits: &[f32], labels: &[u32], eps
                 loss -= q * logp;
                 *gj = ((logp.exp() - q) / n as f64) as f32;
             }
-            loss
+            let y = label as usize;
+            let beaten = z.iter().enumerate().any(|(j, &v)| v > z[y] || (v == z[y] && j < y));
+            (loss, !beaten)
         })
         .collect();
-    (losses.iter().sum::<f64>() / n as f64) as f32
+    let loss = rows.iter().map(|r| r.0).sum::<f64>() / n as f64;
+    (loss as f32, rows.iter().filter(|r| r.1).count())
 }
 
 /// `torch.optim.SGD` for one parameter tensor.

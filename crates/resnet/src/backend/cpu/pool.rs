@@ -77,12 +77,8 @@ fn max_row<X: Value, Y: Value>(d: &PoolDesc, x: &[X], n: usize, oy: usize, yr: &
     }
 }
 
-/// Max pooling (padding counts as -inf, as in PyTorch).
-pub fn max_forward(d: &PoolDesc, x: &[f32], y: &mut [f32]) {
-    max_forward_as(d, x, y)
-}
-
-/// [`max_forward`] over stored rows, f32 or bf16 on either side.
+/// Max pooling (padding counts as -inf, as in PyTorch) over stored rows,
+/// f32 or bf16 on either side.
 pub fn max_forward_stored(d: &PoolDesc, x: Rows<'_>, y: RowsMut<'_>) {
     match (x, y) {
         (Rows::F32(x), RowsMut::F32(y)) => max_forward_as(d, x, y),
@@ -274,7 +270,7 @@ mod tests {
                 .collect();
             let (oh, ow) = (d.out_h(), d.out_w());
             let mut y = vec![0.0; d.n * oh * ow * c];
-            max_forward(&d, &x, &mut y);
+            max_forward_as(&d, &x[..], &mut y[..]);
             for (i, &got) in y.iter().enumerate() {
                 let (ch, ox, oy, n) = (i % c, i / c % ow, i / c / ow % oh, i / c / ow / oh);
                 let (ys, xs) = window(&d, oy, ox);
@@ -305,7 +301,7 @@ mod tests {
         let xb: Vec<Bf16> = x.iter().map(|&v| Bf16::from_f32(v)).collect();
         let out = d.n * d.out_h() * d.out_w() * d.c;
         let mut want = vec![0.0; out];
-        max_forward(&d, &x, &mut want);
+        max_forward_as(&d, &x[..], &mut want[..]);
         for bf16_in in [false, true] {
             let src = if bf16_in { Rows::Bf16(&xb) } else { Rows::F32(&x) };
             let mut y = vec![f32::NAN; out];

@@ -14,6 +14,7 @@
 //! Filters are transformed once (`U = G g G^T`). Tiles are processed in chunks
 //! so the transformed data stays in cache.
 
+use super::mem::AlignedVec;
 use rayon::prelude::*;
 
 use super::bf16::Bf16;
@@ -110,7 +111,7 @@ pub struct WinogradFilter {
     pub m: usize,
     c_in: usize,
     c_out: usize,
-    data: Vec<f32>,
+    data: AlignedVec<f32>,
 }
 
 impl WinogradFilter {
@@ -166,7 +167,7 @@ fn panel_filter(
     (c_out, c_in): (usize, usize),
     q: usize,
     src: FilterSource,
-    taps: &mut Vec<f32>,
+    taps: &mut AlignedVec<f32>,
     dst: SyncPtr,
 ) {
     const NR: usize = direct::NR;
@@ -252,9 +253,9 @@ wide_fn! {
 /// products `M`, both `[a^2][MR][channels]`.
 #[derive(Default)]
 struct Scratch {
-    v: Vec<f32>,
-    mm: Vec<f32>,
-    tile: Vec<f32>,
+    v: AlignedVec<f32>,
+    mm: AlignedVec<f32>,
+    tile: AlignedVec<f32>,
     /// Each block's rows of one `V_p` and `M_p`, for the micro-kernel.
     rows: Vec<([*const f32; MR], [*mut f32; MR])>,
 }
@@ -265,7 +266,7 @@ thread_local! {
 }
 
 /// Makes `v` at least `len` long (never shorter).
-fn grow(v: &mut Vec<f32>, len: usize) {
+fn grow(v: &mut AlignedVec<f32>, len: usize) {
     if v.len() < len {
         v.resize(len, 0.0);
     }
@@ -436,7 +437,7 @@ fn forward_cut(
     // Per block: its pixel count, then the mean and the sum of squared
     // deviations of each channel.
     let (want_stats, part_len) = (stats.is_some(), 1 + 2 * d.c_out);
-    let mut parts = Vec::new();
+    let mut parts = AlignedVec::new();
     if want_stats {
         parts = BLOCK_MOMENTS.with(|p| std::mem::take(&mut *p.borrow_mut()));
         grow(&mut parts, spans * subs * part_len);
@@ -483,7 +484,7 @@ fn forward_cut(
 thread_local! {
     /// The per-block moments of [`forward`], kept between calls (grown, never
     /// shrunk) so that training steps do not allocate them again.
-    static BLOCK_MOMENTS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static BLOCK_MOMENTS: std::cell::RefCell<AlignedVec<f32>> = const { std::cell::RefCell::new(AlignedVec::new()) };
 }
 
 wide_fn! {
@@ -977,7 +978,7 @@ unsafe fn input_transform(
     v: *mut f32,
     ldp: usize,
     i: usize,
-    buf: &mut Vec<f32>,
+    buf: &mut AlignedVec<f32>,
 ) {
     let (a, m, c) = (t.a, t.m, d.c_in);
     let patch_corner = |oy: usize, ox: usize| (oy as isize - d.pad[0] as isize, ox as isize - d.pad[1] as isize);
@@ -1036,7 +1037,7 @@ unsafe fn output_transform(
     ox: usize,
     y: Dst,
     e: &Epilogue<'_>,
-    buf: &mut Vec<f32>,
+    buf: &mut AlignedVec<f32>,
 ) {
     let (a, m, co) = (t.a, t.m, d.c_out);
     let (oh, ow) = (d.out_h(), d.out_w());
@@ -1128,7 +1129,7 @@ pub fn filter_gradient(m: usize, d: &ConvDesc, x: &[f32], dy: &[f32], dw: &mut [
     let most = (GRAD_PARTS_BYTES / 4 / (groups * part_len)).max(1);
     let per_slab = tiles.div_ceil((tiles / (4 * chunk)).clamp(1, 8).min(most));
     let slabs = tiles.div_ceil(per_slab);
-    let mut parts = vec![0.0f32; slabs * groups * part_len];
+    let mut parts = AlignedVec::<f32>::zeroed(slabs * groups * part_len);
     parts.par_chunks_mut(part_len).enumerate().for_each(|(k, part)| {
         let (sl, g) = (k / groups, k % groups);
         let own = sl * per_slab..((sl + 1) * per_slab).min(tiles);
@@ -1267,7 +1268,7 @@ unsafe fn grad_transform(
     ldp: usize,
     ld: usize,
     i: usize,
-    buf: &mut Vec<f32>,
+    buf: &mut AlignedVec<f32>,
 ) {
     let (a, m, cw) = (t.a, t.m, cols.len());
     let (oh, ow) = (d.out_h(), d.out_w());

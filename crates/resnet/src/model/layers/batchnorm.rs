@@ -5,7 +5,8 @@
 //! Shapes: `x, y [n, h, w, c]`; parameters `[c]`.
 
 use super::Visit;
-use crate::backend::{Backend, BnGrads, BnParams, BnSaved, BnTail};
+use crate::backend::{Backend, BnGrads, BnParams, BnSaved, BnTail, DType};
+use crate::error::Result;
 use crate::model::Mode;
 use crate::model::graph::key;
 use crate::model::state::StateEntry;
@@ -44,33 +45,33 @@ pub struct BatchNorm2d<B: Backend> {
 
 impl<B: Backend> BatchNorm2d<B> {
     /// A batch norm over `c` channels, gamma = 1, beta = 0, running stats (0, 1).
-    pub fn new(b: &B, c: usize, relu: bool) -> Self {
-        let mut weight = Param::zeros(b, &[c], ParamLayout::Plain);
-        weight.value = b.upload(&vec![1.0; c]);
+    pub fn new(b: &B, c: usize, relu: bool) -> Result<Self> {
+        let mut weight = Param::zeros(b, &[c], ParamLayout::Plain)?;
+        weight.value = b.upload(&vec![1.0f32; c])?;
         weight.is_scale_or_bias = true;
-        let mut bias = Param::zeros(b, &[c], ParamLayout::Plain);
+        let mut bias = Param::zeros(b, &[c], ParamLayout::Plain)?;
         bias.is_scale_or_bias = true;
-        Self {
+        Ok(Self {
             c,
             eps: 1e-5,
             momentum: 0.1,
             relu,
             weight,
             bias,
-            running_mean: b.zeros(c),
-            running_var: b.upload(&vec![1.0; c]),
+            running_mean: b.alloc(DType::F32, c)?,
+            running_var: b.upload(&vec![1.0f32; c])?,
             num_batches_tracked: 0,
-            y: Tensor::empty(b),
-            dx: Tensor::empty(b),
-            dsum: Tensor::empty(b),
-            save_mean: b.zeros(c),
-            save_invstd: b.zeros(c),
+            y: Tensor::empty(),
+            dx: Tensor::empty(),
+            dsum: Tensor::empty(),
+            save_mean: b.alloc(DType::F32, c)?,
+            save_invstd: b.alloc(DType::F32, c)?,
             had_residual: false,
-        }
+        })
     }
 
     /// `y = relu?(bn(x) + residual?)`, with batch statistics in training mode.
-    pub fn forward(&mut self, b: &B, x: &Tensor<B>, residual: Option<&Tensor<B>>, mode: Mode) -> &Tensor<B> {
+    pub fn forward(&mut self, b: &B, x: &Tensor<B>, residual: Option<&Tensor<B>>, mode: Mode) -> Result<&Tensor<B>> {
         self.forward_with_stats(b, x, None, residual, mode)
     }
 
@@ -83,13 +84,13 @@ impl<B: Backend> BatchNorm2d<B> {
         stats: Option<&B::Buf>,
         residual: Option<&Tensor<B>>,
         mode: Mode,
-    ) -> &Tensor<B> {
+    ) -> Result<&Tensor<B>> {
         assert_eq!(x.shape[3], self.c, "batch norm input has {} channels, expected {}", x.shape[3], self.c);
         if let Some(r) = residual {
             assert_eq!(r.shape, x.shape, "residual shape {:?} differs from {:?}", r.shape, x.shape);
         }
         self.had_residual = residual.is_some();
-        self.y.reshape(b, x.shape);
+        self.y.reshape(b, x.shape)?;
         let rows = x.shape[0] * x.shape[1] * x.shape[2];
         let p = BnParams { weight: &self.weight.value, bias: &self.bias.value, eps: self.eps };
         let tail = BnTail { residual: residual.map(|r| &r.buf), relu: self.relu };
@@ -103,26 +104,26 @@ impl<B: Backend> BatchNorm2d<B> {
                 &self.running_var,
                 &tail,
                 &mut self.y.buf,
-            ),
+            )?,
             Mode::Train => {
                 self.num_batches_tracked += 1;
                 let saved = BnSaved { mean: &mut self.save_mean, invstd: &mut self.save_invstd };
                 let running = Some((&mut self.running_mean, &mut self.running_var, self.momentum));
-                b.bn_forward_training(rows, self.c, &x.buf, stats, &p, running, saved, &tail, &mut self.y.buf);
+                b.bn_forward_training(rows, self.c, &x.buf, stats, &p, running, saved, &tail, &mut self.y.buf)?;
             }
         }
-        &self.y
+        Ok(&self.y)
     }
 
     /// Backward of a training-mode forward pass: accumulates gamma and beta
     /// gradients, writes `self.dx`, and `self.dsum` when there was a residual.
-    pub fn backward(&mut self, b: &B, x: &Tensor<B>, dy: &Tensor<B>) {
-        self.weight.ensure_grad(b);
-        self.bias.ensure_grad(b);
-        self.dx.reshape(b, x.shape);
+    pub fn backward(&mut self, b: &B, x: &Tensor<B>, dy: &Tensor<B>) -> Result<()> {
+        self.weight.ensure_grad(b)?;
+        self.bias.ensure_grad(b)?;
+        self.dx.reshape(b, x.shape)?;
         let rows = x.shape[0] * x.shape[1] * x.shape[2];
         let dsum = if self.had_residual {
-            self.dsum.reshape(b, x.shape);
+            self.dsum.reshape(b, x.shape)?;
             Some(&mut self.dsum.buf)
         } else {
             None
@@ -140,7 +141,7 @@ impl<B: Backend> BatchNorm2d<B> {
             &self.save_mean,
             &self.save_invstd,
             grads,
-        );
+        )
     }
 }
 

@@ -6,6 +6,7 @@
 
 use super::{Visit, take};
 use crate::backend::{Backend, ConvDesc, ConvEpilogue, FilterUse};
+use crate::error::Result;
 use crate::model::Mode;
 use crate::model::graph::key;
 use crate::model::state::StateEntry;
@@ -36,15 +37,40 @@ pub struct Conv2d<B: Backend> {
     /// Batch statistics of `y` from the last [`Conv2d::forward_for_norm`]
     /// that the backend computed on the way.
     stats: B::Buf,
-    fwd: B::Filter,
-    fwd_version: Option<u64>,
-    bwd: B::Filter,
-    bwd_version: Option<u64>,
+    fwd: PreparedFilter<B>,
+    bwd: PreparedFilter<B>,
+}
+
+/// A filter prepared from the weights of one version for one algorithm.
+struct PreparedFilter<B: Backend> {
+    filter: B::Filter,
+    /// `(weight version, algorithm)` it was prepared for.
+    key: Option<(u64, B::Algo)>,
+}
+
+impl<B: Backend> Default for PreparedFilter<B> {
+    fn default() -> Self {
+        Self { filter: B::Filter::default(), key: None }
+    }
+}
+
+impl<B: Backend> PreparedFilter<B> {
+    /// The filter for `d`, prepared again when the weights changed or the
+    /// backend picks another algorithm for this shape.
+    fn get(&mut self, b: &B, d: &ConvDesc, weight: &Param<B>, usage: FilterUse) -> Result<&B::Filter> {
+        let key = (weight.version, b.conv_algorithm(d, usage));
+        if self.key != Some(key) {
+            self.key = None;
+            b.prepare_filter(d, &weight.value, usage, &mut self.filter)?;
+            self.key = Some(key);
+        }
+        Ok(&self.filter)
+    }
 }
 
 impl<B: Backend> Conv2d<B> {
     /// A `k x k` convolution with `pad`, `stride` and `groups` (dilation 1).
-    pub fn new(b: &B, c_in: usize, c_out: usize, k: usize, stride: usize, pad: usize, groups: usize) -> Self {
+    pub fn new(b: &B, c_in: usize, c_out: usize, k: usize, stride: usize, pad: usize, groups: usize) -> Result<Self> {
         Self::with_dilation(b, c_in, c_out, [k, k], [stride, stride], [pad, pad], [1, 1], groups)
     }
 
@@ -59,9 +85,9 @@ impl<B: Backend> Conv2d<B> {
         pad: [usize; 2],
         dilation: [usize; 2],
         groups: usize,
-    ) -> Self {
+    ) -> Result<Self> {
         let shape = [c_out, c_in / groups, kernel[0], kernel[1]];
-        Self {
+        Ok(Self {
             c_in,
             c_out,
             kernel,
@@ -69,15 +95,13 @@ impl<B: Backend> Conv2d<B> {
             pad,
             dilation,
             groups,
-            weight: Param::zeros(b, &shape, ParamLayout::ConvOhwi),
-            y: Tensor::empty(b),
-            dx: Tensor::empty(b),
-            stats: b.zeros(0),
-            fwd: Default::default(),
-            fwd_version: None,
-            bwd: Default::default(),
-            bwd_version: None,
-        }
+            weight: Param::zeros(b, &shape, ParamLayout::ConvOhwi)?,
+            y: Tensor::empty(),
+            dx: Tensor::empty(),
+            stats: B::Buf::default(),
+            fwd: PreparedFilter::default(),
+            bwd: PreparedFilter::default(),
+        })
     }
 
     /// The descriptor for an input of shape `x` (NHWC).
@@ -102,70 +126,66 @@ impl<B: Backend> Conv2d<B> {
         [x[0], d.out_h(), d.out_w(), self.c_out]
     }
 
-    /// `y = conv(x)` followed by `epi`.
-    pub fn forward_with(&mut self, b: &B, x: &Tensor<B>, epi: &ConvEpilogue<'_, B>) -> &Tensor<B> {
-        let d = self.prepare_forward(b, x);
-        b.conv_forward(&d, &x.buf, &self.fwd, &mut self.y.buf, epi);
-        &self.y
-    }
-
     /// `y = conv(x)` for a batch norm that follows: in training mode, also the
     /// batch statistics of `y` where the backend computes them on the way
     /// (see [`Backend::conv_forward_stats`]), for `BatchNorm2d::forward_with_stats`.
-    pub fn forward_for_norm(&mut self, b: &B, x: &Tensor<B>, mode: Mode) -> (&Tensor<B>, Option<&B::Buf>) {
+    pub fn forward_for_norm(&mut self, b: &B, x: &Tensor<B>, mode: Mode) -> Result<(&Tensor<B>, Option<&B::Buf>)> {
         if mode == Mode::Eval {
-            return (self.forward(b, x), None);
+            return Ok((self.forward(b, x)?, None));
         }
-        let d = self.prepare_forward(b, x);
-        let known = b.conv_forward_stats(&d, &x.buf, &self.fwd, &mut self.y.buf, &mut self.stats);
-        (&self.y, known.then_some(&self.stats))
+        let d = self.prepare_forward(b, x)?;
+        let w = self.fwd.get(b, &d, &self.weight, FilterUse::Forward)?;
+        let known = b.conv_forward_stats(&d, &x.buf, w, &mut self.y.buf, &mut self.stats)?;
+        Ok((&self.y, known.then_some(&self.stats)))
     }
 
-    /// Checks the input, refreshes the forward filter and shapes `y`.
-    fn prepare_forward(&mut self, b: &B, x: &Tensor<B>) -> ConvDesc {
+    /// Checks the input and shapes `y`.
+    fn prepare_forward(&mut self, b: &B, x: &Tensor<B>) -> Result<ConvDesc> {
         assert_eq!(x.shape[3], self.c_in, "conv input has {} channels, expected {}", x.shape[3], self.c_in);
-        let d = self.desc(x.shape);
-        if self.fwd_version != Some(self.weight.version) {
-            b.prepare_filter(&d, &self.weight.value, FilterUse::Forward, &mut self.fwd);
-            self.fwd_version = Some(self.weight.version);
-        }
-        self.y.reshape(b, self.out_shape(x.shape));
-        d
+        self.y.reshape(b, self.out_shape(x.shape))?;
+        Ok(self.desc(x.shape))
     }
 
     /// `y = conv(x)`.
-    pub fn forward(&mut self, b: &B, x: &Tensor<B>) -> &Tensor<B> {
-        self.forward_with(b, x, &ConvEpilogue::default())
+    pub fn forward(&mut self, b: &B, x: &Tensor<B>) -> Result<&Tensor<B>> {
+        let d = self.prepare_forward(b, x)?;
+        let w = self.fwd.get(b, &d, &self.weight, FilterUse::Forward)?;
+        b.conv_forward(&d, &x.buf, w, &mut self.y.buf, &ConvEpilogue::default())?;
+        Ok(&self.y)
     }
 
     /// Accumulates the filter gradient and, when `want_dx`, writes `self.dx`.
-    pub fn backward(&mut self, b: &B, x: &Tensor<B>, dy: &Tensor<B>, want_dx: bool) {
-        let mut dx = take(&mut self.dx, b);
-        if want_dx {
-            dx.reshape(b, x.shape);
-            self.backward_into(b, x, dy, Some((&mut dx, false)));
+    pub fn backward(&mut self, b: &B, x: &Tensor<B>, dy: &Tensor<B>, want_dx: bool) -> Result<()> {
+        let mut dx = take(&mut self.dx);
+        let r = if want_dx {
+            dx.reshape(b, x.shape).and_then(|_| self.backward_into(b, x, dy, Some((&mut dx, false))))
         } else {
-            self.backward_into(b, x, dy, None);
-        }
+            self.backward_into(b, x, dy, None)
+        };
         self.dx = dx;
+        r
     }
 
     /// Accumulates the filter gradient and adds the input gradient to `dx`.
-    pub fn backward_accumulate(&mut self, b: &B, x: &Tensor<B>, dy: &Tensor<B>, dx: &mut Tensor<B>) {
-        self.backward_into(b, x, dy, Some((dx, true)));
+    pub fn backward_accumulate(&mut self, b: &B, x: &Tensor<B>, dy: &Tensor<B>, dx: &mut Tensor<B>) -> Result<()> {
+        self.backward_into(b, x, dy, Some((dx, true)))
     }
 
-    fn backward_into(&mut self, b: &B, x: &Tensor<B>, dy: &Tensor<B>, dx: Option<(&mut Tensor<B>, bool)>) {
+    fn backward_into(
+        &mut self,
+        b: &B,
+        x: &Tensor<B>,
+        dy: &Tensor<B>,
+        dx: Option<(&mut Tensor<B>, bool)>,
+    ) -> Result<()> {
         let d = self.desc(x.shape);
-        self.weight.ensure_grad(b);
-        b.conv_backward_filter(&d, &x.buf, &dy.buf, &mut self.weight.grad);
+        self.weight.ensure_grad(b)?;
+        b.conv_backward_filter(&d, &x.buf, &dy.buf, &mut self.weight.grad)?;
         if let Some((dx, accumulate)) = dx {
-            if self.bwd_version != Some(self.weight.version) {
-                b.prepare_filter(&d, &self.weight.value, FilterUse::BackwardData, &mut self.bwd);
-                self.bwd_version = Some(self.weight.version);
-            }
-            b.conv_backward_data(&d, &dy.buf, &self.bwd, &mut dx.buf, accumulate);
+            let w = self.bwd.get(b, &d, &self.weight, FilterUse::BackwardData)?;
+            b.conv_backward_data(&d, &dy.buf, w, &mut dx.buf, accumulate)?;
         }
+        Ok(())
     }
 }
 

@@ -27,8 +27,8 @@ use crate::tensor::Tensor;
 
 /// Replaces `t` with an empty tensor and returns the old one, so that a layer
 /// can write into its own buffer while borrowing itself.
-pub(crate) fn take<B: Backend>(t: &mut Tensor<B>, b: &B) -> Tensor<B> {
-    std::mem::replace(t, Tensor::empty(b))
+pub(crate) fn take<B: Backend>(t: &mut Tensor<B>) -> Tensor<B> {
+    std::mem::take(t)
 }
 
 /// The parts of a layer that walk its state (for checkpoints and optimisers).

@@ -4,6 +4,7 @@
 //! `[n, h, w, c] -> [n, 1, 1, c]`.
 
 use crate::backend::{Backend, PoolDesc};
+use crate::error::Result;
 use crate::tensor::Tensor;
 
 /// Max pooling with a square window.
@@ -22,8 +23,8 @@ pub struct MaxPool2d<B: Backend> {
 
 impl<B: Backend> MaxPool2d<B> {
     /// A `kernel x kernel` max pool.
-    pub fn new(b: &B, kernel: usize, stride: usize, pad: usize) -> Self {
-        Self { kernel, stride, pad, y: Tensor::empty(b), dx: Tensor::empty(b) }
+    pub fn new(kernel: usize, stride: usize, pad: usize) -> Self {
+        Self { kernel, stride, pad, y: Tensor::empty(), dx: Tensor::empty() }
     }
 
     fn desc(&self, x: [usize; 4]) -> PoolDesc {
@@ -37,16 +38,16 @@ impl<B: Backend> MaxPool2d<B> {
     }
 
     /// Forward.
-    pub fn forward(&mut self, b: &B, x: &Tensor<B>) -> &Tensor<B> {
-        self.y.reshape(b, self.out_shape(x.shape));
-        b.max_pool_forward(&self.desc(x.shape), &x.buf, &mut self.y.buf);
-        &self.y
+    pub fn forward(&mut self, b: &B, x: &Tensor<B>) -> Result<&Tensor<B>> {
+        self.y.reshape(b, self.out_shape(x.shape))?;
+        b.max_pool_forward(&self.desc(x.shape), &x.buf, &mut self.y.buf)?;
+        Ok(&self.y)
     }
 
     /// Backward into `self.dx`.
-    pub fn backward(&mut self, b: &B, x: &Tensor<B>, dy: &Tensor<B>) {
-        self.dx.reshape(b, x.shape);
-        b.max_pool_backward(&self.desc(x.shape), &x.buf, &dy.buf, &mut self.dx.buf);
+    pub fn backward(&mut self, b: &B, x: &Tensor<B>, dy: &Tensor<B>) -> Result<()> {
+        self.dx.reshape(b, x.shape)?;
+        b.max_pool_backward(&self.desc(x.shape), &x.buf, &dy.buf, &mut self.dx.buf)
     }
 }
 
@@ -58,22 +59,28 @@ pub struct GlobalAvgPool<B: Backend> {
     pub dx: Tensor<B>,
 }
 
+impl<B: Backend> Default for GlobalAvgPool<B> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl<B: Backend> GlobalAvgPool<B> {
     /// A global average pool.
-    pub fn new(b: &B) -> Self {
-        Self { y: Tensor::empty(b), dx: Tensor::empty(b) }
+    pub fn new() -> Self {
+        Self { y: Tensor::empty(), dx: Tensor::empty() }
     }
 
     /// Forward.
-    pub fn forward(&mut self, b: &B, x: &Tensor<B>) -> &Tensor<B> {
-        self.y.reshape(b, [x.shape[0], 1, 1, x.shape[3]]);
-        b.global_avg_pool_forward(x.shape[0], x.shape[1] * x.shape[2], x.shape[3], &x.buf, &mut self.y.buf);
-        &self.y
+    pub fn forward(&mut self, b: &B, x: &Tensor<B>) -> Result<&Tensor<B>> {
+        self.y.reshape(b, [x.shape[0], 1, 1, x.shape[3]])?;
+        b.global_avg_pool_forward(x.shape[0], x.shape[1] * x.shape[2], x.shape[3], &x.buf, &mut self.y.buf)?;
+        Ok(&self.y)
     }
 
     /// Backward into `self.dx`.
-    pub fn backward(&mut self, b: &B, x: &Tensor<B>, dy: &Tensor<B>) {
-        self.dx.reshape(b, x.shape);
-        b.global_avg_pool_backward(x.shape[0], x.shape[1] * x.shape[2], x.shape[3], &dy.buf, &mut self.dx.buf);
+    pub fn backward(&mut self, b: &B, x: &Tensor<B>, dy: &Tensor<B>) -> Result<()> {
+        self.dx.reshape(b, x.shape)?;
+        b.global_avg_pool_backward(x.shape[0], x.shape[1] * x.shape[2], x.shape[3], &dy.buf, &mut self.dx.buf)
     }
 }

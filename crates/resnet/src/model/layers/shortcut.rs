@@ -8,6 +8,7 @@
 //! Shapes: `[n, h, w, c_in] -> [n, ceil(h/s), ceil(w/s), c_out]`.
 
 use crate::backend::{Backend, PadShortcutDesc};
+use crate::error::Result;
 use crate::tensor::Tensor;
 
 /// Zero-padded identity shortcut.
@@ -24,8 +25,8 @@ pub struct PadShortcut<B: Backend> {
 
 impl<B: Backend> PadShortcut<B> {
     /// A shortcut from `c_in` to `c_out >= c_in` channels.
-    pub fn new(b: &B, c_in: usize, c_out: usize, stride: usize) -> Self {
-        Self { c_in, c_out, stride, y: Tensor::empty(b) }
+    pub fn new(c_in: usize, c_out: usize, stride: usize) -> Self {
+        Self { c_in, c_out, stride, y: Tensor::empty() }
     }
 
     fn desc(&self, x: [usize; 4]) -> PadShortcutDesc {
@@ -46,14 +47,14 @@ impl<B: Backend> PadShortcut<B> {
     }
 
     /// Forward.
-    pub fn forward(&mut self, b: &B, x: &Tensor<B>) -> &Tensor<B> {
-        self.y.reshape(b, self.out_shape(x.shape));
-        b.pad_shortcut_forward(&self.desc(x.shape), &x.buf, &mut self.y.buf);
-        &self.y
+    pub fn forward(&mut self, b: &B, x: &Tensor<B>) -> Result<&Tensor<B>> {
+        self.y.reshape(b, self.out_shape(x.shape))?;
+        b.pad_shortcut_forward(&self.desc(x.shape), &x.buf, &mut self.y.buf)?;
+        Ok(&self.y)
     }
 
     /// Adds the input gradient into `dx`.
-    pub fn backward_accumulate(&self, b: &B, x_shape: [usize; 4], dy: &Tensor<B>, dx: &mut Tensor<B>) {
-        b.pad_shortcut_backward(&self.desc(x_shape), &dy.buf, &mut dx.buf, true);
+    pub fn backward_accumulate(&self, b: &B, x_shape: [usize; 4], dy: &Tensor<B>, dx: &mut Tensor<B>) -> Result<()> {
+        b.pad_shortcut_backward(&self.desc(x_shape), &dy.buf, &mut dx.buf, true)
     }
 }

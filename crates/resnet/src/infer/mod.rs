@@ -1,0 +1,432 @@
+//! Inference: a network compiled once ([`CompiledModel`]), run by many, each
+//! with a [`Workspace`] of its own.
+//!
+//! Compiling reads the network's [`Graph`] and weights: every batch norm that
+//! follows a convolution is folded into the convolution's weights and bias
+//! (`W' = W * gamma / sqrt(var + eps)`, `b' = beta - mean * gamma / sqrt(var +
+//! eps)`), the residual add and the ReLU go into the epilogue of the unit's
+//! last convolution, and the network becomes a flat list of operations over a
+//! few reused buffers: a buffer is recycled as soon as the last operation
+//! reading it has run, so memory is the largest set of simultaneously live
+//! activations, not the sum of all of them. In bf16, the backend says which
+//! values may be stored in bf16 and where a residual may share its output's
+//! buffer (`compile.rs`).
+//!
+//! A compiled model is immutable and shareable across threads (`Send +
+//! Sync`); the buffers of a run live in its [`Workspace`]. Algorithms are
+//! chosen per input shape, as cuDNN chooses them. Where the backend's choice
+//! depends on the shape, the model keeps the folded weights, and the first
+//! run at a shape prepares the filters its algorithms need (kept, and shared
+//! by every shape that picks the same algorithm): a batch-1 request does not
+//! fix the algorithms of later batch-16 ones. Elsewhere the filter is
+//! prepared once, when the model is compiled, and no copy of the weights is
+//! kept. [`InferencePlan`] bundles a model with one workspace for the common
+//! single-threaded case.
+//!
+//! `Network::forward(x, Mode::Eval)` stays the reference; tests check that
+//! both agree.
+
+mod compile;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::backend::{Backend, BnParams, BnTail, ConvDesc, ConvEpilogue, DType, PadShortcutDesc, PoolDesc, Precision};
+use crate::error::{Error, Result};
+use crate::io::{self, LoadMode, StateDict};
+use crate::model::{Graph, Network, ResNetSpec};
+use crate::tensor::Tensor;
+use compile::{Compiled, Op, Weights};
+
+/// A network compiled for inference: fused operations, their weights, and
+/// the buffer plan. Immutable; run it with a [`Workspace`].
+pub struct CompiledModel<B: Backend> {
+    backend: B,
+    spec: ResNetSpec,
+    precision: Precision,
+    c: Compiled<B>,
+    /// Distinguishes models, so a workspace is only used with its own.
+    id: u64,
+    /// Prepared filters by (convolution, algorithm).
+    filters: Mutex<FilterCache<B>>,
+    /// What runs at each input shape.
+    shapes: Mutex<HashMap<[usize; 4], Arc<ShapePlan<B>>>>,
+}
+
+/// Filters prepared for a shape's algorithms, by (convolution, algorithm).
+type FilterCache<B> = HashMap<(usize, <B as Backend>::Algo), Arc<<B as Backend>::Filter>>;
+
+/// A compiled model at one input shape: every value's shape, and each
+/// convolution's descriptor and prepared filter.
+struct ShapePlan<B: Backend> {
+    input: [usize; 4],
+    shapes: Vec<[usize; 4]>,
+    convs: Vec<(ConvDesc, Arc<B::Filter>)>,
+}
+
+/// The buffers of one run at a time of a [`CompiledModel`].
+pub struct Workspace<B: Backend> {
+    model: u64,
+    bufs: Vec<Tensor<B>>,
+    plan: Option<Arc<ShapePlan<B>>>,
+    /// Seconds per operation of the last run, when profiling.
+    timings: Option<Vec<f64>>,
+}
+
+impl<B: Backend> Workspace<B> {
+    /// Records the time of every operation from now on (see [`CompiledModel::profile`]).
+    pub fn enable_profiling(&mut self) {
+        self.timings = Some(Vec::new());
+    }
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+impl<B: Backend> CompiledModel<B> {
+    /// Compiles the architecture of `graph` with the weights of `sd` (checked
+    /// strictly against the graph's key/shape table) for `precision`.
+    pub fn new(backend: &B, graph: &Graph, sd: &StateDict, precision: Precision) -> Result<Self> {
+        io::check_state_dict(graph, sd, LoadMode::Strict)?;
+        let c = compile::compile(backend, graph, sd, precision)?;
+        Ok(Self {
+            backend: backend.clone(),
+            spec: graph.spec.clone(),
+            precision,
+            c,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            filters: Mutex::new(HashMap::new()),
+            shapes: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Compiles `net` (its current weights and running statistics).
+    pub fn from_network(net: &mut Network<B>, precision: Precision) -> Result<Self> {
+        let sd = io::state_dict(net)?;
+        let graph = net.graph().clone();
+        Self::new(net.backend(), &graph, &sd, precision)
+    }
+
+    /// The architecture.
+    pub fn spec(&self) -> &ResNetSpec {
+        &self.spec
+    }
+
+    /// The arithmetic of this model.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// The backend it runs on.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// Number of reusable activation buffers a workspace holds.
+    pub fn buffers(&self) -> usize {
+        self.c.slots
+    }
+
+    /// A workspace for running this model.
+    pub fn workspace(&self) -> Workspace<B> {
+        Workspace {
+            model: self.id,
+            bufs: (0..self.c.slots).map(|_| Tensor::empty()).collect(),
+            plan: None,
+            timings: None,
+        }
+    }
+
+    /// The plan for an NHWC input shape: the first call at a shape chooses
+    /// the algorithms and prepares what they need.
+    fn shape_plan(&self, input: [usize; 4]) -> Result<Arc<ShapePlan<B>>> {
+        if let Some(p) = self.shapes.lock().unwrap_or_else(|e| e.into_inner()).get(&input) {
+            return Ok(p.clone());
+        }
+        let mut shapes = vec![[0; 4]; self.c.values];
+        shapes[0] = input;
+        let mut convs = Vec::new();
+        for op in &self.c.ops {
+            let (src, dst) = op.io();
+            let s = shapes[src];
+            shapes[dst] = match *op {
+                Op::Conv { conv, .. } => {
+                    let fc = &self.c.convs[conv];
+                    let d = fc.conv.desc(s[0], s[1], s[2]);
+                    let filter = match &fc.weights {
+                        Weights::Prepared(f) => f.clone(),
+                        Weights::Folded(w) => {
+                            let key = (conv, self.backend.conv_algorithm(&d, fc.usage));
+                            let mut filters = self.filters.lock().unwrap_or_else(|e| e.into_inner());
+                            match filters.get(&key) {
+                                Some(f) => f.clone(),
+                                None => {
+                                    let mut f = B::Filter::default();
+                                    self.backend.prepare_filter(&d, w, fc.usage, &mut f)?;
+                                    filters.entry(key).or_insert(Arc::new(f)).clone()
+                                }
+                            }
+                        }
+                    };
+                    convs.push((d, filter));
+                    [s[0], d.out_h(), d.out_w(), d.c_out]
+                }
+                Op::Norm { .. } => s,
+                Op::MaxPool { kernel, stride, pad, .. } => {
+                    let d = PoolDesc { n: s[0], h: s[1], w: s[2], c: s[3], kernel, stride, pad };
+                    [s[0], d.out_h(), d.out_w(), s[3]]
+                }
+                Op::Pad { c_out, stride, .. } => [s[0], s[1].div_ceil(stride), s[2].div_ceil(stride), c_out],
+                Op::Gap { .. } => [s[0], 1, 1, s[3]],
+            };
+            if shapes[dst][1] == 0 || shapes[dst][2] == 0 {
+                return Err(Error::Invalid(format!(
+                    "input {}x{} is too small for {}",
+                    input[1], input[2], self.spec.name
+                )));
+            }
+        }
+        let plan = Arc::new(ShapePlan { input, shapes, convs });
+        self.shapes.lock().unwrap_or_else(|e| e.into_inner()).insert(input, plan.clone());
+        Ok(plan)
+    }
+
+    /// Runs the model on an NHWC batch in `ws`; returns the logits `[n, 1, 1, classes]`.
+    pub fn run<'w>(&self, ws: &'w mut Workspace<B>, x: &Tensor<B>) -> Result<&'w Tensor<B>> {
+        if ws.model != self.id {
+            return Err(Error::Invalid("a workspace runs only the model that made it".into()));
+        }
+        if x.shape[3] != self.spec.in_channels || x.shape[0] == 0 {
+            return Err(Error::Invalid(format!(
+                "the network expects {}-channel input, got shape {:?}",
+                self.spec.in_channels, x.shape
+            )));
+        }
+        if ws.plan.as_ref().is_none_or(|p| p.input != x.shape) {
+            ws.plan = Some(self.shape_plan(x.shape)?);
+        }
+        let b = self.backend.clone();
+        b.scope(|| self.run_ops(ws, x))?;
+        Ok(&ws.bufs[self.c.slot[self.c.output].expect("the logits have a slot")])
+    }
+
+    /// [`CompiledModel::run`]'s operations, in the backend's scope.
+    fn run_ops(&self, ws: &mut Workspace<B>, x: &Tensor<B>) -> Result<()> {
+        let b = &self.backend;
+        let plan = ws.plan.clone().expect("a shape plan was made");
+        if let Some(t) = ws.timings.as_mut() {
+            t.resize(self.c.ops.len(), 0.0);
+        }
+        let mut convs = plan.convs.iter();
+        for (i, op) in self.c.ops.iter().enumerate() {
+            let t0 = ws.timings.is_some().then(std::time::Instant::now);
+            let (src, dst) = op.io();
+            let (s, out) = (plan.shapes[src], plan.shapes[dst]);
+            let dslot = self.c.slot[dst].expect("every produced value has a slot");
+            // Take the destination out so sources can be borrowed alongside it.
+            let mut y = std::mem::take(&mut ws.bufs[dslot]);
+            // Sharing the output's slot, the residual is what `y` holds (see `assign_slots`).
+            let in_output = op.residual().is_some_and(|r| self.c.slot[r] == Some(dslot));
+            let result = if in_output && y.shape != out {
+                Err(Error::Backend(format!("a residual of shape {:?} for an output of {out:?}", y.shape)))
+            } else if in_output {
+                Ok(())
+            } else {
+                y.reshape_as(b, out, self.c.storage[dst])
+            };
+            let get = |v: usize| -> &Tensor<B> { if v == 0 { x } else { &ws.bufs[self.c.slot[v].expect("slot")] } };
+            let result = result.and_then(|_| match *op {
+                Op::Conv { conv, residual, relu, .. } => {
+                    let (d, filter) = convs.next().expect("one prepared filter per convolution");
+                    let epi = ConvEpilogue {
+                        bias: self.c.convs[conv].bias.as_ref(),
+                        residual: residual.filter(|_| !in_output).map(|r| &get(r).buf),
+                        relu,
+                        residual_in_output: in_output,
+                    };
+                    b.conv_forward(d, &get(src).buf, filter, &mut y.buf, &epi)
+                }
+                Op::Norm { norm, .. } => {
+                    let n = &self.c.norms[norm];
+                    let p = BnParams { weight: &n.gamma, bias: &n.beta, eps: n.eps };
+                    let tail = BnTail { residual: None, relu: n.relu };
+                    let rows = s[0] * s[1] * s[2];
+                    b.bn_forward_inference(rows, n.channels, &get(src).buf, &p, &n.mean, &n.var, &tail, &mut y.buf)
+                }
+                Op::MaxPool { kernel, stride, pad, .. } => {
+                    let d = PoolDesc { n: s[0], h: s[1], w: s[2], c: s[3], kernel, stride, pad };
+                    b.max_pool_forward(&d, &get(src).buf, &mut y.buf)
+                }
+                Op::Pad { c_in, c_out, stride, .. } => {
+                    let pad_before = (c_out - c_in) / 2;
+                    let d = PadShortcutDesc { n: s[0], h: s[1], w: s[2], c_in, c_out, stride, pad_before };
+                    b.pad_shortcut_forward(&d, &get(src).buf, &mut y.buf)
+                }
+                Op::Gap { .. } => b.global_avg_pool_forward(s[0], s[1] * s[2], s[3], &get(src).buf, &mut y.buf),
+            });
+            ws.bufs[dslot] = y;
+            result?;
+            if let (Some(t0), Some(t)) = (t0, ws.timings.as_mut()) {
+                t[i] = t0.elapsed().as_secs_f64();
+            }
+        }
+        Ok(())
+    }
+
+    /// Pooled features of the last run in `ws` (`[n, 1, 1, feature_dim]`).
+    pub fn features<'w>(&self, ws: &'w Workspace<B>) -> &'w Tensor<B> {
+        &ws.bufs[self.c.slot[self.c.features].expect("the features have a slot")]
+    }
+
+    /// Each operation of the last profiled run in `ws`: a description and its seconds.
+    pub fn profile(&self, ws: &Workspace<B>) -> Vec<(String, f64)> {
+        let t = ws.timings.clone().unwrap_or_default();
+        let shapes = ws.plan.as_ref().map(|p| p.shapes.clone()).unwrap_or_default();
+        self.c
+            .ops
+            .iter()
+            .enumerate()
+            .map(|(i, op)| {
+                let s = shapes.get(op.io().0).copied().unwrap_or_default();
+                let name = match *op {
+                    Op::Conv { conv, residual, relu, .. } => {
+                        let (name, c) = (&self.c.convs[conv].name, self.c.convs[conv].conv);
+                        format!(
+                            "{name}: conv {}x{}/{} {}->{} g{} at {}x{}{}{}",
+                            c.kernel[0],
+                            c.kernel[1],
+                            c.stride[0],
+                            c.c_in,
+                            c.c_out,
+                            c.groups,
+                            s[1],
+                            s[2],
+                            if residual.is_some() { " +res" } else { "" },
+                            if relu { " relu" } else { "" }
+                        )
+                    }
+                    Op::Norm { norm, .. } => format!("batch norm {} at {}x{}", self.c.norms[norm].channels, s[1], s[2]),
+                    Op::MaxPool { .. } => format!("max pool at {}x{}", s[1], s[2]),
+                    Op::Pad { .. } => "option-A shortcut".into(),
+                    Op::Gap { .. } => "global average pool".into(),
+                };
+                (name, t.get(i).copied().unwrap_or(0.0))
+            })
+            .collect()
+    }
+
+    /// The element type each operation writes, in order (bf16 plans store
+    /// some activations in bf16).
+    pub fn output_types(&self) -> Vec<DType> {
+        self.c.ops.iter().map(|op| self.c.storage[op.io().1]).collect()
+    }
+}
+
+/// Anything that maps a batch to logits in evaluation mode: the reference
+/// [`Network`] or a compiled [`InferencePlan`].
+pub trait Infer<B: Backend> {
+    /// Logits `[n, 1, 1, classes]` for an NHWC batch.
+    fn infer(&mut self, x: &Tensor<B>) -> Result<&Tensor<B>>;
+    /// Pooled features of the last call (`[n, 1, 1, features]`).
+    fn pooled(&self) -> &Tensor<B>;
+    /// The backend.
+    fn backend(&self) -> &B;
+    /// Classifier outputs.
+    fn num_classes(&self) -> usize;
+}
+
+impl<B: Backend> Infer<B> for Network<B> {
+    fn infer(&mut self, x: &Tensor<B>) -> Result<&Tensor<B>> {
+        self.forward(x, crate::model::Mode::Eval)
+    }
+    fn pooled(&self) -> &Tensor<B> {
+        &self.avgpool.y
+    }
+    fn backend(&self) -> &B {
+        Network::backend(self)
+    }
+    fn num_classes(&self) -> usize {
+        self.spec.num_classes
+    }
+}
+
+/// A compiled model with a workspace of its own: one caller, one run at a time.
+pub struct InferencePlan<B: Backend> {
+    model: Arc<CompiledModel<B>>,
+    ws: Workspace<B>,
+}
+
+impl<B: Backend> InferencePlan<B> {
+    /// Compiles `net` for f32.
+    pub fn new(net: &mut Network<B>) -> Result<Self> {
+        Self::with_precision(net, Precision::F32)
+    }
+
+    /// Compiles `net` for inference in `precision`. In bf16 every
+    /// convolution but the classifier runs on bf16 weights and inputs, and
+    /// activations are stored in bf16 where the backend reads them so anyway.
+    pub fn with_precision(net: &mut Network<B>, precision: Precision) -> Result<Self> {
+        Ok(Self::from_model(Arc::new(CompiledModel::from_network(net, precision)?)))
+    }
+
+    /// A plan running a shared compiled model.
+    pub fn from_model(model: Arc<CompiledModel<B>>) -> Self {
+        let ws = model.workspace();
+        Self { model, ws }
+    }
+
+    /// The compiled model.
+    pub fn model(&self) -> &Arc<CompiledModel<B>> {
+        &self.model
+    }
+
+    /// The arithmetic of this plan.
+    pub fn precision(&self) -> Precision {
+        self.model.precision
+    }
+
+    /// Records the time of every operation from now on (see [`InferencePlan::profile`]).
+    pub fn enable_profiling(&mut self) {
+        self.ws.enable_profiling();
+    }
+
+    /// Each operation of the last run: a description and its seconds.
+    pub fn profile(&self) -> Vec<(String, f64)> {
+        self.model.profile(&self.ws)
+    }
+
+    /// Number of reusable activation buffers.
+    pub fn buffers(&self) -> usize {
+        self.model.buffers()
+    }
+
+    /// Runs the plan on an NHWC batch; returns the logits `[n, 1, 1, classes]`.
+    pub fn run(&mut self, x: &Tensor<B>) -> Result<&Tensor<B>> {
+        self.model.run(&mut self.ws, x)
+    }
+
+    /// Pooled features of the last run (`[n, 1, 1, feature_dim]`).
+    pub fn features(&self) -> &Tensor<B> {
+        self.model.features(&self.ws)
+    }
+
+    /// Classifier outputs.
+    pub fn classes(&self) -> usize {
+        self.model.spec.num_classes
+    }
+}
+
+impl<B: Backend> Infer<B> for InferencePlan<B> {
+    fn infer(&mut self, x: &Tensor<B>) -> Result<&Tensor<B>> {
+        self.run(x)
+    }
+    fn pooled(&self) -> &Tensor<B> {
+        self.features()
+    }
+    fn backend(&self) -> &B {
+        &self.model.backend
+    }
+    fn num_classes(&self) -> usize {
+        self.classes()
+    }
+}
