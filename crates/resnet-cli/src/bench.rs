@@ -6,9 +6,9 @@ use anyhow::{Result, bail};
 use resnet::backend::{Backend, Precision};
 use resnet::infer::InferencePlan;
 use resnet::model::{Mode, Network, ResNetSpec, Stem};
-use resnet::optim::{Sgd, SgdConfig};
 use resnet::rng::Rng;
 use resnet::tensor::Tensor;
+use resnet_train::optim::{Sgd, SgdConfig};
 
 use crate::util::{check_batch, cpu, precision};
 

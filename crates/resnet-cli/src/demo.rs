@@ -10,12 +10,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use resnet::backend::Backend;
-use resnet::data::{DataKind, DataSpec, Images};
 use resnet::model::{Mode, ResNetSpec};
-use resnet::optim::{LrPolicy, Schedule, SgdConfig};
-use resnet::plot::Thumb;
 use resnet::tensor::Tensor;
-use resnet::train::{TrainConfig, Trainer, load_data};
+use resnet_train::data::{DataKind, DataSpec, Images};
+use resnet_train::optim::{LrPolicy, Schedule, SgdConfig};
+use resnet_train::plot::Thumb;
+use resnet_train::train::{TrainConfig, Trainer, load_data};
 
 use crate::util::cpu;
 
@@ -132,7 +132,7 @@ pub fn run(a: Args) -> Result<()> {
 /// and shows them in the terminal and in `samples.png`.
 fn show_samples(
     trainer: &mut Trainer<resnet::backend::Cpu>,
-    test: &resnet::data::Split,
+    test: &resnet_train::data::Split,
     classes: &[String],
     out: &Path,
 ) -> Result<()> {
@@ -190,7 +190,7 @@ fn show_samples(
             }
         }
     }
-    resnet::plot::image_grid(&out.join("samples"), &thumbs, 6)?;
+    resnet_train::plot::image_grid(&out.join("samples"), &thumbs, 6)?;
     Ok(())
 }
 

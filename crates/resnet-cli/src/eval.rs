@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use resnet::classify::{Classifier, read_card};
-use resnet::data::{DataSpec, Dataset};
-use resnet::eval::{eval_transform, evaluate};
+use resnet_train::data::{DataSpec, Dataset};
+use resnet_train::eval::{eval_transform, evaluate};
 
 use crate::util::{check_batch, cpu, precision};
 
@@ -55,12 +55,12 @@ pub fn run(a: Args) -> Result<()> {
     let card = read_card(&a.weights)?;
     let tf = eval_transform(arch.in_channels, &ds, card.as_ref());
     tf.validate(ds.channels)?;
-    let workers = if matches!(ds.test.images, resnet::data::Images::Files(_)) { 2 * cpu.threads() } else { 1 };
+    let workers = if matches!(ds.test.images, resnet_train::data::Images::Files(_)) { 2 * cpu.threads() } else { 1 };
     let r = evaluate(&mut plan, ds.test.clone(), Arc::new(tf), batch, workers, |_, _| {}, |_, _, _| {})?;
     let out = a.out.clone().unwrap_or_else(|| a.weights.parent().map(PathBuf::from).unwrap_or_default());
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let title = format!("{} on {} ({} images)", arch.name, spec.kind_name(), r.n);
-    resnet::plot::confusion_heatmap(&out.join("confusion"), &title, &r.confusion, &ds.classes)?;
+    resnet_train::plot::confusion_heatmap(&out.join("confusion"), &title, &r.confusion, &ds.classes)?;
     let json = serde_json::json!({
         "arch": arch.name, "weights": a.weights, "data": spec.to_string(), "n": r.n, "precision": precision.to_string(),
         "top1": r.top1, "top5": r.top5, "loss": r.loss,

@@ -6,11 +6,11 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{Result, bail};
 use resnet::backend::{Backend, Cpu};
-use resnet::data::DataSpec;
-use resnet::experiment::{self as lab, LabObserver, LayerProfile, RunResult, Variant, pct};
 use resnet::model::ShortcutKind;
-use resnet::plot::{Panel, Series};
-use resnet::train::{Observer, TrainConfig, load_data};
+use resnet_train::data::DataSpec;
+use resnet_train::experiment::{self as lab, LabObserver, LayerProfile, RunResult, Variant, pct};
+use resnet_train::plot::{Panel, Series};
+use resnet_train::train::{Observer, TrainConfig, load_data};
 
 use crate::train::{Progress, Recipe, config};
 use crate::util::cpu;
@@ -107,7 +107,7 @@ impl LabObserver for Lab {
     }
 }
 
-fn base_config(common: &Common, cpu: &Cpu) -> Result<(TrainConfig, resnet::data::Dataset)> {
+fn base_config(common: &Common, cpu: &Cpu) -> Result<(TrainConfig, resnet_train::data::Dataset)> {
     let spec: DataSpec = common.data.parse()?;
     let r = &common.recipe;
     let ds = load_data(&spec, r.train_per_class, r.test_per_class)?;
@@ -120,7 +120,7 @@ fn command_line() -> String {
     format!("resnet {}", args.join(" "))
 }
 
-fn budget(cfg: &TrainConfig, ds: &resnet::data::Dataset) -> String {
+fn budget(cfg: &TrainConfig, ds: &resnet_train::data::Dataset) -> String {
     let per_epoch = ds.train.len().div_ceil(cfg.batch);
     let iters = cfg.iterations.unwrap_or((cfg.epochs * per_epoch) as u64);
     format!(
@@ -130,9 +130,9 @@ fn budget(cfg: &TrainConfig, ds: &resnet::data::Dataset) -> String {
         iters as f64 / per_epoch as f64,
         ds.train.len(),
         match cfg.policy.schedule {
-            resnet::optim::Schedule::Constant => "constant",
-            resnet::optim::Schedule::MultiStep { .. } => "step",
-            resnet::optim::Schedule::Cosine { .. } => "cosine",
+            resnet_train::optim::Schedule::Constant => "constant",
+            resnet_train::optim::Schedule::MultiStep { .. } => "step",
+            resnet_train::optim::Schedule::Cosine { .. } => "cosine",
         },
         cfg.policy.lr,
         match (cfg.policy.warmup_iters, cfg.policy.warmup_until_error) {
@@ -294,7 +294,7 @@ fn variants_report(
     title: &str,
     c: &Common,
     cfg: &TrainConfig,
-    ds: &resnet::data::Dataset,
+    ds: &resnet_train::data::Dataset,
     rs: &[RunResult],
     cpu: &Cpu,
     extra: &str,

@@ -6,10 +6,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use resnet::backend::{Backend, Cpu};
-use resnet::data::DataSpec;
 use resnet::model::ResNetSpec;
-use resnet::optim::{LrPolicy, Schedule, SgdConfig};
-use resnet::train::{Observer, StepReport, TestPoint, TrainConfig, TrainSummary, Trainer, load_data};
+use resnet_train::data::DataSpec;
+use resnet_train::optim::{LrPolicy, Schedule, SgdConfig};
+use resnet_train::train::{Observer, StepReport, TestPoint, TrainConfig, TrainSummary, Trainer, load_data};
 
 use crate::util::{check_batch, cpu};
 
@@ -134,7 +134,7 @@ pub fn config(
     arch: &str,
     threads: usize,
     data: DataSpec,
-    ds: &resnet::data::Dataset,
+    ds: &resnet_train::data::Dataset,
     num_classes: Option<usize>,
     in_channels: Option<usize>,
     init: Option<PathBuf>,
@@ -204,7 +204,7 @@ pub fn config(
         log_every: a.log_every.unwrap_or(0),
         zero_init_residual: a.zero_init_residual,
     };
-    finish_config(&mut cfg, a, ds.train.len(), matches!(ds.train.images, resnet::data::Images::Files(_)))?;
+    finish_config(&mut cfg, a, ds.train.len(), matches!(ds.train.images, resnet_train::data::Images::Files(_)))?;
     Ok(cfg)
 }
 
@@ -385,7 +385,7 @@ pub fn run(a: Args) -> Result<()> {
                 cfg.spec.num_classes,
                 cpu.describe()
             );
-            resnet::train::check_fresh_out_dir(&a.out, a.force)?;
+            resnet_train::train::check_fresh_out_dir(&a.out, a.force)?;
             Trainer::new(cfg, &cpu, data, &a.out)?
         }
     };

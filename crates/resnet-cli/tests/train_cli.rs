@@ -38,8 +38,10 @@ fn toy_data(dir: &Path, train: usize) {
                 }
             }
         }
-        resnet::data::idx::write(&dir.join(format!("{prefix}-images-idx3-ubyte.gz")), &[n, 28, 28], &px, true).unwrap();
-        resnet::data::idx::write(&dir.join(format!("{prefix}-labels-idx1-ubyte.gz")), &[n], &labels, true).unwrap();
+        resnet_train::data::idx::write(&dir.join(format!("{prefix}-images-idx3-ubyte.gz")), &[n, 28, 28], &px, true)
+            .unwrap();
+        resnet_train::data::idx::write(&dir.join(format!("{prefix}-labels-idx1-ubyte.gz")), &[n], &labels, true)
+            .unwrap();
     }
 }
 

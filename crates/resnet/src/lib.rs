@@ -11,19 +11,13 @@
 //! * [`image`](mod@image): decoding and torchvision-identical preprocessing.
 pub mod backend;
 pub mod classify;
-pub mod data;
 pub mod error;
-pub mod eval;
-pub mod experiment;
 pub mod infer;
 pub mod io;
 pub mod labels;
 pub mod model;
-pub mod optim;
-pub mod plot;
 pub mod preprocess;
 pub mod rng;
 pub mod tensor;
-pub mod train;
 
 pub use error::{Error, Result};

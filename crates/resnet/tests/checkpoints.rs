@@ -3,7 +3,6 @@
 //! training checkpoint dict in half precision with `module.` keys. Bad files
 //! give clear errors.
 
-#[macro_use]
 mod common;
 
 use common::*;
@@ -116,7 +115,7 @@ fn bad_weights_are_clear_errors<B: Backend>(cpu: &B, _: Scale) {
     load_state_dict(&mut net, &old, LoadMode::Strict).unwrap();
 }
 
-for_each_backend!(
+resnet::for_each_backend!(
     pth_and_safetensors_from_pytorch_give_pytorchs_logits,
     pth_round_trips_through_our_safetensors_writer,
     bad_weights_are_clear_errors,

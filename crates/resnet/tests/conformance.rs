@@ -10,7 +10,6 @@
 //! residuals in the output buffer that give bit-identical results, and
 //! filters that serve every shape with their algorithm.
 
-#[macro_use]
 mod common;
 
 use common::Scale;
@@ -605,7 +604,7 @@ fn loss_and_update_match_the_reference<B: Backend>(b: &B, _: Scale) {
     assert_eq!((m[1], m[3]), (got[2][1], got[2][3]));
 }
 
-for_each_backend!(
+resnet::for_each_backend!(
     buffers_hold_their_type_and_values,
     convolutions_match_the_reference,
     filters_serve_every_shape_with_their_algorithm,

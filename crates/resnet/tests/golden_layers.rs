@@ -3,7 +3,6 @@
 //! stride, dilation and padding; batch norm (eval, with and without fused
 //! ReLU); pooling; linear; the option-A shortcut.
 
-#[macro_use]
 mod common;
 
 use common::*;
@@ -86,4 +85,4 @@ fn batch_norm_pooling_linear_and_shortcut_match_pytorch<B: Backend>(b: &B, _: Sc
     assert_close("pad_shortcut", &to_nchw(b, y), &get(&sd, "pad_shortcut.y").0, 0.0);
 }
 
-for_each_backend!(convolutions_match_pytorch, batch_norm_pooling_linear_and_shortcut_match_pytorch);
+resnet::for_each_backend!(convolutions_match_pytorch, batch_norm_pooling_linear_and_shortcut_match_pytorch);

@@ -5,7 +5,6 @@
 //! through the compiled plan, on every backend (the reference backend runs
 //! the architectures of up to 0.5 G multiply-accumulates per case).
 
-#[macro_use]
 mod common;
 
 use common::*;
@@ -161,7 +160,7 @@ fn a_plan_gives_the_same_logits_after_a_larger_batch<B: Backend>(b: &B, scale: S
     }
 }
 
-for_each_backend!(
+resnet::for_each_backend!(
     every_architecture_matches_pytorch,
     a_smaller_batch_after_larger_ones_matches_a_fresh_network,
     a_plan_gives_the_same_logits_after_a_larger_batch,

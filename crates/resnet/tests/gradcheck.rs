@@ -3,7 +3,6 @@
 //! on small random shapes. The loss is `sum(layer(x) * r)` for a random `r`,
 //! so `dy = r`. On every backend.
 
-#[macro_use]
 mod common;
 
 use common::*;
@@ -315,7 +314,7 @@ fn pooling_linear_shortcut_and_loss_backward_match_finite_differences<B: Backend
     }
 }
 
-for_each_backend!(
+resnet::for_each_backend!(
     conv2d_backward_matches_finite_differences,
     batch_norm_backward_matches_finite_differences,
     pooling_linear_shortcut_and_loss_backward_match_finite_differences,

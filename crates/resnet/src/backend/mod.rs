@@ -36,6 +36,41 @@ pub use reference::Reference;
 
 use crate::error::Result;
 
+/// For the test suites (not part of the API): see [`for_each_backend!`](crate::for_each_backend).
+#[doc(hidden)]
+pub mod testing {
+    /// How much work a test may ask of a backend: the reference backend
+    /// (plain f64 loops, one thread) runs the smaller cases only.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Scale {
+        /// Every case.
+        Full,
+        /// The cases that take the reference backend a second or so.
+        Light,
+    }
+}
+
+/// Instantiates each listed `fn name<B: Backend>(b: &B, scale: Scale)` as a
+/// test on every backend, one module per backend: the backend-generic test
+/// suites (conformance, golden, training) all run through this list, so a
+/// new backend is one line here.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! for_each_backend {
+    ($($test:ident),* $(,)?) => {
+        mod reference {
+            $(#[test] fn $test() {
+                super::$test(&$crate::backend::Reference::new(), $crate::backend::testing::Scale::Light)
+            })*
+        }
+        mod cpu {
+            $(#[test] fn $test() {
+                super::$test(&$crate::backend::Cpu::new(Some(2)).unwrap(), $crate::backend::testing::Scale::Full)
+            })*
+        }
+    };
+}
+
 /// The element type of a backend buffer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum DType {

@@ -5,29 +5,8 @@
 use resnet::backend::Backend;
 use resnet::tensor::Tensor;
 
-/// How much work a test may ask of a backend: the reference backend (plain
-/// f64 loops, one thread) runs the smaller cases only.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scale {
-    /// Every case.
-    Full,
-    /// The cases that take the reference backend a second or so.
-    Light,
-}
-
-/// Instantiates each listed `fn name<B: Backend>(b: &B, scale: Scale)` as a
-/// test on every backend, one module per backend. A new backend is one line here.
-#[macro_export]
-macro_rules! for_each_backend {
-    ($($test:ident),* $(,)?) => {
-        mod reference {
-            $(#[test] fn $test() { super::$test(&resnet::backend::Reference::new(), $crate::common::Scale::Light) })*
-        }
-        mod cpu {
-            $(#[test] fn $test() { super::$test(&resnet::backend::Cpu::new(Some(2)).unwrap(), $crate::common::Scale::Full) })*
-        }
-    };
-}
+#[allow(unused_imports)]
+pub use resnet::backend::testing::Scale;
 
 /// A fresh, empty folder of this process's own (one per call).
 pub fn temp_dir(tag: &str) -> std::path::PathBuf {

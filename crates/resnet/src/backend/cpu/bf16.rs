@@ -19,10 +19,9 @@
 //! Inputs are rounded to bf16 once per layer (round to nearest even); sums,
 //! bias, residual and ReLU stay in f32.
 
-use super::direct::{MR, NR, Out};
 use super::mem::AlignedVec;
-
-pub use crate::backend::Bf16;
+use super::tile::{MR, NR, Out};
+use crate::backend::Bf16;
 
 /// Whether this CPU runs the bf16 kernels natively (AVX-512-BF16, with the
 /// AVX-512 BW and VL extensions every such CPU has). Elsewhere
@@ -114,7 +113,7 @@ unsafe fn kernel_portable(a: &[[*const Bf16; MR]], klen: usize, b: &[Bf16], out:
         }
     }
     // SAFETY: forwarded contract.
-    unsafe { super::direct::store_generic(&acc, out) }
+    unsafe { super::tile::store_generic(&acc, out) }
 }
 
 /// Two adjacent panels (`b1`, `out1` for the second).
@@ -149,7 +148,7 @@ pub(super) unsafe fn kernel2(
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::super::direct::prefetch;
+    use super::super::tile::prefetch;
     use super::{Bf16, MR, Out};
     use std::arch::x86_64::*;
 
@@ -204,7 +203,7 @@ mod x86 {
     unsafe fn store(acc: &[__m512; MR], out: &Out<'_>) {
         if !out.bf16_out && !out.bf16_res {
             // SAFETY: the caller's contract.
-            return unsafe { super::super::direct::store_avx512(acc, out) };
+            return unsafe { super::super::tile::store_avx512(acc, out) };
         }
         let mask: __mmask16 = if out.nr >= 16 { 0xffff } else { (1u16 << out.nr) - 1 };
         let e = out.epi;

@@ -14,7 +14,7 @@
 use std::alloc::Layout;
 use std::ptr::NonNull;
 
-use super::bf16::Bf16;
+use crate::backend::Bf16;
 use crate::backend::{Buffer, DType, Element};
 use crate::error::{Error, Result};
 

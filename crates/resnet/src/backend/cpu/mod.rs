@@ -34,10 +34,12 @@ pub(crate) mod bf16;
 mod conv;
 mod direct;
 mod gemm;
+mod kernel;
 mod mem;
 mod norm;
 mod ops;
 mod pool;
+mod tile;
 mod winograd;
 
 use std::sync::Arc;

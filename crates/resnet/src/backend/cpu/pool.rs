@@ -2,8 +2,8 @@
 
 use rayon::prelude::*;
 
-use super::bf16::Bf16;
 use super::direct::{Rows, RowsMut};
+use crate::backend::Bf16;
 use crate::backend::PoolDesc;
 
 /// The input rows and columns a window at output `(oy, ox)` covers.

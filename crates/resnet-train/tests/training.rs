@@ -6,20 +6,23 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-#[macro_use]
-mod common;
-
-use common::Scale;
 use resnet::backend::Backend;
-use resnet::data::{DataKind, DataSpec, Dataset};
+use resnet::backend::testing::Scale;
 use resnet::io::{read_state_dict, state_dict};
 use resnet::model::ResNetSpec;
-use resnet::optim::{LrPolicy, Schedule, SgdConfig};
 use resnet::rng::Rng;
-use resnet::train::{Observer, StepReport, TrainConfig, Trainer, load_data};
+use resnet_train::data::{DataKind, DataSpec, Dataset};
+use resnet_train::optim::{LrPolicy, Schedule, SgdConfig};
+use resnet_train::train::{Observer, StepReport, TrainConfig, Trainer, load_data};
 
+/// A fresh, empty folder of this process's own (one per call: the backends' tests run side by side).
 fn tmp(name: &str) -> PathBuf {
-    common::temp_dir(&format!("training-{name}"))
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let k = NEXT.fetch_add(1, Ordering::Relaxed);
+    let d = std::env::temp_dir().join(format!("resnet-training-{}-{name}-{k}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
 }
 
 /// A learnable toy set: a bright square whose position encodes the class.
@@ -46,9 +49,15 @@ fn write_idx_set(dir: &Path, gz: bool) {
     let ext = if gz { ".gz" } else { "" };
     for (prefix, n, seed) in [("train", 96, 1), ("t10k", 30, 2)] {
         let (px, labels) = toy_images(n, classes, side, seed);
-        resnet::data::idx::write(&dir.join(format!("{prefix}-images-idx3-ubyte{ext}")), &[n, side, side], &px, gz)
+        resnet_train::data::idx::write(
+            &dir.join(format!("{prefix}-images-idx3-ubyte{ext}")),
+            &[n, side, side],
+            &px,
+            gz,
+        )
+        .unwrap();
+        resnet_train::data::idx::write(&dir.join(format!("{prefix}-labels-idx1-ubyte{ext}")), &[n], &labels, gz)
             .unwrap();
-        resnet::data::idx::write(&dir.join(format!("{prefix}-labels-idx1-ubyte{ext}")), &[n], &labels, gz).unwrap();
     }
 }
 
@@ -109,7 +118,7 @@ fn train<B: Backend>(b: &B, cfg: &TrainConfig, out: &Path, stop: Option<u64>) ->
 
 fn resume<B: Backend>(b: &B, out: &Path) -> Trainer<B> {
     let mut t = Trainer::resume(out, b, None).unwrap();
-    t.run(&mut resnet::train::Quiet).unwrap();
+    t.run(&mut resnet_train::train::Quiet).unwrap();
     t
 }
 
@@ -266,4 +275,7 @@ fn a_folder_run_trains_and_a_corrupt_image_stops_it<B: Backend>(be: &B, _: Scale
     assert!(e.contains("1.png"), "{e}");
 }
 
-for_each_backend!(runs_are_deterministic_and_resume_bit_identically, a_folder_run_trains_and_a_corrupt_image_stops_it);
+resnet::for_each_backend!(
+    runs_are_deterministic_and_resume_bit_identically,
+    a_folder_run_trains_and_a_corrupt_image_stops_it
+);

@@ -19,16 +19,16 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Backend, DType};
 use crate::data::loader::Loader;
-use crate::error::{Error, Result};
 use crate::eval::evaluate;
-use crate::model::{BlockKind, Mode, Network, ResNetSpec, ShortcutKind, StateEntry, Stem};
 use crate::optim::Sgd;
 use crate::plot::{self, Panel, Series};
-use crate::rng::Rng;
-use crate::tensor::{ParamLayout, Tensor};
 use crate::train::{Observer, Sidecar, StepReport, TestPoint, TrainConfig, TrainPoint, Trainer, load_data, transforms};
+use resnet::backend::{Backend, DType};
+use resnet::error::{Error, Result};
+use resnet::model::{BlockKind, Mode, Network, ResNetSpec, ShortcutKind, StateEntry, Stem};
+use resnet::rng::Rng;
+use resnet::tensor::{ParamLayout, Tensor};
 
 /// One training run of an experiment.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -115,7 +115,7 @@ impl Observer for Overall<'_> {
 }
 
 fn macs_per_image(spec: &ResNetSpec, side: usize) -> f64 {
-    crate::model::Graph::new(spec).and_then(|g| g.summary(side, side)).map(|s| s.macs as f64).unwrap_or(1.0)
+    resnet::model::Graph::new(spec).and_then(|g| g.summary(side, side)).map(|s| s.macs as f64).unwrap_or(1.0)
 }
 
 fn read_sidecar(dir: &Path) -> Option<Sidecar> {
@@ -216,7 +216,7 @@ fn collect<B: Backend>(t: &mut Trainer<B>, v: &Variant) -> Result<RunResult> {
                 )?;
                 let e = 1.0 - r.top1;
                 let json = serde_json::json!({"iteration": t.state.iteration, "error": e});
-                crate::io::atomic::write(&cache, json.to_string().as_bytes())?;
+                resnet::io::atomic::write(&cache, json.to_string().as_bytes())?;
                 e
             }
         };
@@ -369,7 +369,7 @@ pub fn profile<B: Backend>(net: &mut Network<B>, x: &Tensor<B>, labels: &[u32], 
     let b = net.backend().clone();
     let classes = net.spec.num_classes;
     // Training-mode BN updates running statistics: save and restore them.
-    let saved = crate::io::state_dict(net)?;
+    let saved = resnet::io::state_dict(net)?;
     net.zero_grad()?;
     let logits = net.forward(x, Mode::Train)?;
     let mut dl = Tensor::zeros(&b, logits.shape)?;
@@ -401,7 +401,7 @@ pub fn profile<B: Backend>(net: &mut Network<B>, x: &Tensor<B>, labels: &[u32], 
         }
     });
     result?;
-    crate::io::load_state_dict(net, &saved, crate::io::LoadMode::Strict)?;
+    resnet::io::load_state_dict(net, &saved, resnet::io::LoadMode::Strict)?;
     let convs = grad_norm.len().saturating_sub(1).max(1);
     let (first, last) = (grad_norm[0], grad_norm[convs - 1]);
     Ok(LayerProfile {
@@ -522,12 +522,12 @@ pub fn gradients<B: Backend>(
 /// Writes `results.json` atomically.
 pub fn write_results(out: &Path, value: &serde_json::Value) -> Result<()> {
     let text = serde_json::to_string_pretty(value).map_err(|e| Error::Invalid(e.to_string()))?;
-    crate::io::atomic::write(&out.join("results.json"), text.as_bytes())
+    resnet::io::atomic::write(&out.join("results.json"), text.as_bytes())
 }
 
 /// Writes `report.md` atomically.
 pub fn write_report(out: &Path, text: &str) -> Result<()> {
-    crate::io::atomic::write(&out.join("report.md"), text.as_bytes())
+    resnet::io::atomic::write(&out.join("report.md"), text.as_bytes())
 }
 
 /// `runs/<name>` under an experiment folder.

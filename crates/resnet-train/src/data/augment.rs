@@ -3,9 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
-use crate::preprocess::{RgbImage, center_crop, resize_bilinear, resize_shorter};
-use crate::rng::Rng;
+use resnet::error::{Error, Result};
+use resnet::preprocess::{RgbImage, center_crop, resize_bilinear, resize_shorter};
+use resnet::rng::Rng;
 
 /// What happens to an image's geometry.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use super::{DataKind, DataSpec, Dataset, Images, Split};
-use crate::error::{Error, Result};
+use resnet::error::{Error, Result};
 
 const PIXELS: usize = 32 * 32 * 3;
 
@@ -63,7 +63,7 @@ pub fn load(spec: &DataSpec) -> Result<Dataset> {
         let train: Vec<String> = (1..=5).map(|i| format!("data_batch_{i}.bin")).collect();
         Dataset {
             spec: spec.clone(),
-            classes: names(dir, "batches.meta.txt", 10, &crate::labels::CIFAR10),
+            classes: names(dir, "batches.meta.txt", 10, &resnet::labels::CIFAR10),
             train: std::sync::Arc::new(read_batches(dir, &train, 1)?),
             test: std::sync::Arc::new(read_batches(dir, &["test_batch.bin".to_string()], 1)?),
             channels: 3,

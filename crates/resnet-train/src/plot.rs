@@ -9,7 +9,7 @@ use std::path::Path;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::error::{Error, Result};
+use resnet::error::{Error, Result};
 
 /// A named line.
 #[derive(Clone, Debug)]
@@ -164,11 +164,11 @@ fn render(
     register_font();
     let mut text = String::new();
     svg(SVGBackend::with_string(&mut text, (w, h)).into_drawing_area())?;
-    crate::io::atomic::write(&stem.with_extension("svg"), text.as_bytes())?;
+    resnet::io::atomic::write(&stem.with_extension("svg"), text.as_bytes())?;
     let mut buf = vec![255u8; (w * h * 3) as usize];
     png(BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area())?;
     let png_path = stem.with_extension("png");
-    crate::io::atomic::write_with(&png_path, |f| {
+    resnet::io::atomic::write_with(&png_path, |f| {
         use image::ImageEncoder;
         image::codecs::png::PngEncoder::new(f)
             .write_image(&buf, w, h, image::ExtendedColorType::Rgb8)

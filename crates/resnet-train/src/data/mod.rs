@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use resnet::error::{Error, Result};
 
 /// Which data set format a `--data KIND:PATH` names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,5 +213,18 @@ pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
         Ok(out)
     } else {
         Ok(bytes)
+    }
+}
+
+impl DataSpec {
+    /// Short name of the kind (`fashion-mnist`).
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            DataKind::Mnist => "MNIST",
+            DataKind::FashionMnist => "Fashion-MNIST",
+            DataKind::Cifar10 => "CIFAR-10",
+            DataKind::Cifar100 => "CIFAR-100",
+            DataKind::Folder => "images",
+        }
     }
 }

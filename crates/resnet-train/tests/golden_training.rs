@@ -5,15 +5,15 @@
 //! and weight decay; the loss, every parameter gradient, the batch-norm
 //! running statistics and every updated parameter match within relative 1e-4.
 
-#[macro_use]
+#[path = "../../resnet/tests/common/mod.rs"]
 mod common;
 
 use common::*;
 use resnet::backend::{Backend, DType};
 use resnet::io::{StateDict, TensorData, state_dict};
 use resnet::model::{Mode, Network, ResNetSpec, StateEntry};
-use resnet::optim::{Sgd, SgdConfig};
 use resnet::tensor::Tensor;
+use resnet_train::optim::{Sgd, SgdConfig};
 
 #[derive(serde::Deserialize)]
 struct Case {
@@ -104,4 +104,4 @@ fn sgd_steps_match_pytorch_for_every_block_type<B: Backend>(b: &B, _: Scale) {
     }
 }
 
-for_each_backend!(sgd_steps_match_pytorch_for_every_block_type);
+resnet::for_each_backend!(sgd_steps_match_pytorch_for_every_block_type);

@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use super::{DataSpec, Dataset, Images, Split};
-use crate::error::{Error, Result};
-use crate::preprocess::{IMAGENET_MEAN, IMAGENET_STD};
+use resnet::error::{Error, Result};
+use resnet::preprocess::{IMAGENET_MEAN, IMAGENET_STD};
 
 fn is_image(p: &Path) -> bool {
     p.extension()

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{DataKind, DataSpec, Dataset, Images, Split, read_maybe_gz};
-use crate::error::{Error, Result};
+use resnet::error::{Error, Result};
 
 /// Finds `stem` (e.g. `train-images-idx3-ubyte`) in `dir`, in any accepted spelling.
 fn find(dir: &Path, stem: &str) -> Result<PathBuf> {
@@ -81,7 +81,7 @@ fn load_split(dir: &Path, prefix: &str) -> Result<Split> {
 pub fn load(spec: &DataSpec) -> Result<Dataset> {
     let (classes, mean, std): (Vec<String>, f32, f32) = match spec.kind {
         DataKind::FashionMnist => {
-            (crate::labels::FASHION_MNIST.iter().map(|s| s.to_string()).collect(), 0.2860, 0.3530)
+            (resnet::labels::FASHION_MNIST.iter().map(|s| s.to_string()).collect(), 0.2860, 0.3530)
         }
         _ => ((0..10).map(|d| d.to_string()).collect(), 0.1307, 0.3081),
     };
@@ -111,5 +111,5 @@ pub fn write(path: &Path, dims: &[usize], payload: &[u8], gz: bool) -> Result<()
         enc.write_all(&bytes).map_err(|e| Error::io(path, e))?;
         bytes = enc.finish().map_err(|e| Error::io(path, e))?;
     }
-    crate::io::atomic::write(path, &bytes)
+    resnet::io::atomic::write(path, &bytes)
 }

@@ -12,9 +12,9 @@ use std::thread::JoinHandle;
 
 use super::augment::{Pixels, SampleTransform};
 use super::{Images, Split};
-use crate::error::Result;
-use crate::preprocess::load_rgb;
-use crate::rng::Rng;
+use resnet::error::Result;
+use resnet::preprocess::load_rgb;
+use resnet::rng::Rng;
 
 /// One batch, ready for the network.
 pub struct Batch {
@@ -60,7 +60,7 @@ pub fn build_batch(
             x.resize(idx.len() * oh * ow * tf.channels, 0.0);
         }
         if (oh, ow) != (shape[1], shape[2]) {
-            return Err(crate::Error::Invalid(format!(
+            return Err(resnet::Error::Invalid(format!(
                 "sample {i} gives a {oh}x{ow} input but the batch is {}x{}: images of one size are needed \
                  (or a resizing transform)",
                 shape[1], shape[2]
@@ -135,7 +135,7 @@ impl Iterator for Loader {
         self.next += 1;
         match q.recv() {
             Ok(b) => Some(b),
-            Err(_) => Some(Err(crate::Error::Invalid("a data loader thread stopped unexpectedly".into()))),
+            Err(_) => Some(Err(resnet::Error::Invalid("a data loader thread stopped unexpectedly".into()))),
         }
     }
 }

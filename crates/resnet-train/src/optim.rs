@@ -3,9 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Backend, DType, SgdStep};
-use crate::error::{Error, Result};
-use crate::model::{Network, StateEntry};
+use resnet::backend::{Backend, DType, SgdStep};
+use resnet::error::{Error, Result};
+use resnet::model::{Network, StateEntry};
 
 /// SGD hyper-parameters (`torch.optim.SGD`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

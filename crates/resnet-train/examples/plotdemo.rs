@@ -1,4 +1,4 @@
-use resnet::plot::*;
+use resnet_train::plot::*;
 fn main() {
     let s = |name: &str, c, bold, f: fn(f64) -> f64| Series {
         name: name.into(),

@@ -5,16 +5,16 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::backend::Backend;
-use crate::classify::ModelCard;
 use crate::data::augment::Geometry;
 use crate::data::augment::SampleTransform;
 use crate::data::loader::Loader;
 use crate::data::{Dataset, Images, Split};
-use crate::error::Result;
-use crate::infer::Infer;
-use crate::rng::Rng;
-use crate::tensor::Tensor;
+use resnet::backend::Backend;
+use resnet::classify::ModelCard;
+use resnet::error::Result;
+use resnet::infer::Infer;
+use resnet::rng::Rng;
+use resnet::tensor::Tensor;
 
 /// The outcome of an evaluation.
 #[derive(Clone, Debug, Serialize)]
