@@ -3,14 +3,14 @@
 use std::time::Instant;
 
 use anyhow::{Result, bail};
-use resnet::backend::{Backend, Precision};
+use resnet::backend::Backend;
 use resnet::infer::InferencePlan;
 use resnet::model::{Mode, Network, ResNetSpec, Stem};
 use resnet::rng::Rng;
 use resnet::tensor::Tensor;
 use resnet_train::optim::{Sgd, SgdConfig};
 
-use crate::util::{check_batch, cpu, precision};
+use crate::util::{Compute, PrecisionArg, PrecisionFlag, check_batch, precision};
 
 /// Arguments of `resnet bench`.
 #[derive(clap::Args)]
@@ -24,15 +24,14 @@ pub struct Args {
     /// Batch size.
     #[arg(long, default_value_t = 1)]
     batch: usize,
-    /// Compute threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// infer (evaluation-mode forward) or train (forward, backward and SGD step).
-    #[arg(long, default_value = "infer")]
-    mode: String,
-    /// Arithmetic (infer mode): f32, or bf16 (convolutions in bf16 with f32 sums; needs AVX-512 BF16, else runs f32).
-    #[arg(long, default_value = "f32")]
-    precision: String,
+    #[command(flatten)]
+    compute: Compute,
+    /// What to time.
+    #[arg(long, value_enum, default_value_t = BenchMode::Infer)]
+    mode: BenchMode,
+    /// Arithmetic (infer mode).
+    #[command(flatten)]
+    precision: PrecisionFlag,
     /// Input side (default 224 for ImageNet nets, 32 for CIFAR nets).
     #[arg(long)]
     input: Option<usize>,
@@ -67,7 +66,7 @@ pub fn peak_rss_mb() -> f64 {
 
 pub fn run(a: Args) -> Result<()> {
     if a.peak {
-        let cpu = cpu(a.threads)?;
+        let cpu = a.compute.backend()?;
         let g = resnet::backend::cpu::peak_gflops(&cpu);
         if a.json {
             println!("{}", serde_json::json!({"peak_gflops": g, "threads": cpu.threads(), "backend": cpu.describe()}));
@@ -78,19 +77,15 @@ pub fn run(a: Args) -> Result<()> {
     }
     let arch = a.arch.clone().expect("clap requires --arch");
     let batch = check_batch(a.batch)?;
-    let train = match a.mode.as_str() {
-        "infer" => false,
-        "train" => true,
-        other => bail!("--mode must be infer or train, got `{other}`"),
-    };
+    let train = a.mode == BenchMode::Train;
     if a.iters == 0 {
         bail!("--iters must be at least 1");
     }
-    let cpu = cpu(a.threads)?;
-    if train && a.precision.parse::<Precision>()? != Precision::F32 {
-        bail!("--precision {} is for inference; training runs in f32", a.precision);
+    let cpu = a.compute.backend()?;
+    if train && a.precision.precision != PrecisionArg::F32 {
+        bail!("--precision bf16 is for inference; training runs in f32");
     }
-    let precision = precision(&a.precision, &cpu)?;
+    let precision = precision(a.precision.precision, &cpu);
     let spec = ResNetSpec::named(&arch)?;
     let side = a.input.unwrap_or(if spec.stem == Stem::Imagenet { 224 } else { 32 });
     if side == 0 || side > 4096 {
@@ -170,7 +165,7 @@ pub fn run(a: Args) -> Result<()> {
     let ips = (batch * a.iters) as f64 / total;
     let gflops = ips * macs * 2.0 * if train { 3.0 } else { 1.0 } / 1e9;
     let v = serde_json::json!({
-        "arch": spec.name, "mode": a.mode, "precision": precision.to_string(), "batch": batch, "threads": cpu.threads(),
+        "arch": spec.name, "mode": a.mode.name(), "precision": precision.to_string(), "batch": batch, "threads": cpu.threads(),
         "input": side, "iters": a.iters, "images_per_second": ips, "latency_ms_p50": pct(0.5), "latency_ms_p99": pct(0.99),
         "latency_ms_mean": times.iter().sum::<f64>() / times.len() as f64, "gflops": gflops, "peak_rss_mb": peak_rss_mb(),
         "backend": cpu.describe(),
@@ -181,7 +176,7 @@ pub fn run(a: Args) -> Result<()> {
         println!(
             "{} {} {precision} batch {} at {side}x{side}, {}: {:.1} images/s, latency p50 {:.2} ms, p99 {:.2} ms, {:.0} GFLOP/s, peak RSS {:.0} MB",
             spec.name,
-            a.mode,
+            a.mode.name(),
             batch,
             cpu.describe(),
             ips,
@@ -192,6 +187,24 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// What `resnet bench` times.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum BenchMode {
+    /// An evaluation-mode forward pass through the compiled model.
+    Infer,
+    /// A training step: forward, backward and SGD update.
+    Train,
+}
+
+impl BenchMode {
+    fn name(self) -> &'static str {
+        match self {
+            BenchMode::Infer => "infer",
+            BenchMode::Train => "train",
+        }
+    }
 }
 
 /// Arguments of `resnet init`.
@@ -224,7 +237,7 @@ pub fn init(a: InitArgs) -> Result<()> {
     if let Some(c) = a.in_channels {
         spec.in_channels = c;
     }
-    let cpu = cpu(Some(1))?;
+    let cpu = resnet::backend::Cpu::new(Some(1))?;
     let mut net = Network::new(&spec, &cpu)?;
     net.init_kaiming(&mut Rng::new(a.seed), false)?;
     let meta = [("arch".to_string(), spec.name.clone())].into();

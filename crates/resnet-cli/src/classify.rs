@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use resnet::classify::{Classifier, Prediction};
 use resnet::preprocess::{Transform, load_rgb};
 
-use crate::util::{check_batch, cpu, precision};
+use crate::util::{Compute, PrecisionFlag, check_batch, precision};
 
 /// Arguments of `resnet classify`.
 #[derive(clap::Args)]
@@ -23,9 +23,9 @@ pub struct Args {
     /// Classifier outputs (default: from the weights).
     #[arg(long)]
     num_classes: Option<usize>,
-    /// Preprocessing preset: v1 (resize 256, crop 224) or v2 (resize 232, crop 224).
-    #[arg(long)]
-    preset: Option<String>,
+    /// Preprocessing preset (torchvision's evaluation transforms).
+    #[arg(long, value_enum)]
+    preset: Option<Preset>,
     /// Resize the shorter side to this (overrides the preset).
     #[arg(long)]
     resize: Option<usize>,
@@ -41,12 +41,10 @@ pub struct Args {
     /// Images per forward pass.
     #[arg(long, default_value_t = 16)]
     batch: usize,
-    /// Compute threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Arithmetic: f32, or bf16 (convolutions in bf16 with f32 sums; needs AVX-512 BF16, else runs f32).
-    #[arg(long, default_value = "f32")]
-    precision: String,
+    #[command(flatten)]
+    compute: Compute,
+    #[command(flatten)]
+    precision: PrecisionFlag,
     /// Print JSON: a list of {"image", "top": [{"index", "label", "probability", "logit"}]}.
     #[arg(long)]
     json: bool,
@@ -57,12 +55,12 @@ pub fn run(a: Args) -> Result<()> {
     if a.topk == 0 {
         bail!("--topk must be at least 1");
     }
-    let cpu = cpu(a.threads)?;
-    let precision = precision(&a.precision, &cpu)?;
+    let cpu = a.compute.backend()?;
+    let precision = precision(a.precision.precision, &cpu);
     let mut clf = Classifier::load_with_precision(&cpu, a.arch.as_deref(), &a.weights, a.num_classes, precision)
         .with_context(|| format!("cannot load {}", a.weights.display()))?;
-    if let Some(p) = &a.preset {
-        let t = Transform::preset(p)?;
+    if let Some(p) = a.preset {
+        let t = Transform::preset(p.name())?;
         clf.transform.resize = t.resize;
         clf.transform.crop = t.crop;
     }
@@ -111,5 +109,23 @@ fn print_human(path: &std::path::Path, top: &[Prediction]) {
             p.index,
             p.logit
         );
+    }
+}
+
+/// torchvision's evaluation transforms.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum Preset {
+    /// Resize 256, centre crop 224 (IMAGENET1K_V1 weights).
+    V1,
+    /// Resize 232, centre crop 224 (IMAGENET1K_V2 weights).
+    V2,
+}
+
+impl Preset {
+    fn name(self) -> &'static str {
+        match self {
+            Preset::V1 => "v1",
+            Preset::V2 => "v2",
+        }
     }
 }

@@ -17,7 +17,7 @@ use resnet_train::optim::{LrPolicy, Schedule, SgdConfig};
 use resnet_train::plot::Thumb;
 use resnet_train::train::{TrainConfig, Trainer, load_data};
 
-use crate::util::cpu;
+use crate::util::Compute;
 
 /// The data set, embedded: (file name, gzipped IDX bytes).
 const DATA: [(&str, &[u8]); 4] = [
@@ -33,9 +33,8 @@ pub struct Args {
     /// Epochs (10 take about a minute and a half on 2 cores).
     #[arg(long, default_value_t = 10)]
     epochs: usize,
-    /// Compute threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
+    #[command(flatten)]
+    compute: Compute,
     /// Output folder.
     #[arg(long, default_value = "runs/demo")]
     out: PathBuf,
@@ -61,7 +60,7 @@ fn unpack(dir: &Path) -> Result<()> {
 
 pub fn run(a: Args) -> Result<()> {
     anyhow::ensure!(a.epochs >= 1, "--epochs must be at least 1");
-    let cpu = cpu(a.threads)?;
+    let cpu = a.compute.backend()?;
     let data_dir = a.out.join("data");
     unpack(&data_dir)?;
     let data = DataSpec { kind: DataKind::FashionMnist, path: data_dir };

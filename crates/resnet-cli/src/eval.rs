@@ -8,7 +8,7 @@ use resnet::classify::{Classifier, read_card};
 use resnet_train::data::{DataSpec, Dataset};
 use resnet_train::eval::{eval_transform, evaluate};
 
-use crate::util::{check_batch, cpu, precision};
+use crate::util::{Compute, PrecisionFlag, check_batch, precision};
 
 /// Arguments of `resnet eval`.
 #[derive(clap::Args)]
@@ -25,12 +25,10 @@ pub struct Args {
     /// Images per forward pass.
     #[arg(long, default_value_t = 256)]
     batch: usize,
-    /// Compute threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Arithmetic: f32, or bf16 (convolutions in bf16 with f32 sums; needs AVX-512 BF16, else runs f32).
-    #[arg(long, default_value = "f32")]
-    precision: String,
+    #[command(flatten)]
+    compute: Compute,
+    #[command(flatten)]
+    precision: PrecisionFlag,
     /// Folder for confusion.png/.svg and eval.json (default: the weights' folder).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -41,8 +39,8 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     let batch = check_batch(a.batch)?;
-    let cpu = cpu(a.threads)?;
-    let precision = precision(&a.precision, &cpu)?;
+    let cpu = a.compute.backend()?;
+    let precision = precision(a.precision.precision, &cpu);
     let spec: DataSpec = a.data.parse()?;
     let ds = Dataset::load(&spec)?;
     let clf = Classifier::load_with_precision(&cpu, a.arch.as_deref(), &a.weights, Some(ds.classes.len()), precision)

@@ -13,7 +13,6 @@ use resnet_train::plot::{Panel, Series};
 use resnet_train::train::{Observer, TrainConfig, load_data};
 
 use crate::train::{Progress, Recipe, config};
-use crate::util::cpu;
 
 /// Arguments of `resnet experiment`.
 #[derive(clap::Args)]
@@ -49,8 +48,8 @@ enum Kind {
         #[arg(long, default_value = "resnet20")]
         arch: String,
         /// Options to compare.
-        #[arg(long, value_delimiter = ',', default_value = "a,b,c")]
-        options: Vec<String>,
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "a,b,c")]
+        options: Vec<ShortcutOption>,
         #[command(flatten)]
         common: Common,
     },
@@ -62,6 +61,27 @@ enum Kind {
         #[command(flatten)]
         common: Common,
     },
+}
+
+/// A shortcut option of He et al. 2015, Table 3.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum ShortcutOption {
+    /// Identity; zero-padded channels and subsampling where shapes change.
+    A,
+    /// Identity; a projection where shapes change.
+    B,
+    /// A projection in every block.
+    C,
+}
+
+impl From<ShortcutOption> for ShortcutKind {
+    fn from(o: ShortcutOption) -> Self {
+        match o {
+            ShortcutOption::A => ShortcutKind::A,
+            ShortcutOption::B => ShortcutKind::B,
+            ShortcutOption::C => ShortcutKind::C,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -183,7 +203,7 @@ fn degradation(depths: &[usize], c: &Common) -> Result<()> {
     if depths.is_empty() || depths.iter().any(|d| *d < 8 || (d - 2) % 6 != 0) {
         bail!("--depths must be CIFAR depths 6n+2 (8, 14, 20, 32, 44, 56, 110, ...)");
     }
-    let cpu = cpu(c.recipe.threads)?;
+    let cpu = c.recipe.compute.backend()?;
     let (cfg, ds) = base_config(c, &cpu)?;
     let variants = lab::degradation_variants(depths, ds.classes.len(), cfg.spec.in_channels)?;
     let rs = run_lab(&cpu, &cfg, &variants, &c.out, c.recipe.quiet)?;
@@ -329,17 +349,9 @@ fn one_panel(rs: &[RunResult], title: &str) -> Vec<Panel> {
     vec![lab::error_panel(&rs.iter().collect::<Vec<_>>(), title)]
 }
 
-fn shortcuts(arch: &str, options: &[String], c: &Common) -> Result<()> {
-    let opts = options
-        .iter()
-        .map(|o| match o.to_ascii_lowercase().as_str() {
-            "a" => Ok(ShortcutKind::A),
-            "b" => Ok(ShortcutKind::B),
-            "c" => Ok(ShortcutKind::C),
-            other => bail!("--options takes a, b and c, got `{other}`"),
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let cpu = cpu(c.recipe.threads)?;
+fn shortcuts(arch: &str, options: &[ShortcutOption], c: &Common) -> Result<()> {
+    let opts: Vec<ShortcutKind> = options.iter().map(|&o| o.into()).collect();
+    let cpu = c.recipe.compute.backend()?;
     let (cfg, ds) = base_config(c, &cpu)?;
     let variants = lab::shortcut_variants(arch, &opts, ds.classes.len(), cfg.spec.in_channels)?;
     let rs = run_lab(&cpu, &cfg, &variants, &c.out, c.recipe.quiet)?;
@@ -357,7 +369,7 @@ fn shortcuts(arch: &str, options: &[String], c: &Common) -> Result<()> {
 }
 
 fn preact(depths: &[usize], c: &Common) -> Result<()> {
-    let cpu = cpu(c.recipe.threads)?;
+    let cpu = c.recipe.compute.backend()?;
     let (cfg, ds) = base_config(c, &cpu)?;
     let variants = lab::preact_variants(depths, ds.classes.len(), cfg.spec.in_channels)?;
     let rs = run_lab(&cpu, &cfg, &variants, &c.out, c.recipe.quiet)?;
@@ -382,7 +394,7 @@ fn preact(depths: &[usize], c: &Common) -> Result<()> {
 }
 
 fn gradients(archs: &[String], steps: u64, c: &Common) -> Result<()> {
-    let cpu = cpu(c.recipe.threads)?;
+    let cpu = c.recipe.compute.backend()?;
     let (cfg, ds) = base_config(c, &cpu)?;
     std::fs::create_dir_all(&c.out)?;
     let cache = |a: &str| c.out.join(format!("profile-{a}-{steps}.json"));

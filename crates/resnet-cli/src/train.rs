@@ -11,7 +11,7 @@ use resnet_train::data::DataSpec;
 use resnet_train::optim::{LrPolicy, Schedule, SgdConfig};
 use resnet_train::train::{Observer, StepReport, TestPoint, TrainConfig, TrainSummary, Trainer, load_data};
 
-use crate::util::{check_batch, cpu};
+use crate::util::{Compute, check_batch};
 
 /// Arguments of `resnet train`.
 #[derive(clap::Args, Clone)]
@@ -71,9 +71,9 @@ pub struct Recipe {
     /// No weight decay on batch-norm parameters and biases.
     #[arg(long)]
     pub no_decay_bn: bool,
-    /// Learning-rate schedule: constant, step or cosine [default: cosine; the recipe's: step].
-    #[arg(long)]
-    pub schedule: Option<String>,
+    /// Learning-rate schedule [default: cosine; the recipe's: step].
+    #[arg(long, value_enum)]
+    pub schedule: Option<ScheduleArg>,
     /// Step schedule milestones in epochs, comma-separated [default: 50% and 75% of the run].
     #[arg(long, value_delimiter = ',')]
     pub milestones: Option<Vec<f64>>,
@@ -83,24 +83,23 @@ pub struct Recipe {
     /// Linear warm-up length in epochs.
     #[arg(long, default_value_t = 0.0)]
     pub warmup_epochs: f64,
-    /// A published recipe: he2015-cifar (He et al. 2015, sec. 4.2).
-    #[arg(long)]
-    pub recipe: Option<String>,
+    /// A published recipe.
+    #[arg(long, value_enum)]
+    pub recipe: Option<RecipeArg>,
     /// Label smoothing.
     #[arg(long, default_value_t = 0.0)]
     pub label_smoothing: f32,
     /// Random seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Compute threads (default: all cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub compute: Compute,
     /// Data-loading threads [default: 1, or 2 per compute thread for image folders].
     #[arg(long)]
     pub workers: Option<usize>,
-    /// Augmentation: standard (pad-4 crop + flip; random resized crop + flip for folders) or none.
-    #[arg(long, default_value = "standard")]
-    pub augment: String,
+    /// Augmentation of the training images.
+    #[arg(long, value_enum, default_value_t = Augment::Standard)]
+    pub augment: Augment,
     /// Keep the data order fixed.
     #[arg(long)]
     pub no_shuffle: bool,
@@ -127,6 +126,35 @@ pub struct Recipe {
     pub quiet: bool,
 }
 
+/// `--schedule`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScheduleArg {
+    /// The base rate throughout.
+    Constant,
+    /// Divided by 10 (`--gamma`) at each of `--milestones`.
+    Step,
+    /// Cosine annealing to zero over the run.
+    Cosine,
+}
+
+/// `--recipe`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecipeArg {
+    /// He et al. 2015, sec. 4.2: batch 128, lr 0.1 divided by 10 at 32k and 48k of 64k iterations,
+    /// weight decay 1e-4, pad-4 crops and flips, and a warm-up at 0.01 for ResNet-110.
+    #[value(name = "he2015-cifar")]
+    He2015Cifar,
+}
+
+/// `--augment`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Augment {
+    /// Pad-4 random crops and flips (random resized crops and flips for image folders).
+    Standard,
+    /// None.
+    None,
+}
+
 /// Builds a run's configuration for `arch` from a recipe and the loaded data set.
 #[allow(clippy::too_many_arguments)]
 pub fn config(
@@ -140,21 +168,13 @@ pub fn config(
     init: Option<PathBuf>,
 ) -> Result<TrainConfig> {
     let mut spec = ResNetSpec::named(arch)?;
-    let recipe = match a.recipe.as_deref() {
-        None => false,
-        Some("he2015-cifar") => true,
-        Some(r) => bail!("unknown recipe `{r}` (available: he2015-cifar)"),
-    };
+    let recipe = a.recipe == Some(RecipeArg::He2015Cifar);
     let batch = check_batch(a.batch.unwrap_or(128))?;
     let lr = a.lr.unwrap_or(0.1);
     if !(lr > 0.0 && lr.is_finite()) {
         bail!("--lr must be a positive number, got {lr}");
     }
-    let augment = match a.augment.as_str() {
-        "standard" => true,
-        "none" => false,
-        other => bail!("--augment must be `standard` or `none`, got `{other}`"),
-    };
+    let augment = a.augment == Augment::Standard;
     // The data set decides classes and channels unless told otherwise.
     spec.num_classes = num_classes.unwrap_or(ds.classes.len());
     spec.in_channels = in_channels.unwrap_or(ds.channels);
@@ -165,13 +185,11 @@ pub fn config(
         (None, None, false) => bail!("give --epochs or --iterations (or --recipe he2015-cifar)"),
         (Some(_), Some(_), _) => unreachable!("clap makes them conflict"),
     };
-    let schedule_name = a.schedule.clone().unwrap_or(if recipe { "step".into() } else { "cosine".into() });
-    let schedule = match schedule_name.as_str() {
-        "constant" => Schedule::Constant,
-        "cosine" => Schedule::Cosine { min_lr: 0.0 },
+    let schedule = match a.schedule.unwrap_or(if recipe { ScheduleArg::Step } else { ScheduleArg::Cosine }) {
+        ScheduleArg::Constant => Schedule::Constant,
+        ScheduleArg::Cosine => Schedule::Cosine { min_lr: 0.0 },
         // Milestones are resolved into iterations once the epoch length is known.
-        "step" => Schedule::MultiStep { milestones: Vec::new(), gamma: a.gamma },
-        other => bail!("--schedule must be constant, step or cosine, got `{other}`"),
+        ScheduleArg::Step => Schedule::MultiStep { milestones: Vec::new(), gamma: a.gamma },
     };
     // He et al. (2015, sec. 4.2): ResNet-110 warms up at 0.01 until the
     // training error is below 80%, then goes back to 0.1.
@@ -354,7 +372,7 @@ pub fn drive(trainer: &mut Trainer<Cpu>, quiet: bool) -> Result<TrainSummary> {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let cpu = cpu(a.recipe.threads)?;
+    let cpu = a.recipe.compute.backend()?;
     let mut trainer = match &a.resume {
         Some(dir) => {
             let t = Trainer::resume(dir, &cpu, a.recipe.epochs)

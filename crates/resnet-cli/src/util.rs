@@ -1,6 +1,7 @@
 //! Shared CLI plumbing: errors, thread and batch arguments, number formatting.
 
 use anyhow::{Result, bail};
+use resnet::backend::{Backend, Precision};
 
 /// Prints `error: ...` as one line and exits with status 1.
 pub fn fail(e: &anyhow::Error) -> ! {
@@ -22,7 +23,10 @@ pub fn exit_on_clap_error(e: clap::Error) -> ! {
             let text = e.render().to_string();
             let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
             let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("error: {first} (see --help)");
+            // The choices of an enumerated flag, on a line of their own in clap's text.
+            let choices = text.lines().map(str::trim).find(|l| l.starts_with("[possible values:"));
+            let choices = choices.map(|c| format!(" {c}")).unwrap_or_default();
+            eprintln!("error: {first}{choices} (see --help)");
             std::process::exit(2);
         }
     }
@@ -46,21 +50,99 @@ pub fn install_panic_hook() {
     }));
 }
 
-/// The CPU backend for `--threads` (None: all cores).
-pub fn cpu(threads: Option<usize>) -> Result<resnet::backend::Cpu> {
-    Ok(resnet::backend::Cpu::new(threads)?)
+/// Where the arithmetic runs (`--device`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    /// The CPU backend.
+    Cpu,
+    /// An NVIDIA GPU by index (`cuda`, `cuda:N`).
+    Cuda(usize),
 }
 
-/// Parses `--precision`. bf16 runs in f32 where the CPU lacks AVX-512 BF16
-/// (a note on stderr says so): emulated bf16 would be far slower than f32.
-pub fn precision(arg: &str, cpu: &resnet::backend::Cpu) -> Result<resnet::backend::Precision> {
-    use resnet::backend::{Backend, Precision};
-    let p: Precision = arg.parse()?;
+impl std::str::FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => match s.strip_prefix("cuda:").map(str::parse) {
+                Some(Ok(n)) => Ok(Device::Cuda(n)),
+                _ => Err(format!("`{s}` is not a device (expected cpu, cuda or cuda:N)")),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// Where and on how many threads to compute: shared by every command that computes.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Compute {
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Device: cpu (this build's only backend; cuda and cuda:N need a build with CUDA support).
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    pub device: Device,
+}
+
+impl Compute {
+    /// The backend for these flags.
+    pub fn backend(&self) -> Result<resnet::backend::Cpu> {
+        match self.device {
+            Device::Cpu => Ok(resnet::backend::Cpu::new(self.threads)?),
+            Device::Cuda(_) => bail!(
+                "--device {}: this build of resnet has no CUDA backend (it runs on the cpu only); drop --device or pass --device cpu",
+                self.device
+            ),
+        }
+    }
+}
+
+/// The arithmetic of inference (`--precision`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PrecisionArg {
+    /// f32 throughout.
+    #[default]
+    F32,
+    /// Convolutions on bf16 weights and inputs with f32 sums (needs AVX-512 BF16, else runs f32).
+    Bf16,
+}
+
+impl From<PrecisionArg> for Precision {
+    fn from(p: PrecisionArg) -> Self {
+        match p {
+            PrecisionArg::F32 => Precision::F32,
+            PrecisionArg::Bf16 => Precision::Bf16,
+        }
+    }
+}
+
+/// The `--precision` flag of the commands that infer.
+#[derive(clap::Args, Clone, Copy, Debug)]
+pub struct PrecisionFlag {
+    /// Arithmetic of inference.
+    #[arg(long, value_enum, default_value_t)]
+    pub precision: PrecisionArg,
+}
+
+/// The precision to run in on `cpu`: bf16 runs in f32 where the CPU lacks
+/// AVX-512 BF16 (a note on stderr says so), as emulated bf16 would be far
+/// slower than f32.
+pub fn precision(arg: PrecisionArg, cpu: &resnet::backend::Cpu) -> Precision {
+    let p = Precision::from(arg);
     if !cpu.supports(p) {
         eprintln!("note: this CPU has no AVX-512 BF16; running in f32");
-        return Ok(Precision::F32);
+        return Precision::F32;
     }
-    Ok(p)
+    p
 }
 
 /// Largest `--batch` accepted.

@@ -220,8 +220,28 @@ fn bf16_precision_classifies_and_benches() {
     assert_eq!(v["precision"], ran);
     assert!(v["images_per_second"].as_f64().unwrap() > 0.0);
 
-    fails_with(&["bench", "--arch", "resnet20", "--precision", "fp8"], 1, "unknown precision");
+    fails_with(&["bench", "--arch", "resnet20", "--precision", "fp8"], 2, "[possible values: f32, bf16]");
     fails_with(&["bench", "--arch", "resnet20", "--mode", "train", "--precision", "bf16"], 1, "training runs in f32");
     let w = w.to_str().unwrap();
-    fails_with(&["classify", img.to_str().unwrap(), "--weights", w, "--precision", "half"], 1, "unknown precision");
+    fails_with(&["classify", img.to_str().unwrap(), "--weights", w, "--precision", "half"], 2, "possible values");
+}
+
+/// `--device` exists on the commands that compute; `cpu` is this build's only
+/// device, `cuda` a clear error, anything else a usage error.
+#[test]
+fn devices_are_cpu_or_a_clear_error() {
+    let w = fixtures().join("resnet8.safetensors");
+    let (w, img) = (w.to_str().unwrap(), fixtures().join("images/chelsea.png"));
+    let img = img.to_str().unwrap();
+    let out = resnet(&["classify", img, "--weights", w, "--device", "cpu", "--topk", "1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for args in [
+        vec!["classify", img, "--weights", w],
+        vec!["eval", "--weights", w, "--data", "cifar10:/nowhere"],
+        vec!["bench", "--arch", "resnet20"],
+        vec!["train", "--arch", "resnet20", "--data", "cifar10:/nowhere", "--epochs", "1"],
+    ] {
+        fails_with(&[&args[..], &["--device", "cuda:1"]].concat(), 1, "no CUDA backend");
+        fails_with(&[&args[..], &["--device", "tpu"]].concat(), 2, "not a device");
+    }
 }

@@ -1,12 +1,13 @@
 //! The residual-learning lab: experiments that reproduce the papers' findings
 //! with our own training runs.
 //!
-//! * [`degradation`]: plain and residual nets of several depths, one recipe
-//!   (He et al. 2015, Figure 6);
+//! * degradation ([`degradation_variants`]): plain and residual nets of several
+//!   depths, one recipe (He et al. 2015, Figure 6);
 //! * [`gradients`]: per-layer gradient norms and activation scales through deep
 //!   plain and residual stacks;
-//! * [`compare`]: any set of variants of one recipe (shortcut options A/B/C,
-//!   Table 3; original vs pre-activation units, He et al. 2016).
+//! * comparisons ([`shortcut_variants`], [`preact_variants`]): variants of one
+//!   recipe (shortcut options A/B/C, Table 3; original vs pre-activation units,
+//!   He et al. 2016), run by [`run_variants`].
 //!
 //! An experiment is many training runs. Each lives in `OUT/runs/<name>/` as an
 //! ordinary training run, so an interrupted experiment resumes where it

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! resnet-train: training, evaluation and the residual-learning lab for the
 //! [`resnet`] crate, apart so that an inference-only user of `resnet`
 //! compiles none of their dependencies (plots, compressed data sets).

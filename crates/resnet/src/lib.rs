@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! resnet: deep residual networks (He et al. 2015, 2016) in Rust.
 //!
 //! Layers, from the bottom:

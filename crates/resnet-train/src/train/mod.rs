@@ -18,9 +18,9 @@
 //! * `metrics.jsonl` (training points and test results), `metrics.csv` (one
 //!   row per epoch), `curves.png` and `curves.svg` (refreshed each epoch).
 //!
-//! The parts: [`config`] (what defines a run and its data), [`progress`]
+//! The parts: `config` (what defines a run and its data), `progress`
 //! (what a run reports, and the training metrics read back from the
-//! backend), [`files`] (checkpoints, logs, curves); the loop is here.
+//! backend), `files` (checkpoints, logs, curves); the loop is here.
 
 mod config;
 mod files;
@@ -418,9 +418,11 @@ impl<B: Backend> Trainer<B> {
     fn absorb(&mut self, b: &B, metrics: &mut StepMetrics<B>, tallies: &mut [&mut Tally]) -> Result<()> {
         for (loss, correct, n, iteration) in metrics.read(b)? {
             if !loss.is_finite() {
+                // The steps read back are all of the epoch in progress.
                 return Err(Error::Diverged(format!(
-                    "the loss became {loss} at iteration {iteration}: stopping; try a lower --lr. \
+                    "the loss became {loss} at iteration {iteration} (epoch {}): stopping; try a lower --lr. \
                      The last checkpoint in {} is intact",
+                    self.state.epoch + 1,
                     self.out.display()
                 )));
             }

@@ -91,7 +91,7 @@ pub trait Observer {
 pub struct Quiet;
 impl Observer for Quiet {}
 
-/// The outcome of [`Trainer::run`].
+/// The outcome of [`Trainer::run`](super::Trainer::run).
 #[derive(Clone, Debug, Serialize)]
 pub struct TrainSummary {
     /// Epochs completed.

@@ -272,7 +272,7 @@ mod tests {
     /// shortcut option.
     #[test]
     fn state_names_and_shapes_are_the_graphs() {
-        let b = crate::backend::Cpu::new(Some(1)).unwrap();
+        let b = crate::backend::Reference::new();
         let mut specs: Vec<ResNetSpec> = ARCHS.iter().map(|a| ResNetSpec::named(a).unwrap()).collect();
         for arch in ["resnet20", "resnet18", "resnet50", "preact_resnet110", "preact_resnet164"] {
             for sc in [ShortcutKind::None, ShortcutKind::A, ShortcutKind::B, ShortcutKind::C] {

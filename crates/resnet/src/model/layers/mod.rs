@@ -1,5 +1,5 @@
 //! Layers: each owns its parameters, its output and its input gradient, and
-//! calls a [`Backend`](crate::backend::Backend) for the arithmetic.
+//! calls a [`Backend`] for the arithmetic.
 //!
 //! Conventions, shared by every layer:
 //! * `forward(&mut self, b, x, ...)` computes `self.y` and returns it; in
