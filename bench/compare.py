@@ -4,7 +4,11 @@ alternately on the same random-weight networks and prints medians and ratios.
 
 Invoked by bench/compare.sh, which prepares the virtual environment and the binary.
 Options: --runs N (timed runs per engine, default 5), --only SUBSTRING (a workload's exact name selects that row
-alone), --quick.
+alone), --seconds S (per timed run).
+
+With RESNET_BASE=PATH (another build of `resnet`, e.g. the commit before a change), every round also runs that
+binary right after ours, and the tables get an "ours / base" column: the A/B comparison of bench/ab.sh, for
+every row.
 """
 
 import argparse
@@ -20,6 +24,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 WORK = os.path.join(HERE, ".work")
 RESNET = os.environ.get("RESNET_BIN", os.path.join(ROOT, "target", "release", "resnet"))
+BASE = os.environ.get("RESNET_BASE")
 PY = sys.executable
 
 # name, arch, batch, threads, mode, input side, peers[, our precision]; "ours-f32" is our own f32 run
@@ -45,8 +50,8 @@ def sh(cmd, **kw):
     return r.stdout
 
 
-def ours(arch, weights, batch, threads, mode, side, iters, precision="f32", logits=None):
-    cmd = [RESNET, "bench", "--arch", arch, "--weights", weights, "--batch", str(batch), "--threads", str(threads),
+def ours(arch, weights, batch, threads, mode, side, iters, precision="f32", logits=None, binary=RESNET):
+    cmd = [binary, "bench", "--arch", arch, "--weights", weights, "--batch", str(batch), "--threads", str(threads),
            "--mode", mode, "--input", str(side), "--iters", str(iters), "--precision", precision, "--json"]
     if logits:
         cmd += ["--logits-out", logits]
@@ -132,6 +137,8 @@ def main():
         rows = {"ours": []}
         for r in range(a.runs):
             rows["ours"].append(ours(arch, w, batch, threads, mode, side, iters, precision=precision))
+            if BASE:
+                rows.setdefault("base", []).append(ours(arch, w, batch, threads, mode, side, iters, precision=precision, binary=BASE))
             for e in peers:
                 if e == "ours-f32":
                     rows.setdefault(e, []).append(ours(arch, w, batch, threads, mode, side, iters))
@@ -144,7 +151,7 @@ def main():
                "runs": a.runs, "macs_per_image": macs, "median": med, "all": rows}
         results.append(res)
         line = f"{name}: ours {med['ours']['images_per_second']:.1f} img/s"
-        for e in peers:
+        for e in peers + (["base"] if BASE else []):
             line += f", {e} {med[e]['images_per_second']:.1f} ({med['ours']['images_per_second'] / med[e]['images_per_second']:.2f}x)"
         print(line, flush=True)
     meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M"),
@@ -164,8 +171,10 @@ def main():
 def print_table(results, meta):
     print(f"\nMedians of the timed runs; ratios are ours / peer (higher is better for us). torch 'best' is the faster of NCHW and channels-last.")
     print(f"onnxruntime {meta.get('onnxruntime')}, torch {meta.get('torch')}, {meta['cpus']} CPUs\n")
-    print("| workload | ours img/s | ONNX Runtime | PyTorch best | ours / ORT | ours / PyTorch | ours p50 / p99 ms | ORT p50 / p99 ms | peak RSS ours / ORT MB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    base = any("base" in r["median"] for r in results)
+    print("| workload | ours img/s | ONNX Runtime | PyTorch best | ours / ORT | ours / PyTorch | ours p50 / p99 ms | ORT p50 / p99 ms | peak RSS ours / ORT MB |"
+          + (" ours / base |" if base else ""))
+    print("|---|---|---|---|---|---|---|---|---|" + ("---|" if base else ""))
     for r in results:
         if r.get("precision", "f32") != "f32":
             continue
@@ -180,6 +189,8 @@ def print_table(results, meta):
                  f"{o['latency_ms_p50']:.1f} / {o['latency_ms_p99']:.1f}",
                  f"{ort['latency_ms_p50']:.1f} / {ort['latency_ms_p99']:.1f}" if ort else "—",
                  f"{o['peak_rss_mb']:.0f} / {ort['peak_rss_mb']:.0f}" if ort else f"{o['peak_rss_mb']:.0f} / —"]
+        if base:
+            cells.append(f"{o['images_per_second'] / m['base']['images_per_second']:.3f}")
         print("| " + " | ".join(cells) + " |")
 
 
@@ -188,8 +199,10 @@ def print_bf16_table(results):
     if not rows:
         return
     print("\nbf16 inference against our own f32, alternating runs (medians):\n")
-    print("| workload | ours bf16 img/s | ours f32 img/s | bf16 / f32 | ORT f32 img/s | bf16 / ORT | peak RSS bf16 / f32 MB |")
-    print("|---|---|---|---|---|---|---|")
+    base = any("base" in r["median"] for r in rows)
+    print("| workload | ours bf16 img/s | ours f32 img/s | bf16 / f32 | ORT f32 img/s | bf16 / ORT | peak RSS bf16 / f32 MB |"
+          + (" ours / base |" if base else ""))
+    print("|---|---|---|---|---|---|---|" + ("---|" if base else ""))
     for r in rows:
         m = r["median"]
         o, f, ort = m["ours"], m["ours-f32"], m.get("ort")
@@ -198,6 +211,8 @@ def print_bf16_table(results):
                  f"{ort['images_per_second']:.1f}" if ort else "—",
                  f"{o['images_per_second'] / ort['images_per_second']:.2f}x" if ort else "—",
                  f"{o['peak_rss_mb']:.0f} / {f['peak_rss_mb']:.0f}"]
+        if base:
+            cells.append(f"{o['images_per_second'] / m['base']['images_per_second']:.3f}")
         print("| " + " | ".join(cells) + " |")
 
 

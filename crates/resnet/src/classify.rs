@@ -115,8 +115,8 @@ pub fn resolve_spec(
         (_, Some(c)) => Ok((c.spec.clone(), SpecSource::Sidecar)),
         (Some(a), None) => {
             let mut s = ResNetSpec::named(a)?;
-            if let Some(t) = sd.get("fc.weight") {
-                s.num_classes = t.shape[0];
+            if let Some(&classes) = sd.get("fc.weight").and_then(|t| t.shape.first()) {
+                s.num_classes = classes;
             }
             if let Some(t) = sd.get("conv1.weight").filter(|t| t.shape.len() == 4) {
                 s.in_channels = t.shape[1];

@@ -214,6 +214,9 @@ fn buffers_hold_their_type_and_values<B: Backend>(b: &B, _: Scale) {
     let labels = b.upload(&vec![1u32; d.in_len()]).unwrap();
     let mut y = b.alloc(DType::F32, d.out_len()).unwrap();
     assert!(b.conv_forward(&d, &labels, &f, &mut y, &ConvEpilogue::default()).is_err());
+    let unprepared = B::Filter::default();
+    let xf = b.alloc(DType::F32, d.in_len()).unwrap();
+    assert!(b.conv_forward(&d, &xf, &unprepared, &mut y, &ConvEpilogue::default()).is_err(), "unprepared filter");
     let mut short = b.alloc(DType::F32, d.out_len() - 1).unwrap();
     let xs = b.alloc(DType::F32, d.in_len()).unwrap();
     assert!(b.conv_forward(&d, &xs, &f, &mut short, &ConvEpilogue::default()).is_err());

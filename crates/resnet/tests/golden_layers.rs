@@ -9,6 +9,7 @@ use common::*;
 use resnet::backend::Backend;
 use resnet::backend::reference::nhwc_to_nchw;
 use resnet::model::Mode;
+use resnet::model::graph::Conv;
 use resnet::model::layers::{BatchNorm2d, Conv2d, GlobalAvgPool, Linear, MaxPool2d, PadShortcut};
 use resnet::tensor::Tensor;
 
@@ -38,7 +39,8 @@ fn convolutions_match_pytorch<B: Backend>(b: &B, _: Scale) {
     assert_eq!(names.len(), 7);
     for name in names {
         let c: ConvCase = serde_json::from_str(&meta[name]).unwrap();
-        let mut conv = Conv2d::with_dilation(b, c.cin, c.cout, [c.k; 2], [c.s; 2], [c.p; 2], [c.d; 2], c.g).unwrap();
+        let geometry = Conv { dilation: [c.d; 2], ..Conv::square(c.cin, c.cout, c.k, c.s, c.p, c.g) };
+        let mut conv = Conv2d::with_geometry(b, geometry).unwrap();
         let (w, _) = get(&sd, &format!("{name}.w"));
         conv.weight.set_from_torch(b, &w).unwrap();
         let (x, xs) = get(&sd, &format!("{name}.x"));

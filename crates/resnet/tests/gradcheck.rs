@@ -106,7 +106,7 @@ fn conv2d_backward_matches_finite_differences<B: Backend>(cpu: &B, _: Scale) {
         let x = rand(&mut r, s.iter().product());
         let w = rand(&mut r, c_out * k * k * c_in / g);
         let mut conv = Conv2d::<B>::new(cpu, c_in, c_out, k, stride, pad, g).unwrap();
-        conv.dilation = [dil, dil];
+        conv.geometry.dilation = [dil, dil];
         conv.weight.value = cpu.upload(&f32s(&w)).unwrap();
         conv.weight.version += 1;
         let xt = Tensor::from_host(cpu, s, &f32s(&x)).unwrap();

@@ -63,9 +63,13 @@ pub struct TrainConfig {
 
 impl TrainConfig {
     /// True when `other` trains the same way: everything but the thread,
-    /// worker and logging settings is equal.
+    /// worker and logging settings is equal. The log interval counts where an
+    /// error-based warm-up is on: its end is decided at log boundaries.
     pub fn same_recipe(&self, other: &TrainConfig) -> bool {
-        let norm = |c: &TrainConfig| TrainConfig { threads: 0, workers: 0, log_every: 0, ..c.clone() };
+        let norm = |c: &TrainConfig| {
+            let log_every = if c.policy.warmup_until_error.is_some() { c.log_every } else { 0 };
+            TrainConfig { threads: 0, workers: 0, log_every, ..c.clone() }
+        };
         norm(self) == norm(other)
     }
 }

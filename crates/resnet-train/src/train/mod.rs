@@ -77,6 +77,9 @@ impl<B: Backend> Trainer<B> {
         if config.batch == 0 {
             return Err(Error::Invalid("--batch must be at least 1".into()));
         }
+        if config.log_every == 0 {
+            return Err(Error::Invalid("--log-every must be at least 1".into()));
+        }
         if data.classes.len() != config.spec.num_classes {
             return Err(Error::Invalid(format!(
                 "{} has {} classes but the model has {} outputs",
@@ -102,7 +105,7 @@ impl<B: Backend> Trainer<B> {
         net.init_kaiming(&mut Rng::new(config.seed).fork(u64::MAX), config.zero_init_residual)?;
         if let Some(init) = &config.init {
             let sd = io::read_state_dict(init)?;
-            let classes_in_file = sd.get("fc.weight").map(|t| t.shape[0]);
+            let classes_in_file = sd.get("fc.weight").and_then(|t| t.shape.first().copied());
             let mode = if classes_in_file == Some(config.spec.num_classes) {
                 LoadMode::Strict
             } else {
@@ -349,8 +352,8 @@ impl<B: Backend> Trainer<B> {
                         epoch,
                         iteration: self.state.iteration,
                         lr,
-                        loss: log.loss / log.n.max(1) as f64,
-                        error: log.error / log.n.max(1) as f64,
+                        loss: log.mean_loss().unwrap_or(0.0),
+                        error: log.mean_error().unwrap_or(0.0),
                         images_per_second: log_images as f64 / log_t.elapsed().as_secs_f64().max(1e-9),
                     };
                     self.log(&serde_json::json!({"kind": "train", "point": p}))?;
@@ -380,8 +383,8 @@ impl<B: Backend> Trainer<B> {
                 loss: test.loss,
                 error: 1.0 - test.top1,
                 top5_error: 1.0 - test.top5,
-                train_loss: ep.loss / ep.n.max(1) as f64,
-                train_error: if ep.n == 0 { f64::NAN } else { 1.0 - ep.correct as f64 / ep.n as f64 },
+                train_loss: ep.mean_loss().unwrap_or(0.0),
+                train_error: ep.accuracy().map_or(f64::NAN, |a| 1.0 - a),
                 images_per_second: ep_images as f64 / epoch_train_seconds.max(1e-9),
             };
             self.log(&serde_json::json!({"kind": "test", "point": tp}))?;

@@ -113,7 +113,9 @@ pub struct TrainSummary {
 pub(super) struct Tally {
     /// Sum of batch mean losses times batch sizes.
     pub(super) loss: f64,
-    /// Sum of batch errors times batch sizes.
+    /// Sum of batch errors times batch sizes, summed in floating point as
+    /// the logged points always were (not `n - correct`, which can differ in
+    /// the last bit).
     pub(super) error: f64,
     /// Images whose label had the largest logit.
     pub(super) correct: usize,
@@ -135,6 +137,10 @@ impl Tally {
 
     pub(super) fn accuracy(&self) -> Option<f64> {
         (self.n > 0).then(|| self.correct as f64 / self.n as f64)
+    }
+
+    pub(super) fn mean_error(&self) -> Option<f64> {
+        (self.n > 0).then(|| self.error / self.n as f64)
     }
 }
 

@@ -122,3 +122,28 @@ pub struct PadShortcutDesc {
     /// Zero channels before the input's.
     pub pad_before: usize,
 }
+
+impl PadShortcutDesc {
+    /// The shortcut from `c_in` to `c_out >= c_in` channels of an `n x h x w`
+    /// batch, subsampled by `stride`, with `(c_out - c_in) / 2` zero channels in
+    /// front of the input's (as the widely used PyTorch CIFAR ResNets pad).
+    pub fn new(n: usize, h: usize, w: usize, c_in: usize, c_out: usize, stride: usize) -> Self {
+        Self { n, h, w, c_in, c_out, stride, pad_before: (c_out - c_in) / 2 }
+    }
+    /// Output height.
+    pub fn out_h(&self) -> usize {
+        self.h.div_ceil(self.stride)
+    }
+    /// Output width.
+    pub fn out_w(&self) -> usize {
+        self.w.div_ceil(self.stride)
+    }
+    /// Elements in the input batch.
+    pub fn in_len(&self) -> usize {
+        self.n * self.h * self.w * self.c_in
+    }
+    /// Elements in the output batch.
+    pub fn out_len(&self) -> usize {
+        self.n * self.out_h() * self.out_w() * self.c_out
+    }
+}

@@ -259,8 +259,9 @@ pub enum InputRead {
 pub struct ConvStorage {
     /// How it reads a bf16 input.
     pub input: InputRead,
-    /// It writes bf16 output in its kernel, exactly the rounding of its f32
-    /// result (no pass of its own).
+    /// It writes bf16 output, exactly the rounding of its f32 result, where
+    /// that is worth it (the plan then stores the value in bf16 if every
+    /// reader takes it so).
     pub output_bf16: bool,
     /// It reads a bf16 residual.
     pub residual_bf16: bool,

@@ -78,6 +78,14 @@ fn f32s_mut(b: &mut RefBuf, len: usize) -> Result<&mut [f32]> {
     Ok(&mut b.values[..len])
 }
 
+/// A filter prepared for `d`'s layer has its weights.
+fn check_filter(d: &ConvDesc, w: &RefFilter) -> Result<()> {
+    match w.weights.len() == d.weight_len() {
+        true => Ok(()),
+        false => Err(Error::Backend(format!("a filter of {} weights for {d:?}", w.weights.len()))),
+    }
+}
+
 /// Stores `v` in `y[i]` as `y`'s type keeps it.
 fn store(y: &mut RefBuf, i: usize, v: f32) {
     y.values[i] = if y.dtype == DType::Bf16 { round_bf16(v) } else { v };
@@ -187,6 +195,7 @@ impl Backend for Reference {
         y: &mut RefBuf,
         e: &ConvEpilogue<'_, Self>,
     ) -> Result<()> {
+        check_filter(d, w)?;
         let x = floats(x, d.in_len())?;
         let x: Vec<f32> = if w.bf16 { x.iter().map(|&v| round_bf16(v)).collect() } else { x.to_vec() };
         let bias = e.bias.map(|b| f32s(b, d.c_out)).transpose()?;
@@ -239,6 +248,7 @@ impl Backend for Reference {
         dx: &mut RefBuf,
         accumulate: bool,
     ) -> Result<()> {
+        check_filter(d, w)?;
         let dy = f32s(dy, d.out_len())?;
         let dx = f32s_mut(dx, d.in_len())?;
         let (oh, ow) = (d.out_h(), d.out_w());
@@ -535,9 +545,8 @@ impl Backend for Reference {
     }
 
     fn pad_shortcut_forward(&self, d: &PadShortcutDesc, x: &RefBuf, y: &mut RefBuf) -> Result<()> {
-        let (oh, ow) = (d.h.div_ceil(d.stride), d.w.div_ceil(d.stride));
-        let x = f32s(x, d.n * d.h * d.w * d.c_in)?;
-        let y = f32s_mut(y, d.n * oh * ow * d.c_out)?;
+        let (oh, ow) = (d.out_h(), d.out_w());
+        let (x, y) = (f32s(x, d.in_len())?, f32s_mut(y, d.out_len())?);
         for n in 0..d.n {
             for oy in 0..oh {
                 for ox in 0..ow {
@@ -555,9 +564,8 @@ impl Backend for Reference {
     }
 
     fn pad_shortcut_backward(&self, d: &PadShortcutDesc, dy: &RefBuf, dx: &mut RefBuf, accumulate: bool) -> Result<()> {
-        let (oh, ow) = (d.h.div_ceil(d.stride), d.w.div_ceil(d.stride));
-        let dy = f32s(dy, d.n * oh * ow * d.c_out)?;
-        let dx = f32s_mut(dx, d.n * d.h * d.w * d.c_in)?;
+        let (oh, ow) = (d.out_h(), d.out_w());
+        let (dy, dx) = (f32s(dy, d.out_len())?, f32s_mut(dx, d.in_len())?);
         if !accumulate {
             dx.fill(0.0);
         }
@@ -605,7 +613,8 @@ impl Backend for Reference {
                 loss -= q * logp;
                 g[i * classes + j] = ((logp.exp() - q) / n as f64) as f32;
             }
-            correct += row.iter().enumerate().all(|(j, &v)| v < row[y] || (v == row[y] && j >= y)) as usize;
+            // Correct when no logit beats the label's (ties go to the lower class).
+            correct += !row.iter().enumerate().any(|(j, &v)| v > row[y] || (v == row[y] && j < y)) as usize;
         }
         let m = f32s_mut(metrics, 2 * slot + 2)?;
         m[2 * slot] = (loss / n as f64) as f32;

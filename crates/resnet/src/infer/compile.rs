@@ -36,7 +36,7 @@ pub(super) enum Weights<B: Backend> {
 impl<B: Backend> FusedConv<B> {
     fn new(b: &B, name: &str, conv: Conv, usage: FilterUse, weights: &[f32], bias: Option<B::Buf>) -> Result<Self> {
         // Any shape of the layer stands for all when the algorithm is fixed.
-        let d = conv.desc(1, conv.kernel[0], conv.kernel[1]);
+        let d = layer_desc(&conv);
         let buf = b.upload(weights)?;
         let weights = if b.conv_algorithm_is_fixed(&d, usage) {
             let mut f = B::Filter::default();
@@ -104,6 +104,8 @@ pub(super) struct Compiled<B: Backend> {
     pub norms: Vec<FrozenNorm<B>>,
     /// Number of plan values (the input included).
     pub values: usize,
+    /// The graph value each plan value is (for its shape).
+    pub graph_value: Vec<usize>,
     /// The pooled features and the logits.
     pub features: usize,
     pub output: usize,
@@ -112,6 +114,12 @@ pub(super) struct Compiled<B: Backend> {
     /// Buffer slot of each value (`None` for the input) and the number of slots.
     pub slot: Vec<Option<usize>>,
     pub slots: usize,
+}
+
+/// A descriptor of `conv`'s layer for the questions that do not depend on
+/// the input's size (one image of the kernel's size).
+fn layer_desc(conv: &Conv) -> crate::backend::ConvDesc {
+    conv.desc(1, conv.kernel[0], conv.kernel[1])
 }
 
 /// The f32 values of a checked state-dict entry.
@@ -211,6 +219,7 @@ pub(super) fn compile<B: Backend>(b: &B, graph: &Graph, sd: &StateDict, precisio
         convs: Vec::new(),
         norms: Vec::new(),
         values: 0,
+        graph_value: vec![0],
         features: 0,
         output: 0,
         storage: Vec::new(),
@@ -263,6 +272,7 @@ pub(super) fn compile<B: Backend>(b: &B, graph: &Graph, sd: &StateDict, precisio
             }
         };
         value_of[at + 1] = Some(dst);
+        out.graph_value.push(at + 1);
         out.ops.push(op);
     }
     out.values = values;
@@ -304,7 +314,7 @@ fn fold<B: Backend>(
 /// The backend's storage answer for a convolution op.
 fn conv_storage<B: Backend>(b: &B, c: &Compiled<B>, conv: usize) -> ConvStorage {
     let fc = &c.convs[conv];
-    b.conv_storage(&fc.conv.desc(1, 1, 1), fc.usage)
+    b.conv_storage(&layer_desc(&fc.conv), fc.usage)
 }
 
 /// Which values a bf16 plan stores in bf16: those whose writer produces bf16
@@ -336,10 +346,9 @@ fn storage<B: Backend>(b: &B, c: &Compiled<B>) -> Vec<DType> {
         Op::MaxPool { .. } => pool_bf16,
         _ => answer(op).is_some_and(|s| match s.input {
             InputRead::Bf16 => true,
-            InputRead::Bf16Rounding => producer[op.io().0].is_some_and(|p| {
-                let p = &c.ops[p];
-                matches!(p, Op::Conv { .. }) && computes_bf16(p) && writes_bf16(p)
-            }),
+            InputRead::Bf16Rounding => {
+                producer[op.io().0].is_some_and(|p| computes_bf16(&c.ops[p]) && writes_bf16(&c.ops[p]))
+            }
             InputRead::F32 => false,
         }),
     };
@@ -356,7 +365,8 @@ fn storage<B: Backend>(b: &B, c: &Compiled<B>) -> Vec<DType> {
             storage[r] = DType::F32;
         }
     }
-    for op in &c.ops {
+    // Last first, so that a chain of pools passes f32 back along it.
+    for op in c.ops.iter().rev() {
         if let Op::MaxPool { src, dst, .. } = *op
             && storage[dst] == DType::F32
         {

@@ -43,6 +43,7 @@ use compile::{Compiled, Op, Weights};
 /// the buffer plan. Immutable; run it with a [`Workspace`].
 pub struct CompiledModel<B: Backend> {
     backend: B,
+    graph: Graph,
     spec: ResNetSpec,
     precision: Precision,
     c: Compiled<B>,
@@ -83,6 +84,9 @@ impl<B: Backend> Workspace<B> {
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
+/// Input shapes whose plans a compiled model keeps at once.
+const MAX_SHAPE_PLANS: usize = 64;
+
 impl<B: Backend> CompiledModel<B> {
     /// Compiles the architecture of `graph` with the weights of `sd` (checked
     /// strictly against the graph's key/shape table) for `precision`.
@@ -91,6 +95,7 @@ impl<B: Backend> CompiledModel<B> {
         let c = compile::compile(backend, graph, sd, precision)?;
         Ok(Self {
             backend: backend.clone(),
+            graph: graph.clone(),
             spec: graph.spec.clone(),
             precision,
             c,
@@ -103,8 +108,7 @@ impl<B: Backend> CompiledModel<B> {
     /// Compiles `net` (its current weights and running statistics).
     pub fn from_network(net: &mut Network<B>, precision: Precision) -> Result<Self> {
         let sd = io::state_dict(net)?;
-        let graph = net.graph().clone();
-        Self::new(net.backend(), &graph, &sd, precision)
+        Self::new(net.backend(), net.graph(), &sd, precision)
     }
 
     /// The architecture.
@@ -143,51 +147,44 @@ impl<B: Backend> CompiledModel<B> {
         if let Some(p) = self.shapes.lock().unwrap_or_else(|e| e.into_inner()).get(&input) {
             return Ok(p.clone());
         }
-        let mut shapes = vec![[0; 4]; self.c.values];
-        shapes[0] = input;
+        // The graph's shapes, and its error naming a layer left without pixels.
+        let graph_shapes = self.graph.shapes(input[1], input[2])?;
+        let shapes: Vec<[usize; 4]> = self
+            .c
+            .graph_value
+            .iter()
+            .map(|&v| [input[0], graph_shapes[v][0], graph_shapes[v][1], graph_shapes[v][2]])
+            .collect();
         let mut convs = Vec::new();
         for op in &self.c.ops {
-            let (src, dst) = op.io();
-            let s = shapes[src];
-            shapes[dst] = match *op {
-                Op::Conv { conv, .. } => {
-                    let fc = &self.c.convs[conv];
-                    let d = fc.conv.desc(s[0], s[1], s[2]);
-                    let filter = match &fc.weights {
-                        Weights::Prepared(f) => f.clone(),
-                        Weights::Folded(w) => {
-                            let key = (conv, self.backend.conv_algorithm(&d, fc.usage));
-                            let mut filters = self.filters.lock().unwrap_or_else(|e| e.into_inner());
-                            match filters.get(&key) {
-                                Some(f) => f.clone(),
-                                None => {
-                                    let mut f = B::Filter::default();
-                                    self.backend.prepare_filter(&d, w, fc.usage, &mut f)?;
-                                    filters.entry(key).or_insert(Arc::new(f)).clone()
-                                }
-                            }
+            let Op::Conv { conv, src, .. } = *op else { continue };
+            let (fc, s) = (&self.c.convs[conv], shapes[src]);
+            let d = fc.conv.desc(s[0], s[1], s[2]);
+            let filter = match &fc.weights {
+                Weights::Prepared(f) => f.clone(),
+                Weights::Folded(w) => {
+                    let key = (conv, self.backend.conv_algorithm(&d, fc.usage));
+                    let mut filters = self.filters.lock().unwrap_or_else(|e| e.into_inner());
+                    match filters.get(&key) {
+                        Some(f) => f.clone(),
+                        None => {
+                            let mut f = B::Filter::default();
+                            self.backend.prepare_filter(&d, w, fc.usage, &mut f)?;
+                            filters.entry(key).or_insert(Arc::new(f)).clone()
                         }
-                    };
-                    convs.push((d, filter));
-                    [s[0], d.out_h(), d.out_w(), d.c_out]
+                    }
                 }
-                Op::Norm { .. } => s,
-                Op::MaxPool { kernel, stride, pad, .. } => {
-                    let d = PoolDesc { n: s[0], h: s[1], w: s[2], c: s[3], kernel, stride, pad };
-                    [s[0], d.out_h(), d.out_w(), s[3]]
-                }
-                Op::Pad { c_out, stride, .. } => [s[0], s[1].div_ceil(stride), s[2].div_ceil(stride), c_out],
-                Op::Gap { .. } => [s[0], 1, 1, s[3]],
             };
-            if shapes[dst][1] == 0 || shapes[dst][2] == 0 {
-                return Err(Error::Invalid(format!(
-                    "input {}x{} is too small for {}",
-                    input[1], input[2], self.spec.name
-                )));
-            }
+            convs.push((d, filter));
         }
         let plan = Arc::new(ShapePlan { input, shapes, convs });
-        self.shapes.lock().unwrap_or_else(|e| e.into_inner()).insert(input, plan.clone());
+        let mut cache = self.shapes.lock().unwrap_or_else(|e| e.into_inner());
+        // Plans are cheap to make again (the filters stay cached): a server fed
+        // images of many sizes keeps a bounded number of them.
+        if cache.len() >= MAX_SHAPE_PLANS {
+            cache.clear();
+        }
+        cache.insert(input, plan.clone());
         Ok(plan)
     }
 
@@ -196,7 +193,10 @@ impl<B: Backend> CompiledModel<B> {
         if ws.model != self.id {
             return Err(Error::Invalid("a workspace runs only the model that made it".into()));
         }
-        if x.shape[3] != self.spec.in_channels || x.shape[0] == 0 {
+        if x.shape[0] == 0 {
+            return Err(Error::Invalid("an empty batch".into()));
+        }
+        if x.shape[3] != self.spec.in_channels {
             return Err(Error::Invalid(format!(
                 "the network expects {}-channel input, got shape {:?}",
                 self.spec.in_channels, x.shape
@@ -258,8 +258,7 @@ impl<B: Backend> CompiledModel<B> {
                     b.max_pool_forward(&d, &get(src).buf, &mut y.buf)
                 }
                 Op::Pad { c_in, c_out, stride, .. } => {
-                    let pad_before = (c_out - c_in) / 2;
-                    let d = PadShortcutDesc { n: s[0], h: s[1], w: s[2], c_in, c_out, stride, pad_before };
+                    let d = PadShortcutDesc::new(s[0], s[1], s[2], c_in, c_out, stride);
                     b.pad_shortcut_forward(&d, &get(src).buf, &mut y.buf)
                 }
                 Op::Gap { .. } => b.global_avg_pool_forward(s[0], s[1] * s[2], s[3], &get(src).buf, &mut y.buf),

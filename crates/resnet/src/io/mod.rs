@@ -101,6 +101,13 @@ pub fn check_state_dict(graph: &Graph, sd: &StateDict, mode: LoadMode) -> Result
             }
             return Err(Error::MissingKey { key: p.key, hint: hint() });
         };
+        let stored = match &t.data {
+            TensorData::F32(v) => v.len(),
+            TensorData::I64(v) => v.len(),
+        };
+        if stored != t.numel() {
+            return Err(Error::Invalid(format!("`{}` holds {stored} values for the shape {:?}", p.key, t.shape)));
+        }
         let shape_ok = match (&t.data, counter) {
             (TensorData::I64(_), false) => {
                 return Err(Error::Invalid(format!("`{}` holds integers, expected floats", p.key)));

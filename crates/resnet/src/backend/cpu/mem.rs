@@ -49,24 +49,48 @@ unsafe impl<T: Pod> Send for AlignedVec<T> {}
 // SAFETY: shared access only reads.
 unsafe impl<T: Pod> Sync for AlignedVec<T> {}
 
+/// Memory the system could not give (or a size no allocation can have).
+#[derive(Clone, Copy, Debug)]
+pub struct AllocError {
+    /// Bytes asked for (`usize::MAX` when the size itself overflowed).
+    pub bytes: usize,
+}
+
+impl From<AllocError> for Error {
+    fn from(e: AllocError) -> Self {
+        match e.bytes {
+            usize::MAX => Error::Backend("a buffer larger than memory can address".into()),
+            n => Error::Backend(format!("out of memory: cannot allocate {n} bytes")),
+        }
+    }
+}
+
 impl<T: Pod> AlignedVec<T> {
-    /// An empty array (no allocation).
+    /// An empty array (no allocation; its pointer is dangling but on a cache
+    /// line, so any view of it is aligned).
     pub const fn new() -> Self {
-        Self { ptr: NonNull::dangling(), len: 0, cap: 0 }
+        // SAFETY: ALIGN is not zero; the pointer is never dereferenced while cap is 0.
+        let ptr = unsafe { NonNull::new_unchecked(std::ptr::without_provenance_mut(ALIGN)) };
+        Self { ptr, len: 0, cap: 0 }
     }
 
     /// `len` zeros, from zeroed pages where the system has them.
     pub fn zeroed(len: usize) -> Self {
+        Self::try_zeroed(len).unwrap_or_else(|e| oom(e, Self::layout(len).ok()))
+    }
+
+    /// [`AlignedVec::zeroed`], or an error where the memory is not there.
+    pub fn try_zeroed(len: usize) -> std::result::Result<Self, AllocError> {
         let mut v = Self::new();
         if len > 0 {
-            let layout = Self::layout(len);
+            let layout = Self::layout(len).map_err(|_| AllocError { bytes: usize::MAX })?;
             // SAFETY: the layout has a non-zero size; zero bits are a valid `T` (`Pod`).
             let p = unsafe { std::alloc::alloc_zeroed(layout) };
-            v.ptr = NonNull::new(p.cast()).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+            v.ptr = NonNull::new(p.cast()).ok_or(AllocError { bytes: layout.size() })?;
             v.cap = len;
             v.len = len;
         }
-        v
+        Ok(v)
     }
 
     /// A copy of `src`.
@@ -76,34 +100,52 @@ impl<T: Pod> AlignedVec<T> {
         v
     }
 
-    fn layout(cap: usize) -> Layout {
-        Layout::array::<T>(cap).and_then(|l| l.align_to(ALIGN)).expect("array size overflows isize")
+    fn layout(cap: usize) -> std::result::Result<Layout, std::alloc::LayoutError> {
+        Layout::array::<T>(cap).and_then(|l| l.align_to(ALIGN))
     }
 
     /// Makes room for at least `additional` more elements.
     pub fn reserve(&mut self, additional: usize) {
-        let need = self.len.checked_add(additional).expect("capacity overflow");
+        self.try_reserve(additional).unwrap_or_else(|e| oom(e, None));
+    }
+
+    /// [`AlignedVec::reserve`], or an error where the memory is not there.
+    pub fn try_reserve(&mut self, additional: usize) -> std::result::Result<(), AllocError> {
+        let too_big = AllocError { bytes: usize::MAX };
+        let need = self.len.checked_add(additional).ok_or(too_big)?;
         if need <= self.cap {
-            return;
+            return Ok(());
         }
-        let cap = need.max(2 * self.cap);
-        let new = Self::layout(cap);
+        // Twice the capacity, as `Vec` grows, or what is needed where that is too much.
+        let cap = need.max(self.cap.saturating_mul(2));
+        let (cap, new) = match Self::layout(cap) {
+            Ok(l) => (cap, l),
+            Err(_) => (need, Self::layout(need).map_err(|_| too_big)?),
+        };
         let p = if self.cap == 0 {
             // SAFETY: the layout has a non-zero size (need > cap >= 0 elements of a sized `T`).
             unsafe { std::alloc::alloc(new) }
         } else {
-            // SAFETY: `ptr` was allocated with `layout(self.cap)`; the new size is non-zero
-            // and, with the same alignment, does not overflow isize (checked by `layout`).
-            unsafe { std::alloc::realloc(self.ptr.as_ptr().cast(), Self::layout(self.cap), new.size()) }
+            let old = Self::layout(self.cap).map_err(|_| too_big)?;
+            // SAFETY: `ptr` was allocated with `old`; the new size is non-zero and, with the
+            // same alignment, does not overflow isize (checked by `layout`).
+            unsafe { std::alloc::realloc(self.ptr.as_ptr().cast(), old, new.size()) }
         };
-        self.ptr = NonNull::new(p.cast()).unwrap_or_else(|| std::alloc::handle_alloc_error(new));
+        // On failure the old block is untouched and still ours.
+        self.ptr = NonNull::new(p.cast()).ok_or(AllocError { bytes: new.size() })?;
         self.cap = cap;
+        Ok(())
     }
 
     /// Sets the length, filling new elements with `value`.
     pub fn resize(&mut self, len: usize, value: T) {
+        self.try_resize(len, value).unwrap_or_else(|e| oom(e, None));
+    }
+
+    /// [`AlignedVec::resize`], or an error where the memory is not there.
+    pub fn try_resize(&mut self, len: usize, value: T) -> std::result::Result<(), AllocError> {
         if len > self.len {
-            self.reserve(len - self.len);
+            self.try_reserve(len - self.len)?;
             // SAFETY: capacity >= len; the new elements are written before they are read.
             unsafe {
                 let tail = std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(self.len), len - self.len);
@@ -111,6 +153,7 @@ impl<T: Pod> AlignedVec<T> {
             }
         }
         self.len = len;
+        Ok(())
     }
 
     /// Shortens the array (keeps the capacity).
@@ -140,11 +183,22 @@ impl<T: Pod> AlignedVec<T> {
     }
 }
 
+/// Fails as `Vec` does where memory runs out (for the kernels' scratch; the
+/// backend's buffers use the `try_` forms and return an error).
+fn oom(e: AllocError, layout: Option<Layout>) -> ! {
+    match layout.or_else(|| Layout::from_size_align(e.bytes, ALIGN).ok()) {
+        Some(l) if e.bytes != usize::MAX => std::alloc::handle_alloc_error(l),
+        _ => panic!("capacity overflow"),
+    }
+}
+
 impl<T: Pod> Drop for AlignedVec<T> {
     fn drop(&mut self) {
-        if self.cap > 0 {
+        if self.cap > 0
+            && let Ok(layout) = Self::layout(self.cap)
+        {
             // SAFETY: allocated with this layout.
-            unsafe { std::alloc::dealloc(self.ptr.as_ptr().cast(), Self::layout(self.cap)) };
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr().cast(), layout) };
         }
     }
 }
@@ -213,24 +267,31 @@ impl Buffer for CpuBuf {
     }
 }
 
+/// Bytes of `len` elements of `dtype`.
+fn bytes_of(dtype: DType, len: usize) -> Result<usize> {
+    len.checked_mul(dtype.size()).ok_or_else(|| AllocError { bytes: usize::MAX }.into())
+}
+
 impl CpuBuf {
     /// `len` zeros of `dtype`.
-    pub fn zeroed(dtype: DType, len: usize) -> Self {
-        Self { bytes: AlignedVec::zeroed(len * dtype.size()), dtype, len }
+    pub fn zeroed(dtype: DType, len: usize) -> Result<Self> {
+        Ok(Self { bytes: AlignedVec::try_zeroed(bytes_of(dtype, len)?)?, dtype, len })
     }
 
     /// Gives the buffer `len` elements of `dtype`, keeping its bytes (new ones zero).
-    pub fn resize(&mut self, dtype: DType, len: usize) {
-        self.bytes.resize(len * dtype.size(), 0);
+    pub fn resize(&mut self, dtype: DType, len: usize) -> Result<()> {
+        self.bytes.try_resize(bytes_of(dtype, len)?, 0)?;
         (self.dtype, self.len) = (dtype, len);
+        Ok(())
     }
 
     /// Overwrites the buffer with `src`, taking its type and length.
-    pub fn write<T: Element>(&mut self, src: &[T]) {
-        self.resize(T::DTYPE, src.len());
+    pub fn write<T: Element>(&mut self, src: &[T]) -> Result<()> {
+        self.resize(T::DTYPE, src.len())?;
         // SAFETY: `Element` types (f32, bf16, u32) are plain numbers: their bytes can be read as `u8`.
         let bytes = unsafe { std::slice::from_raw_parts(src.as_ptr().cast::<u8>(), std::mem::size_of_val(src)) };
         self.bytes.copy_from_slice(bytes);
+        Ok(())
     }
 
     fn check(&self, want: DType) -> Result<()> {
@@ -274,8 +335,9 @@ impl CpuBuf {
     /// The bytes as `len` values of `T` (the caller checked `dtype`).
     fn view<T: Pod>(&self) -> &[T] {
         debug_assert_eq!(std::mem::size_of::<T>(), self.dtype.size());
-        // SAFETY: the bytes start on a cache line (aligned for any `T` here), hold
-        // `len * size_of::<T>()` initialised bytes, and any bits are a `T` (`Pod`).
+        // SAFETY: the bytes start on a cache line, allocated or not (aligned for any `T`
+        // here), hold `len * size_of::<T>()` initialised bytes (`resize` keeps the two
+        // in step), and any bits are a `T` (`Pod`).
         unsafe { std::slice::from_raw_parts(self.bytes.as_ptr().cast(), self.len) }
     }
 
@@ -310,12 +372,18 @@ mod tests {
 
     #[test]
     fn buffers_change_type_in_place_and_refuse_the_wrong_one() {
-        let mut b = CpuBuf::zeroed(DType::F32, 1000);
+        let mut b = CpuBuf::zeroed(DType::F32, 1000).unwrap();
         b.f32_mut().unwrap()[999] = 5.0;
         let p = b.bytes.as_ptr();
-        b.resize(DType::Bf16, 2000);
+        b.resize(DType::Bf16, 2000).unwrap();
         assert_eq!(b.bytes.as_ptr(), p, "same bytes, other type");
         assert_eq!((b.len(), b.dtype()), (2000, DType::Bf16));
         assert!(b.f32().is_err() && b.bf16().is_ok());
+        // Empty buffers view as empty, aligned slices; impossible sizes are errors.
+        assert_eq!(CpuBuf::default().f32().unwrap().as_ptr() as usize % ALIGN, 0);
+        assert!(CpuBuf::zeroed(DType::Bf16, 0).unwrap().bf16().unwrap().is_empty());
+        assert!(CpuBuf::zeroed(DType::F32, usize::MAX / 2).is_err());
+        assert!(b.resize(DType::F32, 1 << 62).is_err());
+        assert_eq!((b.len(), b.dtype()), (2000, DType::Bf16), "a failed resize leaves the buffer as it was");
     }
 }

@@ -175,9 +175,8 @@ impl Backend for Cpu {
 
     /// Runs `f` on a pool thread while the other threads wait for its work
     /// spinning (`rayon::yield_now`) instead of going to sleep: rayon parks an
-    /// idle worker after about 33 `sched_yield`s (~20 us here), shorter than
-    /// the uneven end of most operations, and waking it again costs more than
-    /// that. ONNX Runtime's pool spins the same way. Called from outside the
+    /// idle worker after a few dozen `sched_yield`s, sooner than the uneven
+    /// end of most operations, and waking it again costs more than that. ONNX Runtime's pool spins the same way. Called from outside the
     /// pool, `f` runs on pool thread 0 every time (`ThreadPool::broadcast`),
     /// so that each thread works on the same parts of the buffers from one
     /// call to the next.
@@ -237,11 +236,10 @@ impl Backend for Cpu {
     }
 
     fn alloc(&self, dtype: DType, len: usize) -> Result<CpuBuf> {
-        Ok(CpuBuf::zeroed(dtype, len))
+        CpuBuf::zeroed(dtype, len)
     }
     fn write<T: Element>(&self, dst: &mut CpuBuf, src: &[T]) -> Result<()> {
-        dst.write(src);
-        Ok(())
+        dst.write(src)
     }
     fn download(&self, buf: &CpuBuf) -> Result<Vec<f32>> {
         match buf.dtype() {
@@ -252,7 +250,7 @@ impl Backend for Cpu {
     }
     fn resize(&self, buf: &mut CpuBuf, dtype: DType, len: usize) -> Result<()> {
         if (buf.dtype(), buf.len()) != (dtype, len) {
-            buf.resize(dtype, len);
+            buf.resize(dtype, len)?;
         }
         Ok(())
     }
@@ -288,6 +286,7 @@ impl Backend for Cpu {
         y: &mut CpuBuf,
         e: &ConvEpilogue<'_, Self>,
     ) -> Result<()> {
+        w.check(d, &[FilterUse::Forward, FilterUse::ForwardBf16])?;
         let epi = gemm::Epilogue {
             accumulate: false,
             scale: None,
@@ -315,8 +314,9 @@ impl Backend for Cpu {
         y: &mut CpuBuf,
         stats: &mut CpuBuf,
     ) -> Result<bool> {
+        w.check(d, &[FilterUse::Forward])?;
         let (x, y) = (f32s(x, d.in_len())?, f32s_mut(y, d.out_len())?);
-        stats.resize(DType::F32, 2 * d.c_out);
+        stats.resize(DType::F32, 2 * d.c_out)?;
         let stats = stats.f32_mut()?;
         Ok(self.install(|| conv::forward_stats(d, x, w, y, stats)))
     }
@@ -329,6 +329,7 @@ impl Backend for Cpu {
         dx: &mut CpuBuf,
         accumulate: bool,
     ) -> Result<()> {
+        w.check(d, &[FilterUse::BackwardData])?;
         let (dy, dx) = (f32s(dy, d.out_len())?, f32s_mut(dx, d.in_len())?);
         self.install(|| conv::backward_data(d, dy, w, dx, accumulate));
         Ok(())
@@ -379,7 +380,7 @@ impl Backend for Cpu {
             None => None,
         };
         for b in [&mut *saved.mean, &mut *saved.invstd] {
-            b.resize(DType::F32, c);
+            b.resize(DType::F32, c)?;
         }
         let (mean, invstd) = (saved.mean.f32_mut()?, saved.invstd.f32_mut()?);
         let residual = tail.residual.map(|r| f32s(r, rows * c)).transpose()?;
@@ -510,14 +511,12 @@ impl Backend for Cpu {
         Ok(())
     }
     fn pad_shortcut_forward(&self, d: &PadShortcutDesc, x: &CpuBuf, y: &mut CpuBuf) -> Result<()> {
-        let out = d.n * d.h.div_ceil(d.stride) * d.w.div_ceil(d.stride) * d.c_out;
-        let (x, y) = (f32s(x, d.n * d.h * d.w * d.c_in)?, f32s_mut(y, out)?);
+        let (x, y) = (f32s(x, d.in_len())?, f32s_mut(y, d.out_len())?);
         self.install(|| ops::pad_shortcut_forward(d, x, y));
         Ok(())
     }
     fn pad_shortcut_backward(&self, d: &PadShortcutDesc, dy: &CpuBuf, dx: &mut CpuBuf, accumulate: bool) -> Result<()> {
-        let out = d.n * d.h.div_ceil(d.stride) * d.w.div_ceil(d.stride) * d.c_out;
-        let (dy, dx) = (f32s(dy, out)?, f32s_mut(dx, d.n * d.h * d.w * d.c_in)?);
+        let (dy, dx) = (f32s(dy, d.out_len())?, f32s_mut(dx, d.in_len())?);
         self.install(|| ops::pad_shortcut_backward(d, dy, dx, accumulate));
         Ok(())
     }

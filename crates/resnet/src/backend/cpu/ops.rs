@@ -28,7 +28,7 @@ pub fn update(y: &mut [f32], x: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) {
 
 /// Option-A shortcut: subsample, then zero-pad channels.
 pub fn pad_shortcut_forward(d: &PadShortcutDesc, x: &[f32], y: &mut [f32]) {
-    let (oh, ow) = (d.h.div_ceil(d.stride), d.w.div_ceil(d.stride));
+    let (oh, ow) = (d.out_h(), d.out_w());
     y.par_chunks_mut(ow * d.c_out).enumerate().for_each(|(row, yr)| {
         let (n, oy) = (row / oh, row % oh);
         for ox in 0..ow {
@@ -44,7 +44,7 @@ pub fn pad_shortcut_forward(d: &PadShortcutDesc, x: &[f32], y: &mut [f32]) {
 /// Option-A shortcut backward: the gradient of the kept channels at the kept
 /// pixels; zero elsewhere (or left as is when accumulating).
 pub fn pad_shortcut_backward(d: &PadShortcutDesc, dy: &[f32], dx: &mut [f32], accumulate: bool) {
-    let (oh, ow) = (d.h.div_ceil(d.stride), d.w.div_ceil(d.stride));
+    let (oh, ow) = (d.out_h(), d.out_w());
     dx.par_chunks_mut(d.w * d.c_in).enumerate().for_each(|(row, xr)| {
         let (n, iy) = (row / d.h, row % d.h);
         if !accumulate {

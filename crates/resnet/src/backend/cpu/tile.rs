@@ -85,11 +85,9 @@ impl Next {
 /// Inputs at least this large are read from memory (or the shared cache)
 /// rather than a core's own: there the kernels fetch the next row group's
 /// runs ahead. The pattern they read in (twelve runs side by side, a few
-/// bytes of each at a time) is one the hardware prefetchers follow poorly;
-/// ResNet-50's 256->64 layer at 56x56, batch 16, runs 20-33% faster with it
-/// in bf16 and 17-19% in f32 (ARCHITECTURE.md, "Prefetch"). Smaller inputs
-/// stay in cache, where the prefetches cost issue slots for nothing (batch 1
-/// was about 1% slower with them).
+/// bytes of each at a time) is one the hardware prefetchers follow poorly
+/// (ARCHITECTURE.md, "Prefetch"). Smaller inputs stay in cache, where the
+/// prefetches cost issue slots for nothing.
 pub(super) const PREFETCH_INPUT_BYTES: usize = 4 << 20;
 
 impl<'a> Out<'a> {

@@ -8,26 +8,14 @@ use super::{Visit, take};
 use crate::backend::{Backend, ConvDesc, ConvEpilogue, FilterUse};
 use crate::error::Result;
 use crate::model::Mode;
-use crate::model::graph::key;
+use crate::model::graph::{Conv, key};
 use crate::model::state::StateEntry;
 use crate::tensor::{Param, ParamLayout, Tensor};
 
 /// A convolution layer.
 pub struct Conv2d<B: Backend> {
-    /// Input channels.
-    pub c_in: usize,
-    /// Output channels.
-    pub c_out: usize,
-    /// Kernel (height, width).
-    pub kernel: [usize; 2],
-    /// Stride.
-    pub stride: [usize; 2],
-    /// Zero padding per side.
-    pub pad: [usize; 2],
-    /// Dilation.
-    pub dilation: [usize; 2],
-    /// Channel groups.
-    pub groups: usize,
+    /// Channels, kernel, stride, padding, dilation, groups.
+    pub geometry: Conv,
     /// The filter.
     pub weight: Param<B>,
     /// Output of the last forward pass.
@@ -71,31 +59,14 @@ impl<B: Backend> PreparedFilter<B> {
 impl<B: Backend> Conv2d<B> {
     /// A `k x k` convolution with `pad`, `stride` and `groups` (dilation 1).
     pub fn new(b: &B, c_in: usize, c_out: usize, k: usize, stride: usize, pad: usize, groups: usize) -> Result<Self> {
-        Self::with_dilation(b, c_in, c_out, [k, k], [stride, stride], [pad, pad], [1, 1], groups)
+        Self::with_geometry(b, Conv::square(c_in, c_out, k, stride, pad, groups))
     }
 
     /// The general form.
-    #[allow(clippy::too_many_arguments)]
-    pub fn with_dilation(
-        b: &B,
-        c_in: usize,
-        c_out: usize,
-        kernel: [usize; 2],
-        stride: [usize; 2],
-        pad: [usize; 2],
-        dilation: [usize; 2],
-        groups: usize,
-    ) -> Result<Self> {
-        let shape = [c_out, c_in / groups, kernel[0], kernel[1]];
+    pub fn with_geometry(b: &B, geometry: Conv) -> Result<Self> {
         Ok(Self {
-            c_in,
-            c_out,
-            kernel,
-            stride,
-            pad,
-            dilation,
-            groups,
-            weight: Param::zeros(b, &shape, ParamLayout::ConvOhwi)?,
+            geometry,
+            weight: Param::zeros(b, &geometry.weight_shape(), ParamLayout::ConvOhwi)?,
             y: Tensor::empty(),
             dx: Tensor::empty(),
             stats: B::Buf::default(),
@@ -106,24 +77,13 @@ impl<B: Backend> Conv2d<B> {
 
     /// The descriptor for an input of shape `x` (NHWC).
     pub fn desc(&self, x: [usize; 4]) -> ConvDesc {
-        ConvDesc {
-            n: x[0],
-            h: x[1],
-            w: x[2],
-            c_in: self.c_in,
-            c_out: self.c_out,
-            kernel: self.kernel,
-            stride: self.stride,
-            pad: self.pad,
-            dilation: self.dilation,
-            groups: self.groups,
-        }
+        self.geometry.desc(x[0], x[1], x[2])
     }
 
     /// Output shape for an input shape.
     pub fn out_shape(&self, x: [usize; 4]) -> [usize; 4] {
         let d = self.desc(x);
-        [x[0], d.out_h(), d.out_w(), self.c_out]
+        [x[0], d.out_h(), d.out_w(), self.geometry.c_out]
     }
 
     /// `y = conv(x)` for a batch norm that follows: in training mode, also the
@@ -141,7 +101,8 @@ impl<B: Backend> Conv2d<B> {
 
     /// Checks the input and shapes `y`.
     fn prepare_forward(&mut self, b: &B, x: &Tensor<B>) -> Result<ConvDesc> {
-        assert_eq!(x.shape[3], self.c_in, "conv input has {} channels, expected {}", x.shape[3], self.c_in);
+        let c_in = self.geometry.c_in;
+        assert_eq!(x.shape[3], c_in, "conv input has {} channels, expected {c_in}", x.shape[3]);
         self.y.reshape(b, self.out_shape(x.shape))?;
         Ok(self.desc(x.shape))
     }

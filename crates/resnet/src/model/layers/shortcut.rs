@@ -30,20 +30,13 @@ impl<B: Backend> PadShortcut<B> {
     }
 
     fn desc(&self, x: [usize; 4]) -> PadShortcutDesc {
-        PadShortcutDesc {
-            n: x[0],
-            h: x[1],
-            w: x[2],
-            c_in: self.c_in,
-            c_out: self.c_out,
-            stride: self.stride,
-            pad_before: (self.c_out - self.c_in) / 2,
-        }
+        PadShortcutDesc::new(x[0], x[1], x[2], self.c_in, self.c_out, self.stride)
     }
 
     /// Output shape.
     pub fn out_shape(&self, x: [usize; 4]) -> [usize; 4] {
-        [x[0], x[1].div_ceil(self.stride), x[2].div_ceil(self.stride), self.c_out]
+        let d = self.desc(x);
+        [x[0], d.out_h(), d.out_w(), self.c_out]
     }
 
     /// Forward.

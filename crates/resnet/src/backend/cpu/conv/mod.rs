@@ -22,6 +22,7 @@ use super::tile;
 use super::winograd;
 use crate::backend::Bf16;
 use crate::backend::{ConvDesc, ConvStorage, FilterUse, InputRead};
+use crate::error::{Error, Result};
 use window::*;
 
 /// A filter packed for the CPU kernels: one set of panels per group, or a
@@ -34,6 +35,24 @@ pub struct CpuFilter {
     /// bf16 panels per group (inference in bf16), over `bf16_cin` input channels.
     bf16: Vec<Panels<Bf16>>,
     bf16_cin: usize,
+    /// What it was prepared for: the layer (batch and size zero), the use and the algorithm.
+    prepared: Option<(ConvDesc, FilterUse, CpuAlgo)>,
+}
+
+impl CpuFilter {
+    /// Checks that the filter was prepared for `d`'s layer, for one of
+    /// `uses`, with the algorithm `d` gets (a filter serves every shape of its
+    /// algorithm, no other).
+    pub fn check(&self, d: &ConvDesc, uses: &[FilterUse]) -> Result<()> {
+        let layer = ConvDesc { n: 0, h: 0, w: 0, ..*d };
+        match self.prepared {
+            Some((l, u, a)) if l == layer && uses.contains(&u) && algorithm(d, u) == a => Ok(()),
+            Some((_, u, a)) => Err(Error::Backend(format!(
+                "a filter prepared for another layer, use or algorithm ({u:?}, {a:?}) used for {d:?}"
+            ))),
+            None => Err(Error::Backend("a convolution filter that was never prepared".into())),
+        }
+    }
 }
 
 /// The Winograd tile for a layer: 0 (direct), 2 or 4, chosen from the whole
@@ -99,10 +118,10 @@ pub fn algorithm(d: &ConvDesc, usage: FilterUse) -> CpuAlgo {
 /// batch and size do not enter). Pointwise layers with an even number of
 /// channels per group round their input anyway, read and write bf16 rows
 /// and a bf16 residual in their kernels; strided layers round their input;
-/// 3x3 stride-1 layers (Winograd where they have channels enough) round
-/// their f32 results as they write them, and read a bf16 input at the cost
-/// of one rounding; the stem (a convolution over at most four channels on
-/// row taps) writes bf16 rows. Every kernel but Winograd and split-tap tiles
+/// 3x3 stride-1 layers round their f32 results as they write them (in the
+/// Winograd output transform; other 3x3 layers compute their output in f32
+/// and round it) and read a bf16 input at the cost of one rounding; the stem (a convolution over at most four channels on row
+/// taps) writes bf16 rows. Every kernel but Winograd and split-tap tiles
 /// reads a residual in its output rows in place, so the plan may put a 1x1
 /// layer's output over its residual.
 pub fn storage(d: &ConvDesc, usage: FilterUse) -> ConvStorage {
@@ -125,11 +144,13 @@ pub fn storage(d: &ConvDesc, usage: FilterUse) -> ConvStorage {
 
 /// Prepares `w` for `usage` with [`algorithm`]'s choice.
 pub fn prepare(d: &ConvDesc, w: &[f32], usage: FilterUse, out: &mut CpuFilter) {
+    out.prepared = None;
     match usage {
         FilterUse::Forward => prepare_forward(d, w, out),
         FilterUse::ForwardBf16 => prepare_forward_bf16(d, w, out),
         FilterUse::BackwardData => prepare_backward_data(d, w, out),
     }
+    out.prepared = Some((ConvDesc { n: 0, h: 0, w: 0, ..*d }, usage, algorithm(d, usage)));
 }
 
 /// Packs OHWI weights for the forward pass: per group, `w[co][k]`.

@@ -455,10 +455,9 @@ pub(super) unsafe fn products(
 
 /// One block of `nt <= MR` tiles starting at tile `t0`, for the
 /// output-channel panels `panels`: [`span`] for a single block, with the
-/// products' rows built once per position and no list of blocks (small
-/// training layers make many short kernel calls: ResNet-20's step ran 1.5-3.5%
-/// faster this way than through `span`, alternating `resnet bench --arch
-/// resnet20 --batch 128 --mode train` runs).
+/// products' rows built once per position and no list of blocks: small
+/// training layers make many short kernel calls, and there the bookkeeping
+/// of `span` shows (ARCHITECTURE.md, "Winograd").
 ///
 /// # Safety
 /// `y` is the output tensor; no other task writes these tiles' pixels in

@@ -20,10 +20,9 @@ const GRAD_PARTS_BYTES: usize = 64 << 20;
 
 /// Whether the Winograd filter gradient beats the direct one for a layer: a
 /// task's partial sums (`a^2 x 64 x c_in` floats) are read and written once
-/// per chunk of tiles, which pays while they stay near the core. With 256 or
-/// more input channels they do not (`cargo run --release --example wgrad`,
-/// batch 16: 144 ms against 23 ms direct at 14x14x256, 106 against 26 at
-/// 7x7x512; but 14 against 49 at 56x56x64 and 23 against 29 at 28x28x128).
+/// per chunk of tiles, which pays while they stay near the core; with 256 or
+/// more input channels they do not, and the direct outer products win
+/// (`cargo run --release --example wgrad` times both).
 pub fn filter_gradient_pays(d: &ConvDesc) -> bool {
     d.c_in <= 128
 }

@@ -83,8 +83,7 @@ pub(super) const PREFETCH_TILES: usize = 2;
 /// need. Without it, a tile's `a^2` rows lie a multiple of 4 KiB apart
 /// whenever `rows * ld` is a multiple of 1024 floats (`c_in` 256 with 12-row
 /// blocks, 16 with 64-tile chunks), all in one set of the L1 cache, and every
-/// store of a transform evicts another (ResNet-20's 16-channel filter
-/// gradient ran 1.35x as long).
+/// store of a transform evicts another.
 pub(super) fn point_stride(rows: usize, ld: usize) -> usize {
     rows * ld + 16
 }
@@ -262,7 +261,7 @@ pub enum FilterSource {
 /// filled in parallel; within one, the 16 output channels are the vector
 /// lanes, so the transform runs 16 channel pairs at a time, in f64 and
 /// rounded once. Training refills every filter at each step, so this is not
-/// a one-off cost: the scalar form took 16% of a ResNet-18 training step.
+/// a one-off cost.
 pub fn prepare(m: usize, w: &[f32], c_out: usize, c_in: usize, src: FilterSource, out: &mut WinogradFilter) {
     const NR: usize = tile::NR;
     let t = transforms(m);
