@@ -166,7 +166,8 @@ impl Backend for Cpu {
 
     fn describe(&self) -> String {
         let bf16 = if bf16::native() { ", avx512-bf16" } else { "" };
-        format!("cpu ({} threads, {}{bf16})", self.threads, isa_name())
+        let plural = if self.threads == 1 { "" } else { "s" };
+        format!("cpu ({} thread{plural}, {}{bf16})", self.threads, isa_name())
     }
 
     fn supports(&self, precision: Precision) -> bool {
