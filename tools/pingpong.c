@@ -1,8 +1,8 @@
 // Cross-core round trip: two threads pinned to CPUs 0 and 1 pass one cache line back and forth.
 //
 // On the development VM the figure tells which phase the machine is in (docs/BENCHMARKS.md,
-// "Noise"): about 60-80 ns when the two vCPUs share an L3, about 300-350 ns when they do not, and
-// two-thread runs of any engine are 10-15% slower then.
+// "Noise"): short when the two vCPUs share a last-level cache, several times longer when they do
+// not, and two-thread runs of any engine are slower then.
 //
 //     gcc -O2 -pthread -o /tmp/pingpong tools/pingpong.c && /tmp/pingpong
 #define _GNU_SOURCE

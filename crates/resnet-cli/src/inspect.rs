@@ -14,7 +14,7 @@ use crate::util::grouped;
 pub struct Args {
     /// Weights: .safetensors, or a PyTorch .pth state dict or checkpoint.
     weights: PathBuf,
-    /// Print one JSON object: arch, source, num_classes, in_channels, params, tensors, keys.
+    /// Print one JSON object: weights, tensors, values, arch, source, num_classes, in_channels, params.
     #[arg(long)]
     json: bool,
 }

@@ -389,19 +389,15 @@ pub fn profile<B: Backend>(net: &mut Network<B>, x: &Tensor<B>, labels: &[u32], 
     net.backward(x, &dl)?;
     let mut layers = Vec::new();
     let mut grad_norm = Vec::new();
-    let mut result = Ok(());
-    net.visit(&mut |k, e| {
+    net.try_visit(&mut |k, e| {
         if let StateEntry::Param(p) = e
             && (p.layout == ParamLayout::ConvOhwi || k == "fc.weight")
         {
             layers.push(k.to_string());
-            match b.sum_squares(&p.grad) {
-                Ok(s) => grad_norm.push(s.sqrt()),
-                Err(e) => result = Err(e),
-            }
+            grad_norm.push(b.sum_squares(&p.grad)?.sqrt());
         }
-    });
-    result?;
+        Ok(())
+    })?;
     resnet::io::load_state_dict(net, &saved, resnet::io::LoadMode::Strict)?;
     let convs = grad_norm.len().saturating_sub(1).max(1);
     let (first, last) = (grad_norm[0], grad_norm[convs - 1]);

@@ -63,12 +63,8 @@ impl<B: Backend> Sgd<B> {
         let first = self.steps == 0 || self.buffers.is_empty();
         let mut i = 0;
         let buffers = &mut self.buffers;
-        let mut result = Ok(());
-        net.visit(&mut |_, e| {
-            let StateEntry::Param(p) = e else { return };
-            if result.is_err() {
-                return;
-            }
+        net.try_visit(&mut |_, e| {
+            let StateEntry::Param(p) = e else { return Ok(()) };
             let decay = if c.no_decay_bn_bias && p.is_scale_or_bias { 0.0 } else { c.weight_decay };
             let step = SgdStep {
                 lr,
@@ -78,17 +74,15 @@ impl<B: Backend> Sgd<B> {
                 nesterov: c.nesterov,
                 first,
             };
-            result = (|| {
-                if buffers.len() <= i {
-                    buffers.push(b.alloc(DType::F32, p.numel())?);
-                }
-                p.ensure_grad(b)?;
-                b.sgd_update(&step, &mut p.value, &p.grad, &mut buffers[i])
-            })();
+            if buffers.len() <= i {
+                buffers.push(b.alloc(DType::F32, p.numel())?);
+            }
+            p.ensure_grad(b)?;
+            b.sgd_update(&step, &mut p.value, &p.grad, &mut buffers[i])?;
             p.version += 1;
             i += 1;
-        });
-        result?;
+            Ok(())
+        })?;
         self.steps += 1;
         Ok(())
     }

@@ -5,7 +5,8 @@
 //! `SHAPE=side,c_in,c_out,kernel` adds a shape of your own (index 18; a negative kernel side is a strided 1x1).
 //! `res` adds a residual to the epilogue (with bias and ReLU always); `stored` keeps input, output and residual in
 //! bf16, `mixed` only output and residual (as a bf16 plan stores its residual stream). `ONLY=i` runs shape `i`.
-use resnet::backend::{Backend, Bf16, ConvDesc, ConvEpilogue, Cpu, DType, FilterUse};
+use resnet::backend::{Backend, Bf16, ConvEpilogue, Cpu, DType, FilterUse};
+use resnet::model::graph::Conv;
 use std::time::Instant;
 
 fn main() {
@@ -58,18 +59,7 @@ fn main() {
         }
         // A negative kernel side: a strided 1x1 (the projection shortcuts).
         let (k, s) = if k < 0 { (1, 2) } else { (k as usize, if k == 7 { 2 } else { 1 }) };
-        let d = ConvDesc {
-            n,
-            h,
-            w: h,
-            c_in: ci,
-            c_out: co,
-            kernel: [k, k],
-            stride: [s, s],
-            pad: [k / 2, k / 2],
-            dilation: [1, 1],
-            groups: 1,
-        };
+        let d = Conv::square(ci, co, k, s, k / 2, 1).desc(n, h, h);
         // Activations of the stored type.
         let stored = |v: Vec<f32>, t: DType| match t {
             DType::Bf16 => cpu.upload(&v.into_iter().map(Bf16::from_f32).collect::<Vec<_>>()).unwrap(),

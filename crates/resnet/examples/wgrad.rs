@@ -1,7 +1,8 @@
 //! Times the filter gradient of 3x3 stride-1 layers (ResNet-18 and ResNet-20 shapes).
 //! `RESNET_WINOGRAD=0` forces the direct path; `ONLY=i` times the `i`-th shape
 //! alone, `THREADS=n` sets the threads (default 2).
-use resnet::backend::{Backend, ConvDesc, Cpu};
+use resnet::backend::{Backend, Cpu};
+use resnet::model::graph::Conv;
 
 fn main() {
     let threads = std::env::var("THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
@@ -12,18 +13,7 @@ fn main() {
         if only.is_some_and(|o| o != i) {
             continue;
         }
-        let d = ConvDesc {
-            n,
-            h,
-            w: h,
-            c_in: c,
-            c_out: c,
-            kernel: [3, 3],
-            stride: [1, 1],
-            pad: [1, 1],
-            dilation: [1, 1],
-            groups: 1,
-        };
+        let d = Conv::square(c, c, 3, 1, 1, 1).desc(n, h, h);
         let x = cpu.upload(&vec![0.5f32; d.in_len()]).unwrap();
         let dy = cpu.upload(&vec![0.25f32; d.out_len()]).unwrap();
         let mut dw = cpu.alloc(resnet::backend::DType::F32, d.weight_len()).unwrap();

@@ -18,6 +18,7 @@ use resnet::backend::{
     Backend, Bf16, BnGrads, BnParams, BnSaved, BnTail, Buffer, ConvDesc, ConvEpilogue, DType, FilterUse, InputRead,
     PadShortcutDesc, PoolDesc, Reference, SgdStep,
 };
+use resnet::model::graph::Conv;
 
 /// A small xorshift generator: uniform values in [-1, 1).
 struct Rng(u64);
@@ -75,18 +76,7 @@ fn down<B: Backend>(b: &B, buf: &B::Buf) -> Vec<f32> {
 
 #[allow(clippy::too_many_arguments)]
 fn square(n: usize, h: usize, w: usize, c_in: usize, c_out: usize, k: usize, stride: usize, groups: usize) -> ConvDesc {
-    ConvDesc {
-        n,
-        h,
-        w,
-        c_in,
-        c_out,
-        kernel: [k, k],
-        stride: [stride, stride],
-        pad: [k / 2, k / 2],
-        dilation: [1, 1],
-        groups,
-    }
+    Conv::square(c_in, c_out, k, stride, k / 2, groups).desc(n, h, w)
 }
 
 fn random_desc(r: &mut Rng) -> ConvDesc {

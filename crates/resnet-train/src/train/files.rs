@@ -155,20 +155,13 @@ impl<B: Backend> Trainer<B> {
             let mut sd = StateDict::new();
             let mut i = 0;
             let bufs = &self.sgd.buffers;
-            let mut result = Ok(());
-            self.net.visit(&mut |key, e| {
-                let StateEntry::Param(p) = e else { return };
-                match b.download(&bufs[i]) {
-                    Ok(v) => {
-                        let v = resnet::tensor::to_torch(p.layout, &p.shape, &v);
-                        let t = HostTensor { shape: p.shape.clone(), data: TensorData::F32(v) };
-                        sd.insert(format!("momentum.{key}"), t);
-                    }
-                    Err(e) => result = Err(e),
-                }
+            self.net.try_visit(&mut |key, e| {
+                let StateEntry::Param(p) = e else { return Ok(()) };
+                let v = resnet::tensor::to_torch(p.layout, &p.shape, &b.download(&bufs[i])?);
+                sd.insert(format!("momentum.{key}"), HostTensor { shape: p.shape.clone(), data: TensorData::F32(v) });
                 i += 1;
-            });
-            result?;
+                Ok(())
+            })?;
             io::safetensors::write(&self.out.join(&file), &sd, Some(meta.clone()))?;
             Some(file)
         } else {

@@ -170,20 +170,15 @@ impl<B: Backend> Trainer<B> {
             let p = dir.join(f);
             check_iteration(&p, side.state.iteration)?;
             let bufs = io::read_state_dict(&p)?;
-            let mut result = Ok(());
-            net.visit(&mut |key, e| {
-                let StateEntry::Param(param) = e else { return };
-                if result.is_err() {
-                    return;
-                }
-                result = match bufs.get(&format!("momentum.{key}")) {
+            net.try_visit(&mut |key, e| {
+                let StateEntry::Param(param) = e else { return Ok(()) };
+                match bufs.get(&format!("momentum.{key}")) {
                     Some(HostTensor { data: TensorData::F32(v), .. }) if v.len() == param.numel() => backend
                         .upload(&resnet::tensor::to_internal(param.layout, &param.shape, v))
                         .map(|buf| sgd.buffers.push(buf)),
                     _ => Err(Error::format(&p, format!("no momentum buffer for `{key}`"))),
-                };
-            });
-            result?;
+                }
+            })?;
         }
         let (train_tf, test_tf) = transforms(&config, &data)?;
         let (train_points, test_points) = read_metrics(&dir.join("metrics.jsonl"), side.state.iteration)?;

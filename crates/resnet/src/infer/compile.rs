@@ -102,9 +102,8 @@ pub(super) struct Compiled<B: Backend> {
     pub ops: Vec<Op>,
     pub convs: Vec<FusedConv<B>>,
     pub norms: Vec<FrozenNorm<B>>,
-    /// Number of plan values (the input included).
-    pub values: usize,
-    /// The graph value each plan value is (for its shape).
+    /// The graph value each plan value is (for its shape); one entry per
+    /// plan value, the input included.
     pub graph_value: Vec<usize>,
     /// The pooled features and the logits.
     pub features: usize,
@@ -114,6 +113,13 @@ pub(super) struct Compiled<B: Backend> {
     /// Buffer slot of each value (`None` for the input) and the number of slots.
     pub slot: Vec<Option<usize>>,
     pub slots: usize,
+}
+
+impl<B: Backend> Compiled<B> {
+    /// Number of plan values (the input included).
+    pub fn values(&self) -> usize {
+        self.graph_value.len()
+    }
 }
 
 /// A descriptor of `conv`'s layer for the questions that do not depend on
@@ -213,12 +219,10 @@ pub(super) fn compile<B: Backend>(b: &B, graph: &Graph, sd: &StateDict, precisio
     // Emit in the order of the nodes where the operations are placed.
     let mut value_of: Vec<Option<usize>> = vec![None; graph.values()];
     value_of[0] = Some(0);
-    let mut values = 1;
     let mut out = Compiled {
         ops: Vec::new(),
         convs: Vec::new(),
         norms: Vec::new(),
-        values: 0,
         graph_value: vec![0],
         features: 0,
         output: 0,
@@ -234,8 +238,7 @@ pub(super) fn compile<B: Backend>(b: &B, graph: &Graph, sd: &StateDict, precisio
         let Some((i, f)) = placed.remove(&at) else { continue };
         let n = &nodes[i];
         let src = plan_value(&value_of, n.inputs[0], &n.name)?;
-        let dst = values;
-        values += 1;
+        let dst = out.graph_value.len();
         let op = match n.op {
             GraphOp::Conv(c) => {
                 let residual = f.add.map(|(_, r)| plan_value(&value_of, r, &n.name)).transpose()?;
@@ -275,7 +278,6 @@ pub(super) fn compile<B: Backend>(b: &B, graph: &Graph, sd: &StateDict, precisio
         out.graph_value.push(at + 1);
         out.ops.push(op);
     }
-    out.values = values;
     out.features = plan_value(&value_of, graph.features, "avgpool")?;
     out.output = plan_value(&value_of, graph.output, "fc")?;
     out.storage = storage(b, &out);
@@ -327,8 +329,8 @@ fn conv_storage<B: Backend>(b: &B, c: &Compiled<B>, conv: usize) -> ConvStorage 
 /// computes in bf16 itself (the input of a bottleneck's 3x3 layer, written
 /// by its 1x1 reduce layer). The input and every other value stay f32.
 fn storage<B: Backend>(b: &B, c: &Compiled<B>) -> Vec<DType> {
-    let mut storage = vec![DType::F32; c.values];
-    let mut producer = vec![None; c.values];
+    let mut storage = vec![DType::F32; c.values()];
+    let mut producer = vec![None; c.values()];
     for (i, op) in c.ops.iter().enumerate() {
         producer[op.io().1] = Some(i);
     }
@@ -384,7 +386,7 @@ fn storage<B: Backend>(b: &B, c: &Compiled<B>) -> Vec<DType> {
 /// the residual afterwards and both are stored alike: the kernel then
 /// touches one buffer where it would read one and fetch another for writing.
 fn assign_slots<B: Backend>(b: &B, c: &Compiled<B>) -> (Vec<Option<usize>>, usize) {
-    let values = c.values;
+    let values = c.values();
     let mut last_use = vec![0usize; values];
     for (i, op) in c.ops.iter().enumerate() {
         last_use[op.io().0] = i;

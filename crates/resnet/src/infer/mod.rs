@@ -44,7 +44,6 @@ use compile::{Compiled, Op, Weights};
 pub struct CompiledModel<B: Backend> {
     backend: B,
     graph: Graph,
-    spec: ResNetSpec,
     precision: Precision,
     c: Compiled<B>,
     /// Distinguishes models, so a workspace is only used with its own.
@@ -96,7 +95,6 @@ impl<B: Backend> CompiledModel<B> {
         Ok(Self {
             backend: backend.clone(),
             graph: graph.clone(),
-            spec: graph.spec.clone(),
             precision,
             c,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -113,7 +111,7 @@ impl<B: Backend> CompiledModel<B> {
 
     /// The architecture.
     pub fn spec(&self) -> &ResNetSpec {
-        &self.spec
+        &self.graph.spec
     }
 
     /// The arithmetic of this model.
@@ -196,10 +194,10 @@ impl<B: Backend> CompiledModel<B> {
         if x.shape[0] == 0 {
             return Err(Error::Invalid("an empty batch".into()));
         }
-        if x.shape[3] != self.spec.in_channels {
+        if x.shape[3] != self.graph.spec.in_channels {
             return Err(Error::Invalid(format!(
                 "the network expects {}-channel input, got shape {:?}",
-                self.spec.in_channels, x.shape
+                self.graph.spec.in_channels, x.shape
             )));
         }
         if ws.plan.as_ref().is_none_or(|p| p.input != x.shape) {
@@ -411,7 +409,7 @@ impl<B: Backend> InferencePlan<B> {
 
     /// Classifier outputs.
     pub fn classes(&self) -> usize {
-        self.model.spec.num_classes
+        self.model.spec().num_classes
     }
 }
 

@@ -138,14 +138,11 @@ pub fn check_state_dict(graph: &Graph, sd: &StateDict, mode: LoadMode) -> Result
 pub fn load_state_dict<B: Backend>(net: &mut Network<B>, sd: &StateDict, mode: LoadMode) -> Result<()> {
     check_state_dict(net.graph(), sd, mode)?;
     let backend = net.backend().clone();
-    let mut result = Ok(());
-    net.visit(&mut |key, entry| {
-        let Some(t) =
-            sd.get(key).filter(|_| result.is_ok() && !(mode == LoadMode::SkipClassifier && key.starts_with("fc.")))
-        else {
-            return;
+    net.try_visit(&mut |key, entry| {
+        let Some(t) = sd.get(key).filter(|_| !(mode == LoadMode::SkipClassifier && key.starts_with("fc."))) else {
+            return Ok(());
         };
-        result = match (entry, &t.data) {
+        match (entry, &t.data) {
             (StateEntry::Param(p), TensorData::F32(v)) => p.set_from_torch(&backend, v),
             (StateEntry::Buffer(buf, _), TensorData::F32(v)) => backend.upload(v).map(|v| *buf = v),
             (StateEntry::Counter(c), TensorData::I64(v)) => {
@@ -157,20 +154,15 @@ pub fn load_state_dict<B: Backend>(net: &mut Network<B>, sd: &StateDict, mode: L
                 Ok(())
             }
             (_, TensorData::I64(_)) => unreachable!("check_state_dict refuses integer parameters"),
-        };
-    });
-    result
+        }
+    })
 }
 
 /// Reads the state dict of `net` (PyTorch layout and names).
 pub fn state_dict<B: Backend>(net: &mut Network<B>) -> Result<StateDict> {
     let backend = net.backend().clone();
     let mut sd = StateDict::new();
-    let mut result = Ok(());
-    net.visit(&mut |key, entry| {
-        if result.is_err() {
-            return;
-        }
+    net.try_visit(&mut |key, entry| {
         let t = match entry {
             StateEntry::Param(p) => {
                 p.to_torch(&backend).map(|v| HostTensor { shape: p.shape.clone(), data: TensorData::F32(v) })
@@ -180,14 +172,10 @@ pub fn state_dict<B: Backend>(net: &mut Network<B>) -> Result<StateDict> {
             }
             StateEntry::Counter(c) => Ok(HostTensor { shape: vec![], data: TensorData::I64(vec![*c]) }),
         };
-        match t {
-            Ok(t) => {
-                sd.insert(key.to_string(), t);
-            }
-            Err(e) => result = Err(e),
-        }
-    });
-    result.map(|_| sd)
+        sd.insert(key.to_string(), t?);
+        Ok(())
+    })?;
+    Ok(sd)
 }
 
 /// Recognises which named architecture a state dict holds, from its keys and

@@ -19,39 +19,32 @@ impl<B: Backend> Network<B> {
         let zero_gamma = if zero_init_residual { self.residual_branch_ends() } else { Vec::new() };
         let fc_bound = 1.0 / (self.fc.c_in as f64).sqrt();
         let backend = self.backend().clone();
-        let mut result = Ok(());
-        self.visit(&mut |key, entry| {
-            if result.is_err() {
-                return;
+        self.try_visit(&mut |key, entry| match entry {
+            StateEntry::Param(p) => {
+                let n = p.numel();
+                let values: Vec<f32> = if p.layout == ParamLayout::ConvOhwi {
+                    let fan_out = p.shape[0] * p.shape[2] * p.shape[3];
+                    let std = (2.0 / fan_out as f64).sqrt();
+                    (0..n).map(|_| (rng.normal() * std) as f32).collect()
+                } else if key == "fc.weight" || key == "fc.bias" {
+                    (0..n).map(|_| ((rng.uniform() * 2.0 - 1.0) * fc_bound) as f32).collect()
+                } else if let Some(module) = key.strip_suffix(".weight") {
+                    vec![if zero_gamma.iter().any(|k| k == module) { 0.0 } else { 1.0 }; n]
+                } else {
+                    vec![0.0; n]
+                };
+                p.version += 1;
+                backend.upload(&values).map(|v| p.value = v)
             }
-            result = match entry {
-                StateEntry::Param(p) => {
-                    let n = p.numel();
-                    let values: Vec<f32> = if p.layout == ParamLayout::ConvOhwi {
-                        let fan_out = p.shape[0] * p.shape[2] * p.shape[3];
-                        let std = (2.0 / fan_out as f64).sqrt();
-                        (0..n).map(|_| (rng.normal() * std) as f32).collect()
-                    } else if key == "fc.weight" || key == "fc.bias" {
-                        (0..n).map(|_| ((rng.uniform() * 2.0 - 1.0) * fc_bound) as f32).collect()
-                    } else if let Some(module) = key.strip_suffix(".weight") {
-                        vec![if zero_gamma.iter().any(|k| k == module) { 0.0 } else { 1.0 }; n]
-                    } else {
-                        vec![0.0; n]
-                    };
-                    p.version += 1;
-                    backend.upload(&values).map(|v| p.value = v)
-                }
-                StateEntry::Buffer(buf, len) => {
-                    let v: f32 = if key.ends_with("running_var") { 1.0 } else { 0.0 };
-                    backend.upload(&vec![v; len]).map(|v| *buf = v)
-                }
-                StateEntry::Counter(c) => {
-                    *c = 0;
-                    Ok(())
-                }
+            StateEntry::Buffer(buf, len) => {
+                let v: f32 = if key.ends_with("running_var") { 1.0 } else { 0.0 };
+                backend.upload(&vec![v; len]).map(|v| *buf = v)
             }
-        });
-        result
+            StateEntry::Counter(c) => {
+                *c = 0;
+                Ok(())
+            }
+        })
     }
 
     /// Fills every tensor with [`formula_value`], which `tools/` computes
@@ -59,27 +52,20 @@ impl<B: Backend> Network<B> {
     /// stored weights.
     pub fn init_formula(&mut self) -> Result<()> {
         let backend = self.backend().clone();
-        let mut result = Ok(());
-        self.visit(&mut |key, entry| {
-            if result.is_err() {
-                return;
+        self.try_visit(&mut |key, entry| match entry {
+            StateEntry::Param(p) => {
+                let torch: Vec<f32> = (0..p.numel()).map(|i| formula_value(key, &p.shape, i)).collect();
+                p.set_from_torch(&backend, &torch)
             }
-            result = match entry {
-                StateEntry::Param(p) => {
-                    let torch: Vec<f32> = (0..p.numel()).map(|i| formula_value(key, &p.shape, i)).collect();
-                    p.set_from_torch(&backend, &torch)
-                }
-                StateEntry::Buffer(buf, len) => {
-                    let v: Vec<f32> = (0..len).map(|i| formula_value(key, &[len], i)).collect();
-                    backend.upload(&v).map(|v| *buf = v)
-                }
-                StateEntry::Counter(c) => {
-                    *c = 0;
-                    Ok(())
-                }
+            StateEntry::Buffer(buf, len) => {
+                let v: Vec<f32> = (0..len).map(|i| formula_value(key, &[len], i)).collect();
+                backend.upload(&v).map(|v| *buf = v)
             }
-        });
-        result
+            StateEntry::Counter(c) => {
+                *c = 0;
+                Ok(())
+            }
+        })
     }
 }
 

@@ -110,6 +110,18 @@ impl<B: Backend> Network<B> {
         &self.backend
     }
 
+    /// [`Network::visit`] with a fallible `f`: after its first error `f` is
+    /// not called again, and that error is returned.
+    pub fn try_visit(&mut self, f: &mut dyn FnMut(&str, StateEntry<'_, B>) -> Result<()>) -> Result<()> {
+        let mut result = Ok(());
+        self.visit(&mut |key, entry| {
+            if result.is_ok() {
+                result = f(key, entry);
+            }
+        });
+        result
+    }
+
     /// Calls `f` for every entry of the state dict, in torchvision's order.
     pub fn visit(&mut self, f: &mut dyn FnMut(&str, StateEntry<'_, B>)) {
         self.conv1.visit("conv1", f);
@@ -250,15 +262,10 @@ impl<B: Backend> Network<B> {
     /// Zeroes (and allocates, the first time) every parameter gradient.
     pub fn zero_grad(&mut self) -> Result<()> {
         let b = self.backend.clone();
-        let mut result = Ok(());
-        self.visit(&mut |_, e| {
-            if let StateEntry::Param(p) = e
-                && result.is_ok()
-            {
-                result = p.zero_grad(&b);
-            }
-        });
-        result
+        self.try_visit(&mut |_, e| match e {
+            StateEntry::Param(p) => p.zero_grad(&b),
+            _ => Ok(()),
+        })
     }
 }
 
