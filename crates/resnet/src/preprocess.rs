@@ -30,8 +30,17 @@ pub struct RgbImage {
     pub data: Vec<u8>,
 }
 
-/// Largest accepted image side, a guard against decompression bombs.
-pub const MAX_SIDE: u32 = 1 << 15;
+/// Largest accepted image side.
+pub const MAX_SIDE: u32 = 1 << 16;
+
+/// Most pixels an image may have: Pillow's `MAX_IMAGE_PIXELS`, its guard
+/// against decompression bombs.
+pub const MAX_PIXELS: u64 = 89_478_485;
+
+/// Most pixels per byte of file a real image reaches: a 1-bit PNG at
+/// deflate's best ratio holds about 8,300 (JPEG far fewer). A file claiming
+/// more is refused before its canvas is allocated.
+const MAX_PIXELS_PER_BYTE: u64 = 16_384;
 
 /// Decodes a JPEG or PNG file to RGB with Pillow's conversion rules.
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
@@ -49,15 +58,33 @@ pub fn decode_rgb(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
         Some(f) => return Err(format!("unsupported image format {f:?} (JPEG and PNG are supported)")),
         None => return Err("not an image (JPEG and PNG are supported)".into()),
     }
+    let is_jpeg = reader.format() == Some(ImageFormat::Jpeg);
     let (w, h) = reader.into_dimensions().map_err(|e| format!("not a valid image: {e}"))?;
     if w == 0 || h == 0 || w > MAX_SIDE || h > MAX_SIDE {
         return Err(format!("image size {w}x{h} is not supported (1 to {MAX_SIDE} pixels a side)"));
     }
-    let img = ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| format!("cannot read: {e}"))?
-        .decode()
-        .map_err(|e| format!("not a valid image: {e}"))?;
+    let pixels = w as u64 * h as u64;
+    if pixels > MAX_PIXELS {
+        return Err(format!(
+            "image of {w}x{h} = {pixels} pixels is over the limit of {MAX_PIXELS} pixels (a decompression bomb?)"
+        ));
+    }
+    if pixels > MAX_PIXELS_PER_BYTE * bytes.len() as u64 {
+        return Err(format!(
+            "image claims {w}x{h} = {pixels} pixels in a file of {} bytes: not a real image (a decompression bomb?)",
+            bytes.len()
+        ));
+    }
+    if is_jpeg && !jpeg_has_end(bytes) {
+        // Decoders fill a cut-off JPEG with gray; Pillow refuses it, and so do we.
+        return Err("truncated JPEG: the image data has no end-of-image marker".into());
+    }
+    let mut reader =
+        ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| format!("cannot read: {e}"))?;
+    let mut limits = ::image::Limits::default();
+    limits.max_alloc = Some(16 * pixels + (64 << 20));
+    reader.limits(limits);
+    let img = reader.decode().map_err(|e| format!("not a valid image: {e}"))?;
     let (width, height) = (img.width() as usize, img.height() as usize);
     let mut data = Vec::with_capacity(width * height * 3);
     match &img {
@@ -80,6 +107,31 @@ pub fn decode_rgb(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
     Ok(RgbImage { width, height, data })
 }
 
+/// Whether a JPEG's compressed data ends with an end-of-image marker: the
+/// marker segments are walked to the first start-of-scan, after which
+/// `FF D9` can only be the end (entropy-coded `FF` bytes are stuffed as
+/// `FF 00`, restart markers are `FF D0`-`D7`). Trailing bytes after the
+/// marker are allowed, as Pillow allows them.
+fn jpeg_has_end(bytes: &[u8]) -> bool {
+    let mut i = 2; // after SOI
+    while i + 4 <= bytes.len() {
+        if bytes[i] != 0xFF {
+            return false;
+        }
+        let marker = bytes[i + 1];
+        if marker == 0xFF {
+            i += 1; // fill byte
+            continue;
+        }
+        let len = u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]) as usize;
+        if marker == 0xDA {
+            return bytes[i + 2 + len.min(bytes.len() - i - 2)..].windows(2).any(|w| w == [0xFF, 0xD9]);
+        }
+        i += 2 + len;
+    }
+    false
+}
+
 /// Pillow's fixed-point precision for 8-bit resampling.
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 
@@ -96,16 +148,18 @@ struct Coeffs {
     weights: Vec<i32>,
 }
 
-/// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for a full-range box.
-fn coeffs(in_size: usize, out_size: usize) -> Coeffs {
+/// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for a full-range
+/// box, for the output pixels `range` only (a pixel's weights depend on its
+/// index and the two sizes alone, so a part is computed exactly as the whole).
+fn coeffs(in_size: usize, out_size: usize, range: std::ops::Range<usize>) -> Coeffs {
     let scale = in_size as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
     let support = filterscale; // the bilinear filter has support 1
     let ksize = support.ceil() as usize * 2 + 1;
-    let mut bounds = Vec::with_capacity(out_size);
-    let mut weights = vec![0i32; out_size * ksize];
+    let mut bounds = Vec::with_capacity(range.len());
+    let mut weights = vec![0i32; range.len() * ksize];
     let mut k = vec![0.0f64; ksize];
-    for xx in 0..out_size {
+    for (i, xx) in range.enumerate() {
         let center = (xx as f64 + 0.5) * scale;
         let ss = 1.0 / filterscale;
         let xmin = ((center - support + 0.5) as i64).max(0) as usize;
@@ -119,7 +173,7 @@ fn coeffs(in_size: usize, out_size: usize) -> Coeffs {
         for (x, &kx) in k.iter().enumerate().take(xmax) {
             let v = if ww != 0.0 { kx / ww } else { kx };
             let fixed = v * (1u32 << PRECISION_BITS) as f64;
-            weights[xx * ksize + x] = if v < 0.0 { (-0.5 + fixed) as i32 } else { (0.5 + fixed) as i32 };
+            weights[i * ksize + x] = if v < 0.0 { (-0.5 + fixed) as i32 } else { (0.5 + fixed) as i32 };
         }
         bounds.push((xmin, xmax));
     }
@@ -139,19 +193,36 @@ fn clip8(v: i64) -> u8 {
 
 /// Pillow's `Image.resize((width, height), Image.BILINEAR)` for an RGB image.
 pub fn resize_bilinear(img: &RgbImage, width: usize, height: usize) -> RgbImage {
+    resize_region(img, width, height, 0..width, 0..height)
+}
+
+/// The pixels `xs` x `ys` of [`resize_bilinear`]`(img, width, height)`,
+/// computed without the rest: identical to resizing and then cropping, in
+/// time and memory proportional to the part (a 32768 x 1 strip resized to a
+/// shorter side of 256 would be 2 GB whole).
+pub fn resize_region(
+    img: &RgbImage,
+    width: usize,
+    height: usize,
+    xs: std::ops::Range<usize>,
+    ys: std::ops::Range<usize>,
+) -> RgbImage {
     let (iw, ih) = (img.width, img.height);
+    let (ow, oh) = (xs.len(), ys.len());
     let need_h = width != iw;
     let need_v = height != ih;
-    let horiz = coeffs(iw, width);
-    let vert = coeffs(ih, height);
-    // Rows of the source the vertical pass reads.
-    let y_first = vert.bounds[0].0;
-    let y_last = vert.bounds[height - 1].0 + vert.bounds[height - 1].1;
     let round = 1i64 << (PRECISION_BITS - 1);
-
-    let (tmp, tmp_w, y0) = if need_h {
-        let rows = y_last - y_first;
-        let mut out = vec![0u8; rows * width * 3];
+    // Source rows the vertical pass reads (all of `ys` when there is none).
+    let vert = need_v.then(|| coeffs(ih, height, ys.clone()));
+    let (y_first, y_last) = match &vert {
+        Some(v) if oh > 0 => (v.bounds[0].0, v.bounds[oh - 1].0 + v.bounds[oh - 1].1),
+        Some(_) => (0, 0),
+        None => (ys.start, ys.end),
+    };
+    let rows = y_last - y_first;
+    let mut tmp = vec![0u8; rows * ow * 3];
+    if need_h {
+        let horiz = coeffs(iw, width, xs.clone());
         for y in 0..rows {
             let src = &img.data[(y + y_first) * iw * 3..][..iw * 3];
             for (xx, &(xmin, xmax)) in horiz.bounds.iter().enumerate() {
@@ -164,44 +235,73 @@ pub fn resize_bilinear(img: &RgbImage, width: usize, height: usize) -> RgbImage 
                     }
                 }
                 for c in 0..3 {
-                    out[(y * width + xx) * 3 + c] = clip8(ss[c]);
+                    tmp[(y * ow + xx) * 3 + c] = clip8(ss[c]);
                 }
             }
         }
-        (out, width, y_first)
     } else {
-        (img.data.clone(), iw, 0)
-    };
-    if !need_v {
-        // The horizontal pass covered exactly the source rows.
-        return RgbImage { width: tmp_w, height: ih, data: tmp };
-    }
-    let mut out = vec![0u8; height * tmp_w * 3];
-    for (yy, &(ymin, ymax)) in vert.bounds.iter().enumerate() {
-        let k = &vert.weights[yy * vert.ksize..][..ymax];
-        let row0 = ymin - y0;
-        for x in 0..tmp_w * 3 {
-            let mut ss = round;
-            for (y, &ky) in k.iter().enumerate() {
-                ss += tmp[(row0 + y) * tmp_w * 3 + x] as i64 * ky as i64;
-            }
-            out[yy * tmp_w * 3 + x] = clip8(ss);
+        for y in 0..rows {
+            tmp[y * ow * 3..][..ow * 3].copy_from_slice(&img.data[((y + y_first) * iw + xs.start) * 3..][..ow * 3]);
         }
     }
-    RgbImage { width: tmp_w, height, data: out }
+    let Some(vert) = vert else {
+        // The horizontal pass covered exactly the wanted rows.
+        return RgbImage { width: ow, height: oh, data: tmp };
+    };
+    let mut out = vec![0u8; oh * ow * 3];
+    for (yy, &(ymin, ymax)) in vert.bounds.iter().enumerate() {
+        let k = &vert.weights[yy * vert.ksize..][..ymax];
+        let row0 = ymin - y_first;
+        for x in 0..ow * 3 {
+            let mut ss = round;
+            for (y, &ky) in k.iter().enumerate() {
+                ss += tmp[(row0 + y) * ow * 3 + x] as i64 * ky as i64;
+            }
+            out[yy * ow * 3 + x] = clip8(ss);
+        }
+    }
+    RgbImage { width: ow, height: oh, data: out }
 }
 
 /// torchvision's `Resize(size)` with one number: the shorter side becomes
 /// `size`, the longer `int(size * long / short)`.
 pub fn resize_shorter(img: &RgbImage, size: usize) -> RgbImage {
-    let (w, h) = (img.width, img.height);
-    let (short, long) = if w <= h { (w, h) } else { (h, w) };
-    let new_long = (size as f64 * long as f64 / short as f64) as usize;
-    let (nw, nh) = if w <= h { (size, new_long) } else { (new_long, size) };
-    if (nw, nh) == (w, h) {
+    let (nw, nh) = shorter_side_size(img.width, img.height, size);
+    if (nw, nh) == (img.width, img.height) {
         return img.clone();
     }
     resize_bilinear(img, nw, nh)
+}
+
+/// The size [`resize_shorter`] gives a `w` x `h` image.
+fn shorter_side_size(w: usize, h: usize, size: usize) -> (usize, usize) {
+    let (short, long) = if w <= h { (w, h) } else { (h, w) };
+    let new_long = (size as f64 * long as f64 / short as f64) as usize;
+    if w <= h { (size, new_long) } else { (new_long, size) }
+}
+
+/// Along one axis of [`center_crop`] to `size` of a side `n`: the first
+/// source pixel kept, how many, and where they land in the crop.
+fn crop_span(n: usize, size: usize) -> (usize, usize, usize) {
+    if n >= size { (((n - size) as f64 / 2.0).round_ties_even() as usize, size, 0) } else { (0, n, (size - n) / 2) }
+}
+
+/// `center_crop(&resize_shorter(img, resize), crop)`, resizing only the
+/// pixels the crop keeps (identical, and bounded by the crop's size whatever
+/// the image's aspect ratio).
+pub fn resize_shorter_center_crop(img: &RgbImage, resize: usize, crop: usize) -> RgbImage {
+    let (nw, nh) = shorter_side_size(img.width, img.height, resize);
+    let (x0, cw, px) = crop_span(nw, crop);
+    let (y0, ch, py) = crop_span(nh, crop);
+    let part = resize_region(img, nw, nh, x0..x0 + cw, y0..y0 + ch);
+    if (cw, ch) == (crop, crop) {
+        return part;
+    }
+    let mut data = vec![0u8; crop * crop * 3];
+    for y in 0..ch {
+        data[((y + py) * crop + px) * 3..][..cw * 3].copy_from_slice(&part.data[y * cw * 3..][..cw * 3]);
+    }
+    RgbImage { width: crop, height: crop, data }
 }
 
 /// torchvision's `CenterCrop(size)`: zero-pads when the image is smaller,
@@ -274,7 +374,7 @@ impl Transform {
 
     /// Resize, crop (and pad): the 8-bit image the network will see.
     pub fn geometry(&self, img: &RgbImage) -> RgbImage {
-        let g = center_crop(&resize_shorter(img, self.resize), self.crop);
+        let g = resize_shorter_center_crop(img, self.resize, self.crop);
         match self.pad_to {
             // Centre-cropping to a larger size zero-pads, as torchvision does.
             Some(p) if p > g.width => center_crop(&g, p),

@@ -115,7 +115,27 @@ fn bad_weights_are_clear_errors<B: Backend>(cpu: &B, _: Scale) {
     load_state_dict(&mut net, &old, LoadMode::Strict).unwrap();
 }
 
+/// A NaN reaching a ReLU stays NaN, as in PyTorch (it once became a
+/// confident, finite answer), in training mode and in the compiled model.
+fn nan_propagates_through_the_network<B: Backend>(b: &B, _: Scale) {
+    let mut net = Network::new(&ResNetSpec::named("resnet8").unwrap(), b).unwrap();
+    let sd = read_state_dict(&fixtures().join("resnet8.safetensors")).unwrap();
+    load_state_dict(&mut net, &sd, LoadMode::Strict).unwrap();
+    let mut input = formula_input(2 * 3 * 32 * 32);
+    input[5] = f32::NAN;
+    let x = Tensor::from_nchw(b, 2, 3, 32, 32, &input).unwrap();
+    let train = host(b, net.forward(&x, Mode::Train).unwrap());
+    assert!(train.iter().all(|v| v.is_nan()), "{train:?}");
+    let graph = resnet::model::Graph::new(&ResNetSpec::named("resnet8").unwrap()).unwrap();
+    let model = resnet::infer::CompiledModel::new(b, &graph, &sd, resnet::backend::Precision::F32).unwrap();
+    let mut ws = model.workspace();
+    let eval = host(b, model.run(&mut ws, &x).unwrap());
+    assert!(eval[..10].iter().all(|v| v.is_nan()), "{eval:?}");
+    assert!(eval[10..].iter().all(|v| v.is_finite()), "the other image is unaffected: {eval:?}");
+}
+
 resnet::for_each_backend!(
+    nan_propagates_through_the_network,
     pth_and_safetensors_from_pytorch_give_pytorchs_logits,
     pth_round_trips_through_our_safetensors_writer,
     bad_weights_are_clear_errors,

@@ -81,3 +81,30 @@ fn non_images_are_errors() {
     assert!(load_rgb(&dir.join("missing.jpg")).is_err());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Resizing only the crop's pixels gives exactly the crop of the full resize,
+/// for every aspect ratio (down and up, padding included), and a 32768 x 1
+/// strip is cropped without resizing it whole.
+#[test]
+fn fused_resize_and_crop_equal_the_two_steps() {
+    use resnet::preprocess::{RgbImage, center_crop, resize_shorter, resize_shorter_center_crop};
+    let image = |w: usize, h: usize| RgbImage {
+        width: w,
+        height: h,
+        data: (0..w * h * 3).map(|i| (i * 7919 % 251) as u8).collect(),
+    };
+    for (w, h, resize, crop) in [
+        (500, 375, 256, 224),
+        (375, 500, 232, 224),
+        (40, 30, 256, 224),
+        (100, 3, 64, 56),
+        (33, 97, 32, 36),
+        (7, 7, 7, 7),
+    ] {
+        let img = image(w, h);
+        let two_steps = center_crop(&resize_shorter(&img, resize), crop);
+        assert_eq!(resize_shorter_center_crop(&img, resize, crop), two_steps, "{w}x{h} -> {resize}, {crop}");
+    }
+    let strip = resize_shorter_center_crop(&image(32768, 1), 256, 224);
+    assert_eq!((strip.width, strip.height), (224, 224));
+}

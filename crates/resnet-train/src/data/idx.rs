@@ -6,9 +6,10 @@
 //! `t10k-images-idx3-ubyte`, `t10k-labels-idx1-ubyte` (with `.gz` or not,
 //! and the `train-images.idx3-ubyte` spelling also accepted).
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use super::{DataKind, DataSpec, Dataset, Images, Split, read_maybe_gz};
+use super::{DataKind, DataSpec, Dataset, Images, Split, open_maybe_gz};
 use resnet::error::{Error, Result};
 
 /// Finds `stem` (e.g. `train-images-idx3-ubyte`) in `dir`, in any accepted spelling.
@@ -23,42 +24,57 @@ fn find(dir: &Path, stem: &str) -> Result<PathBuf> {
     Err(Error::Invalid(format!("{} has no {stem} (or {stem}.gz)", dir.display())))
 }
 
-/// Parses an IDX file: returns the dimensions and the payload.
-pub fn parse(path: &Path, bytes: &[u8], expect_dims: usize) -> Result<(Vec<usize>, Vec<u8>)> {
+/// Most bytes an IDX payload may declare (a guard, far above any data set
+/// this format holds).
+const MAX_PAYLOAD: u64 = 16 << 30;
+
+/// Parses an IDX stream: returns the dimensions and the payload. The header
+/// is read first and its dimensions checked (their product, without
+/// overflow, against [`MAX_PAYLOAD`]); then exactly the declared payload is
+/// read, so a compressed file that inflates to more than its header says is
+/// refused after reading one byte too many, not after inflating all of it.
+pub fn parse(path: &Path, mut r: impl Read, expect_dims: usize) -> Result<(Vec<usize>, Vec<u8>)> {
     let bad = |m: String| Error::format(path, m);
-    if bytes.len() < 4 {
-        return Err(bad(format!("truncated: {} bytes, no IDX header", bytes.len())));
-    }
-    if bytes[0] != 0 || bytes[1] != 0 || bytes[2] != 0x08 {
+    let io = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => bad("truncated IDX file".into()),
+        _ => bad(format!("cannot read: {e}")),
+    };
+    let mut magic = [0u8; 4];
+    r.read_exact(&mut magic).map_err(io)?;
+    if magic[..3] != [0, 0, 0x08] {
         return Err(bad("not an unsigned-byte IDX file (bad magic number)".into()));
     }
-    let ndim = bytes[3] as usize;
+    let ndim = magic[3] as usize;
     if ndim != expect_dims {
         return Err(bad(format!("IDX file has {ndim} dimensions, expected {expect_dims}")));
     }
-    let header = 4 + 4 * ndim;
-    if bytes.len() < header {
-        return Err(bad("truncated IDX header".into()));
+    let mut dims = Vec::with_capacity(ndim);
+    for _ in 0..ndim {
+        let mut d = [0u8; 4];
+        r.read_exact(&mut d).map_err(io)?;
+        dims.push(u32::from_be_bytes(d) as usize);
     }
-    let dims: Vec<usize> = (0..ndim)
-        .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().expect("4 bytes")) as usize)
-        .collect();
-    let want: usize = dims.iter().product();
-    let have = bytes.len() - header;
-    if have != want {
-        return Err(bad(format!(
-            "{} payload: dimensions {dims:?} need {want} bytes after the {header}-byte header, the file has {have}",
-            if have < want { "truncated" } else { "oversized" }
-        )));
+    let want = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64)).filter(|&n| n <= MAX_PAYLOAD);
+    let Some(want) = want else {
+        return Err(bad(format!("IDX dimensions {dims:?} declare more than {MAX_PAYLOAD} bytes")));
+    };
+    let mut payload = Vec::new();
+    r.by_ref().take(want + 1).read_to_end(&mut payload).map_err(io)?;
+    let have = payload.len() as u64;
+    if have > want {
+        return Err(bad(format!("more data than the IDX header declares ({dims:?}: {want} bytes)")));
     }
-    Ok((dims, bytes[header..].to_vec()))
+    if have < want {
+        return Err(bad(format!("truncated payload: dimensions {dims:?} need {want} bytes, the file has {have}")));
+    }
+    Ok((dims, payload))
 }
 
 fn load_split(dir: &Path, prefix: &str) -> Result<Split> {
     let ip = find(dir, &format!("{prefix}-images-idx3-ubyte"))?;
     let lp = find(dir, &format!("{prefix}-labels-idx1-ubyte"))?;
-    let (idims, images) = parse(&ip, &read_maybe_gz(&ip)?, 3)?;
-    let (ldims, labels) = parse(&lp, &read_maybe_gz(&lp)?, 1)?;
+    let (idims, images) = parse(&ip, open_maybe_gz(&ip)?, 3)?;
+    let (ldims, labels) = parse(&lp, open_maybe_gz(&lp)?, 1)?;
     if idims[0] != ldims[0] {
         return Err(Error::Invalid(format!(
             "{} holds {} images but {} holds {} labels",

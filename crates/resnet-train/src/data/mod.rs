@@ -201,19 +201,12 @@ impl Dataset {
     }
 }
 
-/// Reads a file that may be gzip-compressed (by magic number, not name).
-pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    if bytes.starts_with(&[0x1f, 0x8b]) {
-        use std::io::Read;
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&bytes[..])
-            .read_to_end(&mut out)
-            .map_err(|e| Error::format(path, format!("corrupt gzip data: {e}")))?;
-        Ok(out)
-    } else {
-        Ok(bytes)
-    }
+/// Opens a file that may be gzip-compressed (by magic number, not name) as a stream.
+pub(crate) fn open_maybe_gz(path: &Path) -> Result<Box<dyn std::io::Read>> {
+    use std::io::{BufRead, BufReader};
+    let mut f = BufReader::new(std::fs::File::open(path).map_err(|e| Error::io(path, e))?);
+    let gz = f.fill_buf().map_err(|e| Error::io(path, e))?.starts_with(&[0x1f, 0x8b]);
+    Ok(if gz { Box::new(flate2::bufread::GzDecoder::new(f)) } else { Box::new(f) })
 }
 
 impl DataSpec {

@@ -34,6 +34,15 @@ pub use cpu::Cpu;
 pub use desc::{ConvDesc, PadShortcutDesc, PoolDesc, out_size};
 pub use reference::Reference;
 
+/// ReLU as PyTorch computes it: NaN stays NaN (a NaN in the weights or the
+/// input must not turn into a plausible answer). The vector kernels get the
+/// same rule from `_mm512_max_ps(0, x)`, which returns its second operand
+/// when either is NaN.
+#[inline(always)]
+pub(crate) fn relu(x: f32) -> f32 {
+    if x < 0.0 { 0.0 } else { x }
+}
+
 use crate::error::Result;
 
 /// For the test suites (not part of the API): see [`for_each_backend!`](crate::for_each_backend).

@@ -232,7 +232,7 @@ impl Backend for Reference {
                         let o = at(n, oy, ox, co, (oh, ow, d.c_out));
                         let mut v = s as f32 + bias.map_or(0.0, |b| b[co]);
                         v += residual.as_ref().map_or(0.0, |r| r[o]);
-                        store(y, o, if e.relu { v.max(0.0) } else { v });
+                        store(y, o, if e.relu { crate::backend::relu(v) } else { v });
                     }
                 }
             }
@@ -532,7 +532,7 @@ impl Backend for Reference {
         let (a, b) = (f32s(a, n)?.to_vec(), f32s(b, n)?.to_vec());
         for (i, o) in f32s_mut(y, n)?.iter_mut().enumerate() {
             let v = a[i] + b[i];
-            *o = if relu { v.max(0.0) } else { v };
+            *o = if relu { crate::backend::relu(v) } else { v };
         }
         Ok(())
     }
@@ -662,7 +662,7 @@ fn normalize(
         let ch = i % c;
         let mut v = (x[i] as f64 - mean[ch]) * invstd[ch] * gamma[ch] as f64 + beta[ch] as f64;
         v += residual.as_ref().map_or(0.0, |r| r[i] as f64);
-        y[i] = if tail.relu { v.max(0.0) as f32 } else { v as f32 };
+        y[i] = if tail.relu { crate::backend::relu(v as f32) } else { v as f32 };
     }
     Ok(())
 }

@@ -88,8 +88,8 @@ pub enum LoadMode {
 /// Checks `sd` against the key/shape table of `graph`: every key of the
 /// model in the file with its shape (PyTorch's `strict=True`, but for
 /// `num_batches_tracked`, which old checkpoints lack), floats where floats
-/// belong, and no other key. The first problem, in torchvision's key order,
-/// is the error.
+/// belong, finite, with non-negative running variances, and no other key.
+/// The first problem, in torchvision's key order, is the error.
 pub fn check_state_dict(graph: &Graph, sd: &StateDict, mode: LoadMode) -> Result<()> {
     let skip = |k: &str| mode == LoadMode::SkipClassifier && k.starts_with("fc.");
     let hint = || guess_hint(sd, &graph.spec.name);
@@ -115,6 +115,22 @@ pub fn check_state_dict(graph: &Graph, sd: &StateDict, mode: LoadMode) -> Result
             (_, true) => t.numel() == 1,
             (TensorData::F32(_), false) => t.shape == p.shape,
         };
+        if let TensorData::F32(v) = &t.data {
+            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                return Err(Error::Invalid(format!(
+                    "`{}` holds a non-finite value ({} at index {i}): the weights are corrupt or diverged",
+                    p.key, v[i]
+                )));
+            }
+            if p.role == ParamRole::RunningVar
+                && let Some(i) = v.iter().position(|&x| x < 0.0)
+            {
+                return Err(Error::Invalid(format!(
+                    "`{}` holds a negative variance ({} at index {i}): the weights are corrupt",
+                    p.key, v[i]
+                )));
+            }
+        }
         if !shape_ok {
             let hint = if p.key.starts_with("fc.") && mode == LoadMode::Strict {
                 let classes = t.shape.first().copied().unwrap_or(0);

@@ -28,8 +28,8 @@ pub fn read(path: &Path, bytes: &[u8]) -> Result<StateDict> {
         .map(|n| n.to_string())
         .ok_or_else(|| bad("no data.pkl inside: not a PyTorch checkpoint".into()))?;
     let prefix = pkl_name.trim_end_matches("data.pkl").to_string();
-    let pkl = read_entry(&mut zip, &pkl_name).map_err(bad)?;
-    let big_endian = read_entry(&mut zip, &format!("{prefix}byteorder")).is_ok_and(|b| b == b"big");
+    let pkl = read_entry(&mut zip, &pkl_name, bytes.len()).map_err(bad)?;
+    let big_endian = read_entry(&mut zip, &format!("{prefix}byteorder"), 16).is_ok_and(|b| b == b"big");
     let value = pickle::loads(&pkl).map_err(|e| bad(format!("{pkl_name}: {e}")))?;
     let dict = find_state_dict(value).ok_or_else(|| {
         bad("no state dict found (expected a dict of tensors, or one under `state_dict` or `model`)".into())
@@ -37,10 +37,10 @@ pub fn read(path: &Path, bytes: &[u8]) -> Result<StateDict> {
     let strip = !dict.is_empty() && dict.iter().all(|(k, _)| k.starts_with("module."));
     let mut sd = StateDict::new();
     for (k, v) in dict {
-        let Value::Tensor { kind, key, offset, size, stride } = v else { continue };
-        let raw = read_entry(&mut zip, &format!("{prefix}data/{key}")).map_err(bad)?;
-        let data = decode_storage(&kind, &raw, big_endian).map_err(|m| bad(format!("tensor `{k}`: {m}")))?;
-        let t = gather(&k, data, offset, &size, &stride).map_err(bad)?;
+        let Value::Tensor(t) = v else { continue };
+        let raw = read_entry(&mut zip, &format!("{prefix}data/{}", t.key), bytes.len()).map_err(bad)?;
+        let data = decode_storage(&t.kind, &raw, big_endian).map_err(|m| bad(format!("tensor `{k}`: {m}")))?;
+        let t = gather(&k, data, t.offset, &t.size, &t.stride).map_err(bad)?;
         let name = if strip { k["module.".len()..].to_string() } else { k };
         sd.insert(name, t);
     }
@@ -50,18 +50,28 @@ pub fn read(path: &Path, bytes: &[u8]) -> Result<StateDict> {
     Ok(sd)
 }
 
-fn read_entry(zip: &mut Archive<'_>, name: &str) -> std::result::Result<Vec<u8>, String> {
-    let mut f = zip.by_name(name).map_err(|e| format!("{name}: {e}"))?;
-    let mut out = Vec::with_capacity(f.size() as usize);
-    f.read_to_end(&mut out).map_err(|e| format!("{name}: {e}"))?;
+/// Reads an entry of at most `limit` bytes. torch.save stores entries
+/// uncompressed, so no entry can be larger than the archive: the size the
+/// directory claims is checked before anything is allocated, and the read is
+/// capped whatever the directory says.
+fn read_entry(zip: &mut Archive<'_>, name: &str, limit: usize) -> std::result::Result<Vec<u8>, String> {
+    let f = zip.by_name(name).map_err(|e| format!("{name}: {e}"))?;
+    let size = f.size();
+    if size > limit as u64 {
+        return Err(format!("{name}: the archive claims {size} bytes, more than the {limit} it can hold"));
+    }
+    let mut out = Vec::with_capacity(size as usize);
+    f.take(size + 1).read_to_end(&mut out).map_err(|e| format!("{name}: {e}"))?;
+    if out.len() as u64 != size {
+        return Err(format!("{name}: {} bytes where the archive claims {size}", out.len()));
+    }
     Ok(out)
 }
 
 /// The `str -> tensor` dict inside a checkpoint.
 fn find_state_dict(v: Value) -> Option<Vec<(String, Value)>> {
     let Value::Dict(d) = v else { return None };
-    let as_tensors =
-        |d: &Vec<(Value, Value)>| !d.is_empty() && d.iter().all(|(_, v)| matches!(v, Value::Tensor { .. }));
+    let as_tensors = |d: &Vec<(Value, Value)>| !d.is_empty() && d.iter().all(|(_, v)| matches!(v, Value::Tensor(_)));
     if as_tensors(&d) {
         return Some(
             d.into_iter().filter_map(|(k, v)| if let Value::Str(k) = k { Some((k, v)) } else { None }).collect(),
@@ -103,7 +113,10 @@ fn decode_storage(kind: &str, raw: &[u8], big: bool) -> std::result::Result<Deco
     })
 }
 
-/// Materialises a strided view of a storage as a contiguous tensor.
+/// Materialises a strided view of a storage as a contiguous tensor. The view
+/// must lie inside its storage and hold no more elements than it (weights are
+/// never expanded views; a 1-element storage viewed as a huge tensor would
+/// otherwise allocate without bound), computed without overflow.
 fn gather(
     name: &str,
     data: Decoded,
@@ -114,14 +127,29 @@ fn gather(
     if size.len() != stride.len() {
         return Err(format!("tensor `{name}`: size and stride ranks differ"));
     }
-    let numel: usize = size.iter().product();
     let len = match &data {
         Decoded::F32(v) => v.len(),
         Decoded::I64(v) => v.len(),
     };
-    let last = if numel == 0 { 0 } else { offset + size.iter().zip(stride).map(|(s, st)| (s - 1) * st).sum::<usize>() };
-    if numel > 0 && last >= len {
-        return Err(format!("tensor `{name}` reaches element {last} of a storage of {len} (truncated file?)"));
+    let numel = size.iter().try_fold(1usize, |a, &s| a.checked_mul(s));
+    let numel = match numel {
+        Some(n) if n <= len => n,
+        _ => return Err(format!("tensor `{name}` of shape {size:?} does not fit its storage of {len} elements")),
+    };
+    if numel > 0 {
+        let last = size
+            .iter()
+            .zip(stride)
+            .try_fold(offset, |acc, (&s, &st)| (s - 1).checked_mul(st).and_then(|x| acc.checked_add(x)));
+        match last {
+            Some(last) if last < len => {}
+            _ => {
+                return Err(format!(
+                    "tensor `{name}` (shape {size:?}, strides {stride:?}, offset {offset}) reaches past its \
+                     storage of {len} elements (truncated or malformed file)"
+                ));
+            }
+        }
     }
     let index = |mut i: usize| {
         let mut off = offset;

@@ -235,7 +235,7 @@ mod x86 {
                     x = _mm512_add_ps(x, r);
                 }
                 if e.relu {
-                    x = _mm512_max_ps(x, _mm512_setzero_ps());
+                    x = _mm512_max_ps(_mm512_setzero_ps(), x);
                 }
                 if out.bf16_out {
                     let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(x));
@@ -427,7 +427,7 @@ mod tests {
                         s += v.to_f32() as f64 * w[j * taps * klen + t * klen + c] as f64;
                     }
                 }
-                if with_epilogue { ((s + bias[j] as f64) as f32).max(0.0) } else { s as f32 }
+                if with_epilogue { crate::backend::relu((s + bias[j] as f64) as f32) } else { s as f32 }
             };
             assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "klen {klen} [{i}]: native {x}, portable {y}");
             assert!((y - want).abs() <= 1e-5 * (1.0 + want.abs()), "klen {klen} [{i}]: portable {y}, exact {want}");

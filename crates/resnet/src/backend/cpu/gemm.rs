@@ -474,7 +474,7 @@ mod x86 {
                 }
                 if fast {
                     if t.epi.is_some_and(|e| e.relu) {
-                        x = _mm512_max_ps(x, _mm512_setzero_ps());
+                        x = _mm512_max_ps(_mm512_setzero_ps(), x);
                     }
                     _mm512_mask_storeu_ps(dst, mask, x);
                 } else if let Some(e) = t.epi {
@@ -489,7 +489,7 @@ mod x86 {
                         x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, res.as_ptr().add(r * ld + t.c0)));
                     }
                     if e.relu {
-                        x = _mm512_max_ps(x, _mm512_setzero_ps());
+                        x = _mm512_max_ps(_mm512_setzero_ps(), x);
                     }
                     _mm512_mask_storeu_ps(dst, mask, x);
                 }
@@ -585,7 +585,7 @@ mod tests {
         let mut want = vec![0.0; m * n];
         gemm_reference(m, n, k, &a, &b, &mut want);
         for (i, w) in want.iter_mut().enumerate() {
-            *w = (*w + bias[i % n] + res[i]).max(0.0);
+            *w = crate::backend::relu(*w + bias[i % n] + res[i]);
         }
         // A either row-major or stored transposed (k x m).
         let at: Vec<f32> = (0..k * m).map(|idx| a[(idx % m) * k + idx / m]).collect();

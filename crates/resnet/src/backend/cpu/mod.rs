@@ -501,7 +501,11 @@ impl Backend for Cpu {
         let n = y.len();
         let (a, b, y) = (f32s(a, n)?, f32s(b, n)?, y.f32_mut()?);
         self.install(|| {
-            if relu { ops::zip_map(a, b, y, |p, q| (p + q).max(0.0)) } else { ops::zip_map(a, b, y, |p, q| p + q) }
+            if relu {
+                ops::zip_map(a, b, y, |p, q| crate::backend::relu(p + q))
+            } else {
+                ops::zip_map(a, b, y, |p, q| p + q)
+            }
         });
         Ok(())
     }

@@ -41,7 +41,7 @@ wide_fn! {
                 for ((yr, xr), rr) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(res.chunks_exact(c)) {
                     for ch in 0..c {
                         let v = xr[ch] * a[ch] + b[ch] + rr[ch];
-                        yr[ch] = if relu { v.max(0.0) } else { v };
+                        yr[ch] = if relu { crate::backend::relu(v) } else { v };
                     }
                 }
             }
@@ -49,7 +49,7 @@ wide_fn! {
                 for (yr, xr) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
                     for ch in 0..c {
                         let v = xr[ch] * a[ch] + b[ch];
-                        yr[ch] = if relu { v.max(0.0) } else { v };
+                        yr[ch] = if relu { crate::backend::relu(v) } else { v };
                     }
                 }
             }

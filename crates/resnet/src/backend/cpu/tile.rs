@@ -230,7 +230,7 @@ mod x86 {
                     x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, out.res[i].add(out.col)));
                 }
                 if e.relu {
-                    x = _mm512_max_ps(x, _mm512_setzero_ps());
+                    x = _mm512_max_ps(_mm512_setzero_ps(), x);
                 }
                 _mm512_mask_storeu_ps(dst, mask, x);
             }

@@ -288,7 +288,7 @@ pub(super) unsafe fn epilogue(y: Dst, idx: usize, k: __mmask16, mut x: __m512, e
             x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(k, res.as_ptr().add(px * ld + ch)));
         }
         if e.relu {
-            x = _mm512_max_ps(x, _mm512_setzero_ps());
+            x = _mm512_max_ps(_mm512_setzero_ps(), x);
         }
         if y.bf16 {
             // Round to nearest, ties to even (as `Bf16::from_f32`), then
