@@ -98,11 +98,13 @@ pub fn run(a: Args) -> Result<()> {
         init: None,
         log_every: (per_epoch / 10).max(1),
         zero_init_residual: false,
+        on_nan: Default::default(),
+        data_fingerprint: None,
     };
     println!(
-        "resnet demo: training ResNet-20 (He et al. 2015) on {} Fashion-MNIST images for {} epochs, testing on {}; {}",
+        "resnet demo: training ResNet-20 (He et al. 2015) on {} Fashion-MNIST images for {}, testing on {}; {}",
         ds.train.len(),
-        a.epochs,
+        crate::util::count(a.epochs as u64, "epoch"),
         ds.test.len(),
         cpu.describe()
     );

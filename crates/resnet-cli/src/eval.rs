@@ -42,7 +42,7 @@ pub fn run(a: Args) -> Result<()> {
     let cpu = a.compute.backend()?;
     let precision = precision(a.precision.precision, &cpu);
     let spec: DataSpec = a.data.parse()?;
-    let ds = Dataset::load(&spec)?;
+    let ds = Dataset::load_for_eval(&spec)?;
     let clf = Classifier::load_with_precision(&cpu, a.arch.as_deref(), &a.weights, Some(ds.classes.len()), precision)
         .with_context(|| format!("cannot load {}", a.weights.display()))?;
     let arch = clf.spec.clone();
@@ -55,44 +55,51 @@ pub fn run(a: Args) -> Result<()> {
     tf.validate(ds.channels)?;
     let workers = if matches!(ds.test.images, resnet_train::data::Images::Files(_)) { 2 * cpu.threads() } else { 1 };
     let r = evaluate(&mut plan, ds.test.clone(), Arc::new(tf), batch, workers, |_, _| {}, |_, _, _| {})?;
-    let out = a.out.clone().unwrap_or_else(|| a.weights.parent().map(PathBuf::from).unwrap_or_default());
-    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let title = format!("{} on {} ({} images)", arch.name, spec.kind_name(), r.n);
-    resnet_train::plot::confusion_heatmap(&out.join("confusion"), &title, &r.confusion, &ds.classes)?;
     let json = serde_json::json!({
         "arch": arch.name, "weights": a.weights, "data": spec.to_string(), "n": r.n, "precision": precision.to_string(),
         "top1": r.top1, "top5": r.top5, "loss": r.loss,
         "per_class": ds.classes.iter().zip(&r.per_class).map(|(c, v)| serde_json::json!({"class": c, "accuracy": v})).collect::<Vec<_>>(),
         "confusion": r.confusion, "classes": ds.classes,
     });
-    resnet::io::atomic::write(&out.join("eval.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
+    // The results first: a folder that cannot be written must not cost them.
     if a.json {
         println!("{}", serde_json::to_string_pretty(&json)?);
-        return Ok(());
+    } else {
+        print_results(&title, &r, &ds.classes);
     }
+    let out = a.out.clone().unwrap_or_else(|| a.weights.parent().map(PathBuf::from).unwrap_or_default());
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    resnet_train::plot::confusion_heatmap(&out.join("confusion"), &title, &r.confusion, &ds.classes)?;
+    resnet::io::atomic::write(&out.join("eval.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
+    if !a.json {
+        println!("\nheat map: {}  results: {}", out.join("confusion.png").display(), out.join("eval.json").display());
+    }
+    Ok(())
+}
+
+fn print_results(title: &str, r: &resnet_train::eval::EvalResult, classes: &[String]) {
     println!("{title}");
     println!("top-1 accuracy: {:.2}%   top-5 accuracy: {:.2}%   loss: {:.4}", 100.0 * r.top1, 100.0 * r.top5, r.loss);
     println!("\nper class:");
-    for (c, v) in ds.classes.iter().zip(&r.per_class) {
+    for (c, v) in classes.iter().zip(&r.per_class) {
         println!("  {c:<24} {:6.2}%", 100.0 * v);
     }
-    if ds.classes.len() <= 20 {
+    if classes.len() <= 20 {
         println!("\nconfusion (rows: true class, columns: predicted):");
         print!("{:>24}", "");
-        for j in 0..ds.classes.len() {
+        for j in 0..classes.len() {
             print!("{j:>6}");
         }
         println!();
         for (i, row) in r.confusion.iter().enumerate() {
-            print!("{:>20} {i:>3}", truncate(&ds.classes[i], 20));
+            print!("{:>20} {i:>3}", truncate(&classes[i], 20));
             for v in row {
                 print!("{v:>6}");
             }
             println!();
         }
     }
-    println!("\nheat map: {}  results: {}", out.join("confusion.png").display(), out.join("eval.json").display());
-    Ok(())
 }
 
 fn truncate(s: &str, n: usize) -> String {

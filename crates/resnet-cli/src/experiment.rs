@@ -394,7 +394,16 @@ fn preact(depths: &[usize], c: &Common) -> Result<()> {
 }
 
 fn gradients(archs: &[String], steps: u64, c: &Common) -> Result<()> {
+    if steps == 0 {
+        bail!("--steps must be at least 1");
+    }
     let cpu = c.recipe.compute.backend()?;
+    // The measurement's K steps are the training budget unless one is given.
+    let mut c2 = Common { data: c.data.clone(), out: c.out.clone(), recipe: c.recipe.clone() };
+    if c2.recipe.epochs.is_none() && c2.recipe.iterations.is_none() {
+        c2.recipe.iterations = Some(steps);
+    }
+    let c = &c2;
     let (cfg, ds) = base_config(c, &cpu)?;
     std::fs::create_dir_all(&c.out)?;
     let cache = |a: &str| c.out.join(format!("profile-{a}-{steps}.json"));

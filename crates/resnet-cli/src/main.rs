@@ -15,7 +15,7 @@ mod summary;
 mod train;
 mod util;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Deep residual networks (He et al. 2015, 2016): the ResNet family on CPU.
 #[derive(Parser)]
@@ -51,15 +51,13 @@ enum Command {
 
 fn main() {
     util::install_panic_hook();
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) => util::exit_on_clap_error(e),
-    };
+    let matches = Cli::command().try_get_matches().unwrap_or_else(|e| util::exit_on_clap_error(e));
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| util::exit_on_clap_error(e));
     let result = match cli.command {
         Command::Archs(a) => archs::run(a),
         Command::Summary(a) => summary::run(a),
         Command::Classify(a) => classify::run(a),
-        Command::Train(a) => train::run(*a),
+        Command::Train(a) => train::run(*a, matches.subcommand_matches("train").expect("the train subcommand")),
         Command::Eval(a) => eval::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Init(a) => bench::init(a),

@@ -9,7 +9,7 @@ use resnet::backend::{Backend, Cpu};
 use resnet::model::ResNetSpec;
 use resnet_train::data::DataSpec;
 use resnet_train::optim::{LrPolicy, Schedule, SgdConfig};
-use resnet_train::train::{Observer, StepReport, TestPoint, TrainConfig, TrainSummary, Trainer, load_data};
+use resnet_train::train::{Observer, OnNan, StepReport, TestPoint, TrainConfig, TrainSummary, Trainer, load_data};
 
 use crate::util::{Compute, check_batch};
 
@@ -121,9 +121,99 @@ pub struct Recipe {
     /// Log a training point every N iterations [default: about 20 per epoch].
     #[arg(long)]
     pub log_every: Option<u64>,
+    /// What a non-finite training loss does: stop (keeping the last checkpoint) or skip the step.
+    #[arg(long, value_enum, default_value_t = OnNanArg::Stop)]
+    pub on_nan: OnNanArg,
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// `--on-nan`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnNanArg {
+    /// Stop at once with a message naming the iteration; the last checkpoint stays.
+    Stop,
+    /// Skip the step (no update, batch-norm statistics restored); stop after 20 in a row.
+    Skip,
+}
+
+impl From<OnNanArg> for OnNan {
+    fn from(a: OnNanArg) -> Self {
+        match a {
+            OnNanArg::Stop => OnNan::Stop,
+            OnNanArg::Skip => OnNan::Skip,
+        }
+    }
+}
+
+/// Flags `--resume` accepts: the rest are the run's, saved in its checkpoint.
+const RESUME_FLAGS: &[&str] = &["resume", "epochs", "threads", "device", "workers", "quiet", "on_nan"];
+
+/// Refuses flags given with `--resume` that would change the run.
+fn check_resume_flags(a: &Args, m: &clap::ArgMatches) -> Result<()> {
+    use clap::Args as _;
+    let cmd = Args::augment_args(clap::Command::new("train"));
+    let given = cmd
+        .get_arguments()
+        .map(|arg| arg.get_id().as_str())
+        .filter(|id| !RESUME_FLAGS.contains(id) && m.value_source(id) == Some(clap::parser::ValueSource::CommandLine));
+    let given: Vec<String> = given.map(|id| format!("--{}", id.replace('_', "-"))).collect();
+    let same_out = |dir: &std::path::Path| {
+        m.value_source("out") == Some(clap::parser::ValueSource::CommandLine)
+            && std::fs::canonicalize(&a.out).ok() == std::fs::canonicalize(dir).ok()
+    };
+    match (&a.resume, given.as_slice()) {
+        (Some(dir), [one]) if one == "--out" && same_out(dir) => Ok(()),
+        (Some(_), []) | (None, _) => Ok(()),
+        (Some(dir), flags) => bail!(
+            "--resume {} continues the run with the settings saved in its checkpoint: {} cannot be given with it \
+             (only --epochs, --threads, --workers, --on-nan and --quiet can); start a new run to change them",
+            dir.display(),
+            flags.join(", ")
+        ),
+    }
+}
+
+/// Refuses flag values that cannot work, naming the flag.
+pub fn check_recipe(a: &Recipe) -> Result<()> {
+    let positive = |name: &str, v: Option<usize>| match v {
+        Some(0) => bail!("--{name} must be at least 1"),
+        _ => Ok(()),
+    };
+    positive("epochs", a.epochs)?;
+    positive("iterations", a.iterations.map(|i| i as usize))?;
+    positive("log-every", a.log_every.map(|i| i as usize))?;
+    positive("train-per-class", a.train_per_class)?;
+    positive("test-per-class", a.test_per_class)?;
+    let in_range = |name: &str, v: f64, lo: f64, hi: f64, what: &str| {
+        if v.is_finite() && v >= lo && v <= hi { Ok(()) } else { bail!("--{name} must be {what}, got {v}") }
+    };
+    if let Some(lr) = a.lr
+        && !(lr > 0.0 && lr.is_finite())
+    {
+        bail!("--lr must be a positive number, got {lr}");
+    }
+    if let Some(m) = a.momentum {
+        in_range("momentum", m as f64, 0.0, 1.0, "between 0 and 1")?;
+    }
+    if let Some(wd) = a.wd {
+        in_range("wd", wd as f64, 0.0, f64::MAX, "zero or positive")?;
+    }
+    if !(a.gamma > 0.0 && a.gamma.is_finite()) {
+        bail!("--gamma must be a positive number, got {}", a.gamma);
+    }
+    in_range("warmup-epochs", a.warmup_epochs, 0.0, f64::MAX, "zero or positive")?;
+    in_range("label-smoothing", a.label_smoothing as f64, 0.0, 0.999_999, "at least 0 and below 1")?;
+    for &m in a.milestones.iter().flatten() {
+        in_range("milestones", m, 0.0, f64::MAX, "epochs, zero or positive")?;
+    }
+    let max = resnet::preprocess::MAX_TRANSFORM_SIDE;
+    in_range("image-size", a.image_size as f64, 32.0, max as f64, &format!("between 32 and {max}"))?;
+    if let Some(p) = a.pad_to {
+        in_range("pad-to", p as f64, 1.0, max as f64, &format!("between 1 and {max}"))?;
+    }
+    Ok(())
 }
 
 /// `--schedule`.
@@ -167,13 +257,11 @@ pub fn config(
     in_channels: Option<usize>,
     init: Option<PathBuf>,
 ) -> Result<TrainConfig> {
+    check_recipe(a)?;
     let mut spec = ResNetSpec::named(arch)?;
     let recipe = a.recipe == Some(RecipeArg::He2015Cifar);
     let batch = check_batch(a.batch.unwrap_or(128))?;
     let lr = a.lr.unwrap_or(0.1);
-    if !(lr > 0.0 && lr.is_finite()) {
-        bail!("--lr must be a positive number, got {lr}");
-    }
     let augment = a.augment == Augment::Standard;
     // The data set decides classes and channels unless told otherwise.
     spec.num_classes = num_classes.unwrap_or(ds.classes.len());
@@ -221,6 +309,8 @@ pub fn config(
         init,
         log_every: a.log_every.unwrap_or(0),
         zero_init_residual: a.zero_init_residual,
+        on_nan: a.on_nan.into(),
+        data_fingerprint: None,
     };
     finish_config(&mut cfg, a, ds.train.len(), matches!(ds.train.images, resnet_train::data::Images::Files(_)))?;
     Ok(cfg)
@@ -320,7 +410,7 @@ impl Observer for Progress {
             bar.finish_and_clear();
         }
         println!(
-            "epoch {:>3}/{}  iter {:>6}  train loss {:.4} err {:5.2}%  test loss {:.4} err {:5.2}% (top-5 {:.2}%)  {:.0} img/s",
+            "epoch {:>3}/{}  iter {:>6}  train loss {:.4} err {:5.2}%  test loss {:.4} err {:5.2}% (top-5 err {:.2}%)  {:.0} img/s",
             epoch + 1,
             self.epochs,
             test.iteration,
@@ -335,13 +425,15 @@ impl Observer for Progress {
 
     fn message(&mut self, msg: &str) {
         match &self.bar {
-            Some(bar) => bar.println(msg),
-            None => println!("{msg}"),
+            // A hidden bar (output not a terminal) would drop the line.
+            Some(bar) if !bar.is_hidden() => bar.println(msg),
+            _ => println!("{msg}"),
         }
     }
 }
 
-/// Stops the run on Ctrl-C (the trainer saves a checkpoint); a second Ctrl-C exits at once.
+/// Stops the run on Ctrl-C, SIGTERM or SIGHUP (what `docker stop`, Slurm and systemd send): the
+/// trainer saves a checkpoint; a second signal exits at once.
 pub fn install_ctrlc(flag: std::sync::Arc<std::sync::atomic::AtomicBool>) {
     let _ = ctrlc::set_handler(move || {
         if flag.swap(true, std::sync::atomic::Ordering::SeqCst) {
@@ -371,16 +463,21 @@ pub fn drive(trainer: &mut Trainer<Cpu>, quiet: bool) -> Result<TrainSummary> {
     }
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub fn run(a: Args, m: &clap::ArgMatches) -> Result<()> {
+    check_resume_flags(&a, m)?;
+    check_recipe(&a.recipe)?;
     let cpu = a.recipe.compute.backend()?;
     let mut trainer = match &a.resume {
         Some(dir) => {
-            let t = Trainer::resume(dir, &cpu, a.recipe.epochs)
+            let mut t = Trainer::resume(dir, &cpu, a.recipe.epochs)
                 .with_context(|| format!("cannot resume from {}", dir.display()))?;
+            if m.value_source("on_nan") == Some(clap::parser::ValueSource::CommandLine) {
+                t.config.on_nan = a.recipe.on_nan.into();
+            }
             if t.config.threads != cpu.threads() {
                 eprintln!(
-                    "note: the run started with {} threads and continues with {}: the result will not be bit-identical",
-                    t.config.threads,
+                    "note: the run started with {} and continues with {}: the result will not be bit-identical",
+                    crate::util::count(t.config.threads as u64, "thread"),
                     cpu.threads()
                 );
             }
@@ -410,9 +507,9 @@ pub fn run(a: Args) -> Result<()> {
     let summary = drive(&mut trainer, a.recipe.quiet)?;
     if let Some(t) = &summary.test {
         println!(
-            "done: {} epochs, {} iterations in {:.1} s of training; test accuracy: {:.2}% (best {:.2}%)",
-            summary.epochs,
-            summary.iterations,
+            "done: {}, {} in {:.1} s of training; test accuracy: {:.2}% (best {:.2}%)",
+            crate::util::count(summary.epochs as u64, "epoch"),
+            crate::util::count(summary.iterations, "iteration"),
             summary.train_seconds,
             100.0 * (1.0 - t.error),
             100.0 * (1.0 - summary.best_test_error.unwrap_or(t.error))

@@ -20,16 +20,28 @@ pub fn exit_on_clap_error(e: clap::Error) -> ! {
             std::process::exit(if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand { 2 } else { 0 });
         }
         _ => {
-            let text = e.render().to_string();
-            let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            // The choices of an enumerated flag, on a line of their own in clap's text.
-            let choices = text.lines().map(str::trim).find(|l| l.starts_with("[possible values:"));
-            let choices = choices.map(|c| format!(" {c}")).unwrap_or_default();
-            eprintln!("error: {first}{choices} (see --help)");
+            eprintln!("error: {} (see --help)", one_line(&e.render().to_string()));
             std::process::exit(2);
         }
     }
+}
+
+/// clap's error text in one line, keeping what helps: the message, the
+/// missing arguments, the possible values and the "similar argument" tip;
+/// the usage block and the pointer to --help are dropped.
+fn one_line(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines().map(str::trim).take_while(|l| !l.starts_with("Usage:")) {
+        let line = line.strip_prefix("error: ").unwrap_or(line);
+        if line.is_empty() || line.starts_with("For more information") {
+            continue;
+        }
+        if !out.is_empty() {
+            out += if line.starts_with("tip:") { "; " } else { " " };
+        }
+        out += line;
+    }
+    if out.is_empty() { "invalid arguments".into() } else { out }
 }
 
 /// A panic is a bug, not bad input: say so in one line.
@@ -97,7 +109,17 @@ impl Compute {
     /// The backend for these flags.
     pub fn backend(&self) -> Result<resnet::backend::Cpu> {
         match self.device {
-            Device::Cpu => Ok(resnet::backend::Cpu::new(self.threads)?),
+            Device::Cpu => {
+                let cpu = resnet::backend::Cpu::new(self.threads)?;
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                if let Some(t) = self.threads.filter(|&t| t > cores) {
+                    eprintln!(
+                        "warning: --threads {t} is more than the {cores} cores here: the threads will wait on \
+                         each other and run much slower than --threads {cores}"
+                    );
+                }
+                Ok(cpu)
+            }
             Device::Cuda(_) => bail!(
                 "--device {}: this build of resnet has no CUDA backend (it runs on the cpu only); drop --device or pass --device cpu",
                 self.device
@@ -157,6 +179,12 @@ pub fn check_batch(batch: usize) -> Result<usize> {
         bail!("--batch {batch} is larger than the supported {MAX_BATCH}");
     }
     Ok(batch)
+}
+
+/// `1 epoch`, `2 epochs`.
+pub fn count(n: impl Into<u64>, noun: &str) -> String {
+    let n = n.into();
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }
 
 /// `11689512` -> `11.69 M`.

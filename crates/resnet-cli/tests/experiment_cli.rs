@@ -131,3 +131,30 @@ fn gradients_and_variants_write_their_reports() {
     let params: Vec<u64> = v["runs"].as_array().unwrap().iter().map(|r| r["params"].as_u64().unwrap()).collect();
     assert!(params[0] < params[1] && params[1] < params[2], "A < B < C in parameters: {params:?}");
 }
+
+/// `experiment gradients` takes its budget from `--steps` alone, as its help says.
+#[test]
+fn gradients_needs_only_steps() {
+    let out = tmp("grad-steps");
+    let data = demo_data();
+    let r = resnet(&[
+        "experiment",
+        "gradients",
+        "--archs",
+        "plain8,resnet8",
+        "--data",
+        &data,
+        "--steps",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+        "--train-per-class",
+        "4",
+        "--test-per-class",
+        "2",
+        "--batch",
+        "8",
+        "--quiet",
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+}

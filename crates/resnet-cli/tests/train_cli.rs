@@ -271,3 +271,146 @@ fn ctrl_c_saves_a_checkpoint_and_resume_finishes() {
     assert!(r.status.success(), "{}", text(&r.stderr));
     assert!(text(&r.stdout).contains("test accuracy"));
 }
+
+/// Every flag value that cannot work is refused up front, naming the flag;
+/// usage errors keep clap's useful parts on one line.
+#[test]
+fn flag_values_that_cannot_work_are_refused() {
+    let data = tmp("data-flags");
+    toy_data(&data, 20);
+    let spec = format!("fashion-mnist:{}", s(&data));
+    let out = tmp("flags");
+    let base = ["train", "--arch", "resnet8", "--data", &spec, "--out", s(&out)];
+    for (extra, want) in [
+        (&["--epochs", "0"][..], "--epochs must be at least 1"),
+        (&["--iterations", "0"], "--iterations must be at least 1"),
+        (&["--epochs", "1", "--label-smoothing", "2"], "--label-smoothing"),
+        (&["--epochs", "1", "--label-smoothing=-1"], "--label-smoothing"),
+        (&["--epochs", "1", "--warmup-epochs=-1"], "--warmup-epochs"),
+        (&["--epochs", "1", "--warmup-epochs", "NaN"], "--warmup-epochs"),
+        (&["--epochs", "1", "--milestones=-2"], "--milestones"),
+        (&["--epochs", "1", "--milestones", "NaN"], "--milestones"),
+        (&["--epochs", "1", "--gamma=-5"], "--gamma"),
+        (&["--epochs", "1", "--momentum", "2"], "--momentum"),
+        (&["--epochs", "1", "--wd=-1"], "--wd"),
+        (&["--epochs", "1", "--image-size", "0"], "--image-size"),
+        (&["--epochs", "1", "--image-size", "1000000000"], "--image-size"),
+        (&["--epochs", "1", "--pad-to", "1000000000"], "--pad-to"),
+        (&["--epochs", "1", "--log-every", "0"], "--log-every"),
+        (&["--epochs", "1", "--train-per-class", "0"], "--train-per-class"),
+        (&["--epochs", "1", "--lr=-0.1"], "--lr"),
+    ] {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        fails_with(&args, want);
+    }
+    // clap's messages keep the missing argument and the "did you mean" hint.
+    let r = resnet(&["train", "--data", &spec]);
+    let err = text(&r.stderr);
+    assert_eq!(r.status.code(), Some(2));
+    assert!(err.contains("--arch") && err.trim_end().lines().count() == 1, "{err}");
+    let r = resnet(&["train", "--arch", "resnet8", "--data", &spec, "--epoch", "1"]);
+    let err = text(&r.stderr);
+    assert!(err.contains("'--epochs'") && err.trim_end().lines().count() == 1, "{err}");
+    // More threads than cores: a warning, and it still runs.
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let many = (cores + 1).to_string();
+    let r = resnet(&["summary", "resnet8"]);
+    assert!(r.status.success());
+    let w8 = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/resnet8.safetensors");
+    let img = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/images/chelsea.png");
+    let r = resnet(&["classify", s(&img), "--weights", s(&w8), "--threads", &many]);
+    assert!(r.status.success() && text(&r.stderr).contains("warning: --threads"), "{}", text(&r.stderr));
+}
+
+/// `--resume` refuses settings that would change the run, and a data set
+/// that is not the one the run started on; it resumes from another folder.
+#[test]
+fn resume_refuses_conflicting_settings_and_swapped_data() {
+    let data = tmp("data-resume");
+    toy_data(&data, 20);
+    let spec = format!("fashion-mnist:{}", s(&data));
+    let out = tmp("resume-conflicts");
+    let r =
+        resnet(&["train", "--arch", "resnet8", "--data", &spec, "--epochs", "1", "--batch", "10", "--out", s(&out)]);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    for flag in [&["--lr", "0.5"][..], &["--arch", "resnet20"], &["--batch", "4"], &["--seed", "9"]] {
+        let args: Vec<&str> = ["train", "--resume", s(&out), "--epochs", "2"].iter().chain(flag).copied().collect();
+        fails_with(&args, flag[0]);
+    }
+    // The data set changes under the run: refused.
+    toy_data(&data, 30);
+    fails_with(&["train", "--resume", s(&out), "--epochs", "2"], "not the one the run started on");
+    toy_data(&data, 20);
+    // Resuming from another working folder: the data path was stored resolved.
+    let r = Command::new(env!("CARGO_BIN_EXE_resnet"))
+        .args(["train", "--resume", s(&out), "--epochs", "2", "--out", s(&out)])
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", text(&r.stderr));
+}
+
+/// `--on-nan skip` skips non-finite steps and stops after too many in a row;
+/// the default stops at once. Either way the last checkpoint stays.
+#[test]
+fn non_finite_losses_stop_or_are_skipped() {
+    let data = tmp("data-nan");
+    toy_data(&data, 40);
+    let spec = format!("fashion-mnist:{}", s(&data));
+    for (mode, want) in [("stop", "the loss became"), ("skip", "steps in a row")] {
+        let out = tmp(&format!("nan-{mode}"));
+        let args = [
+            "train",
+            "--arch",
+            "resnet8",
+            "--data",
+            &spec,
+            "--epochs",
+            "30",
+            "--batch",
+            "8",
+            "--out",
+            s(&out),
+            "--lr",
+            "1e10",
+            "--on-nan",
+            mode,
+            "--log-every",
+            "1",
+        ];
+        let r = resnet(&args);
+        let err = text(&r.stderr);
+        assert_eq!(r.status.code(), Some(1), "{mode}: {err}");
+        assert!(err.contains(want) && err.contains("iteration"), "{mode}: {err}");
+        if mode == "skip" {
+            assert!(text(&r.stdout).contains("step skipped"), "{}", text(&r.stdout));
+        }
+    }
+}
+
+/// `eval` on an image folder with only `val/`, and on a bare class-folder
+/// tree; an empty class folder is an error; results print before files are written.
+#[test]
+fn eval_needs_only_an_evaluation_split() {
+    let root = tmp("folder-eval");
+    let val = root.join("val");
+    for (c, v) in [("cat", 30u8), ("dog", 220)] {
+        std::fs::create_dir_all(val.join(c)).unwrap();
+        for i in 0..3 {
+            image::RgbImage::from_pixel(40, 36, image::Rgb([v, v / 2, i * 9]))
+                .save(val.join(c).join(format!("{i}.png")))
+                .unwrap();
+        }
+    }
+    let w = tmp("folder-eval-w").join("w.safetensors");
+    let r = resnet(&["init", "--arch", "resnet18", "--num-classes", "2", "--out", s(&w)]);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    for data in [format!("folder:{}", s(&root)), format!("folder:{}", s(&val))] {
+        let r = resnet(&["eval", "--weights", s(&w), "--data", &data, "--json", "--batch", "6"]);
+        assert!(r.status.success(), "{data}: {}", text(&r.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+        assert_eq!(v["n"], 6);
+    }
+    std::fs::create_dir_all(val.join("emu")).unwrap();
+    fails_with(&["eval", "--weights", s(&w), "--data", &format!("folder:{}", s(&root))], "emu");
+}

@@ -58,8 +58,13 @@ impl EvalAccumulator {
             let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
             let lse = max + z.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
             self.loss += lse - z[y] as f64;
-            // Rank of the true class: how many logits beat it (ties: lower index first).
-            let rank = z.iter().enumerate().filter(|&(j, &v)| v > z[y] || (v == z[y] && j < y)).count();
+            // Rank of the true class: how many logits beat it (ties: lower index first);
+            // with a NaN logit, last (NaN compares false with everything).
+            let rank = if z.iter().any(|v| v.is_nan()) {
+                self.classes
+            } else {
+                z.iter().enumerate().filter(|&(j, &v)| v > z[y] || (v == z[y] && j < y)).count()
+            };
             self.top1 += (rank == 0) as usize;
             self.top5 += (rank < 5) as usize;
             let pred = (0..self.classes).fold(0, |best, j| if z[j] > z[best] { j } else { best });

@@ -95,6 +95,8 @@ fn config(data: &Path, epochs: usize) -> TrainConfig {
         init: None,
         log_every: 2,
         zero_init_residual: false,
+        on_nan: Default::default(),
+        data_fingerprint: None,
     }
 }
 

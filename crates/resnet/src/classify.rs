@@ -75,13 +75,28 @@ pub fn read_card(weights: &Path) -> Result<Option<ModelCard>> {
     if !p.is_file() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+    let text = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+    parse_card(&text).map(Some).map_err(|e| Error::format(&p, format!("bad sidecar: {e}")))
+}
+
+/// Parses a sidecar's model card and checks that its architecture and its
+/// preprocessing can be built.
+pub fn parse_card(json: &[u8]) -> Result<ModelCard> {
     #[derive(serde::Deserialize)]
     struct Wrapper {
         model: ModelCard,
     }
-    let w: Wrapper = serde_json::from_str(&text).map_err(|e| Error::format(&p, format!("bad sidecar: {e}")))?;
-    Ok(Some(w.model))
+    let w: Wrapper = serde_json::from_slice(json).map_err(|e| Error::Invalid(e.to_string()))?;
+    w.model.spec.validate()?;
+    if let Some(t) = &w.model.transform {
+        t.validate()?;
+    }
+    if let Some(labels) = &w.model.labels
+        && labels.len() != w.model.spec.num_classes
+    {
+        return Err(Error::Invalid(format!("{} labels for {} classes", labels.len(), w.model.spec.num_classes)));
+    }
+    Ok(w.model)
 }
 
 /// Where the architecture of a weights file came from.

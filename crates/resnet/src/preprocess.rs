@@ -37,10 +37,15 @@ pub const MAX_SIDE: u32 = 1 << 16;
 /// against decompression bombs.
 pub const MAX_PIXELS: u64 = 89_478_485;
 
-/// Most pixels per byte of file a real image reaches: a 1-bit PNG at
-/// deflate's best ratio holds about 8,300 (JPEG far fewer). A file claiming
-/// more is refused before its canvas is allocated.
-const MAX_PIXELS_PER_BYTE: u64 = 16_384;
+/// Most bytes of raw image data one byte of a PNG can inflate to (deflate's
+/// limit is about 1032:1). With the pixel format this bounds the canvas a
+/// real file can hold; a file claiming more is refused before its canvas is
+/// allocated.
+const PNG_MAX_RATIO: u64 = 1_100;
+
+/// Most pixels one byte of a JPEG can hold: a flat 4:2:0 image needs about
+/// 12 bits for 256 pixels.
+const JPEG_MAX_PIXELS_PER_BYTE: u64 = 512;
 
 /// Decodes a JPEG or PNG file to RGB with Pillow's conversion rules.
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
@@ -50,7 +55,7 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
 
 /// Decodes image bytes (JPEG or PNG) to RGB with Pillow's conversion rules.
 pub fn decode_rgb(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
-    use ::image::{DynamicImage, ImageFormat, ImageReader};
+    use ::image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
     let reader =
         ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| format!("cannot read: {e}"))?;
     match reader.format() {
@@ -59,7 +64,8 @@ pub fn decode_rgb(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
         None => return Err("not an image (JPEG and PNG are supported)".into()),
     }
     let is_jpeg = reader.format() == Some(ImageFormat::Jpeg);
-    let (w, h) = reader.into_dimensions().map_err(|e| format!("not a valid image: {e}"))?;
+    let decoder = reader.into_decoder().map_err(|e| format!("not a valid image: {e}"))?;
+    let (w, h) = decoder.dimensions();
     if w == 0 || h == 0 || w > MAX_SIDE || h > MAX_SIDE {
         return Err(format!("image size {w}x{h} is not supported (1 to {MAX_SIDE} pixels a side)"));
     }
@@ -69,22 +75,23 @@ pub fn decode_rgb(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
             "image of {w}x{h} = {pixels} pixels is over the limit of {MAX_PIXELS} pixels (a decompression bomb?)"
         ));
     }
-    if pixels > MAX_PIXELS_PER_BYTE * bytes.len() as u64 {
+    let file = bytes.len() as u64;
+    let plausible = if is_jpeg {
+        pixels <= JPEG_MAX_PIXELS_PER_BYTE * file
+    } else {
+        let bits = decoder.original_color_type().bits_per_pixel().max(1) as u64;
+        pixels * bits <= PNG_MAX_RATIO * 8 * file
+    };
+    if !plausible {
         return Err(format!(
-            "image claims {w}x{h} = {pixels} pixels in a file of {} bytes: not a real image (a decompression bomb?)",
-            bytes.len()
+            "image claims {w}x{h} = {pixels} pixels in a file of {file} bytes: not a real image (a decompression bomb?)"
         ));
     }
     if is_jpeg && !jpeg_has_end(bytes) {
         // Decoders fill a cut-off JPEG with gray; Pillow refuses it, and so do we.
         return Err("truncated JPEG: the image data has no end-of-image marker".into());
     }
-    let mut reader =
-        ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| format!("cannot read: {e}"))?;
-    let mut limits = ::image::Limits::default();
-    limits.max_alloc = Some(16 * pixels + (64 << 20));
-    reader.limits(limits);
-    let img = reader.decode().map_err(|e| format!("not a valid image: {e}"))?;
+    let img = DynamicImage::from_decoder(decoder).map_err(|e| format!("not a valid image: {e}"))?;
     let (width, height) = (img.width() as usize, img.height() as usize);
     let mut data = Vec::with_capacity(width * height * 3);
     match &img {
@@ -328,6 +335,9 @@ pub fn center_crop(img: &RgbImage, size: usize) -> RgbImage {
     RgbImage { width: size, height: size, data }
 }
 
+/// Largest resize, crop or padded side a [`Transform`] may ask for.
+pub const MAX_TRANSFORM_SIDE: usize = 2048;
+
 /// ImageNet channel means (torchvision).
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 /// ImageNet channel standard deviations (torchvision).
@@ -370,6 +380,24 @@ impl Transform {
             grayscale: false,
             pad_to: None,
         })
+    }
+
+    /// Checks that the transform can run: sizes from 1 to [`MAX_TRANSFORM_SIDE`],
+    /// a finite mean and a finite, non-zero standard deviation per channel.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Invalid(format!("invalid preprocessing: {m}")));
+        for (name, v) in [("resize", self.resize), ("crop", self.crop), ("pad_to", self.pad_to.unwrap_or(1))] {
+            if v == 0 || v > MAX_TRANSFORM_SIDE {
+                return bad(format!("{name} {v} is not between 1 and {MAX_TRANSFORM_SIDE}"));
+            }
+        }
+        if self.mean.len() != 3 && !(self.grayscale && self.mean.len() == 1) || self.std.len() != self.mean.len() {
+            return bad(format!("{} means and {} standard deviations for 3 channels", self.mean.len(), self.std.len()));
+        }
+        if self.mean.iter().any(|m| !m.is_finite()) || self.std.iter().any(|s| !s.is_finite() || *s == 0.0) {
+            return bad("means must be finite and standard deviations finite and non-zero".into());
+        }
+        Ok(())
     }
 
     /// Resize, crop (and pad): the 8-bit image the network will see.

@@ -13,33 +13,43 @@ use resnet::error::{Error, Result};
 const PIXELS: usize = 32 * 32 * 3;
 
 fn read_batches(dir: &Path, files: &[String], label_bytes: usize) -> Result<Split> {
-    let rec = label_bytes + PIXELS;
     let mut data = Vec::new();
     let mut labels = Vec::new();
     for f in files {
         let p = dir.join(f);
         let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
-        if bytes.is_empty() || bytes.len() % rec != 0 {
-            return Err(Error::format(
-                &p,
-                format!(
-                    "{} bytes is not a whole number of {rec}-byte records (truncated at record {}, byte {})",
-                    bytes.len(),
-                    bytes.len() / rec,
-                    bytes.len() / rec * rec
-                ),
-            ));
-        }
-        for r in bytes.chunks_exact(rec) {
-            labels.push(r[label_bytes - 1] as u32);
-            // Planes (R, G, B) to interleaved HWC.
-            let px = &r[label_bytes..];
-            for i in 0..32 * 32 {
-                data.extend_from_slice(&[px[i], px[1024 + i], px[2048 + i]]);
-            }
-        }
+        parse_batch(&bytes, label_bytes, &mut data, &mut labels).map_err(|m| Error::format(&p, m))?;
     }
     Ok(Split { images: Images::Memory { h: 32, w: 32, c: 3, data }, labels })
+}
+
+/// Appends the records of one binary batch file (each `label_bytes` label
+/// bytes, the last being the class, then the R, G and B planes of a 32x32
+/// image) to `data` (interleaved HWC) and `labels`.
+pub fn parse_batch(
+    bytes: &[u8],
+    label_bytes: usize,
+    data: &mut Vec<u8>,
+    labels: &mut Vec<u32>,
+) -> std::result::Result<(), String> {
+    let rec = label_bytes + PIXELS;
+    if bytes.is_empty() || !bytes.len().is_multiple_of(rec) {
+        return Err(format!(
+            "{} bytes is not a whole number of {rec}-byte records (truncated at record {}, byte {})",
+            bytes.len(),
+            bytes.len() / rec,
+            bytes.len() / rec * rec
+        ));
+    }
+    for r in bytes.chunks_exact(rec) {
+        labels.push(r[label_bytes - 1] as u32);
+        // Planes (R, G, B) to interleaved HWC.
+        let px = &r[label_bytes..];
+        for i in 0..32 * 32 {
+            data.extend_from_slice(&[px[i], px[1024 + i], px[2048 + i]]);
+        }
+    }
+    Ok(())
 }
 
 fn names(dir: &Path, file: &str, n: usize, default: &[&str]) -> Vec<String> {

@@ -174,6 +174,28 @@ pub struct Dataset {
 }
 
 impl Dataset {
+    /// A fingerprint of what the run trains and tests on: the splits' sizes,
+    /// labels and pixels (the file names, for image folders). A resumed run
+    /// compares it to notice a swapped or changed data set.
+    pub fn fingerprint(&self) -> String {
+        // FNV-1a: simple, stable across builds and platforms, fast enough for tens of MB.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |bytes: &[u8]| {
+            for &b in bytes {
+                h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        for split in [&self.train, &self.test] {
+            eat(&(split.len() as u64).to_le_bytes());
+            split.labels.iter().for_each(|l| eat(&l.to_le_bytes()));
+            match &split.images {
+                Images::Memory { data, .. } => eat(data),
+                Images::Files(paths) => paths.iter().for_each(|p| eat(p.as_os_str().as_encoded_bytes())),
+            }
+        }
+        format!("{}+{}:{h:016x}", self.train.len(), self.test.len())
+    }
+
     /// Loads both splits.
     pub fn load(spec: &DataSpec) -> Result<Self> {
         if !spec.path.is_dir() {
@@ -183,6 +205,15 @@ impl Dataset {
             DataKind::Mnist | DataKind::FashionMnist => idx::load(spec),
             DataKind::Cifar10 | DataKind::Cifar100 => cifar::load(spec),
             DataKind::Folder => folder::load(spec),
+        }
+    }
+
+    /// Loads what `eval` needs: the test split (for image folders, `val/`
+    /// alone is enough; see [`folder::load_eval`]).
+    pub fn load_for_eval(spec: &DataSpec) -> Result<Self> {
+        match spec.kind {
+            DataKind::Folder if spec.path.is_dir() => folder::load_eval(spec),
+            _ => Self::load(spec),
         }
     }
 

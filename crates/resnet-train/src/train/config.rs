@@ -14,6 +14,7 @@ use resnet::model::ResNetSpec;
 use resnet::preprocess::Transform;
 
 use super::TestPoint;
+use super::progress::Tally;
 
 /// Everything that defines a training run (saved in the checkpoint sidecar).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -59,16 +60,51 @@ pub struct TrainConfig {
     pub log_every: u64,
     /// Zero-initialise the last BN of each residual branch.
     pub zero_init_residual: bool,
+    /// What a non-finite loss does.
+    #[serde(default)]
+    pub on_nan: OnNan,
+    /// [`Dataset::fingerprint`] of the data the run started on.
+    #[serde(default)]
+    pub data_fingerprint: Option<String>,
 }
+
+/// What a non-finite training loss does (`--on-nan`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnNan {
+    /// Stop at once, keeping the last checkpoint (the default).
+    #[default]
+    Stop,
+    /// Skip the step (no update; batch-norm statistics restored), as
+    /// mixed-precision loss scaling does; stop after [`MAX_SKIPPED_IN_A_ROW`]
+    /// skipped steps in a row.
+    Skip,
+}
+
+/// Consecutive non-finite steps `--on-nan skip` tolerates before stopping.
+pub const MAX_SKIPPED_IN_A_ROW: u64 = 20;
 
 impl TrainConfig {
     /// True when `other` trains the same way: everything but the thread,
-    /// worker and logging settings is equal. The log interval counts where an
-    /// error-based warm-up is on: its end is decided at log boundaries.
+    /// worker, logging and fault settings is equal (paths compared resolved;
+    /// the data's fingerprint is checked on resuming). The log interval counts
+    /// where an error-based warm-up is on: its end is decided at log boundaries.
     pub fn same_recipe(&self, other: &TrainConfig) -> bool {
+        let resolve = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
         let norm = |c: &TrainConfig| {
             let log_every = if c.policy.warmup_until_error.is_some() { c.log_every } else { 0 };
-            TrainConfig { threads: 0, workers: 0, log_every, ..c.clone() }
+            let mut data = c.data.clone();
+            data.path = resolve(&data.path);
+            TrainConfig {
+                threads: 0,
+                workers: 0,
+                log_every,
+                data,
+                init: c.init.as_deref().map(resolve),
+                on_nan: OnNan::Stop,
+                data_fingerprint: None,
+                ..c.clone()
+            }
         };
         norm(self) == norm(other)
     }
@@ -93,6 +129,18 @@ pub struct TrainState {
     pub train_seconds: f64,
     /// Last test result.
     pub last_test: Option<TestPoint>,
+    /// Steps skipped for a non-finite loss (`--on-nan skip`).
+    #[serde(default)]
+    pub skipped_steps: u64,
+    /// Of which in a row, up to now.
+    #[serde(default)]
+    pub skipped_in_a_row: u64,
+    /// Training metrics of the epoch in progress (saved mid-epoch).
+    #[serde(default)]
+    pub epoch_tally: Tally,
+    /// Training metrics of the log interval in progress, and its images.
+    #[serde(default)]
+    pub log_tally: Tally,
 }
 
 /// Mean and std for `channels` output channels from the data set's statistics.

@@ -60,11 +60,13 @@ pub struct RngState {
 pub(super) const FORMAT: &str = "resnet-checkpoint/1";
 
 impl<B: Backend> Trainer<B> {
+    /// Appends one line to `metrics.jsonl` in a single write (a kill leaves at
+    /// most a torn last line, which resuming drops).
     pub(super) fn log(&self, v: &serde_json::Value) -> Result<()> {
         use std::io::Write;
         let p = self.out.join("metrics.jsonl");
         let mut f = std::fs::OpenOptions::new().append(true).create(true).open(&p).map_err(|e| Error::io(&p, e))?;
-        writeln!(f, "{v}").map_err(|e| Error::io(&p, e))
+        f.write_all(format!("{v}\n").as_bytes()).map_err(|e| Error::io(&p, e))
     }
 
     pub(super) fn write_metrics_jsonl(&self) -> Result<()> {
@@ -128,7 +130,8 @@ impl<B: Backend> Trainer<B> {
     }
 
     /// Writes `name.safetensors` and `name.json` (and the momentum buffers when
-    /// `with_optimizer`), each atomically.
+    /// `with_optimizer`) as one atomic group: a crash at any moment leaves the
+    /// previous checkpoint or this one, whole.
     pub fn save(&mut self, name: &str, with_optimizer: bool) -> Result<()> {
         let sd = io::state_dict(&mut self.net)?;
         if let Some(key) = sd.iter().find_map(|(k, t)| match &t.data {
@@ -149,6 +152,7 @@ impl<B: Backend> Trainer<B> {
             ("arch".to_string(), self.config.spec.name.clone()),
         ]
         .into();
+        let mut files = Vec::new();
         let buffers = if with_optimizer && !self.sgd.buffers.is_empty() {
             let file = format!("{name}.optim.safetensors");
             let b = self.net.backend().clone();
@@ -162,12 +166,12 @@ impl<B: Backend> Trainer<B> {
                 i += 1;
                 Ok(())
             })?;
-            io::safetensors::write(&self.out.join(&file), &sd, Some(meta.clone()))?;
+            files.push((self.out.join(&file), io::safetensors::to_bytes(&sd, Some(meta.clone()))?));
             Some(file)
         } else {
             None
         };
-        io::safetensors::write(&self.out.join(format!("{name}.safetensors")), &sd, Some(meta))?;
+        files.push((self.out.join(format!("{name}.safetensors")), io::safetensors::to_bytes(&sd, Some(meta))?));
         let side = Sidecar {
             format: FORMAT.into(),
             model: self.card(),
@@ -186,8 +190,29 @@ impl<B: Backend> Trainer<B> {
             },
         };
         let text = serde_json::to_string_pretty(&side).map_err(|e| Error::Invalid(e.to_string()))?;
-        io::atomic::write(&self.out.join(format!("{name}.json")), text.as_bytes())
+        files.push((self.out.join(format!("{name}.json")), text.into_bytes()));
+        io::atomic::write_group(&journal(&self.out, name), &files)
     }
+}
+
+/// The journal that makes checkpoint `name`'s files one atomic group.
+fn journal(dir: &Path, name: &str) -> std::path::PathBuf {
+    dir.join(format!(".{name}.commit"))
+}
+
+/// Puts a run folder in order after a crash: finishes the checkpoints whose
+/// writes were committed (`resume`) or forgets them (a run started over),
+/// then removes the temporaries of killed writes.
+pub(super) fn tidy(dir: &Path, resume: bool) -> Result<()> {
+    for name in ["last", "best"] {
+        let j = journal(dir, name);
+        if resume {
+            io::atomic::recover_group(&j)?;
+        } else if j.exists() {
+            std::fs::remove_file(&j).map_err(|e| Error::io(&j, e))?;
+        }
+    }
+    io::atomic::remove_temporaries(dir).map(|_| ())
 }
 
 /// Checks that a checkpoint file belongs to iteration `it` (guards against a
@@ -208,8 +233,14 @@ pub(super) fn check_iteration(path: &Path, it: u64) -> Result<()> {
 pub(super) fn read_metrics(path: &Path, upto: u64) -> Result<(Vec<TrainPoint>, Vec<TestPoint>)> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let (mut train, mut test) = (Vec::new(), Vec::new());
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::format(path, e.to_string()))?;
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    for (i, line) in lines.iter().enumerate() {
+        let v: serde_json::Value = match serde_json::from_str(line) {
+            Ok(v) => v,
+            // The last line torn by a kill mid-write: the resumed run rewrites the file without it.
+            Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => break,
+            Err(e) => return Err(Error::format(path, format!("line {}: {e}", i + 1))),
+        };
         match v["kind"].as_str() {
             Some("train") => {
                 let p: TrainPoint =

@@ -45,11 +45,13 @@ use resnet::rng::Rng;
 use resnet::tensor::Tensor;
 
 use config::prepare_out_dir;
-pub use config::{TrainConfig, TrainState, card_transform, check_fresh_out_dir, load_data, transforms};
-use files::{FORMAT, check_iteration, read_metrics};
+pub use config::{
+    MAX_SKIPPED_IN_A_ROW, OnNan, TrainConfig, TrainState, card_transform, check_fresh_out_dir, load_data, transforms,
+};
+use files::{FORMAT, check_iteration, read_metrics, tidy};
 pub use files::{OptimizerState, RngState, Sidecar};
-pub use progress::{Observer, Quiet, StepReport, TestPoint, TrainPoint, TrainSummary};
-use progress::{StepMetrics, Tally};
+use progress::StepMetrics;
+pub use progress::{Observer, Quiet, StepReport, Tally, TestPoint, TrainPoint, TrainSummary};
 
 /// A training run in progress.
 pub struct Trainer<B: Backend> {
@@ -89,6 +91,14 @@ impl<B: Backend> Trainer<B> {
             )));
         }
         prepare_out_dir(out)?;
+        tidy(out, false)?;
+        // Paths stored resolved, so that the run resumes from any working folder.
+        let resolve = |p: &Path| std::fs::canonicalize(p).map_err(|e| Error::io(p, e));
+        config.data.path = resolve(&config.data.path)?;
+        if let Some(init) = &config.init {
+            config.init = Some(resolve(init)?);
+        }
+        config.data_fingerprint = Some(data.fingerprint());
         let batches_per_epoch = data.train.len().div_ceil(config.batch);
         let total = match config.iterations {
             Some(it) => {
@@ -142,6 +152,8 @@ impl<B: Backend> Trainer<B> {
     /// Continues the run saved in `dir` (from `last.*`). `epochs`, if given,
     /// extends or shortens it.
     pub fn resume(dir: &Path, backend: &B, epochs: Option<usize>) -> Result<Self> {
+        prepare_out_dir(dir)?;
+        tidy(dir, true)?;
         let sidecar_path = dir.join("last.json");
         let text = std::fs::read_to_string(&sidecar_path).map_err(|e| Error::io(&sidecar_path, e))?;
         let side: Sidecar = serde_json::from_str(&text)
@@ -151,13 +163,23 @@ impl<B: Backend> Trainer<B> {
         }
         let mut config = side.config;
         let data = load_data(&config.data, config.train_per_class, config.test_per_class)?;
+        if let Some(saved) = &config.data_fingerprint
+            && *saved != data.fingerprint()
+        {
+            return Err(Error::Invalid(format!(
+                "the data set {} is not the one the run started on (images and labels {} then, {} now): \
+                 restore it, or start a new run",
+                config.data,
+                saved,
+                data.fingerprint()
+            )));
+        }
         let batches_per_epoch = data.train.len().div_ceil(config.batch);
         if let Some(e) = epochs {
             config.epochs = e;
             config.iterations = None;
             config.policy.total_iters = (e * batches_per_epoch) as u64;
         }
-        prepare_out_dir(dir)?;
         let mut net = Network::new(&config.spec, backend)?;
         let weights = dir.join("last.safetensors");
         let sd = io::read_state_dict(&weights)?;
@@ -270,7 +292,7 @@ impl<B: Backend> Trainer<B> {
         // Logged training points cover `log_every` iterations each, across
         // epoch boundaries, so that an epoch's short last batch does not make
         // a point of its own.
-        let mut log = Tally::default();
+        let mut log = std::mem::take(&mut self.state.log_tally);
         let mut log_images = 0usize;
         let mut log_t = Instant::now();
         while self.state.epoch < self.config.epochs && self.state.iteration < total {
@@ -288,7 +310,7 @@ impl<B: Backend> Trainer<B> {
             );
             let steps = loader.len();
             obs.epoch_start(epoch, self.config.epochs, steps, start);
-            let mut ep = Tally::default();
+            let mut ep = std::mem::take(&mut self.state.epoch_tally);
             let ep_t = Instant::now();
             let mut ep_images = 0usize;
             let mut epoch_train_seconds = 0.0f64;
@@ -300,6 +322,7 @@ impl<B: Backend> Trainer<B> {
                 x.write(&backend, batch.shape, &batch.x)?;
                 backend.write(&mut labels, &batch.labels)?;
                 self.net.zero_grad()?;
+                let saved_bn = if self.config.on_nan == OnNan::Skip { Some(self.bn_state()?) } else { None };
                 let logits = self.net.forward(&x, Mode::Train)?;
                 dlogits.reshape(&backend, logits.shape)?;
                 let slot = metrics.next_slot(n, self.state.iteration + 1);
@@ -314,8 +337,14 @@ impl<B: Backend> Trainer<B> {
                     &mut metrics.buf,
                     slot,
                 )?;
-                self.net.backward(&x, &dlogits)?;
-                self.sgd.step(&mut self.net, lr)?;
+                let skip = match saved_bn {
+                    Some(saved) => self.skip_if_non_finite(&backend, &mut metrics, slot, saved, obs)?,
+                    None => false,
+                };
+                if !skip {
+                    self.net.backward(&x, &dlogits)?;
+                    self.sgd.step(&mut self.net, lr)?;
+                }
                 let dt = t0.elapsed().as_secs_f64();
                 self.state.train_seconds += dt;
                 epoch_train_seconds += dt;
@@ -358,6 +387,7 @@ impl<B: Backend> Trainer<B> {
                 }
                 if self.interrupt.load(Ordering::SeqCst) {
                     self.absorb(&backend, &mut metrics, &mut [&mut ep, &mut log])?;
+                    (self.state.epoch_tally, self.state.log_tally) = (ep, log);
                     self.save("last", true)?;
                     return Err(Error::Interrupted);
                 }
@@ -389,7 +419,9 @@ impl<B: Backend> Trainer<B> {
                 self.state.best_test_error = Some(tp.error);
             }
             self.state.last_test = Some(tp.clone());
+            self.state.log_tally = log.clone();
             self.save("last", true)?;
+            self.state.log_tally = Tally::default();
             if improved {
                 self.save("best", false)?;
             }
@@ -431,6 +463,68 @@ impl<B: Backend> Trainer<B> {
             }
         }
         Ok(())
+    }
+
+    /// Batch-norm running statistics and counters, to undo a skipped step's forward pass.
+    fn bn_state(&mut self) -> Result<Vec<(Vec<f32>, i64)>> {
+        let b = self.net.backend().clone();
+        let mut saved = Vec::new();
+        self.net.try_visit(&mut |_, e| {
+            match e {
+                StateEntry::Buffer(buf, _) => saved.push((b.download(buf)?, 0)),
+                StateEntry::Counter(c) => saved.push((Vec::new(), *c)),
+                StateEntry::Param(_) => {}
+            }
+            Ok(())
+        })?;
+        Ok(saved)
+    }
+
+    /// With `--on-nan skip`: when this step's loss is not finite, drops its
+    /// metrics, restores the batch-norm statistics its forward pass changed
+    /// and says so; stops the run after too many such steps in a row.
+    /// Returns whether to skip the update.
+    fn skip_if_non_finite(
+        &mut self,
+        b: &B,
+        metrics: &mut StepMetrics<B>,
+        slot: usize,
+        saved: Vec<(Vec<f32>, i64)>,
+        obs: &mut dyn Observer,
+    ) -> Result<bool> {
+        debug_assert_eq!(slot + 1, metrics.pending.len());
+        let loss = metrics.peek_loss(b)?;
+        if loss.is_finite() {
+            self.state.skipped_in_a_row = 0;
+            return Ok(false);
+        }
+        metrics.forget_last();
+        let mut saved = saved.into_iter();
+        self.net.try_visit(&mut |_, e| {
+            if matches!(e, StateEntry::Param(_)) {
+                return Ok(());
+            }
+            match (e, saved.next()) {
+                (StateEntry::Buffer(buf, _), Some((v, _))) => b.write(buf, &v),
+                (StateEntry::Counter(c), Some((_, v))) => {
+                    *c = v;
+                    Ok(())
+                }
+                _ => Err(Error::Invalid("batch-norm state changed shape".into())),
+            }
+        })?;
+        self.state.skipped_steps += 1;
+        self.state.skipped_in_a_row += 1;
+        let it = self.state.iteration + 1;
+        if self.state.skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW {
+            return Err(Error::Diverged(format!(
+                "the loss was non-finite for {MAX_SKIPPED_IN_A_ROW} steps in a row, up to iteration {it}: stopping; \
+                 try a lower --lr. The last checkpoint in {} is intact",
+                self.out.display()
+            )));
+        }
+        obs.message(&format!("iteration {it}: the loss is {loss}; step skipped (--on-nan skip)"));
+        Ok(true)
     }
 
     /// Ends He et al.'s warm-up once the running training error is below its threshold.

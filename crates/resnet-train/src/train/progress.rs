@@ -7,6 +7,11 @@ use serde::{Deserialize, Serialize};
 use resnet::backend::{Backend, DType};
 use resnet::error::Result;
 
+/// JSON has no NaN: serde writes it as `null`, which reads back as NaN.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
 /// A test evaluation, as logged.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TestPoint {
@@ -15,20 +20,22 @@ pub struct TestPoint {
     /// Iterations at the time.
     pub iteration: u64,
     /// Mean cross-entropy.
+    #[serde(deserialize_with = "nan_if_null")]
     pub loss: f64,
     /// Top-1 error (fraction).
+    #[serde(deserialize_with = "nan_if_null")]
     pub error: f64,
     /// Top-5 error (fraction).
+    #[serde(deserialize_with = "nan_if_null")]
     pub top5_error: f64,
-    /// Mean training loss over the epoch (over the part run by this process
-    /// when it resumed mid-epoch).
-    #[serde(default)]
+    /// Mean training loss over the epoch.
+    #[serde(default, deserialize_with = "nan_if_null")]
     pub train_loss: f64,
     /// Training error over the epoch (fraction), likewise.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nan_if_null")]
     pub train_error: f64,
     /// Training images per second over the epoch.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nan_if_null")]
     pub images_per_second: f64,
 }
 
@@ -42,10 +49,13 @@ pub struct TrainPoint {
     /// Learning rate.
     pub lr: f32,
     /// Mean loss.
+    #[serde(deserialize_with = "nan_if_null")]
     pub loss: f64,
     /// Mean error (fraction).
+    #[serde(deserialize_with = "nan_if_null")]
     pub error: f64,
     /// Training images per second.
+    #[serde(deserialize_with = "nan_if_null")]
     pub images_per_second: f64,
 }
 
@@ -108,19 +118,21 @@ pub struct TrainSummary {
     pub wall_seconds: f64,
 }
 
-/// Sums of training metrics over some steps.
-#[derive(Default)]
-pub(super) struct Tally {
+/// Sums of training metrics over some steps (kept in a checkpoint for the
+/// epoch and the log interval in progress, so that a resumed run logs what an
+/// uninterrupted one does).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Tally {
     /// Sum of batch mean losses times batch sizes.
-    pub(super) loss: f64,
+    pub loss: f64,
     /// Sum of batch errors times batch sizes, summed in floating point as
     /// the logged points always were (not `n - correct`, which can differ in
     /// the last bit).
-    pub(super) error: f64,
+    pub error: f64,
     /// Images whose label had the largest logit.
-    pub(super) correct: usize,
+    pub correct: usize,
     /// Images.
-    pub(super) n: usize,
+    pub n: usize,
 }
 
 impl Tally {
@@ -168,6 +180,16 @@ impl<B: Backend> StepMetrics<B> {
 
     pub(super) fn full(&self) -> bool {
         self.pending.len() == self.capacity
+    }
+
+    /// The loss of the step in `slot`, read now (a wait for the device).
+    pub(super) fn peek_loss(&self, b: &B) -> Result<f32> {
+        Ok(b.download(&self.buf)?[2 * (self.pending.len() - 1)])
+    }
+
+    /// Forgets the last step (a skipped one): its slot is written again.
+    pub(super) fn forget_last(&mut self) {
+        self.pending.pop();
     }
 
     /// `(loss, correct, n, iteration)` of each pending step, in order.

@@ -614,7 +614,8 @@ impl Backend for Reference {
                 g[i * classes + j] = ((logp.exp() - q) / n as f64) as f32;
             }
             // Correct when no logit beats the label's (ties go to the lower class).
-            correct += !row.iter().enumerate().any(|(j, &v)| v > row[y] || (v == row[y] && j < y)) as usize;
+            correct +=
+                !row.iter().enumerate().any(|(j, &v)| v > row[y] || (v == row[y] && j < y) || v.is_nan()) as usize;
         }
         let m = f32s_mut(metrics, 2 * slot + 2)?;
         m[2 * slot] = (loss / n as f64) as f32;

@@ -51,7 +51,24 @@ pub type StateDict = BTreeMap<String, HostTensor>;
 /// Reads a state dict from a `.safetensors` or `.pth`/`.pt`/`.bin` file
 /// (decided by content, not by name).
 pub fn read_state_dict(path: &Path) -> Result<StateDict> {
+    let size = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+    if size > MAX_WEIGHTS_FILE {
+        return Err(Error::format(
+            path,
+            format!("{size} bytes is more than any ResNet's weights ({MAX_WEIGHTS_FILE})"),
+        ));
+    }
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    parse_state_dict(path, &bytes)
+}
+
+/// Largest weights file read: several times the largest ResNet's (Wide
+/// ResNet-101-2 in f64 would be about 1 GB).
+pub const MAX_WEIGHTS_FILE: u64 = 4 << 30;
+
+/// Parses a state dict held in memory (`path` names it in errors); see
+/// [`read_state_dict`].
+pub fn parse_state_dict(path: &Path, bytes: &[u8]) -> Result<StateDict> {
     // safetensors: a little-endian u64 header length, then the JSON header.
     // The length's first byte can be anything (0x80 included, which is also
     // pickle's first byte), so the header's `{` decides.
@@ -59,9 +76,9 @@ pub fn read_state_dict(path: &Path) -> Result<StateDict> {
     let looks_safetensors =
         header_len.is_some_and(|n| n >= 2 && n <= bytes.len() as u64 - 8) && bytes.get(8) == Some(&b'{');
     if bytes.starts_with(b"PK\x03\x04") {
-        pth::read(path, &bytes)
+        pth::read(path, bytes)
     } else if looks_safetensors {
-        safetensors::read(path, &bytes)
+        safetensors::read(path, bytes)
     } else if bytes.first() == Some(&0x80) {
         Err(Error::format(
             path,
@@ -69,7 +86,7 @@ pub fn read_state_dict(path: &Path) -> Result<StateDict> {
              `torch.save(torch.load(old, weights_only=False), new)`",
         ))
     } else if bytes.len() >= 8 {
-        safetensors::read(path, &bytes)
+        safetensors::read(path, bytes)
     } else {
         Err(Error::format(path, format!("file too short ({} bytes) to be weights", bytes.len())))
     }

@@ -119,6 +119,12 @@ pub const ARCHS: &[&str] = &[
 /// Largest class count accepted (a sanity bound against typos).
 pub const MAX_CLASSES: usize = 1 << 20;
 
+/// Most channels a stage (or the stem, or a group) may have.
+pub const MAX_WIDTH: usize = 1 << 14;
+
+/// Most residual blocks a network may have (ResNet-1202 has 600).
+pub const MAX_BLOCKS: usize = 1 << 14;
+
 impl ResNetSpec {
     fn imagenet(name: &str, block: BlockKind, depths: &[usize], groups: usize, wpg: usize, sc: ShortcutKind) -> Self {
         Self {
@@ -240,6 +246,16 @@ impl ResNetSpec {
         }
         if self.num_classes == 0 || self.num_classes > MAX_CLASSES {
             return bad(format!("num_classes must be between 1 and {MAX_CLASSES}, got {}", self.num_classes));
+        }
+        // Bounds far beyond any published ResNet, so that a hostile model card
+        // cannot ask for a network whose sizes overflow or exhaust memory.
+        if self.depths.len() > 16 || self.depths.iter().sum::<usize>() > MAX_BLOCKS {
+            return bad(format!("at most 16 stages and {MAX_BLOCKS} blocks"));
+        }
+        if self.widths.iter().chain([&self.stem_width, &self.width_per_group]).any(|&w| w > MAX_WIDTH)
+            || self.groups > MAX_WIDTH
+        {
+            return bad(format!("widths, groups and width_per_group must be at most {MAX_WIDTH}"));
         }
         if self.groups == 0 || self.width_per_group == 0 {
             return bad("groups and width_per_group must be positive".into());

@@ -93,7 +93,8 @@ pub fn softmax_cross_entropy(
                 *gj = ((logp.exp() - q) / n as f64) as f32;
             }
             let y = label as usize;
-            let beaten = z.iter().enumerate().any(|(j, &v)| v > z[y] || (v == z[y] && j < y));
+            // A NaN logit is a wrong answer (every comparison with NaN is false).
+            let beaten = z.iter().enumerate().any(|(j, &v)| v > z[y] || (v == z[y] && j < y) || v.is_nan());
             (loss, !beaten)
         })
         .collect();
