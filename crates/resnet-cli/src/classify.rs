@@ -70,9 +70,10 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(c) = a.crop {
         clf.transform.crop = c;
     }
+    let max = resnet::preprocess::MAX_TRANSFORM_SIDE;
     for (name, v) in [("--resize", clf.transform.resize), ("--crop", clf.transform.crop)] {
-        if v == 0 || v > 8192 {
-            bail!("{name} must be between 1 and 8192, got {v}");
+        if v == 0 || v > max {
+            bail!("{name} must be between 1 and {max}, got {v}");
         }
     }
     match a.labels.as_deref() {

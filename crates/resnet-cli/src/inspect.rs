@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use resnet::classify::{SpecSource, read_card, resolve_spec};
 use resnet::io::TensorData;
 use resnet::model::Graph;
@@ -20,7 +20,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let sd = resnet::io::read_state_dict(&a.weights).with_context(|| format!("cannot read {}", a.weights.display()))?;
+    let sd = resnet::io::read_state_dict(&a.weights)?;
     let card = read_card(&a.weights)?;
     let values: usize = sd.values().filter(|t| matches!(t.data, TensorData::F32(_))).map(|t| t.numel()).sum();
     let found = resolve_spec(None, &a.weights, &sd, card.as_ref()).ok();

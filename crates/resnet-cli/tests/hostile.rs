@@ -48,6 +48,13 @@ fn refused(args: &[&str], want: &str) {
     assert!(err.starts_with("error: ") && err.contains(want), "{args:?}: {err:?} lacks {want:?}");
     assert!(peak_kb < PEAK_LIMIT_KB, "{args:?}: peak {peak_kb} KB");
     assert!(t.elapsed() < Duration::from_secs(20), "{args:?}: took {:?}", t.elapsed());
+    let file = args.iter().find(|a| a.contains('/')).map_or("", |p| p.rsplit('/').next().unwrap_or(p));
+    eprintln!(
+        "refused {file}: {:.1} MB peak, {:.2} s: {}",
+        peak_kb as f64 / 1024.0,
+        t.elapsed().as_secs_f64(),
+        err.trim_end()
+    );
 }
 
 fn write(name: &str, bytes: &[u8]) -> PathBuf {
@@ -293,8 +300,8 @@ fn crc32(bytes: &[u8]) -> u32 {
     !c
 }
 
-/// A PNG whose header claims `w` x `h` RGB pixels, with an (invalid) tiny image stream.
-fn png_claiming(w: u32, h: u32) -> Vec<u8> {
+/// A PNG of `w` x `h` pixels of `depth` bits and colour type `colour` with the given zlib stream.
+fn png(w: u32, h: u32, depth: u8, colour: u8, idat: &[u8]) -> Vec<u8> {
     let chunk = |kind: &[u8], data: &[u8]| {
         let mut c = (data.len() as u32).to_be_bytes().to_vec();
         let mut body = kind.to_vec();
@@ -305,12 +312,17 @@ fn png_claiming(w: u32, h: u32) -> Vec<u8> {
     };
     let mut ihdr = w.to_be_bytes().to_vec();
     ihdr.extend(h.to_be_bytes());
-    ihdr.extend([8, 2, 0, 0, 0]);
+    ihdr.extend([depth, colour, 0, 0, 0]);
     let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
     png.extend(chunk(b"IHDR", &ihdr));
-    png.extend(chunk(b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]));
+    png.extend(chunk(b"IDAT", idat));
     png.extend(chunk(b"IEND", &[]));
     png
+}
+
+/// A PNG whose header claims `w` x `h` RGB pixels, with an (invalid) tiny image stream.
+fn png_claiming(w: u32, h: u32) -> Vec<u8> {
+    png(w, h, 8, 2, &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01])
 }
 
 #[test]
@@ -330,6 +342,15 @@ fn hostile_images_are_refused_or_handled_in_bounded_memory() {
         let p = write(&format!("cut{frac}.jpg"), &jpeg[..jpeg.len() * frac / 100]);
         refused(&["classify", p.to_str().unwrap(), "--weights", w], "truncated");
     }
+    // Real files compressed as far as deflate goes are not bombs: a flat 1-bit
+    // 4000 x 4000 PNG (a few KB) is classified.
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+    for _ in 0..4000 {
+        z.write_all(&[0u8; 501]).unwrap(); // filter byte + 4000 bits
+    }
+    let flat = write("flat1bit.png", &png(4000, 4000, 1, 0, &z.finish().unwrap()));
+    let (code, err, _) = run_measured(&["classify", flat.to_str().unwrap(), "--weights", w]);
+    assert_eq!(code, Some(0), "{err}");
     // A 32768 x 1 image is legal: classified in bounded memory (only the crop is resized).
     let mut strip = image::RgbImage::new(32768, 1);
     strip.pixels_mut().enumerate().for_each(|(i, p)| *p = image::Rgb([i as u8, 7, 200]));
@@ -338,6 +359,7 @@ fn hostile_images_are_refused_or_handled_in_bounded_memory() {
     let (code, err, peak) = run_measured(&["classify", p.to_str().unwrap(), "--weights", w]);
     assert_eq!(code, Some(0), "{err}");
     assert!(peak < PEAK_LIMIT_KB, "peak {peak} KB");
+    eprintln!("classified strip.png (32768x1): {:.1} MB peak", peak as f64 / 1024.0);
 }
 
 // ---- data sets ------------------------------------------------------------------

@@ -79,8 +79,7 @@ pub fn decode_rgb(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
     let plausible = if is_jpeg {
         pixels <= JPEG_MAX_PIXELS_PER_BYTE * file
     } else {
-        let bits = decoder.original_color_type().bits_per_pixel().max(1) as u64;
-        pixels * bits <= PNG_MAX_RATIO * 8 * file
+        pixels * png_bits_per_pixel(bytes) <= PNG_MAX_RATIO * 8 * file
     };
     if !plausible {
         return Err(format!(
@@ -112,6 +111,20 @@ pub fn decode_rgb(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
         other => data.extend_from_slice(other.to_rgb8().as_raw()),
     }
     Ok(RgbImage { width, height, data })
+}
+
+/// Bits per pixel of a PNG's raw data, from its header (bit depth times
+/// samples per pixel); 1, the smallest, when the header is unreadable.
+fn png_bits_per_pixel(bytes: &[u8]) -> u64 {
+    // Signature (8), IHDR length and type (8), width and height (8), then bit depth and colour type.
+    let (Some(&depth), Some(&colour)) = (bytes.get(24), bytes.get(25)) else { return 1 };
+    let samples = match colour {
+        2 => 3, // RGB
+        4 => 2, // gray + alpha
+        6 => 4, // RGBA
+        _ => 1, // gray, palette
+    };
+    (depth as u64 * samples).max(1)
 }
 
 /// Whether a JPEG's compressed data ends with an end-of-image marker: the

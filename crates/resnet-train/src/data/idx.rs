@@ -24,13 +24,9 @@ fn find(dir: &Path, stem: &str) -> Result<PathBuf> {
     Err(Error::Invalid(format!("{} has no {stem} (or {stem}.gz)", dir.display())))
 }
 
-/// Most bytes an IDX payload may declare (a guard, far above any data set
-/// this format holds).
-const MAX_PAYLOAD: u64 = 16 << 30;
-
 /// Parses an IDX stream: returns the dimensions and the payload. The header
 /// is read first and its dimensions checked (their product, without
-/// overflow, against [`MAX_PAYLOAD`]); then exactly the declared payload is
+/// overflow, against [`resnet::io::memory_budget`]); then exactly the declared payload is
 /// read, so a compressed file that inflates to more than its header says is
 /// refused after reading one byte too many, not after inflating all of it.
 pub fn parse(path: &Path, mut r: impl Read, expect_dims: usize) -> Result<(Vec<usize>, Vec<u8>)> {
@@ -54,9 +50,13 @@ pub fn parse(path: &Path, mut r: impl Read, expect_dims: usize) -> Result<(Vec<u
         r.read_exact(&mut d).map_err(io)?;
         dims.push(u32::from_be_bytes(d) as usize);
     }
-    let want = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64)).filter(|&n| n <= MAX_PAYLOAD);
+    let budget = resnet::io::memory_budget()?;
+    let want = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64)).filter(|&n| n <= budget);
     let Some(want) = want else {
-        return Err(bad(format!("IDX dimensions {dims:?} declare more than {MAX_PAYLOAD} bytes")));
+        return Err(bad(format!(
+            "IDX dimensions {dims:?} declare more than the memory budget of {budget} bytes \
+             (set RESNET_MEMORY_BUDGET to raise it)"
+        )));
     };
     let mut payload = Vec::new();
     r.by_ref().take(want + 1).read_to_end(&mut payload).map_err(io)?;

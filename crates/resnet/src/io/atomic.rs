@@ -164,6 +164,13 @@ mod tests {
         assert_eq!(super::remove_temporaries(&dir).unwrap(), 1);
         assert_eq!(std::fs::read(&a).unwrap(), b"a2");
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2);
+        // A write that fails before the commit point (here: a file that cannot
+        // be created, as a full disk fails one) leaves the previous group and no
+        // temporary.
+        let files = [(a.clone(), b"a4".to_vec()), (dir.join("missing/c"), b"c".to_vec())];
+        assert!(super::write_group(&journal, &files).is_err());
+        assert_eq!(std::fs::read(&a).unwrap(), b"a2");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -52,19 +52,40 @@ pub type StateDict = BTreeMap<String, HostTensor>;
 /// (decided by content, not by name).
 pub fn read_state_dict(path: &Path) -> Result<StateDict> {
     let size = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
-    if size > MAX_WEIGHTS_FILE {
+    let budget = memory_budget()?;
+    if size > budget {
         return Err(Error::format(
             path,
-            format!("{size} bytes is more than any ResNet's weights ({MAX_WEIGHTS_FILE})"),
+            format!("{size} bytes is over the memory budget of {budget} bytes (set RESNET_MEMORY_BUDGET to raise it)"),
         ));
     }
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     parse_state_dict(path, &bytes)
 }
 
-/// Largest weights file read: several times the largest ResNet's (Wide
-/// ResNet-101-2 in f64 would be about 1 GB).
-pub const MAX_WEIGHTS_FILE: u64 = 4 << 30;
+/// The default of [`memory_budget`]: several times the largest ResNet's
+/// weights (Wide ResNet-101-2 in f64 is about 1 GB) and far beyond the data
+/// sets read into memory.
+pub const DEFAULT_MEMORY_BUDGET: u64 = 4 << 30;
+
+/// The most memory the sizes a file declares may ask for (weights files,
+/// IDX payloads): `$RESNET_MEMORY_BUDGET` in bytes, with an optional `K`,
+/// `M` or `G` suffix (powers of 1024), else [`DEFAULT_MEMORY_BUDGET`]. Sizes
+/// are checked against it before anything is allocated.
+pub fn memory_budget() -> Result<u64> {
+    let Ok(text) = std::env::var("RESNET_MEMORY_BUDGET") else { return Ok(DEFAULT_MEMORY_BUDGET) };
+    let t = text.trim();
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&t[..i], 10),
+        Some((i, 'M' | 'm')) => (&t[..i], 20),
+        Some((i, 'G' | 'g')) => (&t[..i], 30),
+        _ => (t, 0),
+    };
+    match digits.parse::<u64>().ok().and_then(|n| n.checked_mul(1 << shift)) {
+        Some(n) if n > 0 => Ok(n),
+        _ => Err(Error::Invalid(format!("RESNET_MEMORY_BUDGET={text:?} is not a size (e.g. 8G, 512M)"))),
+    }
+}
 
 /// Parses a state dict held in memory (`path` names it in errors); see
 /// [`read_state_dict`].
