@@ -81,8 +81,11 @@ pub fn card(data: &[u8]) {
     }
 }
 
+/// A fuzz target's body.
+pub type Target = fn(&[u8]);
+
 /// Every target by name.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("pth", pth),
     ("pickle", pickle),
     ("safetensors", safetensors),

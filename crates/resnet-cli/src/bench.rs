@@ -94,7 +94,8 @@ pub fn run(a: Args) -> Result<()> {
     let mut net = Network::new(&spec, &cpu)?;
     net.init_kaiming(&mut Rng::new(0), false)?;
     if let Some(w) = &a.weights {
-        resnet::io::load_state_dict(&mut net, &resnet::io::read_state_dict(w)?, resnet::io::LoadMode::Strict)?;
+        let (w, _) = crate::weights::resolve(w)?;
+        resnet::io::load_state_dict(&mut net, &resnet::io::read_state_dict(&w)?, resnet::io::LoadMode::Strict)?;
     }
     // The formula input of tools/make_fixtures.py (unit variance), so peers can use the same values.
     let c = spec.in_channels;

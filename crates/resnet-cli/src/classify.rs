@@ -17,7 +17,8 @@ pub struct Args {
     /// Architecture (see `resnet archs`); optional for our checkpoints, whose sidecar names it.
     #[arg(long)]
     arch: Option<String>,
-    /// Weights: .safetensors, or a PyTorch .pth state dict or checkpoint.
+    /// Weights: .safetensors, a PyTorch .pth state dict or checkpoint, or a name
+    /// (torchvision:ARCH[.v1|.v2], downloaded once into the cache; see `resnet weights list`).
     #[arg(long)]
     weights: PathBuf,
     /// Classifier outputs (default: from the weights).
@@ -57,8 +58,15 @@ pub fn run(a: Args) -> Result<()> {
     }
     let cpu = a.compute.backend()?;
     let precision = precision(a.precision.precision, &cpu);
-    let mut clf = Classifier::load_with_precision(&cpu, a.arch.as_deref(), &a.weights, a.num_classes, precision)
-        .with_context(|| format!("cannot load {}", a.weights.display()))?;
+    let (weights, entry) = crate::weights::resolve(&a.weights)?;
+    let mut clf = Classifier::load_with_precision(&cpu, a.arch.as_deref(), &weights, a.num_classes, precision)
+        .with_context(|| format!("cannot load {}", weights.display()))?;
+    // Named weights come with their preprocessing preset.
+    if let (None, Some(e)) = (a.preset, &entry) {
+        let t = Transform::preset(&e.preset)?;
+        clf.transform.resize = t.resize;
+        clf.transform.crop = t.crop;
+    }
     if let Some(p) = a.preset {
         let t = Transform::preset(p.name())?;
         clf.transform.resize = t.resize;

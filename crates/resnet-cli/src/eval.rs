@@ -16,7 +16,7 @@ pub struct Args {
     /// Architecture (optional for our checkpoints and recognisable weights).
     #[arg(long)]
     arch: Option<String>,
-    /// Weights (.safetensors or .pth).
+    /// Weights (.safetensors, .pth, or a name: torchvision:ARCH[.v1|.v2]).
     #[arg(long)]
     weights: PathBuf,
     /// Data: KIND:PATH (the test split is evaluated; `val/` for folders).
@@ -43,14 +43,15 @@ pub fn run(a: Args) -> Result<()> {
     let precision = precision(a.precision.precision, &cpu);
     let spec: DataSpec = a.data.parse()?;
     let ds = Dataset::load_for_eval(&spec)?;
-    let clf = Classifier::load_with_precision(&cpu, a.arch.as_deref(), &a.weights, Some(ds.classes.len()), precision)
-        .with_context(|| format!("cannot load {}", a.weights.display()))?;
+    let (weights, _) = crate::weights::resolve(&a.weights)?;
+    let clf = Classifier::load_with_precision(&cpu, a.arch.as_deref(), &weights, Some(ds.classes.len()), precision)
+        .with_context(|| format!("cannot load {}", weights.display()))?;
     let arch = clf.spec.clone();
     let mut plan = clf.plan;
     if arch.num_classes != ds.classes.len() {
         bail!("the model has {} classes, {} has {}", arch.num_classes, spec, ds.classes.len());
     }
-    let card = read_card(&a.weights)?;
+    let card = read_card(&weights)?;
     let tf = eval_transform(arch.in_channels, &ds, card.as_ref());
     tf.validate(ds.channels)?;
     let workers = if matches!(ds.test.images, resnet_train::data::Images::Files(_)) { 2 * cpu.threads() } else { 1 };
@@ -68,7 +69,7 @@ pub fn run(a: Args) -> Result<()> {
     } else {
         print_results(&title, &r, &ds.classes);
     }
-    let out = a.out.clone().unwrap_or_else(|| a.weights.parent().map(PathBuf::from).unwrap_or_default());
+    let out = a.out.clone().unwrap_or_else(|| weights.parent().map(PathBuf::from).unwrap_or_default());
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     resnet_train::plot::confusion_heatmap(&out.join("confusion"), &title, &r.confusion, &ds.classes)?;
     resnet::io::atomic::write(&out.join("eval.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;

@@ -12,7 +12,7 @@ use crate::util::grouped;
 /// Arguments of `resnet inspect`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Weights: .safetensors, or a PyTorch .pth state dict or checkpoint.
+    /// Weights: .safetensors, a PyTorch .pth state dict or checkpoint, or a name (torchvision:ARCH[.v1|.v2]).
     weights: PathBuf,
     /// Print one JSON object: weights, tensors, values, arch, source, num_classes, in_channels, params.
     #[arg(long)]
@@ -20,10 +20,11 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let sd = resnet::io::read_state_dict(&a.weights)?;
-    let card = read_card(&a.weights)?;
+    let (weights, _) = crate::weights::resolve(&a.weights)?;
+    let sd = resnet::io::read_state_dict(&weights)?;
+    let card = read_card(&weights)?;
     let values: usize = sd.values().filter(|t| matches!(t.data, TensorData::F32(_))).map(|t| t.numel()).sum();
-    let found = resolve_spec(None, &a.weights, &sd, card.as_ref()).ok();
+    let found = resolve_spec(None, &weights, &sd, card.as_ref()).ok();
     let graph = found.as_ref().map(|(spec, _)| Graph::new(spec)).transpose()?;
     if a.json {
         let v = serde_json::json!({

@@ -14,6 +14,7 @@ mod inspect;
 mod summary;
 mod train;
 mod util;
+mod weights;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
@@ -47,6 +48,8 @@ enum Command {
     Eval(eval::Args),
     /// Train a network (SGD, the papers' recipes, checkpoints, metrics, plots).
     Train(Box<train::Args>),
+    /// Pretrained weights by name (torchvision:ARCH[.v1|.v2]): list, fetch into the cache, show the path.
+    Weights(weights::Args),
 }
 
 fn main() {
@@ -64,6 +67,7 @@ fn main() {
         Command::Inspect(a) => inspect::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Experiment(a) => experiment::run(a),
+        Command::Weights(a) => weights::run(a),
     };
     if let Err(e) = result {
         util::fail(&e);

@@ -25,7 +25,8 @@ pub struct Args {
     /// Output folder for checkpoints, metrics and plots.
     #[arg(long, default_value = "runs/train")]
     pub out: PathBuf,
-    /// Start from these weights; with another class count the classifier is re-initialised.
+    /// Start from these weights (a file, or torchvision:ARCH[.v1|.v2]); with another class count the
+    /// classifier is re-initialised.
     #[arg(long)]
     pub init: Option<PathBuf>,
     /// Classifier outputs (default: the data set's classes).
@@ -489,7 +490,8 @@ pub fn run(a: Args, m: &clap::ArgMatches) -> Result<()> {
             let r = &a.recipe;
             let data = load_data(&spec, r.train_per_class, r.test_per_class)?;
             let arch = a.arch.as_deref().expect("clap requires --arch");
-            let cfg = config(r, arch, cpu.threads(), spec, &data, a.num_classes, a.in_channels, a.init.clone())?;
+            let init = a.init.as_deref().map(crate::weights::resolve).transpose()?.map(|(p, _)| p);
+            let cfg = config(r, arch, cpu.threads(), spec, &data, a.num_classes, a.in_channels, init)?;
             println!(
                 "training {} ({} parameters) on {}: {} training and {} test images, {} classes, {}",
                 cfg.spec.name,

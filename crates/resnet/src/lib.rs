@@ -8,8 +8,9 @@
 //! * [`model`]: [`ResNetSpec`](model::ResNetSpec) (architecture as data),
 //!   layers, blocks, and [`Network`](model::Network) with torchvision's
 //!   parameter names.
-//! * [`io`]: state dicts in safetensors and PyTorch `.pth` files.
-//! * [`image`](mod@image): decoding and torchvision-identical preprocessing.
+//! * [`io`]: state dicts in safetensors and PyTorch `.pth` files;
+//!   [`pretrained`]: torchvision's weights by name and the caches.
+//! * [`preprocess`]: decoding and torchvision-identical preprocessing.
 pub mod backend;
 pub mod classify;
 pub mod error;
@@ -18,6 +19,7 @@ pub mod io;
 pub mod labels;
 pub mod model;
 pub mod preprocess;
+pub mod pretrained;
 pub mod rng;
 pub mod tensor;
 
