@@ -100,6 +100,7 @@ pub fn run(a: Args) -> Result<()> {
         zero_init_residual: false,
         on_nan: Default::default(),
         data_fingerprint: None,
+        freeze: Default::default(),
     };
     println!(
         "resnet demo: training ResNet-20 (He et al. 2015) on {} Fashion-MNIST images for {}, testing on {}; {}",

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use resnet::backend::{Backend, Cpu};
-use resnet::model::ResNetSpec;
+use resnet::model::{Freeze, ResNetSpec};
 use resnet_train::data::DataSpec;
 use resnet_train::optim::{LrPolicy, Schedule, SgdConfig};
 use resnet_train::train::{Observer, OnNan, StepReport, TestPoint, TrainConfig, TrainSummary, Trainer, load_data};
@@ -41,6 +41,13 @@ pub struct Args {
     /// Start a new run even where one is saved (its files are overwritten).
     #[arg(long)]
     pub force: bool,
+    /// Fine-tuning: freeze the network from the input up to this part (no gradient, no update, batch
+    /// norms in evaluation mode, no backward pass through it).
+    #[arg(long, value_enum)]
+    pub freeze: Option<FreezeArg>,
+    /// Fine-tuning: learning-rate multiplier for everything but the classifier.
+    #[arg(long)]
+    pub lr_backbone: Option<f32>,
     #[command(flatten)]
     pub recipe: Recipe,
 }
@@ -128,6 +135,33 @@ pub struct Recipe {
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// `--freeze`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FreezeArg {
+    /// The first convolution and its batch norm.
+    Stem,
+    /// The stem and layer1.
+    Layer1,
+    /// The stem, layer1 and layer2.
+    Layer2,
+    /// The stem and layer1-3.
+    Layer3,
+    /// Everything but the classifier.
+    Backbone,
+}
+
+impl From<FreezeArg> for Freeze {
+    fn from(a: FreezeArg) -> Self {
+        match a {
+            FreezeArg::Stem => Freeze::Stem,
+            FreezeArg::Layer1 => Freeze::Layer1,
+            FreezeArg::Layer2 => Freeze::Layer2,
+            FreezeArg::Layer3 => Freeze::Layer3,
+            FreezeArg::Backbone => Freeze::Backbone,
+        }
+    }
 }
 
 /// `--on-nan`.
@@ -296,6 +330,7 @@ pub fn config(
             weight_decay: a.wd.unwrap_or(1e-4),
             nesterov: a.nesterov,
             no_decay_bn_bias: a.no_decay_bn,
+            backbone_lr: 1.0,
         },
         label_smoothing: a.label_smoothing,
         seed: a.seed,
@@ -312,6 +347,7 @@ pub fn config(
         zero_init_residual: a.zero_init_residual,
         on_nan: a.on_nan.into(),
         data_fingerprint: None,
+        freeze: Freeze::None,
     };
     finish_config(&mut cfg, a, ds.train.len(), matches!(ds.train.images, resnet_train::data::Images::Files(_)))?;
     Ok(cfg)
@@ -491,7 +527,21 @@ pub fn run(a: Args, m: &clap::ArgMatches) -> Result<()> {
             let data = load_data(&spec, r.train_per_class, r.test_per_class)?;
             let arch = a.arch.as_deref().expect("clap requires --arch");
             let init = a.init.as_deref().map(crate::weights::resolve).transpose()?.map(|(p, _)| p);
-            let cfg = config(r, arch, cpu.threads(), spec, &data, a.num_classes, a.in_channels, init)?;
+            let mut cfg = config(r, arch, cpu.threads(), spec, &data, a.num_classes, a.in_channels, init)?;
+            if let Some(f) = a.freeze {
+                cfg.freeze = f.into();
+            }
+            if let Some(x) = a.lr_backbone {
+                if !(x >= 0.0 && x.is_finite()) {
+                    bail!("--lr-backbone must be zero or positive, got {x}");
+                }
+                cfg.sgd.backbone_lr = x;
+            }
+            if (a.freeze.is_some() || a.lr_backbone.is_some()) && cfg.init.is_none() {
+                eprintln!(
+                    "warning: --freeze and --lr-backbone are for fine-tuning; without --init the frozen part stays random"
+                );
+            }
             println!(
                 "training {} ({} parameters) on {}: {} training and {} test images, {} classes, {}",
                 cfg.spec.name,

@@ -414,3 +414,65 @@ fn eval_needs_only_an_evaluation_split() {
     std::fs::create_dir_all(val.join("emu")).unwrap();
     fails_with(&["eval", "--weights", s(&w), "--data", &format!("folder:{}", s(&root))], "emu");
 }
+
+/// Fine-tuning from weights with part of the network frozen: frozen
+/// parameters and batch-norm statistics come out bit-identical, the rest
+/// trains; the checkpoint records what was frozen.
+#[test]
+fn fine_tuning_keeps_frozen_parts_bit_identical() {
+    let root = tmp("ft-folder");
+    for split in ["train", "val"] {
+        for (c, v) in [("cat", 40u8), ("dog", 200)] {
+            let d = root.join(split).join(c);
+            std::fs::create_dir_all(&d).unwrap();
+            for i in 0..6u8 {
+                let img = image::RgbImage::from_fn(40, 36, |x, y| image::Rgb([v, (x * 5) as u8, (y * 7) as u8 ^ i]));
+                img.save(d.join(format!("{i}.png"))).unwrap();
+            }
+        }
+    }
+    let w = tmp("ft-init").join("init.safetensors");
+    let r = resnet(&["init", "--arch", "resnet8", "--num-classes", "10", "--seed", "4", "--out", s(&w)]);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    let init = resnet::io::read_state_dict(&w).unwrap();
+    let data = format!("folder:{}", s(&root));
+    for (freeze, frozen) in [("layer2", &["conv1.", "bn1.", "layer1.", "layer2."][..]), ("backbone", &[""][..])] {
+        let out = tmp(&format!("ft-{freeze}"));
+        let r = resnet(&[
+            "train",
+            "--arch",
+            "resnet8",
+            "--data",
+            &data,
+            "--init",
+            s(&w),
+            "--freeze",
+            freeze,
+            "--lr-backbone",
+            "0.5",
+            "--epochs",
+            "2",
+            "--batch",
+            "4",
+            "--image-size",
+            "32",
+            "--out",
+            s(&out),
+            "--threads",
+            "1",
+        ]);
+        assert!(r.status.success(), "{freeze}: {}", text(&r.stderr));
+        let after = resnet::io::read_state_dict(&out.join("last.safetensors")).unwrap();
+        let is_frozen = |k: &str| !k.starts_with("fc.") && frozen.iter().any(|p| k.starts_with(p));
+        for (k, t) in &after {
+            if is_frozen(k) {
+                assert_eq!(Some(t), init.get(k), "{freeze}: frozen `{k}` changed");
+            } else if k.ends_with("weight") {
+                assert_ne!(init.get(k).map(|i| &i.data), Some(&t.data), "{freeze}: `{k}` did not train");
+            }
+        }
+        let side: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("last.json")).unwrap()).unwrap();
+        assert_eq!(side["config"]["freeze"], freeze);
+    }
+}

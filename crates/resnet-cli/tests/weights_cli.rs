@@ -123,7 +123,8 @@ fn named_weights_download_verify_resume_and_fail_clearly() {
     assert_eq!(std::fs::read(cache.join(name("good"))).unwrap(), weights);
     assert!(text(&run(&["weights", "list"]).stdout).contains(&cache.join(name("good")).display().to_string()));
     let img = fixtures().join("images/chelsea.png");
-    let r = resnet(&["classify", img.to_str().unwrap(), "--weights", "torchvision:good.v1"], &env, "http://127.0.0.1:9");
+    let r =
+        resnet(&["classify", img.to_str().unwrap(), "--weights", "torchvision:good.v1"], &env, "http://127.0.0.1:9");
     assert!(r.status.success(), "{}", text(&r.stderr));
 
     // A corrupt file: refused, and nothing of it stays in the cache.

@@ -20,11 +20,26 @@ pub struct SgdConfig {
     pub nesterov: bool,
     /// Exempt batch-norm parameters and biases from weight decay.
     pub no_decay_bn_bias: bool,
+    /// Learning-rate multiplier for everything but the classifier (`fc`):
+    /// the pretrained part when fine-tuning.
+    #[serde(default = "one")]
+    pub backbone_lr: f32,
+}
+
+fn one() -> f32 {
+    1.0
 }
 
 impl Default for SgdConfig {
     fn default() -> Self {
-        Self { momentum: 0.9, dampening: 0.0, weight_decay: 1e-4, nesterov: false, no_decay_bn_bias: false }
+        Self {
+            momentum: 0.9,
+            dampening: 0.0,
+            weight_decay: 1e-4,
+            nesterov: false,
+            no_decay_bn_bias: false,
+            backbone_lr: 1.0,
+        }
     }
 }
 
@@ -63,9 +78,27 @@ impl<B: Backend> Sgd<B> {
         let first = self.steps == 0 || self.buffers.is_empty();
         let mut i = 0;
         let buffers = &mut self.buffers;
+        // Per parameter: frozen, and whether it is the classifier's (its own learning rate).
+        let mut parts = Vec::new();
+        net.visit(&mut |k, e| {
+            if matches!(e, StateEntry::Param(_)) {
+                parts.push((k.to_string(), k.starts_with("fc.")));
+            }
+        });
+        let parts: Vec<(bool, bool)> = parts.into_iter().map(|(k, fc)| (net.is_frozen(&k), fc)).collect();
         net.try_visit(&mut |_, e| {
             let StateEntry::Param(p) = e else { return Ok(()) };
+            if buffers.len() <= i {
+                buffers.push(b.alloc(DType::F32, p.numel())?);
+            }
+            let (frozen, classifier) = parts[i];
+            if frozen {
+                // A frozen parameter keeps its value (and a zero momentum buffer).
+                i += 1;
+                return Ok(());
+            }
             let decay = if c.no_decay_bn_bias && p.is_scale_or_bias { 0.0 } else { c.weight_decay };
+            let lr = if classifier { lr } else { lr * c.backbone_lr };
             let step = SgdStep {
                 lr,
                 momentum: c.momentum,
@@ -74,9 +107,6 @@ impl<B: Backend> Sgd<B> {
                 nesterov: c.nesterov,
                 first,
             };
-            if buffers.len() <= i {
-                buffers.push(b.alloc(DType::F32, p.numel())?);
-            }
             p.ensure_grad(b)?;
             b.sgd_update(&step, &mut p.value, &p.grad, &mut buffers[i])?;
             p.version += 1;

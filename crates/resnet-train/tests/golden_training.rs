@@ -64,6 +64,7 @@ fn sgd_steps_match_pytorch_for_every_block_type<B: Backend>(b: &B, _: Scale) {
             weight_decay: case.weight_decay,
             nesterov: false,
             no_decay_bn_bias: false,
+            backbone_lr: 1.0,
         };
         let mut sgd: Sgd<B> = Sgd::new(cfg).unwrap();
         let [n, c, h, w] = case.input;

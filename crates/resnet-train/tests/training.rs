@@ -97,6 +97,7 @@ fn config(data: &Path, epochs: usize) -> TrainConfig {
         zero_init_residual: false,
         on_nan: Default::default(),
         data_fingerprint: None,
+        freeze: Default::default(),
     }
 }
 

@@ -10,7 +10,7 @@ use crate::data::augment::{Geometry, SampleTransform};
 use crate::data::{DataSpec, Dataset, Images};
 use crate::optim::{LrPolicy, SgdConfig};
 use resnet::error::{Error, Result};
-use resnet::model::ResNetSpec;
+use resnet::model::{Freeze, ResNetSpec};
 use resnet::preprocess::Transform;
 
 use super::TestPoint;
@@ -66,6 +66,9 @@ pub struct TrainConfig {
     /// [`Dataset::fingerprint`] of the data the run started on.
     #[serde(default)]
     pub data_fingerprint: Option<String>,
+    /// What is frozen (fine-tuning).
+    #[serde(default)]
+    pub freeze: Freeze,
 }
 
 /// What a non-finite training loss does (`--on-nan`).

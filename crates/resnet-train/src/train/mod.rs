@@ -112,6 +112,7 @@ impl<B: Backend> Trainer<B> {
         }
         config.policy.total_iters = total;
         let mut net = Network::new(&config.spec, backend)?;
+        net.set_freeze(config.freeze)?;
         net.init_kaiming(&mut Rng::new(config.seed).fork(u64::MAX), config.zero_init_residual)?;
         if let Some(init) = &config.init {
             let sd = io::read_state_dict(init)?;
@@ -181,6 +182,7 @@ impl<B: Backend> Trainer<B> {
             config.policy.total_iters = (e * batches_per_epoch) as u64;
         }
         let mut net = Network::new(&config.spec, backend)?;
+        net.set_freeze(config.freeze)?;
         let weights = dir.join("last.safetensors");
         let sd = io::read_state_dict(&weights)?;
         io::load_state_dict(&mut net, &sd, LoadMode::Strict)

@@ -4,13 +4,13 @@
 //! `fc.bias`), so torchvision checkpoints load with no remapping and ours load
 //! in PyTorch. Pre-activation nets add `bn_final` (the BN-ReLU before pooling).
 
-use super::Mode;
 use super::blocks::{Block, UnitShape};
 use super::graph::{Graph, block_name, key};
 use super::layers::{BatchNorm2d, Conv2d, GlobalAvgPool, Linear, MaxPool2d, Visit};
 use super::spec::{BlockKind, ResNetSpec, Stem};
 use super::state::StateEntry;
 use super::summary::Summary;
+use super::{Freeze, Mode};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -38,6 +38,7 @@ pub struct Network<B: Backend> {
     /// Classifier.
     pub fc: Linear<B>,
     checked_input: Option<[usize; 4]>,
+    freeze: Freeze,
 }
 
 impl<B: Backend> Network<B> {
@@ -86,6 +87,7 @@ impl<B: Backend> Network<B> {
             avgpool: GlobalAvgPool::new(),
             fc: Linear::new(b, c, spec.num_classes)?,
             checked_input: None,
+            freeze: Freeze::None,
         })
     }
 }
@@ -198,18 +200,22 @@ impl<B: Backend> Network<B> {
     /// [`Network::forward`]'s layers, in the backend's scope.
     fn forward_ops(&mut self, x: &Tensor<B>, mode: Mode) -> Result<&Tensor<B>> {
         let b = &self.backend;
-        let (mut h, st) = self.conv1.forward_for_norm(b, x, mode)?;
+        // Frozen parts run as in evaluation: running statistics, nothing kept for backward.
+        let frozen = self.frozen_blocks();
+        let mode_of = |part_frozen: bool| if part_frozen { Mode::Eval } else { mode };
+        let stem_mode = mode_of(frozen.is_some());
+        let (mut h, st) = self.conv1.forward_for_norm(b, x, stem_mode)?;
         if let Some(bn) = &mut self.bn1 {
-            h = bn.forward_with_stats(b, h, st, None, mode)?;
+            h = bn.forward_with_stats(b, h, st, None, stem_mode)?;
         }
         if let Some(m) = &mut self.maxpool {
             h = m.forward(b, h)?;
         }
-        for blk in self.blocks.iter_mut() {
-            h = blk.forward(b, h, mode)?;
+        for (i, blk) in self.blocks.iter_mut().enumerate() {
+            h = blk.forward(b, h, mode_of(frozen.is_some_and(|k| i < k)))?;
         }
         if let Some(bn) = &mut self.bn_final {
-            h = bn.forward(b, h, None, mode)?;
+            h = bn.forward(b, h, None, mode_of(self.freeze == Freeze::Backbone))?;
         }
         let h = self.avgpool.forward(b, h)?;
         self.fc.forward(b, h)
@@ -233,18 +239,26 @@ impl<B: Backend> Network<B> {
         };
         let pooled_in = self.bn_final.as_ref().map_or(features, |bn| &bn.y);
         self.fc.backward(b, &self.avgpool.y, dlogits)?;
+        // Nothing below a frozen part needs a gradient: the backward pass stops there.
+        let frozen = self.frozen_blocks();
+        if self.freeze == Freeze::Backbone {
+            return Ok(());
+        }
         self.avgpool.backward(b, pooled_in, &self.fc.dx)?;
         if let Some(bn) = &mut self.bn_final {
             bn.backward(b, features, &self.avgpool.dx)?;
         }
         let head_grad = self.bn_final.as_ref().map_or(&self.avgpool.dx, |bn| &bn.dx);
         let stem_out = stem_output(&self.conv1, &self.bn1, &self.maxpool);
-        for i in (0..nblocks).rev() {
+        for i in (frozen.unwrap_or(0)..nblocks).rev() {
             let (before, rest) = self.blocks.split_at_mut(i);
             let (cur, after) = rest.split_first_mut().expect("i < nblocks");
             let input = before.last().map_or(stem_out, |p| p.output());
             let dy = after.first().map_or(head_grad, |n| n.input_grad());
             cur.backward(b, input, dy)?;
+        }
+        if frozen.is_some() {
+            return Ok(());
         }
         let mut g = self.blocks.first().map_or(head_grad, |blk| blk.input_grad());
         if let Some(m) = &mut self.maxpool {
@@ -257,6 +271,55 @@ impl<B: Backend> Network<B> {
             g = &bn.dx;
         }
         self.conv1.backward(b, x, g, false)
+    }
+
+    /// Freezes the parts `f` names for fine-tuning (see [`Freeze`]).
+    pub fn set_freeze(&mut self, f: Freeze) -> Result<()> {
+        let stages = self.spec.depths.len();
+        let wanted = match f {
+            Freeze::Layer1 => 1,
+            Freeze::Layer2 => 2,
+            Freeze::Layer3 => 3,
+            _ => 0,
+        };
+        if wanted > stages {
+            return Err(Error::Invalid(format!(
+                "{} has {stages} stages: it has no layer{wanted} to freeze",
+                self.spec.name
+            )));
+        }
+        self.freeze = f;
+        Ok(())
+    }
+
+    /// What is frozen.
+    pub fn freeze(&self) -> Freeze {
+        self.freeze
+    }
+
+    /// Residual units frozen (from the first), with the stem; `None` when
+    /// nothing is.
+    fn frozen_blocks(&self) -> Option<usize> {
+        let stages = |n: usize| self.spec.depths[..n.min(self.spec.depths.len())].iter().sum();
+        match self.freeze {
+            Freeze::None => None,
+            Freeze::Stem => Some(0),
+            Freeze::Layer1 => Some(stages(1)),
+            Freeze::Layer2 => Some(stages(2)),
+            Freeze::Layer3 => Some(stages(3)),
+            Freeze::Backbone => Some(self.blocks.len()),
+        }
+    }
+
+    /// Whether the parameter or buffer `key` (torchvision's name) is frozen.
+    pub fn is_frozen(&self, key: &str) -> bool {
+        let Some(k) = self.frozen_blocks() else { return false };
+        if self.freeze == Freeze::Backbone {
+            return !key.starts_with("fc.");
+        }
+        key.starts_with("conv1.")
+            || key.starts_with("bn1.")
+            || self.block_names[..k].iter().any(|n| key.strip_prefix(n.as_str()).is_some_and(|r| r.starts_with('.')))
     }
 
     /// Zeroes (and allocates, the first time) every parameter gradient.
