@@ -50,6 +50,9 @@ pub struct Args {
     /// Print the time of each operation of the inference plan (infer mode).
     #[arg(long)]
     profile: bool,
+    /// Train mode: freeze the network up to this part, as `train --freeze` does.
+    #[arg(long, value_enum)]
+    freeze: Option<crate::train::FreezeArg>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -93,6 +96,12 @@ pub fn run(a: Args) -> Result<()> {
     }
     let mut net = Network::new(&spec, &cpu)?;
     net.init_kaiming(&mut Rng::new(0), false)?;
+    if let Some(f) = a.freeze {
+        if !train {
+            bail!("--freeze is for --mode train");
+        }
+        net.set_freeze(f.into())?;
+    }
     if let Some(w) = &a.weights {
         let (w, _) = crate::weights::resolve(w)?;
         resnet::io::load_state_dict(&mut net, &resnet::io::read_state_dict(&w)?, resnet::io::LoadMode::Strict)?;
@@ -169,7 +178,7 @@ pub fn run(a: Args) -> Result<()> {
         "arch": spec.name, "mode": a.mode.name(), "precision": precision.to_string(), "batch": batch, "threads": cpu.threads(),
         "input": side, "iters": a.iters, "images_per_second": ips, "latency_ms_p50": pct(0.5), "latency_ms_p99": pct(0.99),
         "latency_ms_mean": times.iter().sum::<f64>() / times.len() as f64, "gflops": gflops, "peak_rss_mb": peak_rss_mb(),
-        "backend": cpu.describe(),
+        "backend": cpu.describe(), "freeze": a.freeze.map(|f| format!("{f:?}").to_lowercase()),
     });
     if a.json {
         println!("{v}");
