@@ -101,6 +101,7 @@ pub fn run(a: Args) -> Result<()> {
         on_nan: Default::default(),
         data_fingerprint: None,
         freeze: Default::default(),
+        resize_per_224: 256,
     };
     println!(
         "resnet demo: training ResNet-20 (He et al. 2015) on {} Fashion-MNIST images for {}, testing on {}; {}",

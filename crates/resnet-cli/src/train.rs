@@ -348,6 +348,7 @@ pub fn config(
         on_nan: a.on_nan.into(),
         data_fingerprint: None,
         freeze: Freeze::None,
+        resize_per_224: 256,
     };
     finish_config(&mut cfg, a, ds.train.len(), matches!(ds.train.images, resnet_train::data::Images::Files(_)))?;
     Ok(cfg)
@@ -526,8 +527,13 @@ pub fn run(a: Args, m: &clap::ArgMatches) -> Result<()> {
             let r = &a.recipe;
             let data = load_data(&spec, r.train_per_class, r.test_per_class)?;
             let arch = a.arch.as_deref().expect("clap requires --arch");
-            let init = a.init.as_deref().map(crate::weights::resolve).transpose()?.map(|(p, _)| p);
+            let init = a.init.as_deref().map(crate::weights::resolve).transpose()?;
+            let (init, entry) = init.map_or((None, None), |(p, e)| (Some(p), e));
             let mut cfg = config(r, arch, cpu.threads(), spec, &data, a.num_classes, a.in_channels, init)?;
+            // Named weights bring their evaluation preprocessing (resize 232 for torchvision's V2 weights).
+            if let Some(e) = entry {
+                cfg.resize_per_224 = resnet::preprocess::Transform::preset(&e.preset)?.resize;
+            }
             if let Some(f) = a.freeze {
                 cfg.freeze = f.into();
             }

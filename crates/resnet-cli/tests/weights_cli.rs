@@ -109,7 +109,12 @@ fn named_weights_download_verify_resume_and_fail_clearly() {
         serde_json::json!({"name": format!("{kind}.v1"), "arch": "resnet8", "file": name(kind), "preset": "v1",
                            "acc1": 0.0, "acc5": 0.0, "size_mb": 0.3, "default": true})
     };
-    let entries: Vec<_> = ["good", "corrupt", "cut", "slow", "missing"].iter().map(|k| entry(k)).collect();
+    let mut entries: Vec<_> = ["good", "corrupt", "cut", "slow", "missing"].iter().map(|k| entry(k)).collect();
+    // The good file again, as weights evaluated with torchvision's V2 preprocessing.
+    let mut v2 = entry("good");
+    v2["name"] = "goodv2.v2".into();
+    v2["preset"] = "v2".into();
+    entries.push(v2);
     std::fs::write(&index, serde_json::to_vec(&entries).unwrap()).unwrap();
     let cache = dir.join("cache");
     let torch = dir.join("torch");
@@ -126,6 +131,43 @@ fn named_weights_download_verify_resume_and_fail_clearly() {
     let r =
         resnet(&["classify", img.to_str().unwrap(), "--weights", "torchvision:good.v1"], &env, "http://127.0.0.1:9");
     assert!(r.status.success(), "{}", text(&r.stderr));
+
+    // Fine-tuning from named weights takes their evaluation preprocessing (V2: resize 232 per 224).
+    let folder = dir.join("folder");
+    for split in ["train", "val"] {
+        for (c, v) in [("a", 30u8), ("b", 220)] {
+            std::fs::create_dir_all(folder.join(split).join(c)).unwrap();
+            image::RgbImage::from_pixel(40, 36, image::Rgb([v, 9, 9]))
+                .save(folder.join(split).join(c).join("0.png"))
+                .unwrap();
+        }
+    }
+    let out = dir.join("ft");
+    let data = format!("folder:{}", folder.display());
+    let r = resnet(
+        &[
+            "train",
+            "--arch",
+            "resnet8",
+            "--data",
+            &data,
+            "--init",
+            "torchvision:goodv2.v2",
+            "--epochs",
+            "1",
+            "--image-size",
+            "32",
+            "--batch",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &env,
+        "http://127.0.0.1:9",
+    );
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    let side: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("last.json")).unwrap()).unwrap();
+    assert_eq!(side["model"]["transform"]["resize"], 32 * 232 / 224);
 
     // A corrupt file: refused, and nothing of it stays in the cache.
     let r = run(&["weights", "fetch", "torchvision:corrupt.v1", "--quiet"]);

@@ -98,6 +98,7 @@ fn config(data: &Path, epochs: usize) -> TrainConfig {
         on_nan: Default::default(),
         data_fingerprint: None,
         freeze: Default::default(),
+        resize_per_224: 256,
     }
 }
 

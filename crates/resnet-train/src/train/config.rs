@@ -69,6 +69,15 @@ pub struct TrainConfig {
     /// What is frozen (fine-tuning).
     #[serde(default)]
     pub freeze: Freeze,
+    /// For image folders: the evaluation resize per 224 of crop (256 as
+    /// torchvision's V1 weights were evaluated, 232 for V2; the `--init`
+    /// weights' preset).
+    #[serde(default = "default_resize_per_224")]
+    pub resize_per_224: usize,
+}
+
+fn default_resize_per_224() -> usize {
+    256
 }
 
 /// What a non-finite training loss does (`--on-nan`).
@@ -172,13 +181,13 @@ pub fn transforms(cfg: &TrainConfig, ds: &Dataset) -> Result<(SampleTransform, S
         }
         Images::Files(_) => {
             let s = cfg.image_size;
+            let resize = s * cfg.resize_per_224 / 224;
             let train_geom = if cfg.augment {
                 Geometry::RandomResizedCrop { size: s }
             } else {
-                Geometry::ResizeCrop { resize: s * 256 / 224, crop: s }
+                Geometry::ResizeCrop { resize, crop: s }
             };
-            let test =
-                SampleTransform { geometry: Geometry::ResizeCrop { resize: s * 256 / 224, crop: s }, ..base.clone() };
+            let test = SampleTransform { geometry: Geometry::ResizeCrop { resize, crop: s }, ..base.clone() };
             (SampleTransform { geometry: train_geom, flip: cfg.augment, ..base }, test)
         }
     };
@@ -191,7 +200,7 @@ pub fn card_transform(cfg: &TrainConfig, ds: &Dataset, test_tf: &SampleTransform
     let (resize, crop) = match (&ds.train.images, &test_tf.geometry) {
         (_, Geometry::ResizeCrop { resize, crop }) => (*resize, *crop),
         (Images::Memory { h, w, .. }, _) => ((*h).min(*w), (*h).min(*w)),
-        _ => (cfg.image_size * 256 / 224, cfg.image_size),
+        _ => (cfg.image_size * cfg.resize_per_224 / 224, cfg.image_size),
     };
     Transform {
         resize,
