@@ -30,7 +30,7 @@ const DATA: [(&str, &[u8]); 4] = [
 /// Arguments of `resnet demo`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Epochs (10 take about a minute and a half on 2 cores).
+    /// Epochs (10 take about a minute on 2 cores).
     #[arg(long, default_value_t = 10)]
     epochs: usize,
     #[command(flatten)]

@@ -34,7 +34,7 @@ enum Command {
     Summary(summary::Args),
     /// Classify images with a trained network.
     Classify(classify::Args),
-    /// Train a ResNet-20 on a bundled Fashion-MNIST subset in about two minutes and show the results.
+    /// Train a ResNet-20 on a bundled Fashion-MNIST subset in about a minute and show the results.
     Demo(demo::Args),
     /// The residual-learning lab: experiments that reproduce the papers' findings.
     Experiment(experiment::Args),
