@@ -411,6 +411,13 @@ fn eval_needs_only_an_evaluation_split() {
         let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
         assert_eq!(v["n"], 6);
     }
+    // An output folder that cannot be written: the results are printed all the same, then the error.
+    let blocked = tmp("folder-eval-blocked").join("a-file");
+    std::fs::write(&blocked, b"x").unwrap();
+    let data = format!("folder:{}", s(&root));
+    let r = resnet(&["eval", "--weights", s(&w), "--data", &data, "--out", s(&blocked.join("out"))]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(text(&r.stdout).contains("top-1 accuracy"), "{}", text(&r.stdout));
     std::fs::create_dir_all(val.join("emu")).unwrap();
     fails_with(&["eval", "--weights", s(&w), "--data", &format!("folder:{}", s(&root))], "emu");
 }

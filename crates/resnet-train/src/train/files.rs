@@ -261,3 +261,21 @@ pub(super) fn read_metrics(path: &Path, upto: u64) -> Result<(Vec<TrainPoint>, V
     }
     Ok((train, test))
 }
+
+#[cfg(test)]
+mod tests {
+    /// A line torn by a kill mid-write is dropped; a bad line elsewhere is an error.
+    #[test]
+    fn a_torn_last_metrics_line_is_dropped() {
+        let dir = std::env::temp_dir().join(format!("resnet-metrics-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("metrics.jsonl");
+        let good = r#"{"kind":"train","point":{"epoch":0,"iteration":2,"lr":0.1,"loss":2.0,"error":0.5,"images_per_second":9.0}}"#;
+        std::fs::write(&p, format!("{good}\n{}", &good[..40])).unwrap();
+        let (train, test) = super::read_metrics(&p, 10).unwrap();
+        assert_eq!((train.len(), test.len()), (1, 0));
+        std::fs::write(&p, format!("{}\n{good}\n", &good[..40])).unwrap();
+        assert!(super::read_metrics(&p, 10).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
