@@ -169,7 +169,8 @@ impl From<FreezeArg> for Freeze {
 pub enum OnNanArg {
     /// Stop at once with a message naming the iteration; the last checkpoint stays.
     Stop,
-    /// Skip the step (no update, batch-norm statistics restored); stop after 20 in a row.
+    /// Skip a step whose loss or gradient is not finite (no update, batch-norm statistics restored);
+    /// stop after 20 in a row.
     Skip,
 }
 

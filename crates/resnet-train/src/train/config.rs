@@ -87,9 +87,9 @@ pub enum OnNan {
     /// Stop at once, keeping the last checkpoint (the default).
     #[default]
     Stop,
-    /// Skip the step (no update; batch-norm statistics restored), as
-    /// mixed-precision loss scaling does; stop after [`MAX_SKIPPED_IN_A_ROW`]
-    /// skipped steps in a row.
+    /// Skip a step whose loss or gradient is not finite (no update;
+    /// batch-norm statistics restored), as mixed-precision loss scaling does;
+    /// stop after [`MAX_SKIPPED_IN_A_ROW`] skipped steps in a row.
     Skip,
 }
 

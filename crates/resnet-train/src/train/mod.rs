@@ -339,13 +339,28 @@ impl<B: Backend> Trainer<B> {
                     &mut metrics.buf,
                     slot,
                 )?;
-                let skip = match saved_bn {
-                    Some(saved) => self.skip_if_non_finite(&backend, &mut metrics, slot, saved, obs)?,
-                    None => false,
-                };
-                if !skip {
+                // With --on-nan skip: a non-finite loss skips the backward pass, a
+                // non-finite gradient the update.
+                let mut bad = None;
+                if saved_bn.is_some() {
+                    debug_assert_eq!(slot + 1, metrics.pending.len());
+                    let loss = metrics.peek_loss(&backend)?;
+                    bad = (!loss.is_finite()).then(|| format!("the loss is {loss}"));
+                }
+                if bad.is_none() {
                     self.net.backward(&x, &dlogits)?;
-                    self.sgd.step(&mut self.net, lr)?;
+                    if saved_bn.is_some() && !self.gradients_finite()? {
+                        bad = Some("a gradient is not finite".into());
+                    }
+                }
+                match (bad, saved_bn) {
+                    (Some(why), Some(saved)) => self.skip_step(&backend, &mut metrics, saved, &why, obs)?,
+                    (_, saved) => {
+                        if saved.is_some() {
+                            self.state.skipped_in_a_row = 0;
+                        }
+                        self.sgd.step(&mut self.net, lr)?;
+                    }
                 }
                 let dt = t0.elapsed().as_secs_f64();
                 self.state.train_seconds += dt;
@@ -482,24 +497,30 @@ impl<B: Backend> Trainer<B> {
         Ok(saved)
     }
 
-    /// With `--on-nan skip`: when this step's loss is not finite, drops its
-    /// metrics, restores the batch-norm statistics its forward pass changed
-    /// and says so; stops the run after too many such steps in a row.
-    /// Returns whether to skip the update.
-    fn skip_if_non_finite(
+    /// Whether every parameter gradient is finite (one pass over them).
+    fn gradients_finite(&mut self) -> Result<bool> {
+        let b = self.net.backend().clone();
+        let mut total = 0.0f64;
+        self.net.try_visit(&mut |_, e| {
+            if let StateEntry::Param(p) = e {
+                total += b.sum_squares(&p.grad)?;
+            }
+            Ok(())
+        })?;
+        Ok(total.is_finite())
+    }
+
+    /// With `--on-nan skip`, a step whose loss or gradient is not finite:
+    /// drops its metrics, restores the batch-norm statistics its forward pass
+    /// changed and says so; stops the run after too many in a row.
+    fn skip_step(
         &mut self,
         b: &B,
         metrics: &mut StepMetrics<B>,
-        slot: usize,
         saved: Vec<(Vec<f32>, i64)>,
+        why: &str,
         obs: &mut dyn Observer,
-    ) -> Result<bool> {
-        debug_assert_eq!(slot + 1, metrics.pending.len());
-        let loss = metrics.peek_loss(b)?;
-        if loss.is_finite() {
-            self.state.skipped_in_a_row = 0;
-            return Ok(false);
-        }
+    ) -> Result<()> {
         metrics.forget_last();
         let mut saved = saved.into_iter();
         self.net.try_visit(&mut |_, e| {
@@ -520,13 +541,13 @@ impl<B: Backend> Trainer<B> {
         let it = self.state.iteration + 1;
         if self.state.skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW {
             return Err(Error::Diverged(format!(
-                "the loss was non-finite for {MAX_SKIPPED_IN_A_ROW} steps in a row, up to iteration {it}: stopping; \
-                 try a lower --lr. The last checkpoint in {} is intact",
+                "the loss or a gradient was non-finite for {MAX_SKIPPED_IN_A_ROW} steps in a row, up to iteration \
+                 {it}: stopping; try a lower --lr. The last checkpoint in {} is intact",
                 self.out.display()
             )));
         }
-        obs.message(&format!("iteration {it}: the loss is {loss}; step skipped (--on-nan skip)"));
-        Ok(true)
+        obs.message(&format!("iteration {it}: {why}; step skipped (--on-nan skip)"));
+        Ok(())
     }
 
     /// Ends He et al.'s warm-up once the running training error is below its threshold.
