@@ -31,6 +31,7 @@ fn run_measured(args: &[&str]) -> (Option<i32>, String, i64) {
         .expect("runs");
     let mut err = String::new();
     child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    // SAFETY: `rusage` is plain integers and timevals, for which all zero bytes are a valid value.
     let (mut status, mut usage) = (0i32, unsafe { std::mem::zeroed::<libc::rusage>() });
     // SAFETY: waits for our own child, whose pid we hold and which std has not reaped.
     let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };

@@ -388,20 +388,27 @@ fn non_finite_losses_stop_or_are_skipped() {
     }
 }
 
+/// An image folder of two classes, `cat` and `dog`, with `n` 40x36 PNGs each in every split of `splits`.
+fn image_folder(root: &Path, splits: &[&str], n: u8) {
+    for split in splits {
+        for (c, v) in [("cat", 40u8), ("dog", 200)] {
+            let d = root.join(split).join(c);
+            std::fs::create_dir_all(&d).unwrap();
+            for i in 0..n {
+                let img = image::RgbImage::from_fn(40, 36, |x, y| image::Rgb([v, (x * 5) as u8, (y * 7) as u8 ^ i]));
+                img.save(d.join(format!("{i}.png"))).unwrap();
+            }
+        }
+    }
+}
+
 /// `eval` on an image folder with only `val/`, and on a bare class-folder
 /// tree; an empty class folder is an error; results print before files are written.
 #[test]
 fn eval_needs_only_an_evaluation_split() {
     let root = tmp("folder-eval");
     let val = root.join("val");
-    for (c, v) in [("cat", 30u8), ("dog", 220)] {
-        std::fs::create_dir_all(val.join(c)).unwrap();
-        for i in 0..3 {
-            image::RgbImage::from_pixel(40, 36, image::Rgb([v, v / 2, i * 9]))
-                .save(val.join(c).join(format!("{i}.png")))
-                .unwrap();
-        }
-    }
+    image_folder(&root, &["val"], 3);
     let w = tmp("folder-eval-w").join("w.safetensors");
     let r = resnet(&["init", "--arch", "resnet18", "--num-classes", "2", "--out", s(&w)]);
     assert!(r.status.success(), "{}", text(&r.stderr));
@@ -428,16 +435,7 @@ fn eval_needs_only_an_evaluation_split() {
 #[test]
 fn fine_tuning_keeps_frozen_parts_bit_identical() {
     let root = tmp("ft-folder");
-    for split in ["train", "val"] {
-        for (c, v) in [("cat", 40u8), ("dog", 200)] {
-            let d = root.join(split).join(c);
-            std::fs::create_dir_all(&d).unwrap();
-            for i in 0..6u8 {
-                let img = image::RgbImage::from_fn(40, 36, |x, y| image::Rgb([v, (x * 5) as u8, (y * 7) as u8 ^ i]));
-                img.save(d.join(format!("{i}.png"))).unwrap();
-            }
-        }
-    }
+    image_folder(&root, &["train", "val"], 6);
     let w = tmp("ft-init").join("init.safetensors");
     let r = resnet(&["init", "--arch", "resnet8", "--num-classes", "10", "--seed", "4", "--out", s(&w)]);
     assert!(r.status.success(), "{}", text(&r.stderr));
