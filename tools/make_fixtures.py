@@ -569,6 +569,76 @@ def png16(arr, color_type):
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
 
 
+def jpeg_variants(data, photos):
+    """JPEGs of every kind Pillow reads, cut from the public-domain/CC0 photos
+    (chelsea and coffee CC0, astronaut NASA public domain): baseline 4:4:4,
+    4:2:2 and 4:2:0, progressive, gray, Adobe CMYK, YCCK and RGB (the last two
+    written with imagecodecs' libjpeg-turbo, as Pillow cannot write them),
+    restart markers with an EXIF orientation, and sizes that are not whole
+    MCUs, and damaged files Pillow decodes anyway. The reference is Pillow's
+    own decoding (preprocess_fixtures)."""
+    import imagecodecs
+
+    def cut(name, top, left, h, w):
+        return Image.open(os.path.join(data, name)).convert("RGB").crop((left, top, left + w, top + h))
+
+    def save(img, name, **kw):
+        img.save(os.path.join(photos, name), "JPEG", **kw)
+
+    save(cut("chelsea.png", 60, 100, 121, 161), "jpeg_444.jpg", quality=95, subsampling=0)
+    save(cut("coffee.png", 100, 200, 123, 157), "jpeg_422.jpg", quality=90, subsampling=1)
+    save(cut("astronaut.png", 40, 150, 125, 163), "jpeg_420.jpg", quality=85, subsampling=2)
+    save(cut("chelsea.png", 150, 200, 119, 167), "jpeg_progressive.jpg", quality=90, progressive=True)
+    save(cut("coffee.png", 250, 300, 117, 151), "jpeg_progressive_444.jpg", quality=92, subsampling=0,
+         progressive=True, optimize=True)
+    save(cut("astronaut.png", 200, 50, 127, 149).convert("L"), "jpeg_gray.jpg", quality=90)
+    save(cut("chelsea.png", 20, 20, 113, 155).convert("L"), "jpeg_gray_progressive.jpg", quality=88,
+         progressive=True)
+    save(cut("coffee.png", 10, 350, 121, 159).convert("CMYK"), "jpeg_cmyk.jpg", quality=90)
+    cmyk = np.array(cut("astronaut.png", 300, 250, 115, 147).convert("CMYK"))
+    with open(os.path.join(photos, "jpeg_ycck.jpg"), "wb") as f:
+        f.write(imagecodecs.jpeg8_encode(cmyk, level=90, colorspace="CMYK", outcolorspace="YCCK"))
+    rgb = np.array(cut("chelsea.png", 200, 300, 111, 141))
+    with open(os.path.join(photos, "jpeg_adobe_rgb.jpg"), "wb") as f:
+        f.write(imagecodecs.jpeg8_encode(rgb, level=90, colorspace="RGB", outcolorspace="RGB"))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 (Pillow ignores it unless asked)
+    save(cut("astronaut.png", 350, 350, 109, 139), "jpeg_restart_exif.jpg", quality=80, subsampling=2,
+         restart_marker_blocks=5, exif=exif)
+    save(cut("coffee.png", 5, 5, 13, 17), "jpeg_tiny.jpg", quality=75, subsampling=2)
+    # Damaged files Pillow still decodes: a scan cut short by an end marker
+    # (the rest is gray), and a baseline file without its end marker.
+    for name, out in [("jpeg_progressive.jpg", "jpeg_cut_progressive.jpg"), ("jpeg_422.jpg", "jpeg_cut_baseline.jpg")]:
+        b = open(os.path.join(photos, name), "rb").read()
+        with open(os.path.join(photos, out), "wb") as f:
+            f.write(b[: len(b) * 2 // 3] + b"\xff\xd9")
+    b = open(os.path.join(photos, "jpeg_420.jpg"), "rb").read()
+    assert b.endswith(b"\xff\xd9")
+    with open(os.path.join(photos, "jpeg_no_end.jpg"), "wb") as f:
+        f.write(b[:-2])
+
+
+def jpeg_logits():
+    """Logits of ResNet-18 (formula weights, float64) on real JPEGs through
+    torchvision's whole classification path: PIL decoding, Resize(256),
+    CenterCrop(224), ToTensor, Normalize."""
+    from torchvision import transforms as T
+
+    t = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(),
+                   T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    model = build("resnet18")
+    apply_formula(model)
+    model.double().eval()
+    photos = os.path.join(OUT, "images")
+    names = ["rocket.jpg", "jpeg_420.jpg", "jpeg_progressive.jpg", "jpeg_gray.jpg", "jpeg_cmyk.jpg",
+             "jpeg_ycck.jpg"]
+    x = torch.stack([t(Image.open(os.path.join(photos, n)).convert("RGB")) for n in names]).double()
+    with torch.no_grad():
+        y = model(x).float()
+    save_file({"logits": y.contiguous()}, os.path.join(OUT, "jpeg_logits.safetensors"),
+              metadata={"images": json.dumps(names)})
+
+
 def preprocess_fixtures():
     import skimage
 
@@ -594,6 +664,8 @@ def preprocess_fixtures():
     with open(os.path.join(photos, "gray16.png"), "wb") as f:
         f.write(png16(g16, 0))
 
+    jpeg_variants(data, photos)
+
     out = {}
     presets = {"v1": (256, 224), "v2": (232, 224), "small": (40, 32)}
     photos_full = {"chelsea.png": ["v1", "v2"], "coffee.png": ["v1"], "rocket.jpg": ["v1"]}
@@ -612,9 +684,9 @@ def preprocess_fixtures():
 
 def main():
     os.makedirs(OUT, exist_ok=True)
-    which = sys.argv[1:] or ["layers", "checkpoints", "preprocess", "logits", "training"]
+    which = sys.argv[1:] or ["layers", "checkpoints", "preprocess", "jpeg_logits", "logits", "training"]
     steps = {"layers": layer_fixtures, "checkpoints": checkpoint_fixtures, "preprocess": preprocess_fixtures,
-             "logits": network_logits, "training": training_fixtures}
+             "jpeg_logits": jpeg_logits, "logits": network_logits, "training": training_fixtures}
     for w in which:
         print(f"writing {w} fixtures", flush=True)
         steps[w]()

@@ -19,6 +19,8 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 
+mod jpeg;
+
 /// An 8-bit RGB image, row-major, 3 bytes per pixel.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RgbImage {
@@ -55,41 +57,17 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
 
 /// Decodes image bytes (JPEG or PNG) to RGB with Pillow's conversion rules.
 pub fn decode_rgb(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
-    use ::image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
-    let reader =
-        ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| format!("cannot read: {e}"))?;
-    match reader.format() {
-        Some(ImageFormat::Png | ImageFormat::Jpeg) => {}
-        Some(f) => return Err(format!("unsupported image format {f:?} (JPEG and PNG are supported)")),
-        None => return Err("not an image (JPEG and PNG are supported)".into()),
+    use ::image::{DynamicImage, ImageDecoder, ImageFormat};
+    match ::image::guess_format(bytes) {
+        Ok(ImageFormat::Png) => {}
+        Ok(ImageFormat::Jpeg) => return jpeg::decode(bytes, |w, h| check_size(w, h, bytes, true)),
+        Ok(f) => return Err(format!("unsupported image format {f:?} (JPEG and PNG are supported)")),
+        Err(_) => return Err("not an image (JPEG and PNG are supported)".into()),
     }
-    let is_jpeg = reader.format() == Some(ImageFormat::Jpeg);
-    let decoder = reader.into_decoder().map_err(|e| format!("not a valid image: {e}"))?;
+    let decoder = ::image::codecs::png::PngDecoder::new(std::io::Cursor::new(bytes))
+        .map_err(|e| format!("not a valid image: {e}"))?;
     let (w, h) = decoder.dimensions();
-    if w == 0 || h == 0 || w > MAX_SIDE || h > MAX_SIDE {
-        return Err(format!("image size {w}x{h} is not supported (1 to {MAX_SIDE} pixels a side)"));
-    }
-    let pixels = w as u64 * h as u64;
-    if pixels > MAX_PIXELS {
-        return Err(format!(
-            "image of {w}x{h} = {pixels} pixels is over the limit of {MAX_PIXELS} pixels (a decompression bomb?)"
-        ));
-    }
-    let file = bytes.len() as u64;
-    let plausible = if is_jpeg {
-        pixels <= JPEG_MAX_PIXELS_PER_BYTE * file
-    } else {
-        pixels * png_bits_per_pixel(bytes) <= PNG_MAX_RATIO * 8 * file
-    };
-    if !plausible {
-        return Err(format!(
-            "image claims {w}x{h} = {pixels} pixels in a file of {file} bytes: not a real image (a decompression bomb?)"
-        ));
-    }
-    if is_jpeg && !jpeg_has_end(bytes) {
-        // Decoders fill a cut-off JPEG with gray; Pillow refuses it, and so do we.
-        return Err("truncated JPEG: the image data has no end-of-image marker".into());
-    }
+    check_size(w, h, bytes, false)?;
     let img = DynamicImage::from_decoder(decoder).map_err(|e| format!("not a valid image: {e}"))?;
     let (width, height) = (img.width() as usize, img.height() as usize);
     let mut data = Vec::with_capacity(width * height * 3);
@@ -113,6 +91,32 @@ pub fn decode_rgb(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
     Ok(RgbImage { width, height, data })
 }
 
+/// Refuses, before its canvas is allocated, an image over the size limits or
+/// with more pixels than its `bytes` can hold.
+fn check_size(w: u32, h: u32, bytes: &[u8], is_jpeg: bool) -> std::result::Result<(), String> {
+    if w == 0 || h == 0 || w > MAX_SIDE || h > MAX_SIDE {
+        return Err(format!("image size {w}x{h} is not supported (1 to {MAX_SIDE} pixels a side)"));
+    }
+    let pixels = w as u64 * h as u64;
+    if pixels > MAX_PIXELS {
+        return Err(format!(
+            "image of {w}x{h} = {pixels} pixels is over the limit of {MAX_PIXELS} pixels (a decompression bomb?)"
+        ));
+    }
+    let file = bytes.len() as u64;
+    let plausible = if is_jpeg {
+        pixels <= JPEG_MAX_PIXELS_PER_BYTE * file
+    } else {
+        pixels * png_bits_per_pixel(bytes) <= PNG_MAX_RATIO * 8 * file
+    };
+    if !plausible {
+        return Err(format!(
+            "image claims {w}x{h} = {pixels} pixels in a file of {file} bytes: not a real image (a decompression bomb?)"
+        ));
+    }
+    Ok(())
+}
+
 /// Bits per pixel of a PNG's raw data, from its header (bit depth times
 /// samples per pixel); 1, the smallest, when the header is unreadable.
 fn png_bits_per_pixel(bytes: &[u8]) -> u64 {
@@ -125,31 +129,6 @@ fn png_bits_per_pixel(bytes: &[u8]) -> u64 {
         _ => 1, // gray, palette
     };
     (depth as u64 * samples).max(1)
-}
-
-/// Whether a JPEG's compressed data ends with an end-of-image marker: the
-/// marker segments are walked to the first start-of-scan, after which
-/// `FF D9` can only be the end (entropy-coded `FF` bytes are stuffed as
-/// `FF 00`, restart markers are `FF D0`-`D7`). Trailing bytes after the
-/// marker are allowed, as Pillow allows them.
-fn jpeg_has_end(bytes: &[u8]) -> bool {
-    let mut i = 2; // after SOI
-    while i + 4 <= bytes.len() {
-        if bytes[i] != 0xFF {
-            return false;
-        }
-        let marker = bytes[i + 1];
-        if marker == 0xFF {
-            i += 1; // fill byte
-            continue;
-        }
-        let len = u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]) as usize;
-        if marker == 0xDA {
-            return bytes[i + 2 + len.min(bytes.len() - i - 2)..].windows(2).any(|w| w == [0xFF, 0xD9]);
-        }
-        i += 2 + len;
-    }
-    false
 }
 
 /// Pillow's fixed-point precision for 8-bit resampling.
