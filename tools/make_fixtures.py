@@ -618,10 +618,43 @@ def jpeg_variants(data, photos):
         f.write(b[:-2])
 
 
+def feature_fixtures():
+    """Outputs of named layers, from torchvision's create_feature_extractor
+    (formula weights and input, float64, evaluation mode): our layer name ->
+    the node torchvision returns for it (the stem's activation is `relu`, or
+    `conv1` in pre-activation nets; our pooled `avgpool` is `flatten`)."""
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    cases = [
+        ("resnet18", [2, 3, 32, 32], {"stem": "relu", "maxpool": "maxpool", "layer1": "layer1",
+                                      "layer2.1": "layer2.1", "layer3": "layer3", "layer4": "layer4",
+                                      "avgpool": "flatten", "fc": "fc"}),
+        ("resnext50_32x4d", [1, 3, 32, 32], {"layer1": "layer1", "layer3": "layer3", "avgpool": "flatten"}),
+        ("resnet20", [2, 3, 16, 16], {"stem": "relu", "layer1": "layer1", "layer2.1": "layer2.1",
+                                      "layer3": "layer3", "avgpool": "flatten", "fc": "fc"}),
+        ("preact_resnet110", [1, 3, 16, 16], {"stem": "conv1", "layer2": "layer2", "layer3": "layer3",
+                                              "avgpool": "flatten"}),
+    ]
+    out, meta = {}, {}
+    for arch, shape, layers in cases:
+        model = build(arch)
+        apply_formula(model)
+        model.double().eval()
+        fx = create_feature_extractor(model, return_nodes={tv: ours for ours, tv in layers.items()})
+        with torch.no_grad():
+            y = fx(formula_input(shape).double())
+        key = f"{arch}@{shape[2]}x{shape[3]}"
+        meta[key] = json.dumps({"arch": arch, "input": shape, "layers": list(layers)})
+        for ours in layers:
+            out[f"{key}:{ours}"] = y[ours].float().contiguous()
+            print(f"  {key}:{ours:10s} {list(y[ours].shape)}", flush=True)
+    save_file(out, os.path.join(OUT, "features.safetensors"), metadata=meta)
+
+
 def jpeg_logits():
-    """Logits of ResNet-18 (formula weights, float64) on real JPEGs through
-    torchvision's whole classification path: PIL decoding, Resize(256),
-    CenterCrop(224), ToTensor, Normalize."""
+    """Logits and pooled features of ResNet-18 (formula weights, float64) on
+    real JPEGs through torchvision's whole classification path: PIL decoding,
+    Resize(256), CenterCrop(224), ToTensor, Normalize."""
     from torchvision import transforms as T
 
     t = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(),
@@ -633,10 +666,14 @@ def jpeg_logits():
     names = ["rocket.jpg", "jpeg_420.jpg", "jpeg_progressive.jpg", "jpeg_gray.jpg", "jpeg_cmyk.jpg",
              "jpeg_ycck.jpg"]
     x = torch.stack([t(Image.open(os.path.join(photos, n)).convert("RGB")) for n in names]).double()
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    fx = create_feature_extractor(model, return_nodes={"flatten": "avgpool", "fc": "logits"})
     with torch.no_grad():
-        y = model(x).float()
-    save_file({"logits": y.contiguous()}, os.path.join(OUT, "jpeg_logits.safetensors"),
-              metadata={"images": json.dumps(names)})
+        out = fx(x)
+    y, pooled = out["logits"].float(), out["avgpool"].float()
+    save_file({"logits": y.contiguous(), "avgpool": pooled.contiguous()},
+              os.path.join(OUT, "jpeg_logits.safetensors"), metadata={"images": json.dumps(names)})
 
 
 def preprocess_fixtures():
@@ -684,9 +721,11 @@ def preprocess_fixtures():
 
 def main():
     os.makedirs(OUT, exist_ok=True)
-    which = sys.argv[1:] or ["layers", "checkpoints", "preprocess", "jpeg_logits", "logits", "training"]
+    which = sys.argv[1:] or ["layers", "checkpoints", "preprocess", "jpeg_logits", "features", "logits",
+                             "training"]
     steps = {"layers": layer_fixtures, "checkpoints": checkpoint_fixtures, "preprocess": preprocess_fixtures,
-             "jpeg_logits": jpeg_logits, "logits": network_logits, "training": training_fixtures}
+             "jpeg_logits": jpeg_logits, "features": feature_fixtures, "logits": network_logits,
+             "training": training_fixtures}
     for w in which:
         print(f"writing {w} fixtures", flush=True)
         steps[w]()

@@ -4,9 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use resnet::classify::{Classifier, Prediction};
-use resnet::preprocess::{Transform, load_rgb};
+use resnet::preprocess::load_rgb;
 
-use crate::util::{Compute, PrecisionFlag, check_batch, precision};
+use crate::util::{Compute, PrecisionFlag, TransformFlags, check_batch, precision};
 
 /// Arguments of `resnet classify`.
 #[derive(clap::Args)]
@@ -24,15 +24,8 @@ pub struct Args {
     /// Classifier outputs (default: from the weights).
     #[arg(long)]
     num_classes: Option<usize>,
-    /// Preprocessing preset (torchvision's evaluation transforms).
-    #[arg(long, value_enum)]
-    preset: Option<Preset>,
-    /// Resize the shorter side to this (overrides the preset).
-    #[arg(long)]
-    resize: Option<usize>,
-    /// Centre crop size (overrides the preset).
-    #[arg(long)]
-    crop: Option<usize>,
+    #[command(flatten)]
+    transform: TransformFlags,
     /// How many classes to show per image.
     #[arg(long, default_value_t = 5)]
     topk: usize,
@@ -61,29 +54,7 @@ pub fn run(a: Args) -> Result<()> {
     let (weights, entry) = crate::weights::resolve(&a.weights)?;
     let mut clf = Classifier::load_with_precision(&cpu, a.arch.as_deref(), &weights, a.num_classes, precision)
         .with_context(|| format!("cannot load {}", weights.display()))?;
-    // Named weights come with their preprocessing preset.
-    if let (None, Some(e)) = (a.preset, &entry) {
-        let t = Transform::preset(&e.preset)?;
-        clf.transform.resize = t.resize;
-        clf.transform.crop = t.crop;
-    }
-    if let Some(p) = a.preset {
-        let t = Transform::preset(p.name())?;
-        clf.transform.resize = t.resize;
-        clf.transform.crop = t.crop;
-    }
-    if let Some(r) = a.resize {
-        clf.transform.resize = r;
-    }
-    if let Some(c) = a.crop {
-        clf.transform.crop = c;
-    }
-    let max = resnet::preprocess::MAX_TRANSFORM_SIDE;
-    for (name, v) in [("--resize", clf.transform.resize), ("--crop", clf.transform.crop)] {
-        if v == 0 || v > max {
-            bail!("{name} must be between 1 and {max}, got {v}");
-        }
-    }
+    a.transform.apply(&mut clf.transform, entry.as_ref().map(|e| e.preset.as_str()))?;
     match a.labels.as_deref() {
         None => {}
         Some("imagenet") => clf.set_labels(resnet::labels::imagenet())?,
@@ -118,23 +89,5 @@ fn print_human(path: &std::path::Path, top: &[Prediction]) {
             p.index,
             p.logit
         );
-    }
-}
-
-/// torchvision's evaluation transforms.
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-enum Preset {
-    /// Resize 256, centre crop 224 (IMAGENET1K_V1 weights).
-    V1,
-    /// Resize 232, centre crop 224 (IMAGENET1K_V2 weights).
-    V2,
-}
-
-impl Preset {
-    fn name(self) -> &'static str {
-        match self {
-            Preset::V1 => "v1",
-            Preset::V2 => "v2",
-        }
     }
 }

@@ -8,6 +8,7 @@ mod archs;
 mod bench;
 mod classify;
 mod demo;
+mod embed;
 mod eval;
 mod experiment;
 mod inspect;
@@ -34,6 +35,8 @@ enum Command {
     Summary(summary::Args),
     /// Classify images with a trained network.
     Classify(classify::Args),
+    /// The outputs of one layer (pooled features by default) for images or a data set, as safetensors or .npy.
+    Embed(embed::Args),
     /// Train a ResNet-20 on a bundled Fashion-MNIST subset in about a minute and show the results.
     Demo(demo::Args),
     /// The residual-learning lab: experiments that reproduce the papers' findings.
@@ -66,6 +69,7 @@ fn main() {
         Command::Init(a) => bench::init(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Demo(a) => demo::run(a),
+        Command::Embed(a) => embed::run(a),
         Command::Experiment(a) => experiment::run(a),
         Command::Weights(a) => weights::run(a),
     };

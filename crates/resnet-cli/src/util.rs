@@ -167,6 +167,60 @@ pub fn precision(arg: PrecisionArg, cpu: &resnet::backend::Cpu) -> Precision {
     p
 }
 
+/// The preprocessing flags of the commands that read images.
+#[derive(clap::Args, Clone, Debug)]
+pub struct TransformFlags {
+    /// Preprocessing preset (torchvision's evaluation transforms; default: the
+    /// weights' own, or v1).
+    #[arg(long, value_enum)]
+    pub preset: Option<Preset>,
+    /// Resize the shorter side to this (overrides the preset).
+    #[arg(long)]
+    pub resize: Option<usize>,
+    /// Centre crop size (overrides the preset).
+    #[arg(long)]
+    pub crop: Option<usize>,
+}
+
+impl TransformFlags {
+    /// Applies the flags to `t`, the model's own preprocessing; `named` is the
+    /// preset of named weights (`torchvision:resnet50.v2` comes with `v2`).
+    pub fn apply(&self, t: &mut resnet::preprocess::Transform, named: Option<&str>) -> Result<()> {
+        use resnet::preprocess::Transform;
+        if let Some(p) = self.preset.map(Preset::name).or(named) {
+            let preset = Transform::preset(p)?;
+            (t.resize, t.crop) = (preset.resize, preset.crop);
+        }
+        t.resize = self.resize.unwrap_or(t.resize);
+        t.crop = self.crop.unwrap_or(t.crop);
+        let max = resnet::preprocess::MAX_TRANSFORM_SIDE;
+        for (name, v) in [("--resize", t.resize), ("--crop", t.crop)] {
+            if v == 0 || v > max {
+                bail!("{name} must be between 1 and {max}, got {v}");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// torchvision's evaluation transforms.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum Preset {
+    /// Resize 256, centre crop 224 (IMAGENET1K_V1 weights).
+    V1,
+    /// Resize 232, centre crop 224 (IMAGENET1K_V2 weights).
+    V2,
+}
+
+impl Preset {
+    fn name(self) -> &'static str {
+        match self {
+            Preset::V1 => "v1",
+            Preset::V2 => "v2",
+        }
+    }
+}
+
 /// Largest `--batch` accepted.
 pub const MAX_BATCH: usize = 65536;
 

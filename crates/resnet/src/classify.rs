@@ -148,6 +148,57 @@ pub fn resolve_spec(
     }
 }
 
+/// A weights file read with its architecture, preprocessing and class names.
+struct Loaded {
+    spec: ResNetSpec,
+    graph: Graph,
+    sd: io::StateDict,
+    transform: Transform,
+    labels: Vec<String>,
+}
+
+impl Loaded {
+    /// See [`Classifier::load`] for where each part comes from.
+    fn read(arch: Option<&str>, weights: &Path, num_classes: Option<usize>) -> Result<Self> {
+        let sd = io::read_state_dict(weights)?;
+        let card = read_card(weights)?;
+        let (mut spec, _) = resolve_spec(arch, weights, &sd, card.as_ref())?;
+        if let Some(n) = num_classes {
+            spec.num_classes = n;
+        }
+        let graph = Graph::new(&spec)?;
+        let mut transform = card.as_ref().and_then(|c| c.transform.clone()).unwrap_or(Transform::preset("v1")?);
+        if spec.in_channels == 1 {
+            transform.grayscale = true;
+        }
+        let labels = match card.and_then(|c| c.labels) {
+            Some(l) => l,
+            None if spec.num_classes == 1000 => crate::labels::imagenet(),
+            None => (0..spec.num_classes).map(|i| format!("class {i}")).collect(),
+        };
+        Ok(Self { spec, graph, sd, transform, labels })
+    }
+}
+
+/// Preprocesses images into one NHWC batch tensor.
+fn batch_tensor<B: Backend>(backend: &B, transform: &Transform, images: &[RgbImage]) -> Result<Tensor<B>> {
+    let mut data = Vec::with_capacity(images.len() * transform.channels() * transform.size().pow(2));
+    for img in images {
+        data.extend(transform.apply(img));
+    }
+    input_tensor(backend, transform, images.len(), &data)
+}
+
+/// `n` preprocessed images (CHW each, as [`Transform::apply`] makes them) as
+/// one NHWC batch tensor.
+fn input_tensor<B: Backend>(backend: &B, transform: &Transform, n: usize, chw: &[f32]) -> Result<Tensor<B>> {
+    let (c, s) = (transform.channels(), transform.size());
+    if chw.len() != n * c * s * s {
+        return Err(Error::Invalid(format!("{} input values for {n} images of {c}x{s}x{s}", chw.len())));
+    }
+    Tensor::from_nchw(backend, n, c, s, s, chw)
+}
+
 impl<B: Backend> Classifier<B> {
     /// Loads weights for `arch` (or for the architecture the weights' sidecar
     /// names, or failing that the one whose keys and shapes they match). The
@@ -168,24 +219,14 @@ impl<B: Backend> Classifier<B> {
         num_classes: Option<usize>,
         precision: Precision,
     ) -> Result<Self> {
-        let sd = io::read_state_dict(weights)?;
-        let card = read_card(weights)?;
-        let (mut spec, _) = resolve_spec(arch, weights, &sd, card.as_ref())?;
-        if let Some(n) = num_classes {
-            spec.num_classes = n;
-        }
-        let model = CompiledModel::new(backend, &Graph::new(&spec)?, &sd, precision)?;
-        drop(sd);
-        let mut transform = card.as_ref().and_then(|c| c.transform.clone()).unwrap_or(Transform::preset("v1")?);
-        if spec.in_channels == 1 {
-            transform.grayscale = true;
-        }
-        let labels = match card.and_then(|c| c.labels) {
-            Some(l) => l,
-            None if spec.num_classes == 1000 => crate::labels::imagenet(),
-            None => (0..spec.num_classes).map(|i| format!("class {i}")).collect(),
-        };
-        Ok(Self { spec, plan: InferencePlan::from_model(Arc::new(model)), transform, labels })
+        let l = Loaded::read(arch, weights, num_classes)?;
+        let model = CompiledModel::new(backend, &l.graph, &l.sd, precision)?;
+        Ok(Self {
+            spec: l.spec,
+            plan: InferencePlan::from_model(Arc::new(model)),
+            transform: l.transform,
+            labels: l.labels,
+        })
     }
 
     /// Replaces the class names (their number must match the outputs).
@@ -203,12 +244,7 @@ impl<B: Backend> Classifier<B> {
 
     /// Preprocesses images into one NHWC batch tensor.
     fn batch(&self, images: &[RgbImage]) -> Result<Tensor<B>> {
-        let (c, s) = (self.transform.channels(), self.transform.size());
-        let mut data = Vec::with_capacity(images.len() * c * s * s);
-        for img in images {
-            data.extend(self.transform.apply(img));
-        }
-        Tensor::from_nchw(self.plan.backend(), images.len(), c, s, s, &data)
+        batch_tensor(self.plan.backend(), &self.transform, images)
     }
 
     /// Logits, one row per image.
@@ -256,4 +292,146 @@ pub fn top_k(logits: &[f32], k: usize, labels: &[String]) -> Vec<Prediction> {
             logit: logits[i],
         })
         .collect()
+}
+
+/// One layer's outputs for a batch, in PyTorch's layout.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FeatureMap {
+    /// The layer's name, as asked for.
+    pub layer: String,
+    /// `[n, d]` for the pooled features and the logits (`avgpool`, `fc`),
+    /// `[n, c, h, w]` for every other layer.
+    pub shape: Vec<usize>,
+    /// The values, row-major in `shape`.
+    pub data: Vec<f32>,
+}
+
+/// A network compiled to return the outputs of named layers in one pass
+/// (and to compute nothing after the last of them), with its preprocessing:
+/// torchvision's `create_feature_extractor`, timm's `features_only`.
+///
+/// ```no_run
+/// use resnet::backend::Cpu;
+/// use resnet::classify::FeatureExtractor;
+/// # fn main() -> resnet::Result<()> {
+/// let cpu = Cpu::new(None)?;
+/// let weights = "resnet50-11ad3fa6.pth".as_ref();
+/// let mut fx = FeatureExtractor::load(&cpu, Some("resnet50"), weights, &["layer3", "avgpool"], Default::default())?;
+/// let img = resnet::preprocess::load_rgb("cat.jpg".as_ref())?;
+/// let maps = fx.extract(&[img])?;
+/// assert_eq!(maps[0].shape, [1, 1024, 14, 14]);
+/// assert_eq!(maps[1].shape, [1, 2048]);
+/// # Ok(()) }
+/// ```
+pub struct FeatureExtractor<B: Backend> {
+    /// The architecture.
+    pub spec: ResNetSpec,
+    /// Its preprocessing.
+    pub transform: Transform,
+    /// The weights' class names (from their model card, or ImageNet's).
+    pub labels: Vec<String>,
+    model: Arc<CompiledModel<B>>,
+    ws: crate::infer::Workspace<B>,
+    /// Per output: whether it is a pooled vector (`[n, d]`).
+    pooled: Vec<bool>,
+}
+
+impl<B: Backend> FeatureExtractor<B> {
+    /// Loads weights as [`Classifier::load`] does and compiles them to return
+    /// `layers` ([`Graph::feature_value`] names: `stem`, `layer1`..,
+    /// `avgpool`, `fc`, a unit such as `layer2.0`, a module such as `maxpool`).
+    pub fn load(
+        backend: &B,
+        arch: Option<&str>,
+        weights: &Path,
+        layers: &[&str],
+        precision: Precision,
+    ) -> Result<Self> {
+        let l = Loaded::read(arch, weights, None)?;
+        let model = CompiledModel::with_outputs(backend, &l.graph, &l.sd, precision, layers)?;
+        drop(l.sd);
+        let mut fx = Self::from_model(Arc::new(model), l.transform)?;
+        fx.labels = l.labels;
+        Ok(fx)
+    }
+
+    /// An extractor running a compiled model (see
+    /// [`CompiledModel::with_outputs`]) on images preprocessed by `transform`.
+    pub fn from_model(model: Arc<CompiledModel<B>>, transform: Transform) -> Result<Self> {
+        let graph = model.graph();
+        let pooled = model
+            .outputs()
+            .iter()
+            .map(|name| {
+                let v = graph.feature_value(name)?;
+                let op = graph.producer(v).map(|n| &n.op);
+                Ok(matches!(op, Some(crate::model::graph::Op::GlobalAvgPool | crate::model::graph::Op::Linear { .. })))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        transform.validate()?;
+        Ok(Self { spec: model.spec().clone(), transform, labels: Vec::new(), ws: model.workspace(), model, pooled })
+    }
+
+    /// The layers each run returns, in order.
+    pub fn layers(&self) -> &[String] {
+        self.model.outputs()
+    }
+
+    /// The shape of each layer's output for one preprocessed image, in
+    /// PyTorch's layout: `[d]` or `[c, h, w]`.
+    pub fn shapes(&self) -> Result<Vec<Vec<usize>>> {
+        let s = self.transform.size();
+        (0..self.pooled.len())
+            .map(|i| {
+                let [_, h, w, c] = self.model.output_shape(i, 1, s, s)?;
+                Ok(if self.pooled[i] { vec![c] } else { vec![c, h, w] })
+            })
+            .collect()
+    }
+
+    /// Every layer's outputs for `images`.
+    pub fn extract(&mut self, images: &[RgbImage]) -> Result<Vec<FeatureMap>> {
+        let mut chw = Vec::with_capacity(images.len() * self.transform.channels() * self.transform.size().pow(2));
+        for img in images {
+            chw.extend(self.transform.apply(img));
+        }
+        self.run(images.len(), &chw)
+    }
+
+    /// Every layer's outputs for `n` images already preprocessed by
+    /// [`Transform::apply`] (CHW each, concatenated): decoding and
+    /// preprocessing can then happen elsewhere, alongside the previous batch.
+    pub fn run(&mut self, n: usize, chw: &[f32]) -> Result<Vec<FeatureMap>> {
+        if n == 0 {
+            return Ok(self
+                .layers()
+                .iter()
+                .map(|l| FeatureMap { layer: l.clone(), shape: vec![0], data: vec![] })
+                .collect());
+        }
+        let b = self.model.backend().clone();
+        let x = input_tensor(&b, &self.transform, n, chw)?;
+        self.model.run(&mut self.ws, &x)?;
+        let mut maps = Vec::with_capacity(self.pooled.len());
+        for (i, &pooled) in self.pooled.iter().enumerate() {
+            let y = self.model.output(&self.ws, i);
+            let [n, h, w, c] = y.shape;
+            let nhwc = y.to_host(&b)?;
+            let (shape, data) = if pooled {
+                (vec![n, c], nhwc)
+            } else {
+                let mut nchw = vec![0.0; nhwc.len()];
+                for (img, out) in nhwc.chunks_exact(h * w * c).zip(nchw.chunks_exact_mut(h * w * c)) {
+                    for (p, px) in img.chunks_exact(c).enumerate() {
+                        for (ch, &v) in px.iter().enumerate() {
+                            out[ch * h * w + p] = v;
+                        }
+                    }
+                }
+                (vec![n, c, h, w], nchw)
+            };
+            maps.push(FeatureMap { layer: self.model.outputs()[i].clone(), shape, data });
+        }
+        Ok(maps)
+    }
 }

@@ -105,9 +105,8 @@ pub(super) struct Compiled<B: Backend> {
     /// The graph value each plan value is (for its shape); one entry per
     /// plan value, the input included.
     pub graph_value: Vec<usize>,
-    /// The pooled features and the logits.
-    pub features: usize,
-    pub output: usize,
+    /// The values a run returns, in the order they were asked for.
+    pub outputs: Vec<usize>,
     /// Element type of each value.
     pub storage: Vec<DType>,
     /// Buffer slot of each value (`None` for the input) and the number of slots.
@@ -195,8 +194,15 @@ impl Fusion {
     }
 }
 
-/// Compiles `graph` with the (checked) weights of `sd` for `precision`.
-pub(super) fn compile<B: Backend>(b: &B, graph: &Graph, sd: &StateDict, precision: Precision) -> Result<Compiled<B>> {
+/// Compiles `graph` with the (checked) weights of `sd` for `precision`, to
+/// return `outputs`: nothing after the last of them is compiled (or run).
+pub(super) fn compile<B: Backend>(
+    b: &B,
+    graph: &Graph,
+    sd: &StateDict,
+    precision: Precision,
+    outputs: &[Value],
+) -> Result<Compiled<B>> {
     let nodes = &graph.nodes;
     let consumers = graph.consumers();
     // Plan the fusions; each operation is placed at the last node it covers,
@@ -224,8 +230,7 @@ pub(super) fn compile<B: Backend>(b: &B, graph: &Graph, sd: &StateDict, precisio
         convs: Vec::new(),
         norms: Vec::new(),
         graph_value: vec![0],
-        features: 0,
-        output: 0,
+        outputs: Vec::new(),
         storage: Vec::new(),
         slot: Vec::new(),
         slots: 0,
@@ -277,9 +282,20 @@ pub(super) fn compile<B: Backend>(b: &B, graph: &Graph, sd: &StateDict, precisio
         value_of[at + 1] = Some(dst);
         out.graph_value.push(at + 1);
         out.ops.push(op);
+        if outputs.iter().all(|v| value_of[v.0].is_some()) {
+            break;
+        }
     }
-    out.features = plan_value(&value_of, graph.features, "avgpool")?;
-    out.output = plan_value(&value_of, graph.output, "fc")?;
+    for &v in outputs {
+        let name = graph.producer(v).map_or("the input", |n| n.name.as_str());
+        let p = value_of[v.0].filter(|&p| p > 0).ok_or_else(|| {
+            Error::Invalid(format!(
+                "`{name}` is not a value of its own in the compiled network (it is fused into the \
+                 operation before it): ask for a unit's or a stage's output instead"
+            ))
+        })?;
+        out.outputs.push(p);
+    }
     out.storage = storage(b, &out);
     (out.slot, out.slots) = assign_slots(b, &out);
     Ok(out)
@@ -327,7 +343,8 @@ fn conv_storage<B: Backend>(b: &B, c: &Compiled<B>, conv: usize) -> ConvStorage 
 /// stored in bf16 (rounding its input is free only then), or a convolution
 /// that pays one rounding for it where the writer is a convolution that
 /// computes in bf16 itself (the input of a bottleneck's 3x3 layer, written
-/// by its 1x1 reduce layer). The input and every other value stay f32.
+/// by its 1x1 reduce layer). The input, the values a run returns and every
+/// other value stay f32.
 fn storage<B: Backend>(b: &B, c: &Compiled<B>) -> Vec<DType> {
     let mut storage = vec![DType::F32; c.values()];
     let mut producer = vec![None; c.values()];
@@ -367,6 +384,10 @@ fn storage<B: Backend>(b: &B, c: &Compiled<B>) -> Vec<DType> {
             storage[r] = DType::F32;
         }
     }
+    // What a run returns is read as f32.
+    for &v in &c.outputs {
+        storage[v] = DType::F32;
+    }
     // Last first, so that a chain of pools passes f32 back along it.
     for op in c.ops.iter().rev() {
         if let Op::MaxPool { src, dst, .. } = *op
@@ -380,7 +401,7 @@ fn storage<B: Backend>(b: &B, c: &Compiled<B>) -> Vec<DType> {
 }
 
 /// Gives every produced value a buffer slot, reusing a slot once its value
-/// has been read for the last time; the features and the logits keep theirs.
+/// has been read for the last time; the values a run returns keep theirs.
 /// A convolution's output takes its residual's slot where the backend adds
 /// a residual in place ([`ConvStorage::residual_in_output`]), nothing reads
 /// the residual afterwards and both are stored alike: the kernel then
@@ -394,8 +415,9 @@ fn assign_slots<B: Backend>(b: &B, c: &Compiled<B>) -> (Vec<Option<usize>>, usiz
             last_use[r] = i;
         }
     }
-    last_use[c.features] = usize::MAX;
-    last_use[c.output] = usize::MAX;
+    for &v in &c.outputs {
+        last_use[v] = usize::MAX;
+    }
     let mut slot = vec![None; values];
     let mut free: Vec<usize> = Vec::new();
     let mut n = 0;

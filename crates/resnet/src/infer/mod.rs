@@ -46,6 +46,8 @@ pub struct CompiledModel<B: Backend> {
     graph: Graph,
     precision: Precision,
     c: Compiled<B>,
+    /// The names of the values a run returns (`c.outputs`).
+    output_names: Vec<String>,
     /// Distinguishes models, so a workspace is only used with its own.
     id: u64,
     /// Prepared filters by (convolution, algorithm).
@@ -88,15 +90,39 @@ const MAX_SHAPE_PLANS: usize = 64;
 
 impl<B: Backend> CompiledModel<B> {
     /// Compiles the architecture of `graph` with the weights of `sd` (checked
-    /// strictly against the graph's key/shape table) for `precision`.
+    /// strictly against the graph's key/shape table) for `precision`. A run
+    /// returns the logits; [`CompiledModel::features`] reads the pooled
+    /// features it also keeps.
     pub fn new(backend: &B, graph: &Graph, sd: &StateDict, precision: Precision) -> Result<Self> {
+        Self::with_outputs(backend, graph, sd, precision, &["avgpool", "fc"])
+    }
+
+    /// Compiles a feature extractor: a run computes the values named by
+    /// `outputs` ([`Graph::feature_value`] names: `stem`, `layer1`..,
+    /// `avgpool`, `fc`, a unit such as `layer2.0`, a module such as
+    /// `maxpool`) in one pass, and nothing after the last of them, as
+    /// torchvision's `create_feature_extractor` builds a truncated module.
+    /// [`CompiledModel::run`] returns the last; [`CompiledModel::output`]
+    /// reads any.
+    pub fn with_outputs(
+        backend: &B,
+        graph: &Graph,
+        sd: &StateDict,
+        precision: Precision,
+        outputs: &[&str],
+    ) -> Result<Self> {
+        if outputs.is_empty() {
+            return Err(Error::Invalid("a compiled model needs at least one output".into()));
+        }
         io::check_state_dict(graph, sd, LoadMode::Strict)?;
-        let c = compile::compile(backend, graph, sd, precision)?;
+        let values = outputs.iter().map(|n| graph.feature_value(n)).collect::<Result<Vec<_>>>()?;
+        let c = compile::compile(backend, graph, sd, precision, &values)?;
         Ok(Self {
             backend: backend.clone(),
             graph: graph.clone(),
             precision,
             c,
+            output_names: outputs.iter().map(|n| n.to_string()).collect(),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             filters: Mutex::new(HashMap::new()),
             shapes: Mutex::new(HashMap::new()),
@@ -117,6 +143,24 @@ impl<B: Backend> CompiledModel<B> {
     /// The arithmetic of this model.
     pub fn precision(&self) -> Precision {
         self.precision
+    }
+
+    /// The graph it was compiled from.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// The names of the values a run returns, in order.
+    pub fn outputs(&self) -> &[String] {
+        &self.output_names
+    }
+
+    /// The NHWC shape of output `i` for an input batch of `n` images of
+    /// `height x width`.
+    pub fn output_shape(&self, i: usize, n: usize, height: usize, width: usize) -> Result<[usize; 4]> {
+        let v = self.c.graph_value[self.c.outputs[i]];
+        let [h, w, c] = self.graph.shapes(height, width)?[v];
+        Ok([n, h, w, c])
     }
 
     /// The backend it runs on.
@@ -186,7 +230,8 @@ impl<B: Backend> CompiledModel<B> {
         Ok(plan)
     }
 
-    /// Runs the model on an NHWC batch in `ws`; returns the logits `[n, 1, 1, classes]`.
+    /// Runs the model on an NHWC batch in `ws`; returns its last output (the
+    /// logits `[n, 1, 1, classes]` of a model from [`CompiledModel::new`]).
     pub fn run<'w>(&self, ws: &'w mut Workspace<B>, x: &Tensor<B>) -> Result<&'w Tensor<B>> {
         if ws.model != self.id {
             return Err(Error::Invalid("a workspace runs only the model that made it".into()));
@@ -205,7 +250,7 @@ impl<B: Backend> CompiledModel<B> {
         }
         let b = self.backend.clone();
         b.scope(|| self.run_ops(ws, x))?;
-        Ok(&ws.bufs[self.c.slot[self.c.output].expect("the logits have a slot")])
+        Ok(self.output(ws, self.c.outputs.len() - 1))
     }
 
     /// [`CompiledModel::run`]'s operations, in the backend's scope.
@@ -270,9 +315,15 @@ impl<B: Backend> CompiledModel<B> {
         Ok(())
     }
 
-    /// Pooled features of the last run in `ws` (`[n, 1, 1, feature_dim]`).
+    /// Output `i` (NHWC) of the last run in `ws` (`i` below `outputs().len()`).
+    pub fn output<'w>(&self, ws: &'w Workspace<B>, i: usize) -> &'w Tensor<B> {
+        &ws.bufs[self.c.slot[self.c.outputs[i]].expect("every output has a slot")]
+    }
+
+    /// The first output of the last run in `ws`: the pooled features
+    /// (`[n, 1, 1, feature_dim]`) of a model from [`CompiledModel::new`].
     pub fn features<'w>(&self, ws: &'w Workspace<B>) -> &'w Tensor<B> {
-        &ws.bufs[self.c.slot[self.c.features].expect("the features have a slot")]
+        self.output(ws, 0)
     }
 
     /// Each operation of the last profiled run in `ws`: a description and its seconds.

@@ -419,6 +419,43 @@ impl Graph {
         v.producer().map(|i| &self.nodes[i])
     }
 
+    /// The feature nodes every network has, shallow to deep: `stem` (the
+    /// stem's activation, before any max pool, as timm's `features_only`
+    /// takes it), `layer1`..`layerN` (each stage's output), `avgpool` (the
+    /// pooled features) and `fc` (the logits).
+    pub fn feature_nodes(&self) -> Vec<String> {
+        let stages = (1..=self.spec.depths.len()).map(|s| format!("layer{s}"));
+        std::iter::once("stem".to_string()).chain(stages).chain(["avgpool".into(), "fc".into()]).collect()
+    }
+
+    /// The value a feature node names: one of [`Graph::feature_nodes`], a
+    /// unit (`layer2.1`, its output), or any node by its torchvision module
+    /// name (`maxpool`, `layer3.0.relu`).
+    pub fn feature_value(&self, name: &str) -> Result<Value> {
+        let by_name = |n: &str| self.nodes.iter().position(|node| node.name == n).map(|i| Value(i + 1));
+        // A unit's output is its last node; a stage's, its last unit's.
+        let last_under = |prefix: &str| {
+            let prefix = format!("{prefix}.");
+            self.nodes.iter().rposition(|node| node.name.starts_with(&prefix)).map(|i| Value(i + 1))
+        };
+        let found = match name {
+            "avgpool" => Some(self.features),
+            "fc" => Some(self.output),
+            "stem" => match self.spec.stem {
+                Stem::Imagenet | Stem::Cifar => by_name("relu"),
+                Stem::CifarPreact => by_name("conv1"),
+            },
+            _ => by_name(name).or_else(|| last_under(name).filter(|_| name.starts_with("layer"))),
+        };
+        found.ok_or_else(|| {
+            Error::Invalid(format!(
+                "{} has no layer `{name}`: use one of {} (or a unit such as layer2.0, or a module such as maxpool)",
+                self.spec.name,
+                self.feature_nodes().join(", ")
+            ))
+        })
+    }
+
     /// For each value, the nodes that read it, in order.
     pub fn consumers(&self) -> Vec<Vec<usize>> {
         let mut out = vec![Vec::new(); self.values()];
