@@ -1,12 +1,15 @@
 //! `resnet embed`: the outputs of one layer for many images, written as
-//! safetensors (or .npy), with decoding on threads of its own alongside the
-//! network.
+//! safetensors (or .npy).
 //!
-//! Batches are decoded and preprocessed ahead by `--workers` threads while
-//! the network runs the previous one (a bounded queue of two batches keeps
-//! memory flat), and each batch's features are streamed into the output file
-//! as they come, so a folder larger than memory embeds in constant memory.
-//! The file is written under a temporary name and renamed when complete.
+//! Images are decoded and preprocessed in parallel, either on threads of their
+//! own a batch ahead of the network (a bounded queue of two batches keeps
+//! memory flat) where there are cores for them, or on the network's threads
+//! between its batches where it has every core: its operations are split
+//! evenly across its threads, so a decoder preempting one of them would hold
+//! all of them back. Each batch's features are streamed into the output file
+//! as they come, behind a header written first, so a folder larger than
+//! memory embeds in constant memory; the file is written under a temporary
+//! name and renamed when complete.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -16,6 +19,7 @@ use std::sync::mpsc::sync_channel;
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rayon::prelude::*;
+use resnet::backend::{Backend, Cpu};
 use resnet::classify::FeatureExtractor;
 use resnet::preprocess::{RgbImage, load_rgb};
 use resnet_train::data::{DataKind, DataSpec, Dataset, Images, Split};
@@ -51,8 +55,10 @@ pub struct Args {
     /// Images per forward pass.
     #[arg(long, default_value_t = 16)]
     batch: usize,
-    /// Threads decoding images while the network runs (default: a quarter of
-    /// the compute threads, at least 1).
+    /// Threads decoding images alongside the network, a batch ahead. Default:
+    /// the cores the network leaves free (see --threads); when it has them
+    /// all, images are decoded on its own threads between batches, which is
+    /// faster there (a decoder preempting one of them holds back the rest).
     #[arg(long)]
     workers: Option<usize>,
     #[command(flatten)]
@@ -134,10 +140,15 @@ pub fn run(a: Args) -> Result<()> {
         _ => bail!("--out {} must end in .safetensors or .npy", a.out.display()),
     };
     let cpu = a.compute.backend()?;
-    let workers = match a.workers {
+    // Decoding alongside the network pays only where it has cores of its
+    // own: the network's threads split each operation evenly, so one of them
+    // preempted by a decoder holds every other back.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let decoding = match a.workers {
         Some(0) => bail!("--workers must be at least 1"),
-        Some(w) => w,
-        None => (cpu.threads() / 4).max(1),
+        Some(w) => Decoding::Alongside(w),
+        None if cores > cpu.threads() => Decoding::Alongside(cores - cpu.threads()),
+        None => Decoding::Between,
     };
     let precision = precision(a.precision.precision, &cpu);
     let (weights, entry) = crate::weights::resolve(&a.weights)?;
@@ -171,7 +182,7 @@ pub fn run(a: Args) -> Result<()> {
     let mut failure = None;
     let written = resnet::io::atomic::write_with(&a.out, |w| {
         format.header(w, &shape, &labels, &meta)?;
-        let result = embed(&mut fx, &items, batch, workers, &bar, |values| {
+        let result = embed(&mut fx, &items, batch, decoding, &bar, |values| {
             let mut bytes = Vec::with_capacity(values.len() * 4);
             values.iter().for_each(|v| bytes.extend_from_slice(&v.to_le_bytes()));
             Ok(w.write_all(&bytes)?)
@@ -209,45 +220,64 @@ pub fn run(a: Args) -> Result<()> {
     Ok(())
 }
 
-/// Runs `fx` over `items` in batches, decoding the next batches on `workers`
-/// threads meanwhile; hands each batch's features to `write`, in order.
+/// Where images are decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Decoding {
+    /// On a pool of this many threads of its own, a batch ahead of the network.
+    Alongside(usize),
+    /// On the network's own threads, between its batches.
+    Between,
+}
+
+/// Runs `fx` over `items` in batches, decoding as `decoding` says; hands
+/// each batch's features to `write`, in order.
 fn embed(
-    fx: &mut FeatureExtractor<resnet::backend::Cpu>,
+    fx: &mut FeatureExtractor<Cpu>,
     items: &[Item],
     batch: usize,
-    workers: usize,
+    decoding: Decoding,
     bar: &ProgressBar,
     mut write: impl FnMut(&[f32]) -> Result<()>,
 ) -> Result<()> {
+    let (transform, cpu) = (fx.transform.clone(), fx.backend().clone());
+    let decode = |chunk: &[Item]| -> Result<Vec<f32>> {
+        let images = chunk.par_iter().map(|it| Ok(transform.apply_hwc(&it.decode()?))).collect::<Result<Vec<_>>>()?;
+        Ok(images.concat())
+    };
+    let mut step = |n: usize, chw: &[f32]| -> Result<()> {
+        write(&fx.run(n, chw)?[0].data)?;
+        bar.inc(n as u64);
+        Ok(())
+    };
+    let workers = match decoding {
+        Decoding::Alongside(n) => n,
+        Decoding::Between => {
+            for chunk in items.chunks(batch) {
+                step(chunk.len(), &cpu.scope(|| decode(chunk))?)?;
+            }
+            return Ok(());
+        }
+    };
     let pool =
         rayon::ThreadPoolBuilder::new().num_threads(workers).thread_name(|i| format!("resnet-decode-{i}")).build()?;
-    let transform = fx.transform.clone();
     // Two batches in the queue: one ready, one being made.
     let (tx, rx) = sync_channel::<Result<(usize, Vec<f32>)>>(2);
-    let (pool, transform) = (&pool, &transform);
+    let (pool, decode) = (&pool, &decode);
     std::thread::scope(|s| {
         // Moves `tx` in: the queue ends when this thread does.
         s.spawn(move || {
             for chunk in items.chunks(batch) {
-                let decoded = pool.install(|| {
-                    chunk
-                        .par_iter()
-                        .map(Item::decode)
-                        .map(|img| img.map(|img| transform.apply(&img)))
-                        .collect::<Result<Vec<Vec<f32>>>>()
-                });
+                let decoded = pool.install(|| decode(chunk));
                 let stop = decoded.is_err();
                 // The receiver hangs up when the network side fails: stop then.
-                if tx.send(decoded.map(|v| (chunk.len(), v.concat()))).is_err() || stop {
+                if tx.send(decoded.map(|v| (chunk.len(), v))).is_err() || stop {
                     break;
                 }
             }
         });
         for msg in rx {
             let (n, chw) = msg?;
-            let maps = fx.run(n, &chw)?;
-            write(&maps[0].data)?;
-            bar.inc(n as u64);
+            step(n, &chw)?;
         }
         Ok(())
     })

@@ -184,19 +184,19 @@ impl Loaded {
 fn batch_tensor<B: Backend>(backend: &B, transform: &Transform, images: &[RgbImage]) -> Result<Tensor<B>> {
     let mut data = Vec::with_capacity(images.len() * transform.channels() * transform.size().pow(2));
     for img in images {
-        data.extend(transform.apply(img));
+        data.extend(transform.apply_hwc(img));
     }
     input_tensor(backend, transform, images.len(), &data)
 }
 
-/// `n` preprocessed images (CHW each, as [`Transform::apply`] makes them) as
-/// one NHWC batch tensor.
-fn input_tensor<B: Backend>(backend: &B, transform: &Transform, n: usize, chw: &[f32]) -> Result<Tensor<B>> {
+/// `n` preprocessed images (HWC each, as [`Transform::apply_hwc`] makes
+/// them) as one NHWC batch tensor.
+fn input_tensor<B: Backend>(backend: &B, transform: &Transform, n: usize, hwc: &[f32]) -> Result<Tensor<B>> {
     let (c, s) = (transform.channels(), transform.size());
-    if chw.len() != n * c * s * s {
-        return Err(Error::Invalid(format!("{} input values for {n} images of {c}x{s}x{s}", chw.len())));
+    if hwc.len() != n * c * s * s {
+        return Err(Error::Invalid(format!("{} input values for {n} images of {s}x{s}x{c}", hwc.len())));
     }
-    Tensor::from_nchw(backend, n, c, s, s, chw)
+    Tensor::from_host(backend, [n, s, s, c], hwc)
 }
 
 impl<B: Backend> Classifier<B> {
@@ -372,6 +372,11 @@ impl<B: Backend> FeatureExtractor<B> {
         Ok(Self { spec: model.spec().clone(), transform, labels: Vec::new(), ws: model.workspace(), model, pooled })
     }
 
+    /// The backend it runs on.
+    pub fn backend(&self) -> &B {
+        self.model.backend()
+    }
+
     /// The layers each run returns, in order.
     pub fn layers(&self) -> &[String] {
         self.model.outputs()
@@ -391,26 +396,26 @@ impl<B: Backend> FeatureExtractor<B> {
 
     /// Every layer's outputs for `images`.
     pub fn extract(&mut self, images: &[RgbImage]) -> Result<Vec<FeatureMap>> {
-        let mut chw = Vec::with_capacity(images.len() * self.transform.channels() * self.transform.size().pow(2));
+        let mut hwc = Vec::with_capacity(images.len() * self.transform.channels() * self.transform.size().pow(2));
         for img in images {
-            chw.extend(self.transform.apply(img));
+            hwc.extend(self.transform.apply_hwc(img));
         }
-        self.run(images.len(), &chw)
+        self.run(images.len(), &hwc)
     }
 
     /// Every layer's outputs for `n` images already preprocessed by
-    /// [`Transform::apply`] (CHW each, concatenated): decoding and
-    /// preprocessing can then happen elsewhere, alongside the previous batch.
-    pub fn run(&mut self, n: usize, chw: &[f32]) -> Result<Vec<FeatureMap>> {
+    /// [`Transform::apply_hwc`] (concatenated): decoding and preprocessing
+    /// can then happen elsewhere, alongside the previous batch.
+    pub fn run(&mut self, n: usize, hwc: &[f32]) -> Result<Vec<FeatureMap>> {
         if n == 0 {
-            return Ok(self
-                .layers()
-                .iter()
-                .map(|l| FeatureMap { layer: l.clone(), shape: vec![0], data: vec![] })
+            let shapes = self.shapes()?;
+            let maps = self.layers().iter().zip(shapes);
+            return Ok(maps
+                .map(|(l, s)| FeatureMap { layer: l.clone(), shape: [vec![0], s].concat(), data: vec![] })
                 .collect());
         }
         let b = self.model.backend().clone();
-        let x = input_tensor(&b, &self.transform, n, chw)?;
+        let x = input_tensor(&b, &self.transform, n, hwc)?;
         self.model.run(&mut self.ws, &x)?;
         let mut maps = Vec::with_capacity(self.pooled.len());
         for (i, &pooled) in self.pooled.iter().enumerate() {

@@ -413,6 +413,17 @@ impl Transform {
         to_tensor(&g, &self.mean, &self.std, self.grayscale)
     }
 
+    /// The full transform in the network's own layout: HWC, channels
+    /// innermost (the values of [`Transform::apply`], transposed).
+    pub fn apply_hwc(&self, img: &RgbImage) -> Vec<f32> {
+        let g = self.geometry(img);
+        if self.grayscale {
+            return to_tensor(&g, &self.mean, &self.std, true);
+        }
+        let (scale, mean, std) = (255.0f32, &self.mean, &self.std);
+        g.data.chunks_exact(3).flat_map(|px| (0..3).map(move |c| (px[c] as f32 / scale - mean[c]) / std[c])).collect()
+    }
+
     /// Channels of the output.
     pub fn channels(&self) -> usize {
         if self.grayscale { 1 } else { 3 }

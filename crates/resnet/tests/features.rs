@@ -52,7 +52,14 @@ fn named_layers_match_torchvision_feature_extractor() {
             let mut fx = FeatureExtractor::from_model(std::sync::Arc::new(model), identity_transform(h)).unwrap();
             assert_eq!(fx.layers(), case.layers);
             let shapes = fx.shapes().unwrap();
-            let maps = fx.run(n, &formula_input(n * c * h * w)).unwrap();
+            let nchw = formula_input(n * c * h * w);
+            let nhwc: Vec<f32> = (0..n * h * w * c)
+                .map(|i| {
+                    let (img, p, ch) = (i / (h * w * c), i / c % (h * w), i % c);
+                    nchw[img * c * h * w + ch * h * w + p]
+                })
+                .collect();
+            let maps = fx.run(n, &nhwc).unwrap();
             for (i, map) in maps.iter().enumerate() {
                 let (want, shape) = get(&sd, &format!("{key}:{}", map.layer));
                 assert_eq!(map.shape, shape, "{key}:{}", map.layer);

@@ -63,6 +63,10 @@ fn presets_and_normalisation() {
     let g = t.geometry(&img);
     assert_eq!(x[0], (g.data[0] as f32 / 255.0 - 0.485) / 0.229);
     assert_eq!(x[224 * 224], (g.data[1] as f32 / 255.0 - 0.456) / 0.224);
+    // The network's own layout holds the same values, channels innermost.
+    let hwc = t.apply_hwc(&img);
+    let hw = 224 * 224;
+    assert!((0..3 * hw).all(|i| hwc[i] == x[(i % 3) * hw + i / 3]));
     let gray = to_tensor(&g, &[0.0], &[1.0], true);
     assert_eq!(gray.len(), 224 * 224);
 }
