@@ -11,6 +11,7 @@ mod demo;
 mod embed;
 mod eval;
 mod experiment;
+mod export;
 mod inspect;
 mod summary;
 mod train;
@@ -37,6 +38,8 @@ enum Command {
     Classify(classify::Args),
     /// The outputs of one layer (pooled features by default) for images or a data set, as safetensors or .npy.
     Embed(embed::Args),
+    /// Export a network and its weights as an ONNX model (input `input`, NCHW float32; output `logits`).
+    Export(export::Args),
     /// Train a ResNet-20 on a bundled Fashion-MNIST subset in about a minute and show the results.
     Demo(demo::Args),
     /// The residual-learning lab: experiments that reproduce the papers' findings.
@@ -70,6 +73,7 @@ fn main() {
         Command::Inspect(a) => inspect::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Embed(a) => embed::run(a),
+        Command::Export(a) => export::run(a),
         Command::Experiment(a) => experiment::run(a),
         Command::Weights(a) => weights::run(a),
     };

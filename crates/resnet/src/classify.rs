@@ -149,17 +149,22 @@ pub fn resolve_spec(
 }
 
 /// A weights file read with its architecture, preprocessing and class names.
-struct Loaded {
-    spec: ResNetSpec,
-    graph: Graph,
-    sd: io::StateDict,
-    transform: Transform,
-    labels: Vec<String>,
+pub struct Loaded {
+    /// The architecture.
+    pub spec: ResNetSpec,
+    /// Its graph.
+    pub graph: Graph,
+    /// The weights (checked against the graph when compiled or exported).
+    pub sd: io::StateDict,
+    /// The preprocessing: the model card's, else torchvision's `v1`.
+    pub transform: Transform,
+    /// Class names: the model card's, else ImageNet's for 1000 classes, else `class N`.
+    pub labels: Vec<String>,
 }
 
 impl Loaded {
-    /// See [`Classifier::load`] for where each part comes from.
-    fn read(arch: Option<&str>, weights: &Path, num_classes: Option<usize>) -> Result<Self> {
+    /// Reads `weights`; see [`Classifier::load`] for where each part comes from.
+    pub fn read(arch: Option<&str>, weights: &Path, num_classes: Option<usize>) -> Result<Self> {
         let sd = io::read_state_dict(weights)?;
         let card = read_card(weights)?;
         let (mut spec, _) = resolve_spec(arch, weights, &sd, card.as_ref())?;

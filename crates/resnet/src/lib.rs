@@ -18,6 +18,7 @@ pub mod infer;
 pub mod io;
 pub mod labels;
 pub mod model;
+pub mod onnx;
 pub mod preprocess;
 pub mod pretrained;
 pub mod rng;
