@@ -13,6 +13,7 @@ mod eval;
 mod experiment;
 mod export;
 mod inspect;
+mod serve;
 mod summary;
 mod train;
 mod util;
@@ -54,6 +55,8 @@ enum Command {
     Eval(eval::Args),
     /// Train a network (SGD, the papers' recipes, checkpoints, metrics, plots).
     Train(Box<train::Args>),
+    /// Serve a network over HTTP: classify, embed, KServe v2, Prometheus metrics, dynamic batching.
+    Serve(serve::Args),
     /// Pretrained weights by name (torchvision:ARCH[.v1|.v2]): list, fetch into the cache, show the path.
     Weights(weights::Args),
 }
@@ -75,6 +78,7 @@ fn main() {
         Command::Embed(a) => embed::run(a),
         Command::Export(a) => export::run(a),
         Command::Experiment(a) => experiment::run(a),
+        Command::Serve(a) => serve::run(a),
         Command::Weights(a) => weights::run(a),
     };
     if let Err(e) = result {

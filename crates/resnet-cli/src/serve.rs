@@ -1,0 +1,707 @@
+//! `resnet serve`: an HTTP inference server.
+//!
+//! Requests are parsed and their images decoded on tokio's threads and its
+//! blocking pool (a bounded number at once), never on the compute threads.
+//! Each request becomes a job in a bounded queue; one batcher thread owns the
+//! compiled model's workspace and gathers jobs into a batch until it holds
+//! `--max-batch` images or the first job has waited `--max-delay-ms`, runs it,
+//! and hands each job its rows. A full queue answers 503 at once (with
+//! `Retry-After`), so memory stays bounded under any load: at most `--queue`
+//! jobs wait, each at most `--max-body-mb` of input. A job whose client has
+//! gone is dropped before it is computed. SIGTERM or Ctrl-C stops accepting,
+//! lets the requests in flight finish, and exits 0.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Multipart, Path, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use resnet::backend::{Backend, Cpu};
+use resnet::classify::{Loaded, top_k};
+use resnet::infer::CompiledModel;
+use resnet::preprocess::{MAX_TRANSFORM_SIDE, Transform, decode_rgb};
+use resnet::tensor::Tensor;
+use serde_json::{Value, json};
+
+use crate::util::{Compute, PrecisionFlag, TransformFlags, precision};
+
+/// Arguments of `resnet serve`.
+#[derive(clap::Args)]
+#[command(after_long_help = ROUTES)]
+pub struct Args {
+    /// Weights: .safetensors, a PyTorch .pth, or a name (torchvision:ARCH[.v1|.v2]).
+    #[arg(long)]
+    weights: PathBuf,
+    /// Architecture (see `resnet archs`); optional for our checkpoints and recognised weights.
+    #[arg(long)]
+    arch: Option<String>,
+    /// Address to listen on (port 0: any free port; the port is printed).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: String,
+    /// Most images in one batch of the network.
+    #[arg(long, default_value_t = 16)]
+    max_batch: usize,
+    /// Longest a request waits for others to share its batch.
+    #[arg(long, default_value_t = 5)]
+    max_delay_ms: u64,
+    /// Requests that may wait for the network; beyond them, 503 with Retry-After.
+    #[arg(long, default_value_t = 256)]
+    queue: usize,
+    /// Largest request body, in MB (413 beyond).
+    #[arg(long, default_value_t = 20)]
+    max_body_mb: usize,
+    /// Longest a request may take, in ms (504 beyond).
+    #[arg(long, default_value_t = 30_000)]
+    timeout_ms: u64,
+    /// The model's name in the KServe v2 routes (default: the architecture's).
+    #[arg(long)]
+    name: Option<String>,
+    #[command(flatten)]
+    transform: TransformFlags,
+    #[command(flatten)]
+    compute: Compute,
+    #[command(flatten)]
+    precision: PrecisionFlag,
+}
+
+const ROUTES: &str = "\
+Routes:
+  POST /v1/classify[?topk=5]   an image as the body, or multipart/form-data with image files;
+                               answers what `resnet classify --json` prints
+  POST /v1/embed               the same input; answers the pooled features of each image
+  GET  /v2/health/live         200 while the process runs
+  GET  /v2/health/ready        200 once the model is loaded, 503 before
+  GET  /v2/models/NAME         KServe v2 model metadata (inputs, outputs)
+  POST /v2/models/NAME/infer   KServe v2 inference: an FP32 input of shape [N, 3, H, W] (data flat,
+                               row-major), or a BYTES input of shape [N] holding base64 images;
+                               outputs `logits` [N, classes] (ask for `features` to get [N, D] too)
+  GET  /metrics                Prometheus: requests by route and status, latency and batch-size
+                               histograms, queue depth, images computed
+Errors are JSON {\"error\": ...}: 400 bad input, 413 body too large, 503 queue full (with Retry-After)
+or model loading, 504 too slow. One JSON line per request goes to stderr.";
+
+/// What the handlers know about the model once it is loaded.
+struct ModelInfo {
+    arch: String,
+    transform: Transform,
+    labels: Vec<String>,
+    in_channels: usize,
+    classes: usize,
+    feature_dim: usize,
+}
+
+/// One request's images for the network.
+struct Job {
+    /// NHWC, `n` images of `h x w`.
+    x: Vec<f32>,
+    n: usize,
+    hw: (usize, usize),
+    enqueued: Instant,
+    reply: tokio::sync::oneshot::Sender<Result<Rows, String>>,
+}
+
+/// A job's rows of the batch's outputs.
+struct Rows {
+    logits: Vec<f32>,
+    features: Vec<f32>,
+}
+
+/// State shared by the handlers.
+struct Shared {
+    name: String,
+    ready: AtomicBool,
+    info: OnceLock<ModelInfo>,
+    /// The batcher's queue; taken (closed) at shutdown.
+    queue: Mutex<Option<SyncSender<Job>>>,
+    metrics: Metrics,
+    /// Decodes running at once on the blocking pool.
+    decoding: tokio::sync::Semaphore,
+    timeout: Duration,
+}
+
+/// An error answer: a status and a JSON `{"error": ...}` body.
+struct Failure(StatusCode, String);
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let mut r = (self.0, Json(json!({ "error": self.1 }))).into_response();
+        if self.0 == StatusCode::SERVICE_UNAVAILABLE {
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        r
+    }
+}
+
+fn bad(msg: impl Into<String>) -> Failure {
+    Failure(StatusCode::BAD_REQUEST, msg.into())
+}
+
+pub fn run(a: Args) -> Result<()> {
+    if a.max_batch == 0 || a.queue == 0 || a.max_body_mb == 0 || a.timeout_ms == 0 {
+        bail!("--max-batch, --queue, --max-body-mb and --timeout-ms must be at least 1");
+    }
+    let cpu = a.compute.backend()?;
+    let precision = precision(a.precision.precision, &cpu);
+    let (weights, entry) = crate::weights::resolve(&a.weights)?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let shared = Arc::new(Shared {
+        name: String::new(),
+        ready: AtomicBool::new(false),
+        info: OnceLock::new(),
+        queue: Mutex::new(None),
+        metrics: Metrics::default(),
+        decoding: tokio::sync::Semaphore::new(2 * cores),
+        timeout: Duration::from_millis(a.timeout_ms),
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2.min(cores)).enable_all().build()?;
+    rt.block_on(async move {
+        let listener =
+            tokio::net::TcpListener::bind(&a.addr).await.with_context(|| format!("cannot listen on {}", a.addr))?;
+        // Read the weights before listening answers anything but health, so a
+        // bad file fails the start; compile in the background (readiness).
+        let loaded = Loaded::read(a.arch.as_deref(), &weights, None)
+            .with_context(|| format!("cannot load {}", weights.display()))?;
+        let mut shared_mut = Arc::try_unwrap(shared).unwrap_or_else(|_| unreachable!("not shared yet"));
+        shared_mut.name = a.name.clone().unwrap_or_else(|| loaded.spec.name.clone());
+        let shared = Arc::new(shared_mut);
+        eprintln!("listening on http://{}", listener.local_addr()?);
+        let (tx, rx) = sync_channel::<Job>(a.queue);
+        *shared.queue.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        let batcher = {
+            let (shared, transform, named) = (shared.clone(), a.transform.clone(), entry.map(|e| e.preset));
+            let (max_batch, delay) = (a.max_batch, Duration::from_millis(a.max_delay_ms));
+            std::thread::Builder::new().name("resnet-batcher".into()).spawn(move || {
+                let model = match prepare(&cpu, loaded, precision, &transform, named.as_deref(), &shared) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        std::process::exit(1);
+                    }
+                };
+                shared.ready.store(true, Ordering::Release);
+                eprintln!("ready: {} ({}), max batch {max_batch}", shared.name, cpu.describe());
+                batch_loop(&cpu, &model, rx, max_batch, delay, &shared);
+            })?
+        };
+        let app = router(shared.clone(), a.max_body_mb << 20);
+        axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+        // Every request has been answered: closing the queue ends the batcher.
+        shared.queue.lock().unwrap_or_else(|e| e.into_inner()).take();
+        batcher.join().map_err(|_| anyhow::anyhow!("the batcher panicked"))?;
+        eprintln!("stopped");
+        Ok(())
+    })
+}
+
+/// Compiles the model and records what the handlers need.
+fn prepare(
+    cpu: &Cpu,
+    loaded: Loaded,
+    precision: resnet::backend::Precision,
+    flags: &TransformFlags,
+    named: Option<&str>,
+    shared: &Shared,
+) -> Result<CompiledModel<Cpu>> {
+    let mut transform = loaded.transform.clone();
+    flags.apply(&mut transform, named)?;
+    let model = CompiledModel::new(cpu, &loaded.graph, &loaded.sd, precision)?;
+    let spec = &loaded.spec;
+    let info = ModelInfo {
+        arch: spec.name.clone(),
+        transform,
+        labels: loaded.labels,
+        in_channels: spec.in_channels,
+        classes: spec.num_classes,
+        feature_dim: spec.feature_dim(),
+    };
+    let _ = shared.info.set(info);
+    Ok(model)
+}
+
+/// The batcher: gathers jobs into batches and runs them, until the queue closes.
+fn batch_loop(
+    cpu: &Cpu,
+    model: &CompiledModel<Cpu>,
+    rx: Receiver<Job>,
+    max_batch: usize,
+    delay: Duration,
+    shared: &Shared,
+) {
+    let mut ws = model.workspace();
+    let mut waiting: Option<Job> = None;
+    loop {
+        let first = match waiting.take().map(Ok).unwrap_or_else(|| rx.recv()) {
+            Ok(j) => j,
+            Err(_) => return,
+        };
+        shared.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
+        if first.reply.is_closed() {
+            continue; // its client has gone
+        }
+        let deadline = first.enqueued + delay;
+        let (hw, mut n) = (first.hw, first.n);
+        let mut jobs = vec![first];
+        while n < max_batch {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(j) => {
+                    shared.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                    if j.reply.is_closed() {
+                        continue;
+                    }
+                    if j.hw != hw || n + j.n > max_batch {
+                        // Runs first in the next batch (it still counts as waiting).
+                        shared.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
+                        waiting = Some(j);
+                        break;
+                    }
+                    n += j.n;
+                    jobs.push(j);
+                }
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        let result = run_batch(cpu, model, &mut ws, &jobs, n, hw);
+        shared.metrics.observe_batch(n);
+        match result {
+            Ok((logits, features)) => {
+                let (c, d) = (logits.len() / n, features.len() / n);
+                let mut at = 0;
+                for j in jobs {
+                    let rows = Rows {
+                        logits: logits[at * c..(at + j.n) * c].to_vec(),
+                        features: features[at * d..(at + j.n) * d].to_vec(),
+                    };
+                    at += j.n;
+                    let _ = j.reply.send(Ok(rows));
+                }
+            }
+            Err(e) => {
+                for j in jobs {
+                    let _ = j.reply.send(Err(format!("{e:#}")));
+                }
+            }
+        }
+    }
+}
+
+/// Runs one batch: its logits and pooled features.
+fn run_batch(
+    cpu: &Cpu,
+    model: &CompiledModel<Cpu>,
+    ws: &mut resnet::infer::Workspace<Cpu>,
+    jobs: &[Job],
+    n: usize,
+    (h, w): (usize, usize),
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let c = model.spec().in_channels;
+    let mut x = Vec::with_capacity(n * h * w * c);
+    jobs.iter().for_each(|j| x.extend_from_slice(&j.x));
+    let x = Tensor::from_host(cpu, [n, h, w, c], &x)?;
+    let logits = model.run(ws, &x)?.to_host(cpu)?;
+    let features = model.features(ws).to_host(cpu)?;
+    Ok((logits, features))
+}
+
+fn router(shared: Arc<Shared>, max_body: usize) -> Router {
+    Router::new()
+        .route("/v1/classify", post(classify))
+        .route("/v1/embed", post(embed))
+        .route("/v2/health/live", get(|| async { Json(json!({ "live": true })) }))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/{name}", get(model_metadata))
+        .route("/v2/models/{name}/ready", get(ready))
+        .route("/v2/models/{name}/infer", post(infer))
+        .route("/metrics", get(metrics))
+        .layer(middleware::from_fn_with_state(shared.clone(), log_and_count))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(shared)
+}
+
+/// One JSON line per request on stderr, and the request metrics.
+async fn log_and_count(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let route = req.extensions().get::<MatchedPath>().map_or("unmatched".to_string(), |p| p.as_str().to_string());
+    let (method, path) = (req.method().to_string(), req.uri().path().to_string());
+    s.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+    let response = next.run(req).await;
+    s.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+    let secs = start.elapsed().as_secs_f64();
+    let status = response.status().as_u16();
+    s.metrics.observe_request(&route, status, secs);
+    let line = json!({ "method": method, "path": path, "status": status, "ms": (secs * 1e3 * 100.0).round() / 100.0 });
+    eprintln!("{line}");
+    response
+}
+
+async fn ready(State(s): State<Arc<Shared>>) -> Response {
+    if s.ready.load(Ordering::Acquire) {
+        Json(json!({ "ready": true })).into_response()
+    } else {
+        Failure(StatusCode::SERVICE_UNAVAILABLE, "the model is loading".into()).into_response()
+    }
+}
+
+/// The model's description, once loaded.
+fn info(s: &Shared) -> Result<&ModelInfo, Failure> {
+    match s.info.get() {
+        Some(i) if s.ready.load(Ordering::Acquire) => Ok(i),
+        _ => Err(Failure(StatusCode::SERVICE_UNAVAILABLE, "the model is loading".into())),
+    }
+}
+
+async fn model_metadata(State(s): State<Arc<Shared>>, Path(name): Path<String>) -> Result<Json<Value>, Failure> {
+    check_name(&s, &name)?;
+    let i = info(&s)?;
+    let side = i.transform.size();
+    Ok(Json(json!({
+        "name": s.name,
+        "versions": ["1"],
+        "platform": "resnet",
+        "inputs": [{ "name": "input", "datatype": "FP32", "shape": [-1, i.in_channels, side, side] }],
+        "outputs": [
+            { "name": "logits", "datatype": "FP32", "shape": [-1, i.classes] },
+            { "name": "features", "datatype": "FP32", "shape": [-1, i.feature_dim] },
+        ],
+        "parameters": { "arch": i.arch, "preprocess": i.transform, "class_names": i.labels },
+    })))
+}
+
+fn check_name(s: &Shared, name: &str) -> Result<(), Failure> {
+    if name != s.name {
+        return Err(Failure(StatusCode::NOT_FOUND, format!("no model `{name}` here (this server has `{}`)", s.name)));
+    }
+    Ok(())
+}
+
+/// The images of a request: the body, or each file of a multipart form.
+async fn images_of(s: &Arc<Shared>, req: Request) -> Result<Vec<(String, Bytes)>, Failure> {
+    let multipart = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    if multipart {
+        let mut form = Multipart::from_request(req, s).await.map_err(|e| Failure(e.status(), e.body_text()))?;
+        let mut images = Vec::new();
+        while let Some(field) = form.next_field().await.map_err(|e| Failure(e.status(), e.body_text()))? {
+            let name = field.file_name().or(field.name()).unwrap_or("image").to_string();
+            images.push((name, field.bytes().await.map_err(|e| Failure(e.status(), e.body_text()))?));
+        }
+        if images.is_empty() {
+            return Err(bad("the form has no files"));
+        }
+        return Ok(images);
+    }
+    let body = Bytes::from_request(req, s).await.map_err(|e| Failure(e.status(), e.body_text()))?;
+    if body.is_empty() {
+        return Err(bad("the body is empty: send an image, or multipart/form-data with image files"));
+    }
+    Ok(vec![("body".to_string(), body)])
+}
+
+/// Decodes and preprocesses images off the async threads (a bounded number at once).
+async fn preprocess(s: &Arc<Shared>, images: Vec<Bytes>) -> Result<Vec<f32>, Failure> {
+    let transform = info(s)?.transform.clone();
+    let _slot = s.decoding.acquire().await.map_err(|_| Failure(StatusCode::SERVICE_UNAVAILABLE, "stopping".into()))?;
+    tokio::task::spawn_blocking(move || {
+        let mut x = Vec::new();
+        for (i, bytes) in images.iter().enumerate() {
+            let img = decode_rgb(bytes).map_err(|e| bad(format!("image {i}: {e}")))?;
+            x.extend(transform.apply_hwc(&img));
+        }
+        Ok(x)
+    })
+    .await
+    .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+}
+
+/// Queues `n` images (NHWC) for the network and waits for their rows.
+async fn compute(s: &Arc<Shared>, x: Vec<f32>, n: usize, hw: (usize, usize)) -> Result<Rows, Failure> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let queue = s.queue.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let queue = queue.ok_or_else(|| Failure(StatusCode::SERVICE_UNAVAILABLE, "stopping".into()))?;
+    s.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
+    match queue.try_send(Job { x, n, hw, enqueued: Instant::now(), reply }) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+            s.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
+            return Err(Failure(StatusCode::SERVICE_UNAVAILABLE, "the queue is full: retry later".into()));
+        }
+    }
+    let rows = answer.await.map_err(|_| Failure(StatusCode::SERVICE_UNAVAILABLE, "stopping".into()))?;
+    s.metrics.images.fetch_add(n as u64, Ordering::Relaxed);
+    rows.map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e))
+}
+
+/// Runs `f` under the request timeout.
+async fn timed<T>(s: &Shared, f: impl std::future::Future<Output = Result<T, Failure>>) -> Result<T, Failure> {
+    tokio::time::timeout(s.timeout, f).await.unwrap_or_else(|_| {
+        Err(Failure(StatusCode::GATEWAY_TIMEOUT, "the request took longer than --timeout-ms".into()))
+    })
+}
+
+/// Images in, rows out: the common part of /v1/classify and /v1/embed.
+async fn image_rows(s: &Arc<Shared>, req: Request) -> Result<(Vec<String>, Rows), Failure> {
+    info(s)?;
+    let images = images_of(s, req).await?;
+    let names: Vec<String> = images.iter().map(|(n, _)| n.clone()).collect();
+    let n = images.len();
+    let x = preprocess(s, images.into_iter().map(|(_, b)| b).collect()).await?;
+    let side = info(s)?.transform.size();
+    Ok((names, compute(s, x, n, (side, side)).await?))
+}
+
+async fn classify(
+    State(s): State<Arc<Shared>>,
+    Query(q): Query<BTreeMap<String, String>>,
+    req: Request,
+) -> Result<Json<Value>, Failure> {
+    let k = match q.get("topk") {
+        None => 5,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|&k| k >= 1)
+            .ok_or_else(|| bad(format!("topk must be a number of at least 1, got `{v}`")))?,
+    };
+    timed(&s, async {
+        let (names, rows) = image_rows(&s, req).await?;
+        let i = info(&s)?;
+        let out: Vec<Value> = names
+            .iter()
+            .zip(rows.logits.chunks(i.classes))
+            .map(|(name, z)| json!({ "image": name, "top": top_k(z, k, &i.labels) }))
+            .collect();
+        Ok(Json(Value::Array(out)))
+    })
+    .await
+}
+
+async fn embed(State(s): State<Arc<Shared>>, req: Request) -> Result<Json<Value>, Failure> {
+    timed(&s, async {
+        let (names, rows) = image_rows(&s, req).await?;
+        let d = info(&s)?.feature_dim;
+        let out: Vec<Value> = names
+            .iter()
+            .zip(rows.features.chunks(d))
+            .map(|(name, f)| json!({ "image": name, "features": f }))
+            .collect();
+        Ok(Json(Value::Array(out)))
+    })
+    .await
+}
+
+/// KServe v2 inference.
+async fn infer(State(s): State<Arc<Shared>>, Path(name): Path<String>, body: Bytes) -> Result<Json<Value>, Failure> {
+    check_name(&s, &name)?;
+    timed(&s, async {
+        let i = info(&s)?;
+        let req: Value = serde_json::from_slice(&body).map_err(|e| bad(format!("not JSON: {e}")))?;
+        let input =
+            req["inputs"].as_array().and_then(|v| v.first()).ok_or_else(|| bad("`inputs` must hold one input"))?;
+        let shape: Vec<usize> = input["shape"]
+            .as_array()
+            .map(|v| v.iter().map(|d| d.as_u64().map(|d| d as usize)).collect::<Option<Vec<_>>>())
+            .and_then(|v| v)
+            .ok_or_else(|| bad("`shape` must be a list of sizes"))?;
+        let (x, n, hw) = match input["datatype"].as_str() {
+            Some("FP32") => {
+                let c = i.in_channels;
+                let [n, ch, h, w] = shape[..] else {
+                    return Err(bad(format!("an FP32 input has shape [N, {c}, H, W], got {shape:?}")));
+                };
+                if ch != c || n == 0 || h == 0 || w == 0 || h > MAX_TRANSFORM_SIDE || w > MAX_TRANSFORM_SIDE {
+                    return Err(bad(format!(
+                        "an FP32 input has shape [N, {c}, H, W] (sides 1 to {MAX_TRANSFORM_SIDE}), got {shape:?}"
+                    )));
+                }
+                let mut nchw = Vec::with_capacity(n * c * h * w);
+                flatten(&input["data"], &mut nchw).map_err(bad)?;
+                if nchw.len() != n * c * h * w {
+                    return Err(bad(format!(
+                        "shape {shape:?} needs {} values, `data` has {}",
+                        n * c * h * w,
+                        nchw.len()
+                    )));
+                }
+                let mut nhwc = vec![0.0; nchw.len()];
+                for (k, v) in nchw.iter().enumerate() {
+                    let (img, ch, p) = (k / (c * h * w), k / (h * w) % c, k % (h * w));
+                    nhwc[(img * h * w + p) * c + ch] = *v;
+                }
+                (nhwc, n, (h, w))
+            }
+            Some("BYTES") => {
+                let items =
+                    input["data"].as_array().ok_or_else(|| bad("BYTES `data` must be a list of base64 images"))?;
+                if shape != [items.len()] || items.is_empty() {
+                    return Err(bad(format!("a BYTES input has shape [N] with N images in `data`, got {shape:?}")));
+                }
+                let engine = base64::engine::general_purpose::STANDARD;
+                let images = items
+                    .iter()
+                    .map(|v| {
+                        let text = v
+                            .as_str()
+                            .or_else(|| v["b64"].as_str())
+                            .ok_or_else(|| bad("BYTES items are base64 strings"))?;
+                        engine.decode(text).map(Bytes::from).map_err(|e| bad(format!("not base64: {e}")))
+                    })
+                    .collect::<Result<Vec<_>, Failure>>()?;
+                let side = i.transform.size();
+                (preprocess(&s, images).await?, items.len(), (side, side))
+            }
+            other => return Err(bad(format!("datatype must be FP32 or BYTES, got {other:?}"))),
+        };
+        let rows = compute(&s, x, n, hw).await?;
+        let wanted: Vec<&str> = req["outputs"]
+            .as_array()
+            .map(|v| v.iter().filter_map(|o| o["name"].as_str()).collect())
+            .unwrap_or_else(|| vec!["logits"]);
+        let mut outputs = Vec::new();
+        for name in wanted {
+            let (data, d) = match name {
+                "logits" => (&rows.logits, i.classes),
+                "features" => (&rows.features, i.feature_dim),
+                other => return Err(bad(format!("no output `{other}`: logits or features"))),
+            };
+            outputs.push(json!({ "name": name, "datatype": "FP32", "shape": [n, d], "data": data }));
+        }
+        Ok(Json(json!({ "model_name": s.name, "model_version": "1", "id": req["id"], "outputs": outputs })))
+    })
+    .await
+}
+
+/// Appends the numbers of a flat or nested JSON list.
+fn flatten(v: &Value, out: &mut Vec<f32>) -> Result<(), String> {
+    match v {
+        Value::Array(items) => items.iter().try_for_each(|x| flatten(x, out)),
+        Value::Number(x) => {
+            out.push(x.as_f64().unwrap_or(f64::NAN) as f32);
+            Ok(())
+        }
+        _ => Err("`data` must hold numbers".into()),
+    }
+}
+
+async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render())
+}
+
+/// SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    eprintln!("stopping: finishing the requests in flight");
+}
+
+/// Latency buckets (seconds) and batch-size buckets.
+const LATENCY: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+const BATCH: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
+/// A Prometheus histogram: cumulative bucket counts, sum, count.
+#[derive(Default)]
+struct Histogram {
+    buckets: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, bounds: &[f64], v: f64) {
+        self.buckets.resize(bounds.len(), 0);
+        for (b, &le) in self.buckets.iter_mut().zip(bounds) {
+            *b += (v <= le) as u64;
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str, bounds: &[f64]) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (i, le) in bounds.iter().enumerate() {
+            let c = self.buckets.get(i).copied().unwrap_or(0);
+            out.push_str(&format!("{name}_bucket{{{labels}{sep}le=\"{le}\"}} {c}\n"));
+        }
+        out.push_str(&format!("{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}\n", self.count));
+        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+        out.push_str(&format!("{name}_sum{braces} {}\n{name}_count{braces} {}\n", self.sum, self.count));
+    }
+}
+
+/// The server's metrics.
+#[derive(Default)]
+struct Metrics {
+    /// By (route, status): count; by route: latency.
+    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    latency: Mutex<BTreeMap<String, Histogram>>,
+    batches: Mutex<Histogram>,
+    queue_depth: AtomicI64,
+    in_flight: AtomicI64,
+    images: AtomicU64,
+}
+
+impl Metrics {
+    fn observe_request(&self, route: &str, status: u16, secs: f64) {
+        *self.requests.lock().unwrap_or_else(|e| e.into_inner()).entry((route.to_string(), status)).or_default() += 1;
+        self.latency
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(route.to_string())
+            .or_default()
+            .observe(&LATENCY, secs);
+    }
+
+    fn observe_batch(&self, n: usize) {
+        self.batches.lock().unwrap_or_else(|e| e.into_inner()).observe(&BATCH, n as f64);
+    }
+
+    fn render(&self) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP resnet_requests_total Requests answered, by route and status.\n");
+        out.push_str("# TYPE resnet_requests_total counter\n");
+        for ((route, status), n) in self.requests.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            out.push_str(&format!("resnet_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}\n"));
+        }
+        out.push_str("# HELP resnet_request_duration_seconds Time to answer, by route.\n");
+        out.push_str("# TYPE resnet_request_duration_seconds histogram\n");
+        for (route, h) in self.latency.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            h.render(&mut out, "resnet_request_duration_seconds", &format!("route=\"{route}\""), &LATENCY);
+        }
+        out.push_str("# HELP resnet_batch_size Images per batch of the network.\n");
+        out.push_str("# TYPE resnet_batch_size histogram\n");
+        self.batches.lock().unwrap_or_else(|e| e.into_inner()).render(&mut out, "resnet_batch_size", "", &BATCH);
+        out.push_str("# HELP resnet_queue_depth Requests waiting for the network.\n");
+        out.push_str("# TYPE resnet_queue_depth gauge\n");
+        out.push_str(&format!("resnet_queue_depth {}\n", self.queue_depth.load(Ordering::Relaxed).max(0)));
+        out.push_str("# HELP resnet_requests_in_flight Requests being answered (this one included).\n");
+        out.push_str("# TYPE resnet_requests_in_flight gauge\n");
+        out.push_str(&format!("resnet_requests_in_flight {}\n", self.in_flight.load(Ordering::Relaxed)));
+        out.push_str("# HELP resnet_images_total Images computed (rate() of it: images/s).\n");
+        out.push_str("# TYPE resnet_images_total counter\n");
+        out.push_str(&format!("resnet_images_total {}\n", self.images.load(Ordering::Relaxed)));
+        out
+    }
+}
