@@ -5,7 +5,7 @@
 //! Each request becomes a job in a bounded queue; one batcher thread owns the
 //! compiled model's workspace and gathers jobs into a batch until it holds
 //! `--max-batch` images or the first job has waited `--max-delay-ms`, runs it,
-//! and hands each job its rows. A full queue answers 503 at once (with
+//! and hands each job its rows (a request alone in the server runs at once). A full queue answers 503 at once (with
 //! `Retry-After`), so memory stays bounded under any load: at most `--queue`
 //! jobs wait, each at most `--max-body-mb` of input. A job whose client has
 //! gone is dropped before it is computed. SIGTERM or Ctrl-C stops accepting,
@@ -109,6 +109,8 @@ struct Job {
     hw: (usize, usize),
     enqueued: Instant,
     reply: tokio::sync::oneshot::Sender<Result<Rows, String>>,
+    /// Its place in the queue, given back when the batcher takes it.
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// A job's rows of the batch's outputs.
@@ -127,6 +129,9 @@ struct Shared {
     metrics: Metrics,
     /// Decodes running at once on the blocking pool.
     decoding: tokio::sync::Semaphore,
+    /// Places in the queue: taken before a request's body is read or
+    /// decoded, so a full server refuses at once, at no cost.
+    slots: Arc<tokio::sync::Semaphore>,
     timeout: Duration,
 }
 
@@ -161,7 +166,11 @@ pub fn run(a: Args) -> Result<()> {
         info: OnceLock::new(),
         queue: Mutex::new(None),
         metrics: Metrics::default(),
-        decoding: tokio::sync::Semaphore::new(2 * cores),
+        // Decoding shares the cores with the network, whose threads split each
+        // operation evenly: every decoder running preempts one of them and
+        // holds the rest back, so few run at once.
+        decoding: tokio::sync::Semaphore::new((cores / 2).max(1)),
+        slots: Arc::new(tokio::sync::Semaphore::new(a.queue)),
         timeout: Duration::from_millis(a.timeout_ms),
     });
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2.min(cores)).enable_all().build()?;
@@ -253,6 +262,11 @@ fn batch_loop(
         let (hw, mut n) = (first.hw, first.n);
         let mut jobs = vec![first];
         while n < max_batch {
+            // Wait for company only when other requests are on their way
+            // (being read or decoded): a lone request runs at once.
+            if shared.metrics.in_flight.load(Ordering::Relaxed) <= jobs.len() as i64 {
+                break;
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(j) => {
@@ -427,18 +441,29 @@ async fn preprocess(s: &Arc<Shared>, images: Vec<Bytes>) -> Result<Vec<f32>, Fai
     .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
 }
 
-/// Queues `n` images (NHWC) for the network and waits for their rows.
-async fn compute(s: &Arc<Shared>, x: Vec<f32>, n: usize, hw: (usize, usize)) -> Result<Rows, Failure> {
+/// A place in the queue, or 503 at once.
+fn slot(s: &Shared) -> Result<tokio::sync::OwnedSemaphorePermit, Failure> {
+    s.slots.clone().try_acquire_owned().map_err(|_| Failure(StatusCode::SERVICE_UNAVAILABLE, "the queue is full: retry later".into()))
+}
+
+/// Queues `n` images (NHWC) for the network in place `slot` and waits for their rows.
+async fn compute(
+    s: &Arc<Shared>,
+    slot: tokio::sync::OwnedSemaphorePermit,
+    x: Vec<f32>,
+    n: usize,
+    hw: (usize, usize),
+) -> Result<Rows, Failure> {
     let (reply, answer) = tokio::sync::oneshot::channel();
     let queue = s.queue.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let queue = queue.ok_or_else(|| Failure(StatusCode::SERVICE_UNAVAILABLE, "stopping".into()))?;
     s.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
-    match queue.try_send(Job { x, n, hw, enqueued: Instant::now(), reply }) {
-        Ok(()) => {}
-        Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-            s.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
-            return Err(Failure(StatusCode::SERVICE_UNAVAILABLE, "the queue is full: retry later".into()));
-        }
+    // The channel holds as many jobs as there are slots: it is never full here.
+    if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+        queue.try_send(Job { x, n, hw, enqueued: Instant::now(), reply, _slot: slot })
+    {
+        s.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
+        return Err(Failure(StatusCode::SERVICE_UNAVAILABLE, "the queue is full: retry later".into()));
     }
     let rows = answer.await.map_err(|_| Failure(StatusCode::SERVICE_UNAVAILABLE, "stopping".into()))?;
     s.metrics.images.fetch_add(n as u64, Ordering::Relaxed);
@@ -455,12 +480,13 @@ async fn timed<T>(s: &Shared, f: impl std::future::Future<Output = Result<T, Fai
 /// Images in, rows out: the common part of /v1/classify and /v1/embed.
 async fn image_rows(s: &Arc<Shared>, req: Request) -> Result<(Vec<String>, Rows), Failure> {
     info(s)?;
+    let slot = slot(s)?;
     let images = images_of(s, req).await?;
     let names: Vec<String> = images.iter().map(|(n, _)| n.clone()).collect();
     let n = images.len();
     let x = preprocess(s, images.into_iter().map(|(_, b)| b).collect()).await?;
     let side = info(s)?.transform.size();
-    Ok((names, compute(s, x, n, (side, side)).await?))
+    Ok((names, compute(s, slot, x, n, (side, side)).await?))
 }
 
 async fn classify(
@@ -508,6 +534,7 @@ async fn infer(State(s): State<Arc<Shared>>, Path(name): Path<String>, body: Byt
     check_name(&s, &name)?;
     timed(&s, async {
         let i = info(&s)?;
+        let slot = slot(&s)?;
         let req: Value = serde_json::from_slice(&body).map_err(|e| bad(format!("not JSON: {e}")))?;
         let input =
             req["inputs"].as_array().and_then(|v| v.first()).ok_or_else(|| bad("`inputs` must hold one input"))?;
@@ -565,7 +592,7 @@ async fn infer(State(s): State<Arc<Shared>>, Path(name): Path<String>, body: Byt
             }
             other => return Err(bad(format!("datatype must be FP32 or BYTES, got {other:?}"))),
         };
-        let rows = compute(&s, x, n, hw).await?;
+        let rows = compute(&s, slot, x, n, hw).await?;
         let wanted: Vec<&str> = req["outputs"]
             .as_array()
             .map(|v| v.iter().filter_map(|o| o["name"].as_str()).collect())
