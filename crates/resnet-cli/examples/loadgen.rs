@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 /// One request on a fresh connection: its status (0 for a connection error).
 fn request(addr: &str, path: &str, body: &[u8]) -> u16 {
     let Ok(mut c) = TcpStream::connect(addr) else { return 0 };
-    let head = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", body.len());
+    let head =
+        format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", body.len());
     // A server that refuses early may answer (and close) before the body is
     // all sent: read its answer either way.
     let _ = c.write_all(head.as_bytes()).and_then(|_| c.write_all(body));

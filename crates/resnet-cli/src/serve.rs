@@ -1,15 +1,17 @@
 //! `resnet serve`: an HTTP inference server.
 //!
 //! Requests are parsed and their images decoded on tokio's threads and its
-//! blocking pool (a bounded number at once), never on the compute threads.
-//! Each request becomes a job in a bounded queue; one batcher thread owns the
-//! compiled model's workspace and gathers jobs into a batch until it holds
-//! `--max-batch` images or the first job has waited `--max-delay-ms`, runs it,
-//! and hands each job its rows (a request alone in the server runs at once). A full queue answers 503 at once (with
-//! `Retry-After`), so memory stays bounded under any load: at most `--queue`
-//! jobs wait, each at most `--max-body-mb` of input. A job whose client has
-//! gone is dropped before it is computed. SIGTERM or Ctrl-C stops accepting,
-//! lets the requests in flight finish, and exits 0.
+//! blocking pool (a few at once), never on the compute threads. Each request
+//! takes a place in a bounded queue before its body is read (a full queue
+//! answers 503 at once, with `Retry-After`) and becomes a job; one batcher
+//! thread owns the compiled model's workspace and gathers jobs into a batch
+//! until it holds `--max-batch` images or the first job has waited
+//! `--max-delay-ms` (a request alone in the server runs at once), runs it,
+//! and hands each job its rows. Memory stays bounded under any load: at most
+//! `--queue` jobs, each at most `--max-body-mb` of input. A job whose client
+//! has gone is dropped before it is computed. SIGTERM or Ctrl-C stops
+//! accepting, lets the requests in flight finish, and exits 0. See
+//! docs/SERVING.md.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -443,7 +445,10 @@ async fn preprocess(s: &Arc<Shared>, images: Vec<Bytes>) -> Result<Vec<f32>, Fai
 
 /// A place in the queue, or 503 at once.
 fn slot(s: &Shared) -> Result<tokio::sync::OwnedSemaphorePermit, Failure> {
-    s.slots.clone().try_acquire_owned().map_err(|_| Failure(StatusCode::SERVICE_UNAVAILABLE, "the queue is full: retry later".into()))
+    s.slots
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| Failure(StatusCode::SERVICE_UNAVAILABLE, "the queue is full: retry later".into()))
 }
 
 /// Queues `n` images (NHWC) for the network in place `slot` and waits for their rows.

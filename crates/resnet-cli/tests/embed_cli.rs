@@ -2,35 +2,14 @@
 //! (fixture from tools/make_fixtures.py), an image folder with labels and
 //! paths, spatial layers as .npy, and bad input refused with nothing written.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+
+use common::*;
 
 use resnet::backend::Cpu;
 use resnet::model::{Network, ResNetSpec};
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-fn resnet(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_resnet")).args(args).output().expect("runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// A fresh folder of this test's own.
-fn tmp(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("resnet-embed-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// ResNet-18 with the fixtures' formula weights, as a weights file.
 fn formula_resnet18(dir: &Path) -> PathBuf {

@@ -4,33 +4,16 @@
 //! pre-activation network, with batch norms kept and folded, at a fixed
 //! and a dynamic batch size.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
+use std::path::Path;
+
+use common::*;
 
 use resnet::backend::{Cpu, Precision};
 use resnet::infer::CompiledModel;
 use resnet::model::{Graph, Network, ResNetSpec};
 use tract_onnx::prelude::*;
-
-fn resnet(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_resnet")).args(args).output().expect("runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// A fresh folder of this test's own.
-fn tmp(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("resnet-export-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// Inputs that vary per element and image (uniform in [-2, 2)).
 fn input(n: usize) -> Vec<f32> {

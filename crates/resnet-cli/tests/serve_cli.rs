@@ -3,22 +3,15 @@
 //! that hangs up mid-request, the metrics' counts, and a graceful shutdown
 //! with requests in flight (none lost, exit 0).
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
+
+use common::*;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-fn tmp(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("resnet-serve-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// Fresh weights for `arch`.
 fn weights(dir: &Path, arch: &str) -> PathBuf {
