@@ -250,3 +250,16 @@ fn shutdown_finishes_requests_in_flight() {
     assert!(log.iter().any(|l| l.contains("stopping")) && log.iter().any(|l| l == "stopped"), "{log:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A request slower than --timeout-ms is answered 504, as JSON.
+#[test]
+fn slow_requests_time_out() {
+    let dir = tmp("serve-timeout");
+    let w = weights(&dir, "resnet18");
+    let s = Server::start(&["--weights", w.to_str().unwrap(), "--timeout-ms", "1"]);
+    let (st, _, body) = s.request("POST", "/v1/classify", &[], &image("rocket.jpg"));
+    assert_eq!(st, 504, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("--timeout-ms"));
+    assert!(s.stop().success());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
