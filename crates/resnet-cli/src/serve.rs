@@ -559,14 +559,13 @@ async fn infer(State(s): State<Arc<Shared>>, Path(name): Path<String>, body: Byt
                         "an FP32 input has shape [N, {c}, H, W] (sides 1 to {MAX_TRANSFORM_SIDE}), got {shape:?}"
                     )));
                 }
-                let mut nchw = Vec::with_capacity(n * c * h * w);
+                // The data is bounded by the body limit; the declared shape is
+                // checked against it before anything of its size is allocated.
+                let mut nchw = Vec::new();
                 flatten(&input["data"], &mut nchw).map_err(bad)?;
-                if nchw.len() != n * c * h * w {
-                    return Err(bad(format!(
-                        "shape {shape:?} needs {} values, `data` has {}",
-                        n * c * h * w,
-                        nchw.len()
-                    )));
+                let want = [c, h, w].iter().try_fold(n, |a, &b| a.checked_mul(b));
+                if want != Some(nchw.len()) {
+                    return Err(bad(format!("shape {shape:?} does not match the {} values in `data`", nchw.len())));
                 }
                 let mut nhwc = vec![0.0; nchw.len()];
                 for (k, v) in nchw.iter().enumerate() {

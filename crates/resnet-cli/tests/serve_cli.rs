@@ -161,12 +161,14 @@ fn every_route_and_error() {
 
     // Errors: JSON bodies with their statuses.
     let bad_shape = serde_json::json!({ "inputs": [{ "name": "input", "datatype": "FP32", "shape": [1, 4, 2, 2], "data": [0.0] }] });
+    let huge = serde_json::json!({ "inputs": [{ "name": "input", "datatype": "FP32", "shape": [1u64 << 62, 3, 2, 2], "data": [0.0] }] });
     for (method, path, body, status, says) in [
         ("POST", "/v1/classify", b"not an image".to_vec(), 400, "not an image"),
         ("POST", "/v1/classify", Vec::new(), 400, "empty"),
         ("POST", "/v1/classify?topk=0", jpeg.clone(), 400, "topk"),
         ("POST", "/v2/models/resnet20/infer", bad_shape.to_string().into_bytes(), 400, "shape"),
         ("POST", "/v2/models/resnet20/infer", b"{".to_vec(), 400, "not JSON"),
+        ("POST", "/v2/models/resnet20/infer", huge.to_string().into_bytes(), 400, "does not match"),
         ("GET", "/v2/models/other", Vec::new(), 404, "no model `other`"),
         ("POST", "/v1/classify", vec![0xFF; 2 << 20], 413, ""),
     ] {
