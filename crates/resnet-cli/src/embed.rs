@@ -317,6 +317,13 @@ impl Format {
                     header["labels"] = serde_json::json!({"dtype": "I64", "shape": [labels.len()], "data_offsets": [bytes, bytes + labels.len() * 8]});
                 }
                 let mut text = serde_json::to_vec(&header)?;
+                // The safetensors readers refuse headers over 100 MB (paths of millions of images).
+                if text.len() > 100_000_000 {
+                    return Err(std::io::Error::other(format!(
+                        "{} images' paths do not fit a safetensors header (100 MB): write .npy, whose paths go to a .json beside it",
+                        shape[0]
+                    )));
+                }
                 // The data starts 8-byte aligned, as the format recommends.
                 text.resize(text.len().next_multiple_of(8), b' ');
                 w.write_all(&(text.len() as u64).to_le_bytes())?;

@@ -130,7 +130,9 @@ struct Shared {
     queue: Mutex<Option<SyncSender<Job>>>,
     metrics: Metrics,
     /// Decodes running at once on the blocking pool.
-    decoding: tokio::sync::Semaphore,
+    decoding: Arc<tokio::sync::Semaphore>,
+    /// Most images in one request (`--max-batch`).
+    max_batch: usize,
     /// Places in the queue: taken before a request's body is read or
     /// decoded, so a full server refuses at once, at no cost.
     slots: Arc<tokio::sync::Semaphore>,
@@ -171,7 +173,8 @@ pub fn run(a: Args) -> Result<()> {
         // Decoding shares the cores with the network, whose threads split each
         // operation evenly: every decoder running preempts one of them and
         // holds the rest back, so few run at once.
-        decoding: tokio::sync::Semaphore::new((cores / 2).max(1)),
+        decoding: Arc::new(tokio::sync::Semaphore::new((cores / 2).max(1))),
+        max_batch: a.max_batch,
         slots: Arc::new(tokio::sync::Semaphore::new(a.queue)),
         timeout: Duration::from_millis(a.timeout_ms),
     });
@@ -345,19 +348,44 @@ fn router(shared: Arc<Shared>, max_body: usize) -> Router {
         .with_state(shared)
 }
 
+/// A request being answered: counted in flight until dropped; a request
+/// whose client hangs up is dropped unanswered and recorded with status 499
+/// ("client closed request").
+struct InFlight {
+    shared: Arc<Shared>,
+    route: String,
+    method: String,
+    path: String,
+    start: Instant,
+    status: Option<u16>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let m = &self.shared.metrics;
+        m.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let secs = self.start.elapsed().as_secs_f64();
+        let status = self.status.unwrap_or(499);
+        m.observe_request(&self.route, status, secs);
+        let ms = (secs * 1e3 * 100.0).round() / 100.0;
+        eprintln!("{}", json!({ "method": self.method, "path": self.path, "status": status, "ms": ms }));
+    }
+}
+
 /// One JSON line per request on stderr, and the request metrics.
 async fn log_and_count(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Response {
-    let start = Instant::now();
     let route = req.extensions().get::<MatchedPath>().map_or("unmatched".to_string(), |p| p.as_str().to_string());
-    let (method, path) = (req.method().to_string(), req.uri().path().to_string());
     s.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+    let mut guard = InFlight {
+        shared: s.clone(),
+        route,
+        method: req.method().to_string(),
+        path: req.uri().path().to_string(),
+        start: Instant::now(),
+        status: None,
+    };
     let response = next.run(req).await;
-    s.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
-    let secs = start.elapsed().as_secs_f64();
-    let status = response.status().as_u16();
-    s.metrics.observe_request(&route, status, secs);
-    let line = json!({ "method": method, "path": path, "status": status, "ms": (secs * 1e3 * 100.0).round() / 100.0 });
-    eprintln!("{line}");
+    guard.status = Some(response.status().as_u16());
     response
 }
 
@@ -412,6 +440,9 @@ async fn images_of(s: &Arc<Shared>, req: Request) -> Result<Vec<(String, Bytes)>
         let mut form = Multipart::from_request(req, s).await.map_err(|e| Failure(e.status(), e.body_text()))?;
         let mut images = Vec::new();
         while let Some(field) = form.next_field().await.map_err(|e| Failure(e.status(), e.body_text()))? {
+            if images.len() == s.max_batch {
+                return Err(too_many(s.max_batch));
+            }
             let name = field.file_name().or(field.name()).unwrap_or("image").to_string();
             images.push((name, field.bytes().await.map_err(|e| Failure(e.status(), e.body_text()))?));
         }
@@ -427,20 +458,40 @@ async fn images_of(s: &Arc<Shared>, req: Request) -> Result<Vec<(String, Bytes)>
     Ok(vec![("body".to_string(), body)])
 }
 
-/// Decodes and preprocesses images off the async threads (a bounded number at once).
-async fn preprocess(s: &Arc<Shared>, images: Vec<Bytes>) -> Result<Vec<f32>, Failure> {
-    let transform = info(s)?.transform.clone();
-    let _slot = s.decoding.acquire().await.map_err(|_| Failure(StatusCode::SERVICE_UNAVAILABLE, "stopping".into()))?;
+fn too_many(max: usize) -> Failure {
+    bad(format!("at most {max} images per request (--max-batch)"))
+}
+
+/// Runs `f` on the blocking pool holding a decoding permit, which stays held
+/// until `f` returns even if the request is abandoned meanwhile: the work in
+/// progress stays bounded.
+async fn blocking<T: Send + 'static>(
+    s: &Arc<Shared>,
+    f: impl FnOnce() -> Result<T, Failure> + Send + 'static,
+) -> Result<T, Failure> {
+    let permit = s.decoding.clone().acquire_owned().await;
+    let permit = permit.map_err(|_| Failure(StatusCode::SERVICE_UNAVAILABLE, "stopping".into()))?;
     tokio::task::spawn_blocking(move || {
-        let mut x = Vec::new();
-        for (i, bytes) in images.iter().enumerate() {
-            let img = decode_rgb(bytes).map_err(|e| bad(format!("image {i}: {e}")))?;
-            x.extend(transform.apply_hwc(&img));
-        }
-        Ok(x)
+        let _permit = permit;
+        f()
     })
     .await
     .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+}
+
+/// Decodes and preprocesses images off the async threads (a bounded number at once).
+async fn preprocess(s: &Arc<Shared>, images: Vec<Bytes>) -> Result<Vec<f32>, Failure> {
+    let transform = info(s)?.transform.clone();
+    blocking(s, move || decode_all(&transform, &images)).await
+}
+
+fn decode_all(transform: &Transform, images: &[Bytes]) -> Result<Vec<f32>, Failure> {
+    let mut x = Vec::new();
+    for (i, bytes) in images.iter().enumerate() {
+        let img = decode_rgb(bytes).map_err(|e| bad(format!("image {i}: {e}")))?;
+        x.extend(transform.apply_hwc(&img));
+    }
+    Ok(x)
 }
 
 /// A place in the queue, or 503 at once.
@@ -535,84 +586,114 @@ async fn embed(State(s): State<Arc<Shared>>, req: Request) -> Result<Json<Value>
 }
 
 /// KServe v2 inference.
-async fn infer(State(s): State<Arc<Shared>>, Path(name): Path<String>, body: Bytes) -> Result<Json<Value>, Failure> {
+/// A KServe v2 request, parsed: its input for the network and what it asks for.
+struct InferRequest {
+    /// NHWC.
+    x: Vec<f32>,
+    n: usize,
+    hw: (usize, usize),
+    outputs: Vec<String>,
+    id: Value,
+}
+
+/// KServe v2 inference. The body is read once the request has a queue place,
+/// and parsed (JSON, base64, images) on the blocking pool, a few at once.
+async fn infer(State(s): State<Arc<Shared>>, Path(name): Path<String>, req: Request) -> Result<Json<Value>, Failure> {
     check_name(&s, &name)?;
     timed(&s, async {
-        let i = info(&s)?;
+        info(&s)?;
         let slot = slot(&s)?;
-        let req: Value = serde_json::from_slice(&body).map_err(|e| bad(format!("not JSON: {e}")))?;
-        let input =
-            req["inputs"].as_array().and_then(|v| v.first()).ok_or_else(|| bad("`inputs` must hold one input"))?;
-        let shape: Vec<usize> = input["shape"]
-            .as_array()
-            .map(|v| v.iter().map(|d| d.as_u64().map(|d| d as usize)).collect::<Option<Vec<_>>>())
-            .and_then(|v| v)
-            .ok_or_else(|| bad("`shape` must be a list of sizes"))?;
-        let (x, n, hw) = match input["datatype"].as_str() {
-            Some("FP32") => {
-                let c = i.in_channels;
-                let [n, ch, h, w] = shape[..] else {
-                    return Err(bad(format!("an FP32 input has shape [N, {c}, H, W], got {shape:?}")));
-                };
-                if ch != c || n == 0 || h == 0 || w == 0 || h > MAX_TRANSFORM_SIDE || w > MAX_TRANSFORM_SIDE {
-                    return Err(bad(format!(
-                        "an FP32 input has shape [N, {c}, H, W] (sides 1 to {MAX_TRANSFORM_SIDE}), got {shape:?}"
-                    )));
-                }
-                // The data is bounded by the body limit; the declared shape is
-                // checked against it before anything of its size is allocated.
-                let mut nchw = Vec::new();
-                flatten(&input["data"], &mut nchw).map_err(bad)?;
-                let want = [c, h, w].iter().try_fold(n, |a, &b| a.checked_mul(b));
-                if want != Some(nchw.len()) {
-                    return Err(bad(format!("shape {shape:?} does not match the {} values in `data`", nchw.len())));
-                }
-                let mut nhwc = vec![0.0; nchw.len()];
-                for (k, v) in nchw.iter().enumerate() {
-                    let (img, ch, p) = (k / (c * h * w), k / (h * w) % c, k % (h * w));
-                    nhwc[(img * h * w + p) * c + ch] = *v;
-                }
-                (nhwc, n, (h, w))
-            }
-            Some("BYTES") => {
-                let items =
-                    input["data"].as_array().ok_or_else(|| bad("BYTES `data` must be a list of base64 images"))?;
-                if shape != [items.len()] || items.is_empty() {
-                    return Err(bad(format!("a BYTES input has shape [N] with N images in `data`, got {shape:?}")));
-                }
-                let engine = base64::engine::general_purpose::STANDARD;
-                let images = items
-                    .iter()
-                    .map(|v| {
-                        let text = v
-                            .as_str()
-                            .or_else(|| v["b64"].as_str())
-                            .ok_or_else(|| bad("BYTES items are base64 strings"))?;
-                        engine.decode(text).map(Bytes::from).map_err(|e| bad(format!("not base64: {e}")))
-                    })
-                    .collect::<Result<Vec<_>, Failure>>()?;
-                let side = i.transform.size();
-                (preprocess(&s, images).await?, items.len(), (side, side))
-            }
-            other => return Err(bad(format!("datatype must be FP32 or BYTES, got {other:?}"))),
-        };
-        let rows = compute(&s, slot, x, n, hw).await?;
-        let wanted: Vec<&str> = req["outputs"]
-            .as_array()
-            .map(|v| v.iter().filter_map(|o| o["name"].as_str()).collect())
-            .unwrap_or_else(|| vec!["logits"]);
+        let body = Bytes::from_request(req, &s).await.map_err(|e| Failure(e.status(), e.body_text()))?;
+        let shared = s.clone();
+        let r = blocking(&s, move || parse_infer(&shared, &body)).await?;
+        let rows = compute(&s, slot, r.x, r.n, r.hw).await?;
+        let i = info(&s)?;
         let mut outputs = Vec::new();
-        for name in wanted {
-            let (data, d) = match name {
+        for name in &r.outputs {
+            let (data, d) = match name.as_str() {
                 "logits" => (&rows.logits, i.classes),
                 "features" => (&rows.features, i.feature_dim),
-                other => return Err(bad(format!("no output `{other}`: logits or features"))),
+                _ => unreachable!("checked by parse_infer"),
             };
-            outputs.push(json!({ "name": name, "datatype": "FP32", "shape": [n, d], "data": data }));
+            outputs.push(json!({ "name": name, "datatype": "FP32", "shape": [r.n, d], "data": data }));
         }
-        Ok(Json(json!({ "model_name": s.name, "model_version": "1", "id": req["id"], "outputs": outputs })))
+        Ok(Json(json!({ "model_name": s.name, "model_version": "1", "id": r.id, "outputs": outputs })))
     })
     .await
+}
+
+/// Parses a KServe v2 request: one FP32 input `[N, C, H, W]` (data flat or
+/// nested, row-major) or one BYTES input `[N]` of base64 images.
+fn parse_infer(s: &Shared, body: &[u8]) -> Result<InferRequest, Failure> {
+    let i = info(s)?;
+    let req: Value = serde_json::from_slice(body).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let input = req["inputs"].as_array().and_then(|v| v.first()).ok_or_else(|| bad("`inputs` must hold one input"))?;
+    let shape: Vec<usize> = input["shape"]
+        .as_array()
+        .map(|v| v.iter().map(|d| d.as_u64().map(|d| d as usize)).collect::<Option<Vec<_>>>())
+        .and_then(|v| v)
+        .ok_or_else(|| bad("`shape` must be a list of sizes"))?;
+    let outputs: Vec<String> = match req["outputs"].as_array() {
+        Some(v) => v.iter().map(|o| o["name"].as_str().unwrap_or_default().to_string()).collect(),
+        None => vec!["logits".into()],
+    };
+    if let Some(other) = outputs.iter().find(|o| !matches!(o.as_str(), "logits" | "features")) {
+        return Err(bad(format!("no output `{other}`: logits or features")));
+    }
+    let (x, n, hw) = match input["datatype"].as_str() {
+        Some("FP32") => {
+            let c = i.in_channels;
+            let [n, ch, h, w] = shape[..] else {
+                return Err(bad(format!("an FP32 input has shape [N, {c}, H, W], got {shape:?}")));
+            };
+            if ch != c || n == 0 || h == 0 || w == 0 || h > MAX_TRANSFORM_SIDE || w > MAX_TRANSFORM_SIDE {
+                return Err(bad(format!(
+                    "an FP32 input has shape [N, {c}, H, W] (sides 1 to {MAX_TRANSFORM_SIDE}), got {shape:?}"
+                )));
+            }
+            if n > s.max_batch {
+                return Err(too_many(s.max_batch));
+            }
+            // The data is bounded by the body limit; the declared shape is
+            // checked against it before anything of its size is allocated.
+            let mut nchw = Vec::new();
+            flatten(&input["data"], &mut nchw).map_err(bad)?;
+            let want = [c, h, w].iter().try_fold(n, |a, &b| a.checked_mul(b));
+            if want != Some(nchw.len()) {
+                return Err(bad(format!("shape {shape:?} does not match the {} values in `data`", nchw.len())));
+            }
+            let mut nhwc = vec![0.0; nchw.len()];
+            for (k, v) in nchw.iter().enumerate() {
+                let (img, ch, p) = (k / (c * h * w), k / (h * w) % c, k % (h * w));
+                nhwc[(img * h * w + p) * c + ch] = *v;
+            }
+            (nhwc, n, (h, w))
+        }
+        Some("BYTES") => {
+            let items = input["data"].as_array().ok_or_else(|| bad("BYTES `data` must be a list of base64 images"))?;
+            if shape != [items.len()] || items.is_empty() {
+                return Err(bad(format!("a BYTES input has shape [N] with N images in `data`, got {shape:?}")));
+            }
+            if items.len() > s.max_batch {
+                return Err(too_many(s.max_batch));
+            }
+            let engine = base64::engine::general_purpose::STANDARD;
+            let images = items
+                .iter()
+                .map(|v| {
+                    let text = v
+                        .as_str()
+                        .or_else(|| v["b64"].as_str())
+                        .ok_or_else(|| bad("BYTES items are base64 strings"))?;
+                    engine.decode(text).map(Bytes::from).map_err(|e| bad(format!("not base64: {e}")))
+                })
+                .collect::<Result<Vec<_>, Failure>>()?;
+            let side = i.transform.size();
+            (decode_all(&i.transform, &images)?, items.len(), (side, side))
+        }
+        other => return Err(bad(format!("datatype must be FP32 or BYTES, got {other:?}"))),
+    };
+    Ok(InferRequest { x, n, hw, outputs, id: req["id"].clone() })
 }
 
 /// Appends the numbers of a flat or nested JSON list.

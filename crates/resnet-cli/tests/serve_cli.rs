@@ -161,6 +161,7 @@ fn every_route_and_error() {
 
     // Errors: JSON bodies with their statuses.
     let bad_shape = serde_json::json!({ "inputs": [{ "name": "input", "datatype": "FP32", "shape": [1, 4, 2, 2], "data": [0.0] }] });
+    let short = serde_json::json!({ "inputs": [{ "name": "input", "datatype": "FP32", "shape": [2, 3, 4, 4], "data": [0.0, 1.0] }] });
     let huge = serde_json::json!({ "inputs": [{ "name": "input", "datatype": "FP32", "shape": [1u64 << 62, 3, 2, 2], "data": [0.0] }] });
     for (method, path, body, status, says) in [
         ("POST", "/v1/classify", b"not an image".to_vec(), 400, "not an image"),
@@ -168,7 +169,8 @@ fn every_route_and_error() {
         ("POST", "/v1/classify?topk=0", jpeg.clone(), 400, "topk"),
         ("POST", "/v2/models/resnet20/infer", bad_shape.to_string().into_bytes(), 400, "shape"),
         ("POST", "/v2/models/resnet20/infer", b"{".to_vec(), 400, "not JSON"),
-        ("POST", "/v2/models/resnet20/infer", huge.to_string().into_bytes(), 400, "does not match"),
+        ("POST", "/v2/models/resnet20/infer", huge.to_string().into_bytes(), 400, "at most 16 images"),
+        ("POST", "/v2/models/resnet20/infer", short.to_string().into_bytes(), 400, "does not match"),
         ("GET", "/v2/models/other", Vec::new(), 404, "no model `other`"),
         ("POST", "/v1/classify", vec![0xFF; 2 << 20], 413, ""),
     ] {
@@ -177,6 +179,12 @@ fn every_route_and_error() {
         assert_eq!(st, status, "{path}: {text}");
         assert!(text.contains(says), "{path}: {text}");
     }
+    // More images in one request than --max-batch (16): refused before decoding.
+    let many: Vec<(&str, &[u8])> = (0..17).map(|_| ("a.jpg", jpeg.as_slice())).collect();
+    let (ct, form) = multipart(&many);
+    let (st, _, body) = s.request("POST", "/v1/classify", &[("Content-Type", &ct)], &form);
+    assert_eq!(st, 400, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("at most 16 images per request"));
     // A client that hangs up halfway through its body: the server goes on.
     let mut c = TcpStream::connect(&s.addr).unwrap();
     c.write_all(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\npartial").unwrap();
@@ -185,8 +193,10 @@ fn every_route_and_error() {
 
     // Metrics count what happened.
     assert_eq!(s.metric("resnet_requests_total{route=\"/v1/classify\",status=\"200\"}"), 3.0);
-    // Three bad requests, and the client that hung up (its body was cut short).
-    assert_eq!(s.metric("resnet_requests_total{route=\"/v1/classify\",status=\"400\"}"), 4.0);
+    // Four bad requests, and the client that hung up (its body was cut short).
+    assert_eq!(s.metric("resnet_requests_total{route=\"/v1/classify\",status=\"400\"}"), 5.0);
+    // Nothing left counted in flight but the metrics request itself.
+    assert_eq!(s.metric("resnet_requests_in_flight"), 1.0);
     assert_eq!(s.metric("resnet_requests_total{route=\"/v1/classify\",status=\"413\"}"), 1.0);
     assert!(s.metric("resnet_images_total") >= 7.0);
     assert!(s.metric("resnet_batch_size_count") >= 5.0);
