@@ -15,8 +15,8 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -33,10 +33,15 @@ use resnet::backend::{Backend, Cpu};
 use resnet::classify::{Loaded, top_k};
 use resnet::infer::CompiledModel;
 use resnet::preprocess::{MAX_TRANSFORM_SIDE, Transform, decode_rgb};
-use resnet::tensor::Tensor;
 use serde_json::{Value, json};
 
 use crate::util::{Compute, PrecisionFlag, TransformFlags, precision};
+
+mod batcher;
+mod metrics;
+
+use batcher::{Job, Rows, batch_loop};
+use metrics::Metrics;
 
 /// Arguments of `resnet serve`.
 #[derive(clap::Args)]
@@ -101,24 +106,6 @@ struct ModelInfo {
     in_channels: usize,
     classes: usize,
     feature_dim: usize,
-}
-
-/// One request's images for the network.
-struct Job {
-    /// NHWC, `n` images of `h x w`.
-    x: Vec<f32>,
-    n: usize,
-    hw: (usize, usize),
-    enqueued: Instant,
-    reply: tokio::sync::oneshot::Sender<Result<Rows, String>>,
-    /// Its place in the queue, given back when the batcher takes it.
-    _slot: tokio::sync::OwnedSemaphorePermit,
-}
-
-/// A job's rows of the batch's outputs.
-struct Rows {
-    logits: Vec<f32>,
-    features: Vec<f32>,
 }
 
 /// State shared by the handlers.
@@ -241,96 +228,6 @@ fn prepare(
     };
     let _ = shared.info.set(info);
     Ok(model)
-}
-
-/// The batcher: gathers jobs into batches and runs them, until the queue closes.
-fn batch_loop(
-    cpu: &Cpu,
-    model: &CompiledModel<Cpu>,
-    rx: Receiver<Job>,
-    max_batch: usize,
-    delay: Duration,
-    shared: &Shared,
-) {
-    let mut ws = model.workspace();
-    let mut waiting: Option<Job> = None;
-    loop {
-        let first = match waiting.take().map(Ok).unwrap_or_else(|| rx.recv()) {
-            Ok(j) => j,
-            Err(_) => return,
-        };
-        shared.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
-        if first.reply.is_closed() {
-            continue; // its client has gone
-        }
-        let deadline = first.enqueued + delay;
-        let (hw, mut n) = (first.hw, first.n);
-        let mut jobs = vec![first];
-        while n < max_batch {
-            // Wait for company only when other requests are on their way
-            // (being read or decoded): a lone request runs at once.
-            if shared.metrics.in_flight.load(Ordering::Relaxed) <= jobs.len() as i64 {
-                break;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(j) => {
-                    shared.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
-                    if j.reply.is_closed() {
-                        continue;
-                    }
-                    if j.hw != hw || n + j.n > max_batch {
-                        // Runs first in the next batch (it still counts as waiting).
-                        shared.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
-                        waiting = Some(j);
-                        break;
-                    }
-                    n += j.n;
-                    jobs.push(j);
-                }
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
-            }
-        }
-        let result = run_batch(cpu, model, &mut ws, &jobs, n, hw);
-        shared.metrics.observe_batch(n);
-        match result {
-            Ok((logits, features)) => {
-                let (c, d) = (logits.len() / n, features.len() / n);
-                let mut at = 0;
-                for j in jobs {
-                    let rows = Rows {
-                        logits: logits[at * c..(at + j.n) * c].to_vec(),
-                        features: features[at * d..(at + j.n) * d].to_vec(),
-                    };
-                    at += j.n;
-                    let _ = j.reply.send(Ok(rows));
-                }
-            }
-            Err(e) => {
-                for j in jobs {
-                    let _ = j.reply.send(Err(format!("{e:#}")));
-                }
-            }
-        }
-    }
-}
-
-/// Runs one batch: its logits and pooled features.
-fn run_batch(
-    cpu: &Cpu,
-    model: &CompiledModel<Cpu>,
-    ws: &mut resnet::infer::Workspace<Cpu>,
-    jobs: &[Job],
-    n: usize,
-    (h, w): (usize, usize),
-) -> Result<(Vec<f32>, Vec<f32>)> {
-    let c = model.spec().in_channels;
-    let mut x = Vec::with_capacity(n * h * w * c);
-    jobs.iter().for_each(|j| x.extend_from_slice(&j.x));
-    let x = Tensor::from_host(cpu, [n, h, w, c], &x)?;
-    let logits = model.run(ws, &x)?.to_host(cpu)?;
-    let features = model.features(ws).to_host(cpu)?;
-    Ok((logits, features))
 }
 
 fn router(shared: Arc<Shared>, max_body: usize) -> Router {
@@ -585,7 +482,6 @@ async fn embed(State(s): State<Arc<Shared>>, req: Request) -> Result<Json<Value>
     .await
 }
 
-/// KServe v2 inference.
 /// A KServe v2 request, parsed: its input for the network and what it asks for.
 struct InferRequest {
     /// NHWC.
@@ -727,93 +623,4 @@ async fn shutdown_signal() {
         _ = term => {}
     }
     eprintln!("stopping: finishing the requests in flight");
-}
-
-/// Latency buckets (seconds) and batch-size buckets.
-const LATENCY: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
-const BATCH: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
-
-/// A Prometheus histogram: cumulative bucket counts, sum, count.
-#[derive(Default)]
-struct Histogram {
-    buckets: Vec<u64>,
-    sum: f64,
-    count: u64,
-}
-
-impl Histogram {
-    fn observe(&mut self, bounds: &[f64], v: f64) {
-        self.buckets.resize(bounds.len(), 0);
-        for (b, &le) in self.buckets.iter_mut().zip(bounds) {
-            *b += (v <= le) as u64;
-        }
-        self.sum += v;
-        self.count += 1;
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str, bounds: &[f64]) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        for (i, le) in bounds.iter().enumerate() {
-            let c = self.buckets.get(i).copied().unwrap_or(0);
-            out.push_str(&format!("{name}_bucket{{{labels}{sep}le=\"{le}\"}} {c}\n"));
-        }
-        out.push_str(&format!("{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}\n", self.count));
-        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
-        out.push_str(&format!("{name}_sum{braces} {}\n{name}_count{braces} {}\n", self.sum, self.count));
-    }
-}
-
-/// The server's metrics.
-#[derive(Default)]
-struct Metrics {
-    /// By (route, status): count; by route: latency.
-    requests: Mutex<BTreeMap<(String, u16), u64>>,
-    latency: Mutex<BTreeMap<String, Histogram>>,
-    batches: Mutex<Histogram>,
-    queue_depth: AtomicI64,
-    in_flight: AtomicI64,
-    images: AtomicU64,
-}
-
-impl Metrics {
-    fn observe_request(&self, route: &str, status: u16, secs: f64) {
-        *self.requests.lock().unwrap_or_else(|e| e.into_inner()).entry((route.to_string(), status)).or_default() += 1;
-        self.latency
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(route.to_string())
-            .or_default()
-            .observe(&LATENCY, secs);
-    }
-
-    fn observe_batch(&self, n: usize) {
-        self.batches.lock().unwrap_or_else(|e| e.into_inner()).observe(&BATCH, n as f64);
-    }
-
-    fn render(&self) -> String {
-        let mut out = String::new();
-        out.push_str("# HELP resnet_requests_total Requests answered, by route and status.\n");
-        out.push_str("# TYPE resnet_requests_total counter\n");
-        for ((route, status), n) in self.requests.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            out.push_str(&format!("resnet_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}\n"));
-        }
-        out.push_str("# HELP resnet_request_duration_seconds Time to answer, by route.\n");
-        out.push_str("# TYPE resnet_request_duration_seconds histogram\n");
-        for (route, h) in self.latency.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            h.render(&mut out, "resnet_request_duration_seconds", &format!("route=\"{route}\""), &LATENCY);
-        }
-        out.push_str("# HELP resnet_batch_size Images per batch of the network.\n");
-        out.push_str("# TYPE resnet_batch_size histogram\n");
-        self.batches.lock().unwrap_or_else(|e| e.into_inner()).render(&mut out, "resnet_batch_size", "", &BATCH);
-        out.push_str("# HELP resnet_queue_depth Requests waiting for the network.\n");
-        out.push_str("# TYPE resnet_queue_depth gauge\n");
-        out.push_str(&format!("resnet_queue_depth {}\n", self.queue_depth.load(Ordering::Relaxed).max(0)));
-        out.push_str("# HELP resnet_requests_in_flight Requests being answered (this one included).\n");
-        out.push_str("# TYPE resnet_requests_in_flight gauge\n");
-        out.push_str(&format!("resnet_requests_in_flight {}\n", self.in_flight.load(Ordering::Relaxed)));
-        out.push_str("# HELP resnet_images_total Images computed (rate() of it: images/s).\n");
-        out.push_str("# TYPE resnet_images_total counter\n");
-        out.push_str(&format!("resnet_images_total {}\n", self.images.load(Ordering::Relaxed)));
-        out
-    }
 }
