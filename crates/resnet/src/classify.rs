@@ -187,11 +187,16 @@ impl Loaded {
 
 /// Preprocesses images into one NHWC batch tensor.
 fn batch_tensor<B: Backend>(backend: &B, transform: &Transform, images: &[RgbImage]) -> Result<Tensor<B>> {
-    let mut data = Vec::with_capacity(images.len() * transform.channels() * transform.size().pow(2));
+    input_tensor(backend, transform, images.len(), &preprocess_batch(transform, images))
+}
+
+/// Images preprocessed one after another into the network's NHWC layout.
+fn preprocess_batch(transform: &Transform, images: &[RgbImage]) -> Vec<f32> {
+    let mut hwc = Vec::with_capacity(images.len() * transform.channels() * transform.size().pow(2));
     for img in images {
-        data.extend(transform.apply_hwc(img));
+        hwc.extend(transform.apply_hwc(img));
     }
-    input_tensor(backend, transform, images.len(), &data)
+    hwc
 }
 
 /// `n` preprocessed images (HWC each, as [`Transform::apply_hwc`] makes
@@ -401,10 +406,7 @@ impl<B: Backend> FeatureExtractor<B> {
 
     /// Every layer's outputs for `images`.
     pub fn extract(&mut self, images: &[RgbImage]) -> Result<Vec<FeatureMap>> {
-        let mut hwc = Vec::with_capacity(images.len() * self.transform.channels() * self.transform.size().pow(2));
-        for img in images {
-            hwc.extend(self.transform.apply_hwc(img));
-        }
+        let hwc = preprocess_batch(&self.transform, images);
         self.run(images.len(), &hwc)
     }
 
