@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """One timed measurement of a peer engine, as `resnet bench --json` does for ours.
 
-    peer.py --engine ort|torch|torch-cl --arch resnet50 --weights w.safetensors --batch 16
+    peer.py --engine ort|torch|torch-cl --arch resnet50 [--weights w.safetensors] --batch 16
             --threads 2 --mode infer|train --input 224 --iters 20 --warmup 3 [--logits-out f.json]
 
 Prints one JSON object: images_per_second, latency_ms_p50, latency_ms_p99, peak_rss_mb.
@@ -32,8 +32,8 @@ def build(arch, weights):
     from safetensors.torch import load_file
 
     model = mf.build(arch)
-    sd = load_file(weights)
-    model.load_state_dict(sd)
+    if weights:
+        model.load_state_dict(load_file(weights))
     return model
 
 
@@ -41,7 +41,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--engine", required=True, choices=["ort", "torch", "torch-cl"])
     p.add_argument("--arch", required=True)
-    p.add_argument("--weights", required=True)
+    p.add_argument("--weights", help="safetensors to load (default: the model's own random initialisation)")
     p.add_argument("--onnx")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)

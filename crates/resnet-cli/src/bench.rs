@@ -56,6 +56,9 @@ pub struct Args {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// Train mode: the training memory flags, as `train` takes them.
+    #[command(flatten)]
+    memory: crate::memory::MemoryFlags,
 }
 
 /// Peak resident memory of this process in MB (Linux; 0 elsewhere).
@@ -116,7 +119,19 @@ pub fn run(a: Args) -> Result<()> {
     let labels = cpu.upload(&labels)?;
     let mut metrics = cpu.alloc(resnet::backend::DType::F32, 2)?;
     let macs = net.summary(side, side)?.macs as f64;
-    let mut sgd: Sgd<resnet::backend::Cpu> = Sgd::new(SgdConfig::default())?;
+    let sgd_config = SgdConfig::default();
+    let memory = match train {
+        true => {
+            let c = crate::memory::choose(&net, batch, (side, side), sgd_config.momentum > 0.0, &a.memory)?;
+            net.set_checkpoint_segments(c.segments);
+            Some(c.plan)
+        }
+        false if a.memory.checkpoint_segments.is_some() || a.memory.memory_budget.is_some() => {
+            bail!("--checkpoint-segments and --memory-budget are for --mode train")
+        }
+        false => None,
+    };
+    let mut sgd: Sgd<resnet::backend::Cpu> = Sgd::new(sgd_config)?;
     let mut dl = Tensor::empty();
     // Inference runs the compiled plan; the network itself is then dropped (as a deployment would).
     let mut plan = if train { None } else { Some(InferencePlan::with_precision(&mut net, precision)?) };
@@ -174,12 +189,19 @@ pub fn run(a: Args) -> Result<()> {
     let pct = |p: f64| sorted[((p * (sorted.len() - 1) as f64).round() as usize).min(sorted.len() - 1)];
     let ips = (batch * a.iters) as f64 / total;
     let gflops = ips * macs * 2.0 * if train { 3.0 } else { 1.0 } / 1e9;
-    let v = serde_json::json!({
+    let mut v = serde_json::json!({
         "arch": spec.name, "mode": a.mode.name(), "precision": precision.to_string(), "batch": batch, "threads": cpu.threads(),
         "input": side, "iters": a.iters, "images_per_second": ips, "latency_ms_p50": pct(0.5), "latency_ms_p99": pct(0.99),
         "latency_ms_mean": times.iter().sum::<f64>() / times.len() as f64, "gflops": gflops, "peak_rss_mb": peak_rss_mb(),
         "backend": cpu.describe(), "freeze": a.freeze.map(|f| format!("{f:?}").to_lowercase()),
     });
+    if let Some(plan) = &memory {
+        // The backend's own peak (every buffer, filter and scratch array) beside the plan's estimate.
+        let mb = |b: u64| b as f64 / (1u64 << 20) as f64;
+        v["checkpoint_segments"] = plan.segments.into();
+        v["planned_peak_mb"] = mb(plan.total()).into();
+        v["measured_peak_mb"] = mb(resnet::backend::cpu::allocated().1 as u64).into();
+    }
     if a.json {
         println!("{v}");
     } else {
@@ -195,6 +217,17 @@ pub fn run(a: Args) -> Result<()> {
             gflops,
             peak_rss_mb()
         );
+        if let Some(plan) = &memory {
+            println!(
+                "memory: planned peak {}, measured {} (the backend's buffers), {}",
+                crate::memory::bytes(plan.total()),
+                crate::memory::bytes(resnet::backend::cpu::allocated().1 as u64),
+                match plan.segments {
+                    0 => "no recomputation".to_string(),
+                    k => format!("{k} recomputed segments"),
+                }
+            );
+        }
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! `resnet experiment`: the residual-learning lab.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
@@ -94,6 +94,8 @@ struct Common {
     out: PathBuf,
     #[command(flatten)]
     recipe: Recipe,
+    #[command(flatten)]
+    memory: crate::memory::MemoryFlags,
 }
 
 /// Overall progress line plus the per-run bars.
@@ -172,10 +174,26 @@ fn install_interrupt() -> Arc<AtomicBool> {
     flag
 }
 
-fn run_lab(cpu: &Cpu, cfg: &TrainConfig, variants: &[Variant], out: &Path, quiet: bool) -> Result<Vec<RunResult>> {
+fn run_lab(cpu: &Cpu, cfg: &TrainConfig, variants: &[Variant], c: &Common) -> Result<Vec<RunResult>> {
     let flag = install_interrupt();
+    let quiet = c.recipe.quiet;
     let mut obs = Lab { progress: Progress::new(quiet), quiet };
-    match lab::run_variants(cpu, cfg, variants, out, &mut obs, &flag) {
+    // Each run's memory plan, checked (and segments chosen) before it starts.
+    let momentum = cfg.sgd.momentum > 0.0;
+    let mut segments = |net: &resnet::model::Network<Cpu>, batch: usize, input: (usize, usize)| {
+        let choice = crate::memory::choose(net, batch, input, momentum, &c.memory)
+            .map_err(|e| resnet::Error::Invalid(e.to_string()))?;
+        if choice.segments > 0 {
+            println!(
+                "  {}: planned peak {}, {} recomputed",
+                net.spec.name,
+                crate::memory::bytes(choice.plan.total()),
+                crate::util::count(choice.segments as u64, "segment")
+            );
+        }
+        Ok(choice.segments)
+    };
+    match lab::run_variants(cpu, cfg, variants, &c.out, &mut obs, &flag, &mut segments) {
         Err(resnet::Error::Interrupted) => {
             eprintln!(
                 "error: interrupted: the run in progress saved a checkpoint; run the same command again to resume"
@@ -206,7 +224,7 @@ fn degradation(depths: &[usize], c: &Common) -> Result<()> {
     let cpu = c.recipe.compute.backend()?;
     let (cfg, ds) = base_config(c, &cpu)?;
     let variants = lab::degradation_variants(depths, ds.classes.len(), cfg.spec.in_channels)?;
-    let rs = run_lab(&cpu, &cfg, &variants, &c.out, c.recipe.quiet)?;
+    let rs = run_lab(&cpu, &cfg, &variants, c)?;
     let panels = lab::error_panels(&rs, &[("plain", "plain networks"), ("residual", "ResNets")]);
     lab::plot_panels(&c.out.join("degradation"), &panels)?;
     let get = |g: &str| rs.iter().filter(|r| r.variant.group == g).collect::<Vec<_>>();
@@ -354,7 +372,7 @@ fn shortcuts(arch: &str, options: &[ShortcutOption], c: &Common) -> Result<()> {
     let cpu = c.recipe.compute.backend()?;
     let (cfg, ds) = base_config(c, &cpu)?;
     let variants = lab::shortcut_variants(arch, &opts, ds.classes.len(), cfg.spec.in_channels)?;
-    let rs = run_lab(&cpu, &cfg, &variants, &c.out, c.recipe.quiet)?;
+    let rs = run_lab(&cpu, &cfg, &variants, c)?;
     lab::plot_panels(&c.out.join("curves"), &one_panel(&rs, &format!("{arch}: shortcut options")))?;
     let best = rs
         .iter()
@@ -372,7 +390,7 @@ fn preact(depths: &[usize], c: &Common) -> Result<()> {
     let cpu = c.recipe.compute.backend()?;
     let (cfg, ds) = base_config(c, &cpu)?;
     let variants = lab::preact_variants(depths, ds.classes.len(), cfg.spec.in_channels)?;
-    let rs = run_lab(&cpu, &cfg, &variants, &c.out, c.recipe.quiet)?;
+    let rs = run_lab(&cpu, &cfg, &variants, c)?;
     lab::plot_panels(&c.out.join("curves"), &one_panel(&rs, "original vs pre-activation units"))?;
     let mut extra = String::from("\n## Findings\n\n");
     for pair in rs.chunks(2) {
@@ -399,7 +417,8 @@ fn gradients(archs: &[String], steps: u64, c: &Common) -> Result<()> {
     }
     let cpu = c.recipe.compute.backend()?;
     // The measurement's K steps are the training budget unless one is given.
-    let mut c2 = Common { data: c.data.clone(), out: c.out.clone(), recipe: c.recipe.clone() };
+    let mut c2 =
+        Common { data: c.data.clone(), out: c.out.clone(), recipe: c.recipe.clone(), memory: c.memory.clone() };
     if c2.recipe.epochs.is_none() && c2.recipe.iterations.is_none() {
         c2.recipe.iterations = Some(steps);
     }

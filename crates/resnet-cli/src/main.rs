@@ -13,6 +13,7 @@ mod eval;
 mod experiment;
 mod export;
 mod inspect;
+mod memory;
 mod serve;
 mod summary;
 mod train;

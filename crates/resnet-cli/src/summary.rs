@@ -1,7 +1,7 @@
 //! `resnet summary`.
 
 use anyhow::{Result, bail};
-use resnet::model::{Graph, ResNetSpec, Stem};
+use resnet::model::{Graph, MemoryPlan, Network, ResNetSpec, Stem};
 
 use crate::util::{grouped, human};
 
@@ -22,6 +22,15 @@ pub struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Print the training memory plan (per stage and in total) instead of the layers.
+    #[arg(long)]
+    train: bool,
+    /// Batch size of the training plan.
+    #[arg(long, default_value_t = 128, requires = "train")]
+    batch: usize,
+    /// Training plan: the memory flags, as `train` takes them (the machine's memory is not checked).
+    #[command(flatten)]
+    memory: crate::memory::MemoryFlags,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -35,6 +44,12 @@ pub fn run(a: Args) -> Result<()> {
     let input = a.input.unwrap_or(if spec.stem == Stem::Imagenet { 224 } else { 32 });
     if input == 0 || input > 16384 {
         bail!("--input must be between 1 and 16384, got {input}");
+    }
+    if a.train {
+        return train_plan(&a, &spec, input);
+    }
+    if a.memory.checkpoint_segments.is_some() || a.memory.memory_budget.is_some() {
+        bail!("--checkpoint-segments and --memory-budget are for --train");
     }
     let s = Graph::new(&spec)?.summary(input, input)?;
     if a.json {
@@ -74,5 +89,41 @@ pub fn run(a: Args) -> Result<()> {
         grouped(s.macs),
         human(s.macs as f64)
     );
+    Ok(())
+}
+
+/// `summary --train`: the training memory plan, as a table or JSON.
+fn train_plan(a: &Args, spec: &ResNetSpec, input: usize) -> Result<()> {
+    let batch = crate::util::check_batch(a.batch)?;
+    // A one-thread backend: the plan only asks it how it prepares filters.
+    let cpu = resnet::backend::Cpu::new(Some(1))?;
+    let net = Network::new(spec, &cpu)?;
+    let momentum = true;
+    let segments = match (a.memory.checkpoint_segments, a.memory.memory_budget) {
+        (Some(k), _) => k,
+        (None, Some(budget)) => {
+            MemoryPlan::segments_for(&net, batch, (input, input), momentum, budget)?.ok_or_else(|| {
+                anyhow::anyhow!("{} at batch {batch} cannot train in {}", spec.name, crate::memory::bytes(budget))
+            })?
+        }
+        (None, None) => 0,
+    };
+    let plan = MemoryPlan::new(&net, batch, (input, input), segments, momentum)?;
+    if a.json {
+        let mb = |b: u64| b as f64 / (1u64 << 20) as f64;
+        let kept: serde_json::Map<_, _> = plan.kept.iter().map(|(k, b)| (k.clone(), mb(*b).into())).collect();
+        let v = serde_json::json!({
+            "arch": spec.name, "batch": batch, "input": input, "checkpoint_segments": segments,
+            "kept_mb": kept, "params_mb": mb(plan.params), "filters_mb": mb(plan.filters),
+            "working_mb": mb(plan.working), "total_mb": mb(plan.total()),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("{} ({})", spec.name, spec.describe());
+        crate::memory::print_plan(&plan);
+        if let Some(avail) = crate::memory::available() {
+            println!("  {:<34} {:>12}", "available on this machine", crate::memory::bytes(avail));
+        }
+    }
     Ok(())
 }

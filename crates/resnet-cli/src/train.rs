@@ -49,6 +49,8 @@ pub struct Args {
     #[arg(long)]
     pub lr_backbone: Option<f32>,
     #[command(flatten)]
+    pub memory: crate::memory::MemoryFlags,
+    #[command(flatten)]
     pub recipe: Recipe,
 }
 
@@ -184,7 +186,8 @@ impl From<OnNanArg> for OnNan {
 }
 
 /// Flags `--resume` accepts: the rest are the run's, saved in its checkpoint.
-const RESUME_FLAGS: &[&str] = &["resume", "epochs", "threads", "device", "workers", "quiet", "on_nan"];
+const RESUME_FLAGS: &[&str] =
+    &["resume", "epochs", "threads", "device", "workers", "quiet", "on_nan", "checkpoint_segments", "memory_budget"];
 
 /// Refuses flags given with `--resume` that would change the run.
 fn check_resume_flags(a: &Args, m: &clap::ArgMatches) -> Result<()> {
@@ -204,7 +207,7 @@ fn check_resume_flags(a: &Args, m: &clap::ArgMatches) -> Result<()> {
         (Some(_), []) | (None, _) => Ok(()),
         (Some(dir), flags) => bail!(
             "--resume {} continues the run with the settings saved in its checkpoint: {} cannot be given with it \
-             (only --epochs, --threads, --workers, --on-nan and --quiet can); start a new run to change them",
+             (only --epochs, --threads, --workers, --on-nan, --quiet and the memory flags can); start a new run to change them",
             dir.display(),
             flags.join(", ")
         ),
@@ -560,9 +563,33 @@ pub fn run(a: Args, m: &clap::ArgMatches) -> Result<()> {
                 cpu.describe()
             );
             resnet_train::train::check_fresh_out_dir(&a.out, a.force)?;
-            Trainer::new(cfg, &cpu, data, &a.out)?
+            // The memory plan, checked before the run's folder is touched.
+            let mut probe = resnet::model::Network::new(&cfg.spec, &cpu)?;
+            probe.set_freeze(cfg.freeze)?;
+            let input = resnet_train::train::input_size(&cfg, &data);
+            let momentum = cfg.sgd.momentum > 0.0;
+            let choice = crate::memory::choose(&probe, cfg.batch, input, momentum, &a.memory)?;
+            drop(probe);
+            let mut t = Trainer::new(cfg, &cpu, data, &a.out)?;
+            t.net.set_checkpoint_segments(choice.segments);
+            t
         }
     };
+    if trainer.net.checkpoint_segments() == 0 && a.resume.is_some() {
+        let momentum = trainer.config.sgd.momentum > 0.0;
+        let input = resnet_train::train::input_size(&trainer.config, trainer.data());
+        let choice = crate::memory::choose(&trainer.net, trainer.config.batch, input, momentum, &a.memory)?;
+        trainer.net.set_checkpoint_segments(choice.segments);
+    }
+    let plan = trainer.memory_plan(trainer.net.checkpoint_segments())?;
+    println!(
+        "memory: planned peak {}{}",
+        crate::memory::bytes(plan.total()),
+        match plan.segments {
+            0 => String::new(),
+            k => format!(", {} recomputed in the backward pass", crate::util::count(k as u64, "segment")),
+        }
+    );
     let summary = drive(&mut trainer, a.recipe.quiet)?;
     if let Some(t) = &summary.test {
         println!(

@@ -24,7 +24,9 @@ use crate::data::loader::Loader;
 use crate::eval::evaluate;
 use crate::optim::Sgd;
 use crate::plot::{self, Panel, Series};
-use crate::train::{Observer, Sidecar, StepReport, TestPoint, TrainConfig, TrainPoint, Trainer, load_data, transforms};
+use crate::train::{
+    Observer, Sidecar, StepReport, TestPoint, TrainConfig, TrainPoint, Trainer, input_size, load_data, transforms,
+};
 use resnet::backend::{Backend, DType};
 use resnet::error::{Error, Result};
 use resnet::model::{BlockKind, Mode, Network, ResNetSpec, ShortcutKind, StateEntry, Stem};
@@ -123,8 +125,13 @@ fn read_sidecar(dir: &Path) -> Option<Sidecar> {
     serde_json::from_str(&std::fs::read_to_string(dir.join("last.json")).ok()?).ok()
 }
 
+/// How many segments a run recomputes, chosen from its network, batch size
+/// and input size (refusing what cannot fit): see [`resnet::model::MemoryPlan`].
+pub type SegmentChooser<'a, B> = dyn FnMut(&Network<B>, usize, (usize, usize)) -> Result<usize> + 'a;
+
 /// Trains every variant with the `base` recipe (resuming what was saved) and
-/// returns their results in order.
+/// returns their results in order. `segments` chooses each run's recomputed
+/// segments before it starts.
 pub fn run_variants<B: Backend>(
     backend: &B,
     base: &TrainConfig,
@@ -132,6 +139,7 @@ pub fn run_variants<B: Backend>(
     out: &Path,
     lab: &mut dyn LabObserver,
     interrupt: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+    segments: &mut SegmentChooser<'_, B>,
 ) -> Result<Vec<RunResult>> {
     std::fs::create_dir_all(out.join("runs"))
         .map_err(|e| Error::Invalid(format!("cannot create output folder {}: {e}", out.display())))?;
@@ -172,8 +180,20 @@ pub fn run_variants<B: Backend>(
         lab.run_start(i, variants.len(), &v.name, saved.is_some() && !finished);
         let mut trainer = match &saved {
             Some(_) => Trainer::resume(&dir, backend, None)?,
-            None => Trainer::new(cfg, backend, data.clone(), &dir)?,
+            None => {
+                // The memory plan is checked before the run's folder is made.
+                let probe = Network::new(&cfg.spec, backend)?;
+                let k = segments(&probe, cfg.batch, input_size(&cfg, &data))?;
+                drop(probe);
+                let mut t = Trainer::new(cfg, backend, data.clone(), &dir)?;
+                t.net.set_checkpoint_segments(k);
+                t
+            }
         };
+        if saved.is_some() {
+            let k = segments(&trainer.net, trainer.config.batch, input_size(&trainer.config, &data))?;
+            trainer.net.set_checkpoint_segments(k);
+        }
         let progress_before = trainer.state.iteration as f64 / trainer.total_iterations().max(1) as f64;
         let ds = done_at_start.get_or_insert(done + work[i] * progress_before);
         trainer.set_interrupt_flag(interrupt.clone());
@@ -369,6 +389,9 @@ pub struct LayerProfile {
 pub fn profile<B: Backend>(net: &mut Network<B>, x: &Tensor<B>, labels: &[u32], steps: u64) -> Result<LayerProfile> {
     let b = net.backend().clone();
     let classes = net.spec.num_classes;
+    // Every unit's output is read below: none may be left to recomputation.
+    let segments = net.checkpoint_segments();
+    net.set_checkpoint_segments(0);
     // Training-mode BN updates running statistics: save and restore them.
     let saved = resnet::io::state_dict(net)?;
     net.zero_grad()?;
@@ -399,6 +422,7 @@ pub fn profile<B: Backend>(net: &mut Network<B>, x: &Tensor<B>, labels: &[u32], 
         Ok(())
     })?;
     resnet::io::load_state_dict(net, &saved, resnet::io::LoadMode::Strict)?;
+    net.set_checkpoint_segments(segments);
     let convs = grad_norm.len().saturating_sub(1).max(1);
     let (first, last) = (grad_norm[0], grad_norm[convs - 1]);
     Ok(LayerProfile {

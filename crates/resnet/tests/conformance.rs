@@ -398,6 +398,15 @@ fn batch_norm_outputs<B: Backend>(
     let saved = BnSaved { mean: &mut sm, invstd: &mut si };
     b.bn_forward_training(rows, c, &xb, None, &p, Some((&mut rm, &mut rv, 0.1)), saved, &tail, &mut y).unwrap();
     let training = down(b, &y);
+    // The output again from the saved statistics: the same bits (what the
+    // training memory plan relies on to release a norm's output).
+    let mut again = b.alloc(DType::F32, rows * c).unwrap();
+    b.bn_forward_saved(rows, c, &xb, &p, &sm, &si, &tail, &mut again).unwrap();
+    let again = down(b, &again);
+    assert!(
+        again.iter().zip(&training).all(|(a, t)| a.to_bits() == t.to_bits()),
+        "bn_forward_saved differs from the training output ({rows}x{c}, residual={residual}, relu={relu})"
+    );
     let (mut dx, mut dsum) = (b.alloc(DType::F32, rows * c).unwrap(), b.alloc(DType::F32, rows * c).unwrap());
     let (mut dg, mut db) = (b.upload(&vec![0.25f32; c]).unwrap(), b.upload(&vec![-0.5f32; c]).unwrap());
     let grads = BnGrads { dx: &mut dx, dweight: &mut dg, dbias: &mut db, dsum: residual.then_some(&mut dsum) };

@@ -195,6 +195,14 @@ pub fn transforms(cfg: &TrainConfig, ds: &Dataset) -> Result<(SampleTransform, S
     Ok((train, test))
 }
 
+/// The network's input `(height, width)` in a run of `cfg` on `ds`.
+pub fn input_size(cfg: &TrainConfig, ds: &Dataset) -> (usize, usize) {
+    match ds.train.images {
+        Images::Memory { h, w, .. } => cfg.pad_to.map_or((h, w), |p| (h.max(p), w.max(p))),
+        Images::Files(_) => (cfg.image_size, cfg.image_size),
+    }
+}
+
 /// The evaluation transform as `classify` applies it to an arbitrary image.
 pub fn card_transform(cfg: &TrainConfig, ds: &Dataset, test_tf: &SampleTransform) -> Transform {
     let (resize, crop) = match (&ds.train.images, &test_tf.geometry) {

@@ -46,7 +46,8 @@ use resnet::tensor::Tensor;
 
 use config::prepare_out_dir;
 pub use config::{
-    MAX_SKIPPED_IN_A_ROW, OnNan, TrainConfig, TrainState, card_transform, check_fresh_out_dir, load_data, transforms,
+    MAX_SKIPPED_IN_A_ROW, OnNan, TrainConfig, TrainState, card_transform, check_fresh_out_dir, input_size, load_data,
+    transforms,
 };
 use files::{FORMAT, check_iteration, read_metrics, tidy};
 pub use files::{OptimizerState, RngState, Sidecar};
@@ -248,6 +249,13 @@ impl<B: Backend> Trainer<B> {
     /// The data set.
     pub fn data(&self) -> &Dataset {
         &self.data
+    }
+
+    /// The training memory plan of this run's steps with `segments`
+    /// recomputed segments (see [`resnet::model::memory`]).
+    pub fn memory_plan(&self, segments: usize) -> Result<resnet::model::MemoryPlan> {
+        let input = input_size(&self.config, &self.data);
+        resnet::model::MemoryPlan::new(&self.net, self.config.batch, input, segments, self.config.sgd.momentum > 0.0)
     }
 
     /// Total iterations of the run.

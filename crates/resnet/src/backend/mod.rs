@@ -26,6 +26,7 @@
 //! obviously correct one that the conformance tests (`tests/conformance.rs`)
 //! hold every backend to.
 
+pub mod counting;
 pub mod cpu;
 mod desc;
 pub mod reference;
@@ -401,6 +402,12 @@ pub trait Backend: Clone + Send + Sync + 'static {
         let _ = (d, usage);
         false
     }
+    /// Elements (f32) of the filter [`Backend::prepare_filter`] makes for `d`
+    /// and `usage`, for memory plans. The default: the weights' own size.
+    fn prepared_filter_len(&self, d: &ConvDesc, usage: FilterUse) -> usize {
+        let _ = usage;
+        d.weight_len()
+    }
     /// Which element types a convolution prepared for `usage` reads and
     /// writes, in descriptor terms (batch and size ignored). The default
     /// keeps everything in f32.
@@ -484,6 +491,22 @@ pub trait Backend: Clone + Send + Sync + 'static {
         p: &BnParams<'_, Self>,
         running: Option<(&mut Self::Buf, &mut Self::Buf, f32)>,
         saved: BnSaved<'_, Self>,
+        tail: &BnTail<'_, Self>,
+        y: &mut Self::Buf,
+    ) -> Result<()>;
+    /// The output of a training-mode forward pass again, from the statistics it
+    /// saved (`mean`, `invstd`) and the same `x` and parameters: the same values
+    /// it wrote, bit for bit. Training recomputes a norm's output this way
+    /// rather than keeping it for the backward pass.
+    #[allow(clippy::too_many_arguments)]
+    fn bn_forward_saved(
+        &self,
+        rows: usize,
+        c: usize,
+        x: &Self::Buf,
+        p: &BnParams<'_, Self>,
+        mean: &Self::Buf,
+        invstd: &Self::Buf,
         tail: &BnTail<'_, Self>,
         y: &mut Self::Buf,
     ) -> Result<()>;

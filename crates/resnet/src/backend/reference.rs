@@ -371,6 +371,24 @@ impl Backend for Reference {
         self.resize(saved.invstd, DType::F32, c)?;
         saved.mean.values.iter_mut().zip(&mean).for_each(|(o, &m)| *o = m as f32);
         saved.invstd.values.iter_mut().zip(&invstd).for_each(|(o, &s)| *o = s as f32);
+        // Normalised with the statistics as saved (f32), so that
+        // `bn_forward_saved` reproduces the output exactly.
+        self.bn_forward_saved(rows, c, x, p, saved.mean, saved.invstd, tail, y)
+    }
+
+    fn bn_forward_saved(
+        &self,
+        rows: usize,
+        c: usize,
+        x: &RefBuf,
+        p: &BnParams<'_, Self>,
+        mean: &RefBuf,
+        invstd: &RefBuf,
+        tail: &BnTail<'_, Self>,
+        y: &mut RefBuf,
+    ) -> Result<()> {
+        let mean: Vec<f64> = f32s(mean, c)?.iter().map(|&v| v as f64).collect();
+        let invstd: Vec<f64> = f32s(invstd, c)?.iter().map(|&v| v as f64).collect();
         normalize(rows, c, x, &mean, &invstd, p, tail, y)
     }
 

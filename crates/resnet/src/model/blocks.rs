@@ -13,6 +13,7 @@
 use super::Mode;
 use super::graph::key;
 use super::layers::{BatchNorm2d, Conv2d, PadShortcut, Visit, take};
+use super::memory::{Keep, Pool};
 use super::spec::{BlockKind, ShortcutKind};
 use super::state::StateEntry;
 use crate::backend::Backend;
@@ -58,6 +59,15 @@ pub struct UnitShape {
     pub groups: usize,
     /// Stride of the unit.
     pub stride: usize,
+}
+
+/// What a training forward pass keeps of one unit (elements, f32).
+#[derive(Clone, Copy, Debug)]
+pub struct UnitMemory {
+    /// The output's shape (kept when the unit runs backward, or ends a segment).
+    pub out: [usize; 4],
+    /// Activations kept for the backward pass besides the output.
+    pub kept: usize,
 }
 
 /// One residual unit of any kind.
@@ -140,21 +150,107 @@ impl<B: Backend> Block<B> {
         })
     }
 
-    /// Forward pass; returns the unit's output.
-    pub fn forward(&mut self, b: &B, x: &Tensor<B>, mode: Mode) -> Result<&Tensor<B>> {
+    /// Forward pass; returns the unit's output. Buffers come from `pool`;
+    /// in training what `keep` says stays for the backward pass and the rest
+    /// goes back (see `memory`); in evaluation only the output stays.
+    pub fn forward(&mut self, b: &B, x: &Tensor<B>, mode: Mode, pool: &mut Pool<B>, keep: Keep) -> Result<&Tensor<B>> {
+        let keep = if mode == Mode::Eval { Keep::Output } else { keep };
         match self {
-            Block::Basic(k) => k.forward(b, x, mode),
-            Block::Bottleneck(k) => k.forward(b, x, mode),
-            Block::PreAct(k) => k.forward(b, x, mode),
+            Block::Basic(k) => k.forward(b, x, mode, pool, keep),
+            Block::Bottleneck(k) => k.forward(b, x, mode, pool, keep),
+            Block::PreAct(k) => k.forward(b, x, mode, pool, keep),
         }
     }
 
-    /// Backward pass (after a training-mode forward with the same `x`).
-    pub fn backward(&mut self, b: &B, x: &Tensor<B>, dy: &Tensor<B>) -> Result<()> {
+    /// Backward pass (after a training-mode forward with the same `x` that
+    /// kept [`Keep::Backward`]). Leaves the input gradient and the output,
+    /// and gives every other buffer of the unit back to `pool`.
+    pub fn backward(&mut self, b: &B, x: &Tensor<B>, dy: &Tensor<B>, pool: &mut Pool<B>) -> Result<()> {
         match self {
-            Block::Basic(k) => k.backward(b, x, dy),
-            Block::Bottleneck(k) => k.backward(b, x, dy),
-            Block::PreAct(k) => k.backward(b, x, dy),
+            Block::Basic(k) => k.backward(b, x, dy, pool),
+            Block::Bottleneck(k) => k.backward(b, x, dy, pool),
+            Block::PreAct(k) => k.backward(b, x, dy, pool),
+        }
+    }
+
+    /// Gives the unit's output back to `pool`.
+    pub fn give_output(&mut self, pool: &mut Pool<B>) {
+        match self {
+            Block::Basic(k) => pool.give(&mut k.bn2.y),
+            Block::Bottleneck(k) => pool.give(&mut k.bn3.y),
+            Block::PreAct(k) => match k.shortcut {
+                PreShortcut::None => pool.give(&mut k.units.last_mut().expect("a unit has convolutions").1.y),
+                _ => pool.give(&mut k.y),
+            },
+        }
+    }
+
+    /// Gives the unit's input gradient back to `pool`.
+    pub fn give_input_grad(&mut self, pool: &mut Pool<B>) {
+        match self {
+            Block::Basic(k) => pool.give(&mut k.conv1.dx),
+            Block::Bottleneck(k) => pool.give(&mut k.conv1.dx),
+            Block::PreAct(k) => pool.give(&mut k.units[0].0.dx),
+        }
+    }
+
+    /// What a training forward pass keeps of this unit on an input of shape
+    /// `x` (elements; mirrors `forward` above, see `memory`).
+    pub fn plan(&self, x: [usize; 4]) -> UnitMemory {
+        let len = |s: [usize; 4]| s.iter().product::<usize>();
+        let shortcut_len = |s: &Shortcut<B>, out: [usize; 4]| match s {
+            Shortcut::Projection(..) => len(out),
+            _ => 0,
+        };
+        match self {
+            Block::Basic(k) => {
+                let s1 = k.conv1.out_shape(x);
+                let s2 = k.conv2.out_shape(s1);
+                UnitMemory { out: s2, kept: len(s1) + len(s2) + shortcut_len(&k.shortcut, s2) }
+            }
+            Block::Bottleneck(k) => {
+                let s1 = k.conv1.out_shape(x);
+                let s2 = k.conv2.out_shape(s1);
+                let s3 = k.conv3.out_shape(s2);
+                UnitMemory { out: s3, kept: len(s1) + len(s2) + len(s3) + shortcut_len(&k.shortcut, s3) }
+            }
+            Block::PreAct(k) => {
+                let mut s = x;
+                let mut kept = 0;
+                for (i, (_, conv)) in k.units.iter().enumerate() {
+                    s = conv.out_shape(s);
+                    if i + 1 < k.units.len() {
+                        kept += len(s);
+                    }
+                }
+                UnitMemory { out: s, kept }
+            }
+        }
+    }
+
+    /// Calls `f` with each convolution of the unit and its input shape, for
+    /// an input of shape `x`.
+    pub fn visit_convs(&self, f: &mut dyn FnMut(&Conv2d<B>, [usize; 4]), x: [usize; 4]) {
+        let mut chain = |convs: &[&Conv2d<B>]| {
+            let mut s = x;
+            for c in convs {
+                f(c, s);
+                s = c.out_shape(s);
+            }
+        };
+        match self {
+            Block::Basic(k) => chain(&[&k.conv1, &k.conv2]),
+            Block::Bottleneck(k) => chain(&[&k.conv1, &k.conv2, &k.conv3]),
+            Block::PreAct(k) => chain(&k.units.iter().map(|u| &u.1).collect::<Vec<_>>()),
+        }
+        let projection = match self {
+            Block::Basic(BasicBlock { shortcut: Shortcut::Projection(c, _), .. })
+            | Block::Bottleneck(Bottleneck { shortcut: Shortcut::Projection(c, _), .. }) => Some(c),
+            Block::PreAct(PreActBlock { shortcut: PreShortcut::Projection(c), .. }) => Some(c),
+            _ => None,
+        };
+        if let Some(c) = projection {
+            f(c, x);
         }
     }
 
@@ -183,16 +279,39 @@ fn shortcut_forward<'a, B: Backend>(
     b: &B,
     x: &'a Tensor<B>,
     mode: Mode,
+    pool: &mut Pool<B>,
 ) -> Result<Option<&'a Tensor<B>>> {
     Ok(match s {
         Shortcut::None => None,
         Shortcut::Identity => Some(x),
-        Shortcut::Pad(p) => Some(p.forward(b, x)?),
+        Shortcut::Pad(p) => {
+            let shape = p.out_shape(x.shape);
+            pool.lend(&mut p.y, shape);
+            Some(p.forward(b, x)?)
+        }
         Shortcut::Projection(conv, bn) => {
+            let shape = conv.out_shape(x.shape);
+            pool.lend(&mut conv.y, shape);
+            pool.lend(&mut bn.y, shape);
             let (h, st) = conv.forward_for_norm(b, x, mode)?;
             Some(bn.forward_with_stats(b, h, st, None, mode)?)
         }
     })
+}
+
+/// After the sum: the shortcut's output goes back to `pool`, and its
+/// convolution's output too unless it is kept for backward.
+fn shortcut_release<B: Backend>(s: &mut Shortcut<B>, pool: &mut Pool<B>, keep: Keep) {
+    match s {
+        Shortcut::Pad(p) => pool.give(&mut p.y),
+        Shortcut::Projection(conv, bn) => {
+            pool.give(&mut bn.y);
+            if keep == Keep::Output {
+                pool.give(&mut conv.y);
+            }
+        }
+        Shortcut::None | Shortcut::Identity => {}
+    }
 }
 
 /// Sends `dsum` (the gradient at the residual sum) through the shortcut and
@@ -203,14 +322,19 @@ fn shortcut_backward<B: Backend>(
     x: &Tensor<B>,
     dsum: &Tensor<B>,
     dx: &mut Tensor<B>,
+    pool: &mut Pool<B>,
 ) -> Result<()> {
     match s {
         Shortcut::None => Ok(()),
         Shortcut::Identity => b.add_assign(&mut dx.buf, &dsum.buf),
         Shortcut::Pad(p) => p.backward_accumulate(b, x.shape, dsum, dx),
         Shortcut::Projection(conv, bn) => {
+            pool.lend(&mut bn.dx, dsum.shape);
             bn.backward(b, &conv.y, dsum)?;
-            conv.backward_accumulate(b, x, &bn.dx, dx)
+            pool.give(&mut conv.y);
+            conv.backward_accumulate(b, x, &bn.dx, dx)?;
+            pool.give(&mut bn.dx);
+            Ok(())
         }
     }
 }
@@ -227,14 +351,19 @@ fn first_conv_backward<B: Backend>(
     x: &Tensor<B>,
     dy: &Tensor<B>,
     dsum: &mut Tensor<B>,
+    pool: &mut Pool<B>,
 ) -> Result<()> {
     if let Shortcut::Identity = shortcut {
         conv.backward_accumulate(b, x, dy, dsum)?;
         std::mem::swap(&mut conv.dx, dsum);
+        pool.give(dsum);
         return Ok(());
     }
+    pool.lend(&mut conv.dx, x.shape);
     conv.backward(b, x, dy, true)?;
-    shortcut_backward(shortcut, b, x, dsum, &mut conv.dx)
+    shortcut_backward(shortcut, b, x, dsum, &mut conv.dx, pool)?;
+    pool.give(dsum);
+    Ok(())
 }
 
 fn visit_shortcut<B: Backend>(s: &mut Shortcut<B>, prefix: &str, f: &mut dyn FnMut(&str, StateEntry<'_, B>)) {
@@ -259,19 +388,46 @@ pub struct BasicBlock<B: Backend> {
 }
 
 impl<B: Backend> BasicBlock<B> {
-    fn forward(&mut self, b: &B, x: &Tensor<B>, mode: Mode) -> Result<&Tensor<B>> {
+    fn forward(&mut self, b: &B, x: &Tensor<B>, mode: Mode, pool: &mut Pool<B>, keep: Keep) -> Result<&Tensor<B>> {
+        let s1 = self.conv1.out_shape(x.shape);
+        pool.lend(&mut self.conv1.y, s1);
+        pool.lend(&mut self.bn1.y, s1);
         let (h, st) = self.conv1.forward_for_norm(b, x, mode)?;
         let h = self.bn1.forward_with_stats(b, h, st, None, mode)?;
+        let s2 = self.conv2.out_shape(s1);
+        pool.lend(&mut self.conv2.y, s2);
         let (h, st) = self.conv2.forward_for_norm(b, h, mode)?;
-        let s = shortcut_forward(&mut self.shortcut, b, x, mode)?;
-        self.bn2.forward_with_stats(b, h, st, s, mode)
+        pool.give(&mut self.bn1.y);
+        let s = shortcut_forward(&mut self.shortcut, b, x, mode, pool)?;
+        pool.lend(&mut self.bn2.y, s2);
+        self.bn2.forward_with_stats(b, h, st, s, mode)?;
+        shortcut_release(&mut self.shortcut, pool, keep);
+        if keep == Keep::Output {
+            pool.give(&mut self.conv1.y);
+            pool.give(&mut self.conv2.y);
+        }
+        Ok(&self.bn2.y)
     }
 
-    fn backward(&mut self, b: &B, x: &Tensor<B>, dy: &Tensor<B>) -> Result<()> {
+    fn backward(&mut self, b: &B, x: &Tensor<B>, dy: &Tensor<B>, pool: &mut Pool<B>) -> Result<()> {
+        let (s1, s2) = (self.conv1.y.shape, self.conv2.y.shape);
+        pool.lend(&mut self.bn2.dx, s2);
+        pool.lend(&mut self.bn2.dsum, s2);
         self.bn2.backward(b, &self.conv2.y, dy)?;
+        pool.give(&mut self.conv2.y);
+        pool.lend(&mut self.bn1.y, s1);
+        self.bn1.recompute(b, &self.conv1.y)?;
+        pool.lend(&mut self.conv2.dx, s1);
         self.conv2.backward(b, &self.bn1.y, &self.bn2.dx, true)?;
+        pool.give(&mut self.bn2.dx);
+        pool.lend(&mut self.bn1.dx, s1);
         self.bn1.backward(b, &self.conv1.y, &self.conv2.dx)?;
-        first_conv_backward(&mut self.conv1, &mut self.shortcut, b, x, &self.bn1.dx, &mut self.bn2.dsum)
+        pool.give(&mut self.conv2.dx);
+        pool.give(&mut self.bn1.y);
+        pool.give(&mut self.conv1.y);
+        first_conv_backward(&mut self.conv1, &mut self.shortcut, b, x, &self.bn1.dx, &mut self.bn2.dsum, pool)?;
+        pool.give(&mut self.bn1.dx);
+        Ok(())
     }
 }
 
@@ -294,23 +450,63 @@ pub struct Bottleneck<B: Backend> {
 }
 
 impl<B: Backend> Bottleneck<B> {
-    fn forward(&mut self, b: &B, x: &Tensor<B>, mode: Mode) -> Result<&Tensor<B>> {
+    fn forward(&mut self, b: &B, x: &Tensor<B>, mode: Mode, pool: &mut Pool<B>, keep: Keep) -> Result<&Tensor<B>> {
+        let s1 = self.conv1.out_shape(x.shape);
+        pool.lend(&mut self.conv1.y, s1);
+        pool.lend(&mut self.bn1.y, s1);
         let (h, st) = self.conv1.forward_for_norm(b, x, mode)?;
         let h = self.bn1.forward_with_stats(b, h, st, None, mode)?;
+        let s2 = self.conv2.out_shape(s1);
+        pool.lend(&mut self.conv2.y, s2);
         let (h, st) = self.conv2.forward_for_norm(b, h, mode)?;
+        pool.give(&mut self.bn1.y);
+        pool.lend(&mut self.bn2.y, s2);
         let h = self.bn2.forward_with_stats(b, h, st, None, mode)?;
+        let s3 = self.conv3.out_shape(s2);
+        pool.lend(&mut self.conv3.y, s3);
         let (h, st) = self.conv3.forward_for_norm(b, h, mode)?;
-        let s = shortcut_forward(&mut self.shortcut, b, x, mode)?;
-        self.bn3.forward_with_stats(b, h, st, s, mode)
+        pool.give(&mut self.bn2.y);
+        let s = shortcut_forward(&mut self.shortcut, b, x, mode, pool)?;
+        pool.lend(&mut self.bn3.y, s3);
+        self.bn3.forward_with_stats(b, h, st, s, mode)?;
+        shortcut_release(&mut self.shortcut, pool, keep);
+        if keep == Keep::Output {
+            pool.give(&mut self.conv1.y);
+            pool.give(&mut self.conv2.y);
+            pool.give(&mut self.conv3.y);
+        }
+        Ok(&self.bn3.y)
     }
 
-    fn backward(&mut self, b: &B, x: &Tensor<B>, dy: &Tensor<B>) -> Result<()> {
+    fn backward(&mut self, b: &B, x: &Tensor<B>, dy: &Tensor<B>, pool: &mut Pool<B>) -> Result<()> {
+        let (s1, s2, s3) = (self.conv1.y.shape, self.conv2.y.shape, self.conv3.y.shape);
+        pool.lend(&mut self.bn3.dx, s3);
+        pool.lend(&mut self.bn3.dsum, s3);
         self.bn3.backward(b, &self.conv3.y, dy)?;
+        pool.give(&mut self.conv3.y);
+        pool.lend(&mut self.bn2.y, s2);
+        self.bn2.recompute(b, &self.conv2.y)?;
+        pool.lend(&mut self.conv3.dx, s2);
         self.conv3.backward(b, &self.bn2.y, &self.bn3.dx, true)?;
+        pool.give(&mut self.bn3.dx);
+        pool.lend(&mut self.bn2.dx, s2);
         self.bn2.backward(b, &self.conv2.y, &self.conv3.dx)?;
+        pool.give(&mut self.conv3.dx);
+        pool.give(&mut self.bn2.y);
+        pool.give(&mut self.conv2.y);
+        pool.lend(&mut self.bn1.y, s1);
+        self.bn1.recompute(b, &self.conv1.y)?;
+        pool.lend(&mut self.conv2.dx, s1);
         self.conv2.backward(b, &self.bn1.y, &self.bn2.dx, true)?;
+        pool.give(&mut self.bn2.dx);
+        pool.lend(&mut self.bn1.dx, s1);
         self.bn1.backward(b, &self.conv1.y, &self.conv2.dx)?;
-        first_conv_backward(&mut self.conv1, &mut self.shortcut, b, x, &self.bn1.dx, &mut self.bn3.dsum)
+        pool.give(&mut self.conv2.dx);
+        pool.give(&mut self.bn1.y);
+        pool.give(&mut self.conv1.y);
+        first_conv_backward(&mut self.conv1, &mut self.shortcut, b, x, &self.bn1.dx, &mut self.bn3.dsum, pool)?;
+        pool.give(&mut self.bn1.dx);
+        Ok(())
     }
 }
 
@@ -332,36 +528,59 @@ impl<B: Backend> PreActBlock<B> {
         }
     }
 
-    fn forward(&mut self, b: &B, x: &Tensor<B>, mode: Mode) -> Result<&Tensor<B>> {
-        let mut h = x;
-        for (i, (bn, conv)) in self.units.iter_mut().enumerate() {
+    fn forward(&mut self, b: &B, x: &Tensor<B>, mode: Mode, pool: &mut Pool<B>, keep: Keep) -> Result<&Tensor<B>> {
+        let n = self.units.len();
+        for i in 0..n {
+            let (done, rest) = self.units.split_at_mut(i);
+            let (bn, conv) = &mut rest[0];
+            let h = done.last().map_or(x, |u| &u.1.y);
+            pool.lend(&mut bn.y, h.shape);
             let p = bn.forward(b, h, None, mode)?;
             if i == 0 {
                 match &mut self.shortcut {
                     PreShortcut::Projection(c) => {
-                        c.forward(b, p)?;
+                        let shape = c.out_shape(x.shape);
+                        pool.lend(&mut c.y, shape);
+                        c.forward_in(b, p, mode)?;
                     }
                     PreShortcut::Pad(s) => {
+                        let shape = s.out_shape(x.shape);
+                        pool.lend(&mut s.y, shape);
                         s.forward(b, x)?;
                     }
                     PreShortcut::None | PreShortcut::Identity => {}
                 }
             }
-            h = conv.forward(b, p)?;
+            let shape = conv.out_shape(h.shape);
+            pool.lend(&mut conv.y, shape);
+            conv.forward_in(b, p, mode)?;
+            pool.give(&mut bn.y);
+            // A convolution's output is the next norm's input: kept for its backward pass.
+            if i > 0 && keep == Keep::Output {
+                pool.give(&mut done[i - 1].1.y);
+            }
         }
-        let h = &self.units.last().expect("a unit has convolutions").1.y;
-        let s = match &self.shortcut {
-            PreShortcut::None => return Ok(h),
+        let last = &mut self.units.last_mut().expect("a unit has convolutions").1;
+        let s = match &mut self.shortcut {
+            PreShortcut::None => return Ok(&last.y),
             PreShortcut::Identity => x,
             PreShortcut::Pad(p) => &p.y,
             PreShortcut::Projection(c) => &c.y,
         };
-        self.y.reshape(b, h.shape)?;
-        b.add(&h.buf, &s.buf, false, &mut self.y.buf)?;
+        pool.lend(&mut self.y, last.y.shape);
+        self.y.reshape(b, last.y.shape)?;
+        b.add(&last.y.buf, &s.buf, false, &mut self.y.buf)?;
+        // Nothing reads the last convolution's output or the shortcut's again.
+        pool.give(&mut last.y);
+        match &mut self.shortcut {
+            PreShortcut::Pad(p) => pool.give(&mut p.y),
+            PreShortcut::Projection(c) => pool.give(&mut c.y),
+            PreShortcut::None | PreShortcut::Identity => {}
+        }
         Ok(&self.y)
     }
 
-    fn backward(&mut self, b: &B, x: &Tensor<B>, dy: &Tensor<B>) -> Result<()> {
+    fn backward(&mut self, b: &B, x: &Tensor<B>, dy: &Tensor<B>, pool: &mut Pool<B>) -> Result<()> {
         let n = self.units.len();
         // Residual branch, last unit first: conv_i sees relu(bn_i(...)).
         for i in (0..n).rev() {
@@ -369,6 +588,10 @@ impl<B: Backend> PreActBlock<B> {
             let (prev, cur) = head.split_at_mut(i);
             let (bn, conv) = &mut cur[0];
             let g = if i + 1 == n { dy } else { &tail[0].0.dx };
+            let input = if i == 0 { x } else { &prev[i - 1].1.y };
+            pool.lend(&mut bn.y, input.shape);
+            bn.recompute(b, input)?;
+            pool.lend(&mut conv.dx, input.shape);
             conv.backward(b, &bn.y, g, true)?;
             if i == 0 {
                 // The projection reads p = relu(bn1(x)); its gradient joins conv1's.
@@ -376,8 +599,16 @@ impl<B: Backend> PreActBlock<B> {
                     c.backward_accumulate(b, &bn.y, dy, &mut conv.dx)?;
                 }
             }
-            let input = if i == 0 { x } else { &prev[i - 1].1.y };
+            if let Some(next) = tail.first_mut() {
+                pool.give(&mut next.0.dx);
+            }
+            pool.lend(&mut bn.dx, input.shape);
             bn.backward(b, input, &conv.dx)?;
+            pool.give(&mut conv.dx);
+            pool.give(&mut bn.y);
+            if i > 0 {
+                pool.give(&mut prev[i - 1].1.y);
+            }
         }
         let bn1 = &mut self.units[0].0;
         match &self.shortcut {

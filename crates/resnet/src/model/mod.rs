@@ -4,12 +4,14 @@ pub mod blocks;
 pub mod graph;
 pub mod init;
 pub mod layers;
+pub mod memory;
 pub mod network;
 pub mod spec;
 pub mod state;
 pub mod summary;
 
 pub use graph::Graph;
+pub use memory::MemoryPlan;
 pub use network::Network;
 pub use spec::{ARCHS, BlockKind, ResNetSpec, ShortcutKind, Stem};
 pub use state::StateEntry;
@@ -43,4 +45,9 @@ pub enum Mode {
     Train,
     /// Running statistics.
     Eval,
+    /// A training pass computed again for its backward pass (recomputation by
+    /// segments): batch statistics and caches for backward as in `Train`, but
+    /// the running statistics and batch counters are left alone, as the first
+    /// pass already updated them.
+    Recompute,
 }

@@ -7,6 +7,7 @@
 use super::blocks::{Block, UnitShape};
 use super::graph::{Graph, block_name, key};
 use super::layers::{BatchNorm2d, Conv2d, GlobalAvgPool, Linear, MaxPool2d, Visit};
+use super::memory::{Keep, Pool};
 use super::spec::{BlockKind, ResNetSpec, Stem};
 use super::state::StateEntry;
 use super::summary::Summary;
@@ -39,6 +40,10 @@ pub struct Network<B: Backend> {
     pub fc: Linear<B>,
     checked_input: Option<[usize; 4]>,
     freeze: Freeze,
+    /// Released activation and gradient buffers (see `memory`).
+    pool: Pool<B>,
+    /// Segments recomputed in the backward pass (0: none).
+    checkpoint_segments: usize,
 }
 
 impl<B: Backend> Network<B> {
@@ -88,6 +93,8 @@ impl<B: Backend> Network<B> {
             fc: Linear::new(b, c, spec.num_classes)?,
             checked_input: None,
             freeze: Freeze::None,
+            pool: Pool::default(),
+            checkpoint_segments: 0,
         })
     }
 }
@@ -197,28 +204,102 @@ impl<B: Backend> Network<B> {
         b.scope(|| self.forward_ops(x, mode))
     }
 
-    /// [`Network::forward`]'s layers, in the backend's scope.
+    /// [`Network::forward`]'s layers, in the backend's scope. Buffers come
+    /// from the pool; what the backward pass needs stays (see `memory`).
     fn forward_ops(&mut self, x: &Tensor<B>, mode: Mode) -> Result<&Tensor<B>> {
-        let b = &self.backend;
         // Frozen parts run as in evaluation: running statistics, nothing kept for backward.
         let frozen = self.frozen_blocks();
+        let kept = self.kept_outputs(mode);
+        let b = &self.backend;
+        let pool = &mut self.pool;
         let mode_of = |part_frozen: bool| if part_frozen { Mode::Eval } else { mode };
         let stem_mode = mode_of(frozen.is_some());
+        let shape = self.conv1.out_shape(x.shape);
+        pool.lend(&mut self.conv1.y, shape);
         let (mut h, st) = self.conv1.forward_for_norm(b, x, stem_mode)?;
         if let Some(bn) = &mut self.bn1 {
+            pool.lend(&mut bn.y, shape);
             h = bn.forward_with_stats(b, h, st, None, stem_mode)?;
         }
         if let Some(m) = &mut self.maxpool {
-            h = m.forward(b, h)?;
+            let out = m.out_shape(shape);
+            pool.lend(&mut m.y, out);
+            m.forward(b, h)?;
+            // The max pool's input is recomputed for its backward pass.
+            if let Some(bn) = &mut self.bn1 {
+                pool.give(&mut bn.y);
+            }
         }
-        for (i, blk) in self.blocks.iter_mut().enumerate() {
-            h = blk.forward(b, h, mode_of(frozen.is_some_and(|k| i < k)))?;
+        if stem_mode == Mode::Eval && (self.maxpool.is_some() || self.bn1.is_some()) {
+            pool.give(&mut self.conv1.y);
         }
+        let keep = if self.checkpoint_segments > 0 { Keep::Output } else { Keep::Backward };
+        for i in 0..self.blocks.len() {
+            let (before, rest) = self.blocks.split_at_mut(i);
+            let input = before.last().map_or(stem_output(&self.conv1, &self.bn1, &self.maxpool), |p| p.output());
+            rest[0].forward(b, input, mode_of(frozen.is_some_and(|k| i < k)), pool, keep)?;
+            if i > 0 && !kept[i - 1] {
+                before[i - 1].give_output(pool);
+            }
+        }
+        let mut h = match self.blocks.last() {
+            Some(blk) => blk.output(),
+            None => stem_output(&self.conv1, &self.bn1, &self.maxpool),
+        };
         if let Some(bn) = &mut self.bn_final {
+            pool.lend(&mut bn.y, h.shape);
             h = bn.forward(b, h, None, mode_of(self.freeze == Freeze::Backbone))?;
         }
         let h = self.avgpool.forward(b, h)?;
         self.fc.forward(b, h)
+    }
+
+    /// Which units' outputs a forward pass in `mode` keeps after the next unit
+    /// has read them: the inputs of units that run backward, unless their
+    /// segment is recomputed, then only the segments' inputs.
+    fn kept_outputs(&self, mode: Mode) -> Vec<bool> {
+        let n = self.blocks.len();
+        if mode == Mode::Eval {
+            return vec![false; n];
+        }
+        let first = self.frozen_blocks().unwrap_or(0).min(n);
+        // Unit i's output is read by unit i + 1's backward pass and by its own.
+        let mut kept: Vec<bool> = (0..n).map(|i| i + 1 >= first && self.checkpoint_segments == 0).collect();
+        if first > 0 {
+            kept[first - 1] = true;
+        }
+        for seg in self.segments() {
+            kept[seg.end - 1] = true;
+        }
+        kept
+    }
+
+    /// The trainable units cut into the recomputed segments (one segment
+    /// holding them all when there is no recomputation).
+    fn segments(&self) -> Vec<std::ops::Range<usize>> {
+        self.segments_of(self.checkpoint_segments)
+    }
+
+    /// The trainable units cut into `k` segments of nearly equal length.
+    pub(crate) fn segments_of(&self, k: usize) -> Vec<std::ops::Range<usize>> {
+        let n = self.blocks.len();
+        let first = self.frozen_blocks().unwrap_or(0).min(n);
+        let units = n - first;
+        let k = k.clamp(1, units.max(1));
+        (0..k).map(|s| first + s * units / k..first + (s + 1) * units / k).filter(|r| !r.is_empty()).collect()
+    }
+
+    /// Recomputes `k` segments of units in the backward pass instead of keeping
+    /// their activations: about `k` unit outputs and one segment's activations
+    /// are then kept, for one more forward pass of the units (0 turns it off).
+    /// Gradients, statistics and weights are the same bit for bit.
+    pub fn set_checkpoint_segments(&mut self, k: usize) {
+        self.checkpoint_segments = k;
+    }
+
+    /// The number of recomputed segments (0: none).
+    pub fn checkpoint_segments(&self) -> usize {
+        self.checkpoint_segments
     }
 
     /// Back-propagates `dlogits` (the loss gradient at the logits) after a
@@ -229,9 +310,13 @@ impl<B: Backend> Network<B> {
         b.scope(|| self.backward_ops(x, dlogits))
     }
 
-    /// [`Network::backward`]'s layers, in the backend's scope.
+    /// [`Network::backward`]'s layers, in the backend's scope. Each unit's
+    /// buffers go back to the pool once its backward pass is done.
     fn backward_ops(&mut self, x: &Tensor<B>, dlogits: &Tensor<B>) -> Result<()> {
+        let frozen = self.frozen_blocks();
+        let segments = self.segments();
         let b = &self.backend;
+        let pool = &mut self.pool;
         let nblocks = self.blocks.len();
         let features = match nblocks {
             0 => stem_output(&self.conv1, &self.bn1, &self.maxpool),
@@ -240,37 +325,88 @@ impl<B: Backend> Network<B> {
         let pooled_in = self.bn_final.as_ref().map_or(features, |bn| &bn.y);
         self.fc.backward(b, &self.avgpool.y, dlogits)?;
         // Nothing below a frozen part needs a gradient: the backward pass stops there.
-        let frozen = self.frozen_blocks();
         if self.freeze == Freeze::Backbone {
             return Ok(());
         }
+        pool.lend(&mut self.avgpool.dx, pooled_in.shape);
         self.avgpool.backward(b, pooled_in, &self.fc.dx)?;
         if let Some(bn) = &mut self.bn_final {
+            pool.lend(&mut bn.dx, features.shape);
             bn.backward(b, features, &self.avgpool.dx)?;
+            pool.give(&mut self.avgpool.dx);
+            pool.give(&mut bn.y);
         }
-        let head_grad = self.bn_final.as_ref().map_or(&self.avgpool.dx, |bn| &bn.dx);
-        let stem_out = stem_output(&self.conv1, &self.bn1, &self.maxpool);
-        for i in (frozen.unwrap_or(0)..nblocks).rev() {
-            let (before, rest) = self.blocks.split_at_mut(i);
-            let (cur, after) = rest.split_first_mut().expect("i < nblocks");
-            let input = before.last().map_or(stem_out, |p| p.output());
-            let dy = after.first().map_or(head_grad, |n| n.input_grad());
-            cur.backward(b, input, dy)?;
+        let recompute = self.checkpoint_segments > 0;
+        for seg in segments.into_iter().rev() {
+            if recompute {
+                for i in seg.clone() {
+                    let (before, rest) = self.blocks.split_at_mut(i);
+                    let input =
+                        before.last().map_or(stem_output(&self.conv1, &self.bn1, &self.maxpool), |p| p.output());
+                    rest[0].forward(b, input, Mode::Recompute, pool, Keep::Backward)?;
+                }
+            }
+            for i in seg.rev() {
+                let (before, rest) = self.blocks.split_at_mut(i);
+                let (cur, after) = rest.split_first_mut().expect("i < nblocks");
+                let input = before.last().map_or(stem_output(&self.conv1, &self.bn1, &self.maxpool), |p| p.output());
+                let head_grad = self.bn_final.as_mut().map_or(&mut self.avgpool.dx, |bn| &mut bn.dx);
+                let dy = after.first().map_or(&*head_grad, |n| n.input_grad());
+                cur.backward(b, input, dy, pool)?;
+                match after.first_mut() {
+                    Some(next) => next.give_input_grad(pool),
+                    None => pool.give(head_grad),
+                }
+                cur.give_output(pool);
+            }
         }
-        if frozen.is_some() {
+        if let Some(k) = frozen {
+            // The last frozen unit's output was the first trained unit's input.
+            if let Some(blk) = k.checked_sub(1).map(|j| &mut self.blocks[j]) {
+                blk.give_output(pool);
+            }
+            if let Some(blk) = self.blocks.get_mut(k) {
+                blk.give_input_grad(pool);
+            }
             return Ok(());
         }
-        let mut g = self.blocks.first().map_or(head_grad, |blk| blk.input_grad());
+        self.stem_backward(x)
+    }
+
+    /// The stem's backward pass; then every buffer of the pass is back in the pool.
+    fn stem_backward(&mut self, x: &Tensor<B>) -> Result<()> {
+        let b = &self.backend;
+        let pool = &mut self.pool;
+        let head = self.bn_final.as_mut().map_or(&mut self.avgpool.dx, |bn| &mut bn.dx);
+        let mut g = self.blocks.first().map_or(&*head, |blk| blk.input_grad());
         if let Some(m) = &mut self.maxpool {
-            let pre = self.bn1.as_ref().map_or(&self.conv1.y, |bn| &bn.y);
+            let bn = self.bn1.as_mut().expect("a stem with a max pool has a norm");
+            pool.lend(&mut bn.y, self.conv1.y.shape);
+            let pre = bn.recompute(b, &self.conv1.y)?;
+            pool.lend(&mut m.dx, pre.shape);
             m.backward(b, pre, g)?;
             g = &m.dx;
         }
         if let Some(bn) = &mut self.bn1 {
+            pool.lend(&mut bn.dx, self.conv1.y.shape);
             bn.backward(b, &self.conv1.y, g)?;
             g = &bn.dx;
         }
-        self.conv1.backward(b, x, g, false)
+        self.conv1.backward(b, x, g, false)?;
+        match self.blocks.first_mut() {
+            Some(blk) => blk.give_input_grad(pool),
+            None => pool.give(head),
+        }
+        if let Some(m) = &mut self.maxpool {
+            pool.give(&mut m.y);
+            pool.give(&mut m.dx);
+        }
+        if let Some(bn) = &mut self.bn1 {
+            pool.give(&mut bn.y);
+            pool.give(&mut bn.dx);
+        }
+        pool.give(&mut self.conv1.y);
+        Ok(())
     }
 
     /// Freezes the parts `f` names for fine-tuning (see [`Freeze`]).

@@ -13,6 +13,7 @@
 
 use std::alloc::Layout;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::backend::Bf16;
 use crate::backend::{Buffer, DType, Element};
@@ -20,6 +21,31 @@ use crate::error::{Error, Result};
 
 /// The alignment of every array: one cache line.
 pub const ALIGN: usize = 64;
+
+/// Bytes held by every [`AlignedVec`] of the process now, and the most held
+/// since the last [`reset_peak`]: the CPU backend's memory (buffers, prepared
+/// filters, kernel scratch), which the training memory plan estimates.
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+fn count_alloc(bytes: usize) {
+    let live = LIVE.fetch_add(bytes, Ordering::Relaxed) + bytes;
+    PEAK.fetch_max(live, Ordering::Relaxed);
+}
+
+fn count_free(bytes: usize) {
+    LIVE.fetch_sub(bytes, Ordering::Relaxed);
+}
+
+/// `(live, peak)` bytes of the CPU backend's memory (see [`reset_peak`]).
+pub fn allocated() -> (usize, usize) {
+    (LIVE.load(Ordering::Relaxed), PEAK.load(Ordering::Relaxed))
+}
+
+/// Starts a new peak of [`allocated`] from what is live now.
+pub fn reset_peak() {
+    PEAK.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed);
+}
 
 /// Plain data: any bit pattern (all zeros included) is a valid value, and
 /// nothing needs dropping.
@@ -87,6 +113,7 @@ impl<T: Pod> AlignedVec<T> {
             // SAFETY: the layout has a non-zero size; zero bits are a valid `T` (`Pod`).
             let p = unsafe { std::alloc::alloc_zeroed(layout) };
             v.ptr = NonNull::new(p.cast()).ok_or(AllocError { bytes: layout.size() })?;
+            count_alloc(layout.size());
             v.cap = len;
             v.len = len;
         }
@@ -133,6 +160,8 @@ impl<T: Pod> AlignedVec<T> {
         };
         // On failure the old block is untouched and still ours.
         self.ptr = NonNull::new(p.cast()).ok_or(AllocError { bytes: new.size() })?;
+        count_alloc(new.size());
+        count_free(Self::layout(self.cap).map_or(0, |l| l.size()));
         self.cap = cap;
         Ok(())
     }
@@ -199,6 +228,7 @@ impl<T: Pod> Drop for AlignedVec<T> {
         {
             // SAFETY: allocated with this layout.
             unsafe { std::alloc::dealloc(self.ptr.as_ptr().cast(), layout) };
+            count_free(layout.size());
         }
     }
 }

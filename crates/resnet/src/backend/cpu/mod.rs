@@ -48,7 +48,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use rayon::prelude::*;
 
 pub use conv::{CpuAlgo, CpuFilter};
-pub use mem::CpuBuf;
+pub use mem::{CpuBuf, allocated, reset_peak};
 
 use super::{
     Backend, BnGrads, BnParams, BnSaved, BnTail, Buffer, ConvDesc, ConvEpilogue, ConvStorage, DType, Element,
@@ -273,6 +273,10 @@ impl Backend for Cpu {
         true
     }
 
+    fn prepared_filter_len(&self, d: &ConvDesc, usage: FilterUse) -> usize {
+        conv::prepared_len(d, usage)
+    }
+
     fn prepare_filter(&self, d: &ConvDesc, weight: &CpuBuf, usage: FilterUse, out: &mut CpuFilter) -> Result<()> {
         let w = f32s(weight, d.weight_len())?;
         self.install(|| conv::prepare(d, w, usage, out));
@@ -388,6 +392,25 @@ impl Backend for Cpu {
         self.install(|| {
             norm::forward_training(rows, c, x, gamma, beta, p.eps, stats, running, mean, invstd, residual, tail.relu, y)
         });
+        Ok(())
+    }
+
+    fn bn_forward_saved(
+        &self,
+        rows: usize,
+        c: usize,
+        x: &CpuBuf,
+        p: &BnParams<'_, Self>,
+        mean: &CpuBuf,
+        invstd: &CpuBuf,
+        tail: &BnTail<'_, Self>,
+        y: &mut CpuBuf,
+    ) -> Result<()> {
+        let (x, y) = (f32s(x, rows * c)?, f32s_mut(y, rows * c)?);
+        let (gamma, beta) = (f32s(p.weight, c)?, f32s(p.bias, c)?);
+        let (mean, invstd) = (f32s(mean, c)?, f32s(invstd, c)?);
+        let residual = tail.residual.map(|r| f32s(r, rows * c)).transpose()?;
+        self.install(|| norm::forward_saved(c, x, gamma, beta, mean, invstd, residual, tail.relu, y));
         Ok(())
     }
 

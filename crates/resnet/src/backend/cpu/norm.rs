@@ -191,7 +191,24 @@ pub fn forward_training(
             rv[ch] = ((1.0 - momentum as f64) * rv[ch] as f64 + momentum as f64 * var_u) as f32;
         }
     }
-    let (a, b) = training_affine(gamma, beta, save_mean, save_invstd);
+    forward_saved(c, x, gamma, beta, save_mean, save_invstd, residual, relu, y);
+}
+
+/// The output of [`forward_training`] from the statistics it saved: the
+/// same operations on the same values, so the same bits.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_saved(
+    c: usize,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    mean: &[f32],
+    invstd: &[f32],
+    residual: Option<&[f32]>,
+    relu: bool,
+    y: &mut [f32],
+) {
+    let (a, b) = training_affine(gamma, beta, mean, invstd);
     affine_tail(c, x, &a, &b, residual, relu, y);
 }
 

@@ -105,13 +105,32 @@ impl<B: Backend> BatchNorm2d<B> {
                 &tail,
                 &mut self.y.buf,
             )?,
-            Mode::Train => {
-                self.num_batches_tracked += 1;
+            Mode::Train | Mode::Recompute => {
+                let running = match mode {
+                    Mode::Train => {
+                        self.num_batches_tracked += 1;
+                        Some((&mut self.running_mean, &mut self.running_var, self.momentum))
+                    }
+                    _ => None,
+                };
                 let saved = BnSaved { mean: &mut self.save_mean, invstd: &mut self.save_invstd };
-                let running = Some((&mut self.running_mean, &mut self.running_var, self.momentum));
                 b.bn_forward_training(rows, self.c, &x.buf, stats, &p, running, saved, &tail, &mut self.y.buf)?;
             }
         }
+        Ok(&self.y)
+    }
+
+    /// Writes `self.y` again after a training-mode forward pass of the same
+    /// `x` without a residual, from the statistics it saved: the same bits
+    /// (the training memory plan keeps `x` and recomputes `y` when backward
+    /// needs it, rather than keeping both).
+    pub fn recompute(&mut self, b: &B, x: &Tensor<B>) -> Result<&Tensor<B>> {
+        debug_assert!(!self.had_residual, "a norm with a residual keeps its output");
+        self.y.reshape(b, x.shape)?;
+        let rows = x.shape[0] * x.shape[1] * x.shape[2];
+        let p = BnParams { weight: &self.weight.value, bias: &self.bias.value, eps: self.eps };
+        let tail = BnTail { residual: None, relu: self.relu };
+        b.bn_forward_saved(rows, self.c, &x.buf, &p, &self.save_mean, &self.save_invstd, &tail, &mut self.y.buf)?;
         Ok(&self.y)
     }
 
@@ -130,18 +149,11 @@ impl<B: Backend> BatchNorm2d<B> {
         };
         let grads = BnGrads { dx: &mut self.dx.buf, dweight: &mut self.weight.grad, dbias: &mut self.bias.grad, dsum };
         let p = BnParams { weight: &self.weight.value, bias: &self.bias.value, eps: self.eps };
-        b.bn_backward(
-            rows,
-            self.c,
-            &x.buf,
-            &self.y.buf,
-            self.relu,
-            &dy.buf,
-            &p,
-            &self.save_mean,
-            &self.save_invstd,
-            grads,
-        )
+        // The output is read for the ReLU mask only; without a ReLU the
+        // memory plan may have released it.
+        let y = if self.relu { &self.y } else { x };
+        debug_assert_eq!(y.shape, x.shape, "a norm with a ReLU needs its output (kept or recomputed) for backward");
+        b.bn_backward(rows, self.c, &x.buf, &y.buf, self.relu, &dy.buf, &p, &self.save_mean, &self.save_invstd, grads)
     }
 }
 

@@ -96,7 +96,19 @@ impl<B: Backend> Conv2d<B> {
         let d = self.prepare_forward(b, x)?;
         let w = self.fwd.get(b, &d, &self.weight, FilterUse::Forward)?;
         let known = b.conv_forward_stats(&d, &x.buf, w, &mut self.y.buf, &mut self.stats)?;
+        self.fwd = PreparedFilter::default();
         Ok((&self.y, known.then_some(&self.stats)))
+    }
+
+    /// [`Conv2d::forward`] in `mode`. In training the weights change at every
+    /// step, so a prepared filter serves one pass: it is released after use
+    /// (one is alive at a time, as the training memory plan counts them).
+    pub fn forward_in(&mut self, b: &B, x: &Tensor<B>, mode: Mode) -> Result<&Tensor<B>> {
+        self.forward(b, x)?;
+        if mode != Mode::Eval {
+            self.fwd = PreparedFilter::default();
+        }
+        Ok(&self.y)
     }
 
     /// Checks the input and shapes `y`.
@@ -145,6 +157,8 @@ impl<B: Backend> Conv2d<B> {
         if let Some((dx, accumulate)) = dx {
             let w = self.bwd.get(b, &d, &self.weight, FilterUse::BackwardData)?;
             b.conv_backward_data(&d, &dy.buf, w, &mut dx.buf, accumulate)?;
+            // The weights change before the next backward pass (see `forward_in`).
+            self.bwd = PreparedFilter::default();
         }
         Ok(())
     }

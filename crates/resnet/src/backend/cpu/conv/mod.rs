@@ -153,6 +153,23 @@ pub fn prepare(d: &ConvDesc, w: &[f32], usage: FilterUse, out: &mut CpuFilter) {
     out.prepared = Some((ConvDesc { n: 0, h: 0, w: 0, ..*d }, usage, algorithm(d, usage)));
 }
 
+/// Elements of the filter [`prepare`] makes: Winograd's transformed filters
+/// (`(m + 2)^2` taps, output channels in panels of `NR`), else panels of the
+/// reduction by `NR` output channels per group.
+pub fn prepared_len(d: &ConvDesc, usage: FilterUse) -> usize {
+    let nr = tile::NR;
+    let m = winograd_tile(d);
+    let (c_out, c_in) = match usage {
+        FilterUse::BackwardData => (d.c_in, d.c_out),
+        _ => (d.c_out, d.c_in),
+    };
+    match usage {
+        _ if m > 0 => (m + 2) * (m + 2) * c_out.div_ceil(nr) * nr * c_in,
+        FilterUse::BackwardData => d.groups * d.cin_g().div_ceil(nr) * nr * d.k_len() / d.cin_g() * d.cout_g(),
+        _ => d.groups * d.cout_g().div_ceil(nr) * nr * d.k_len(),
+    }
+}
+
 /// Packs OHWI weights for the forward pass: per group, `w[co][k]`.
 pub fn prepare_forward(d: &ConvDesc, w: &[f32], out: &mut CpuFilter) {
     out.bf16.clear();

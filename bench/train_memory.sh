@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Training memory side by side with PyTorch (see bench/train_memory.py):
+#
+#   bench/train_memory.sh [--runs 2] [--only resnet1202] [--threads 2]
+#
+# Sets up bench/.venv as bench/compare.sh does, builds the release binary, then
+# runs bench/train_memory.py. Results: a Markdown table on stdout and
+# bench/train_memory.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x bench/.venv/bin/python ]; then
+  python3 -m venv bench/.venv
+  bench/.venv/bin/pip install -q --upgrade pip
+  bench/.venv/bin/pip install -q -r tools/requirements.txt
+fi
+cargo build --release -p resnet-cli
+exec bench/.venv/bin/python bench/train_memory.py "$@"
