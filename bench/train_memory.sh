@@ -8,10 +8,5 @@
 # bench/train_memory.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -x bench/.venv/bin/python ]; then
-  python3 -m venv bench/.venv
-  bench/.venv/bin/pip install -q --upgrade pip
-  bench/.venv/bin/pip install -q -r tools/requirements.txt
-fi
-cargo build --release -p resnet-cli
+. bench/setup.sh
 exec bench/.venv/bin/python bench/train_memory.py "$@"

@@ -118,6 +118,10 @@ impl LabObserver for Lab {
         &mut self.progress
     }
     fn run_end(&mut self, r: &RunResult) {
+        if let Some(why) = &r.diverged {
+            println!("  {}: diverged ({:.0} s): {why}", r.variant.label, r.train_seconds);
+            return;
+        }
         println!(
             "  {}: training error {} (whole set {}), test error {} ({:.0} s)",
             r.variant.label,
@@ -262,7 +266,9 @@ fn degradation(depths: &[usize], c: &Common) -> Result<()> {
     let (d0, d1) = (depths[0], depths[depths.len() - 1]);
     let (plain_up, res_up) = (plain_d > noise, res_d > noise);
     let words = |d: f64, other: String| {
-        if d > noise {
+        if d.is_nan() {
+            format!("no figure to compare with {other} (a run diverged)")
+        } else if d > noise {
             format!("a training error {:.2} points higher than {other}", 100.0 * d)
         } else if d < -noise {
             format!("a training error {:.2} points lower than {other}", -100.0 * d)
@@ -274,7 +280,12 @@ fn degradation(depths: &[usize], c: &Common) -> Result<()> {
     // The paper's finding has two halves: the deep plain net trains worse than
     // the shallow one, and the deep residual net trains better than both.
     let deep_gap = res[res.len() - 1].train_set_error - plain[plain.len() - 1].train_set_error;
-    let verdict = if plain_up && res_d < -noise && deep_gap < -noise {
+    let diverged = |rs: &[&RunResult]| rs.last().is_some_and(|r| r.diverged.is_some());
+    let verdict = if diverged(&plain) && diverged(&res) {
+        "The deepest nets both diverged: nothing to compare at this learning rate."
+    } else if diverged(&plain) && !diverged(&res) {
+        "The deepest plain net diverged (its loss stopped being finite) where the ResNet of the same depth trains: the degradation problem in its most extreme form."
+    } else if plain_up && res_d < -noise && deep_gap < -noise {
         "Both halves of the paper's finding show: depth hurts the plain net and helps the residual one."
     } else if plain_up && deep_gap < -noise {
         "The shortcuts help at depth (the deep ResNet trains better than the deep plain net), but at this budget the deep ResNet has not yet overtaken the shallow one."
@@ -285,6 +296,14 @@ fn degradation(depths: &[usize], c: &Common) -> Result<()> {
     } else {
         "The degradation problem does not show at this budget."
     };
+    for r in rs.iter().filter(|r| r.diverged.is_some()) {
+        md += &format!(
+            "- **{} diverged** after {} iterations: {}\n",
+            r.variant.label,
+            r.iterations,
+            r.diverged.as_deref().unwrap_or_default()
+        );
+    }
     md += &format!(
         "- **Plain nets**: plain-{d1} ended with {} ({} vs {} on the whole training set, evaluation mode){}.\n",
         words(plain_d, format!("plain-{d0}")),

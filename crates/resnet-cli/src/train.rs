@@ -575,7 +575,8 @@ pub fn run(a: Args, m: &clap::ArgMatches) -> Result<()> {
             t
         }
     };
-    if trainer.net.checkpoint_segments() == 0 && a.resume.is_some() {
+    if a.resume.is_some() {
+        // A resumed run chooses again: the flags are not part of its recipe (results do not depend on them).
         let momentum = trainer.config.sgd.momentum > 0.0;
         let input = resnet_train::train::input_size(&trainer.config, trainer.data());
         let choice = crate::memory::choose(&trainer.net, trainer.config.batch, input, momentum, &a.memory)?;

@@ -158,3 +158,37 @@ fn gradients_needs_only_steps() {
     ]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
 }
+
+/// A run whose loss stops being finite is a finding, not a failure: the
+/// experiment records it, reports it, goes on, and does not run it again.
+#[test]
+fn a_diverged_run_is_recorded_and_the_experiment_goes_on() {
+    let out = tmp("diverged");
+    let data = demo_data();
+    let args = vec![
+        "experiment",
+        "degradation",
+        "--data",
+        &data,
+        "--depths",
+        "8",
+        "--lr",
+        "1e30",
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ];
+    let r = lab(&args);
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    assert!(stdout.contains("diverged"), "{stdout}");
+    let v = results(&out);
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    assert!(runs.iter().all(|r| r["diverged"].as_str().is_some_and(|w| w.contains("loss became"))), "{v}");
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("diverged** after"), "{report}");
+    assert!(out.join("runs/plain8/diverged.txt").exists());
+    // Again: the diverged runs are not trained again.
+    let again = lab(&args);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("diverged"));
+}

@@ -69,6 +69,10 @@ pub struct RunResult {
     pub train_curve: Vec<TrainPoint>,
     /// Test evaluations.
     pub test_curve: Vec<TestPoint>,
+    /// Why the run stopped early, when its loss became NaN or infinite (its
+    /// error figures are then NaN): a finding of the experiment, not a failure.
+    #[serde(default)]
+    pub diverged: Option<String>,
 }
 
 /// Progress across the runs of an experiment.
@@ -197,17 +201,49 @@ pub fn run_variants<B: Backend>(
         let progress_before = trainer.state.iteration as f64 / trainer.total_iterations().max(1) as f64;
         let ds = done_at_start.get_or_insert(done + work[i] * progress_before);
         trainer.set_interrupt_flag(interrupt.clone());
-        if !finished {
+        // A run that diverged before is not run again (it would diverge again, deterministically).
+        let marker = dir.join("diverged.txt");
+        let mut diverged = std::fs::read_to_string(&marker).ok();
+        if !finished && diverged.is_none() {
             let mut overall =
                 Overall { lab: &mut *lab, done_before: done, run_work: work[i], total, start, done_at_start: *ds };
-            trainer.run(&mut overall)?;
+            match trainer.run(&mut overall) {
+                Err(Error::Diverged(why)) => {
+                    resnet::io::atomic::write(&marker, why.as_bytes())?;
+                    diverged = Some(why);
+                }
+                other => {
+                    other?;
+                }
+            }
         }
         done += work[i];
-        let result = collect(&mut trainer, v)?;
+        let result = match diverged {
+            Some(why) => diverged_result(&mut trainer, v, why),
+            None => collect(&mut trainer, v)?,
+        };
         lab.run_end(&result);
         results.push(result);
     }
     Ok(results)
+}
+
+/// The result of a run whose loss stopped being finite: its curves so far, no error figures.
+fn diverged_result<B: Backend>(t: &mut Trainer<B>, v: &Variant, why: String) -> RunResult {
+    let (train_curve, test_curve) = t.curves();
+    RunResult {
+        variant: v.clone(),
+        params: t.net.num_params(),
+        final_train_error: f64::NAN,
+        train_set_error: f64::NAN,
+        test_error: f64::NAN,
+        best_test_error: f64::NAN,
+        iterations: t.state.iteration,
+        train_seconds: t.state.train_seconds,
+        train_curve,
+        test_curve,
+        diverged: Some(why),
+    }
 }
 
 /// Iterations a configuration will run on `train_len` images.
@@ -254,6 +290,7 @@ fn collect<B: Backend>(t: &mut Trainer<B>, v: &Variant) -> Result<RunResult> {
         train_seconds: t.state.train_seconds,
         train_curve,
         test_curve,
+        diverged: None,
     })
 }
 
@@ -558,7 +595,7 @@ pub fn run_dir(out: &Path, name: &str) -> PathBuf {
 
 /// A percentage with two decimals.
 pub fn pct(x: f64) -> String {
-    format!("{:.2}%", 100.0 * x)
+    if x.is_nan() { "diverged".into() } else { format!("{:.2}%", 100.0 * x) }
 }
 
 /// Plots line panels (re-exported for the CLI).
