@@ -194,7 +194,9 @@ pub fn run_variants<B: Backend>(
                 t
             }
         };
-        if saved.is_some() {
+        // A resumed run plans again (finished and diverged runs do not train).
+        let marker = dir.join("diverged.txt");
+        if saved.is_some() && !finished && !marker.exists() {
             let k = segments(&trainer.net, trainer.config.batch, input_size(&trainer.config, &data))?;
             trainer.net.set_checkpoint_segments(k);
         }
@@ -202,7 +204,6 @@ pub fn run_variants<B: Backend>(
         let ds = done_at_start.get_or_insert(done + work[i] * progress_before);
         trainer.set_interrupt_flag(interrupt.clone());
         // A run that diverged before is not run again (it would diverge again, deterministically).
-        let marker = dir.join("diverged.txt");
         let mut diverged = std::fs::read_to_string(&marker).ok();
         if !finished && diverged.is_none() {
             let mut overall =

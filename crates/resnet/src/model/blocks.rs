@@ -541,7 +541,7 @@ impl<B: Backend> PreActBlock<B> {
                     PreShortcut::Projection(c) => {
                         let shape = c.out_shape(x.shape);
                         pool.lend(&mut c.y, shape);
-                        c.forward_in(b, p, mode)?;
+                        c.forward(b, p)?;
                     }
                     PreShortcut::Pad(s) => {
                         let shape = s.out_shape(x.shape);
@@ -553,7 +553,7 @@ impl<B: Backend> PreActBlock<B> {
             }
             let shape = conv.out_shape(h.shape);
             pool.lend(&mut conv.y, shape);
-            conv.forward_in(b, p, mode)?;
+            conv.forward(b, p)?;
             pool.give(&mut bn.y);
             // A convolution's output is the next norm's input: kept for its backward pass.
             if i > 0 && keep == Keep::Output {

@@ -52,9 +52,11 @@ pub enum Keep {
 /// Released activation and gradient buffers, lent out again by size.
 ///
 /// A buffer is lent only for a tensor of its own length, so it needs neither
-/// an allocation nor a fill, and every step makes the same requests: after the
-/// first step the pool holds, for each length, the most buffers of that length
-/// alive at once, and nothing is allocated again. (Lending a larger buffer for
+/// an allocation nor a fill, and every step of a batch shape makes the same
+/// requests: after the first step the pool holds, for each length, the most
+/// buffers of that length alive at once, and nothing is allocated again. A
+/// new batch shape (a short last batch, an evaluation pass) replaces the pool
+/// ([`Network::forward`]) rather than adding a second set of lengths. (Lending a larger buffer for
 /// a smaller tensor would save memory across stages, but the lengths would
 /// then drift from step to step and the pool grow with them.) With
 /// recomputation, the pool therefore holds per stage the most that any one
@@ -124,12 +126,14 @@ pub struct MemoryPlan {
     /// per length), the input batch, and with recomputation the segments'
     /// activations while they are back-propagated.
     pub working: u64,
+    /// The counted peak (the parts above add up to it).
+    total: u64,
 }
 
 impl MemoryPlan {
     /// The planned peak.
     pub fn total(&self) -> u64 {
-        self.kept.iter().map(|(_, b)| b).sum::<u64>() + self.params + self.filters + self.working
+        self.total
     }
 
     /// The smallest number of segments whose plan fits `budget` bytes for
@@ -208,6 +212,14 @@ impl MemoryPlan {
         } else if net.bn1.is_some() {
             stem += len(s);
         }
+        // Frozen units keep nothing but the input of the first trained one.
+        let first = net.frozen_blocks().map(|k| k.min(net.blocks.len()));
+        let stem = match first {
+            None => stem,
+            Some(0) => len(shape),
+            Some(_) => 0,
+        };
+        let first = first.unwrap_or(0);
         let mut kept = vec![("stem".to_string(), F32 * stem)];
         let segs = net.segments_of(segments);
         for (i, blk) in net.blocks.iter().enumerate() {
@@ -216,6 +228,8 @@ impl MemoryPlan {
             shape = u.out;
             let stage = net.block_names[i].split('.').next().unwrap_or("units").to_string();
             let bytes = match segments {
+                _ if i + 1 == first => len(u.out),
+                _ if i < first => 0,
                 0 => u.kept as u64 + len(u.out),
                 _ if segs.iter().any(|r| r.end == i + 1) => len(u.out),
                 _ => 0,
@@ -233,6 +247,54 @@ impl MemoryPlan {
         let params = F32 * (all + trainable) + momentum_bytes;
         let filters = F32 * filters;
         let known = kept.iter().map(|(_, b)| b).sum::<u64>() + params + filters;
-        Ok(Self { batch, input: (h, w), segments, kept, params, filters, working: total.saturating_sub(known) })
+        Ok(Self { batch, input: (h, w), segments, kept, params, filters, working: total.saturating_sub(known), total })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Reference;
+    use crate::model::ResNetSpec;
+
+    /// One training step of `net` on a batch of `n` (nothing computed: the
+    /// counting backend), returning the bytes held afterwards.
+    fn step(net: &mut Network<Counting<Reference>>, n: usize) -> u64 {
+        let b = net.backend().clone();
+        let x = Tensor::zeros(&b, [n, 16, 16, 3]).unwrap();
+        net.zero_grad().unwrap();
+        let shape = net.forward(&x, Mode::Train).unwrap().shape;
+        let dl = Tensor::zeros(&b, shape).unwrap();
+        net.backward(&x, &dl).unwrap();
+        b.meter().get().0
+    }
+
+    /// A short last batch (or an evaluation batch) must not leave a second set
+    /// of buffers beside the first: the pool is replaced when the shape changes.
+    #[test]
+    fn a_new_batch_shape_replaces_the_pools_buffers() {
+        let b = Counting::new(Reference::new());
+        let mut net = Network::new(&ResNetSpec::named("resnet8").unwrap(), &b).unwrap();
+        let held = step(&mut net, 8);
+        assert_eq!(step(&mut net, 8), held, "a second step of the same shape allocates nothing");
+        let short = step(&mut net, 5);
+        assert!(short < held, "the short batch's buffers replace the full ones ({short} vs {held})");
+        assert_eq!(step(&mut net, 8), held);
+    }
+
+    /// The backward pass reads what its own training-mode forward pass kept.
+    #[test]
+    fn backward_needs_a_training_forward_pass_of_its_own() {
+        let b = Counting::new(Reference::new());
+        let mut net = Network::new(&ResNetSpec::named("resnet8").unwrap(), &b).unwrap();
+        let x = Tensor::zeros(&b, [2, 16, 16, 3]).unwrap();
+        let dl = Tensor::zeros(&b, [2, 1, 1, 10]).unwrap();
+        assert!(net.backward(&x, &dl).is_err(), "no forward pass yet");
+        net.forward(&x, Mode::Train).unwrap();
+        net.backward(&x, &dl).unwrap();
+        assert!(net.backward(&x, &dl).is_err(), "twice");
+        net.forward(&x, Mode::Train).unwrap();
+        net.forward(&x, Mode::Eval).unwrap();
+        assert!(net.backward(&x, &dl).is_err(), "after an evaluation pass");
     }
 }

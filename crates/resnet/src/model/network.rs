@@ -42,6 +42,10 @@ pub struct Network<B: Backend> {
     freeze: Freeze,
     /// Released activation and gradient buffers (see `memory`).
     pool: Pool<B>,
+    /// The input shape the pool's buffers were made for.
+    pool_shape: Option<[usize; 4]>,
+    /// A training-mode forward pass whose backward pass has not run yet.
+    backward_pending: bool,
     /// Segments recomputed in the backward pass (0: none).
     checkpoint_segments: usize,
 }
@@ -94,6 +98,8 @@ impl<B: Backend> Network<B> {
             checked_input: None,
             freeze: Freeze::None,
             pool: Pool::default(),
+            pool_shape: None,
+            backward_pending: false,
             checkpoint_segments: 0,
         })
     }
@@ -200,6 +206,13 @@ impl<B: Backend> Network<B> {
     /// Runs the network on an NHWC batch and returns the logits `[n, 1, 1, classes]`.
     pub fn forward(&mut self, x: &Tensor<B>, mode: Mode) -> Result<&Tensor<B>> {
         self.check_input(x.shape)?;
+        // Another batch shape (a short last batch, evaluation) needs buffers of
+        // other lengths: the pool's are dropped rather than kept beside them.
+        if self.pool_shape != Some(x.shape) {
+            self.pool = Pool::default();
+            self.pool_shape = Some(x.shape);
+        }
+        self.backward_pending = mode == Mode::Train;
         let b = self.backend.clone();
         b.scope(|| self.forward_ops(x, mode))
     }
@@ -306,6 +319,14 @@ impl<B: Backend> Network<B> {
     /// training-mode [`forward`](Self::forward) of the same `x`, accumulating
     /// every parameter gradient.
     pub fn backward(&mut self, x: &Tensor<B>, dlogits: &Tensor<B>) -> Result<()> {
+        // What the backward pass reads was kept by that forward pass and is
+        // released as it goes: it runs once per training-mode forward pass.
+        if !std::mem::take(&mut self.backward_pending) {
+            return Err(Error::Invalid("backward needs a training-mode forward pass of its own first".into()));
+        }
+        if Some(x.shape) != self.pool_shape {
+            return Err(Error::Invalid(format!("backward of a {:?} batch after a forward pass of another", x.shape)));
+        }
         let b = self.backend.clone();
         b.scope(|| self.backward_ops(x, dlogits))
     }
@@ -435,7 +456,7 @@ impl<B: Backend> Network<B> {
 
     /// Residual units frozen (from the first), with the stem; `None` when
     /// nothing is.
-    fn frozen_blocks(&self) -> Option<usize> {
+    pub(crate) fn frozen_blocks(&self) -> Option<usize> {
         let stages = |n: usize| self.spec.depths[..n.min(self.spec.depths.len())].iter().sum();
         match self.freeze {
             Freeze::None => None,

@@ -100,17 +100,6 @@ impl<B: Backend> Conv2d<B> {
         Ok((&self.y, known.then_some(&self.stats)))
     }
 
-    /// [`Conv2d::forward`] in `mode`. In training the weights change at every
-    /// step, so a prepared filter serves one pass: it is released after use
-    /// (one is alive at a time, as the training memory plan counts them).
-    pub fn forward_in(&mut self, b: &B, x: &Tensor<B>, mode: Mode) -> Result<&Tensor<B>> {
-        self.forward(b, x)?;
-        if mode != Mode::Eval {
-            self.fwd = PreparedFilter::default();
-        }
-        Ok(&self.y)
-    }
-
     /// Checks the input and shapes `y`.
     fn prepare_forward(&mut self, b: &B, x: &Tensor<B>) -> Result<ConvDesc> {
         let c_in = self.geometry.c_in;
@@ -119,11 +108,16 @@ impl<B: Backend> Conv2d<B> {
         Ok(self.desc(x.shape))
     }
 
-    /// `y = conv(x)`.
+    /// `y = conv(x)`. The prepared filter serves this pass only: it is
+    /// released after use (one is alive at a time, as the training memory
+    /// plan counts them). In training the weights change at every step, and a
+    /// filter kept for evaluation would sit beside the training buffers;
+    /// preparing one costs little next to the convolution of a batch.
     pub fn forward(&mut self, b: &B, x: &Tensor<B>) -> Result<&Tensor<B>> {
         let d = self.prepare_forward(b, x)?;
         let w = self.fwd.get(b, &d, &self.weight, FilterUse::Forward)?;
         b.conv_forward(&d, &x.buf, w, &mut self.y.buf, &ConvEpilogue::default())?;
+        self.fwd = PreparedFilter::default();
         Ok(&self.y)
     }
 
@@ -157,7 +151,7 @@ impl<B: Backend> Conv2d<B> {
         if let Some((dx, accumulate)) = dx {
             let w = self.bwd.get(b, &d, &self.weight, FilterUse::BackwardData)?;
             b.conv_backward_data(&d, &dy.buf, w, &mut dx.buf, accumulate)?;
-            // The weights change before the next backward pass (see `forward_in`).
+            // The weights change before the next backward pass (see `forward`).
             self.bwd = PreparedFilter::default();
         }
         Ok(())
