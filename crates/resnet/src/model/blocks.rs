@@ -228,6 +228,23 @@ impl<B: Backend> Block<B> {
         }
     }
 
+    /// The unit's convolutions.
+    pub fn convs_mut(&mut self) -> Vec<&mut Conv2d<B>> {
+        let (mut convs, projection): (Vec<&mut Conv2d<B>>, _) = match self {
+            Block::Basic(k) => (vec![&mut k.conv1, &mut k.conv2], shortcut_conv(&mut k.shortcut)),
+            Block::Bottleneck(k) => (vec![&mut k.conv1, &mut k.conv2, &mut k.conv3], shortcut_conv(&mut k.shortcut)),
+            Block::PreAct(k) => {
+                let p = match &mut k.shortcut {
+                    PreShortcut::Projection(c) => Some(c),
+                    _ => None,
+                };
+                (k.units.iter_mut().map(|u| &mut u.1).collect(), p)
+            }
+        };
+        convs.extend(projection);
+        convs
+    }
+
     /// Calls `f` with each convolution of the unit and its input shape, for
     /// an input of shape `x`.
     pub fn visit_convs(&self, f: &mut dyn FnMut(&Conv2d<B>, [usize; 4]), x: [usize; 4]) {
@@ -270,6 +287,14 @@ impl<B: Backend> Block<B> {
             Block::Bottleneck(k) => &k.conv1.dx,
             Block::PreAct(k) => &k.units[0].0.dx,
         }
+    }
+}
+
+/// A post-activation shortcut's convolution, if it has one.
+fn shortcut_conv<B: Backend>(s: &mut Shortcut<B>) -> Option<&mut Conv2d<B>> {
+    match s {
+        Shortcut::Projection(c, _) => Some(c),
+        _ => None,
     }
 }
 

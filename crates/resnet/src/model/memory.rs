@@ -282,6 +282,18 @@ mod tests {
         assert_eq!(step(&mut net, 8), held);
     }
 
+    /// An evaluation pass keeps its prepared filters (for the next batch); the
+    /// next training pass releases them, so they never sit beside its buffers.
+    #[test]
+    fn filters_kept_by_an_evaluation_pass_are_released_for_training() {
+        let b = Counting::new(Reference::new());
+        let mut net = Network::new(&ResNetSpec::named("resnet8").unwrap(), &b).unwrap();
+        let held = step(&mut net, 8);
+        net.forward(&Tensor::zeros(&b, [8, 16, 16, 3]).unwrap(), Mode::Eval).unwrap();
+        assert!(b.meter().get().0 > held, "evaluation keeps its filters");
+        assert_eq!(step(&mut net, 8), held);
+    }
+
     /// The backward pass reads what its own training-mode forward pass kept.
     #[test]
     fn backward_needs_a_training_forward_pass_of_its_own() {

@@ -46,6 +46,8 @@ pub struct Network<B: Backend> {
     pool_shape: Option<[usize; 4]>,
     /// A training-mode forward pass whose backward pass has not run yet.
     backward_pending: bool,
+    /// The mode of the last forward pass.
+    last_mode: Option<Mode>,
     /// Segments recomputed in the backward pass (0: none).
     checkpoint_segments: usize,
 }
@@ -100,6 +102,7 @@ impl<B: Backend> Network<B> {
             pool: Pool::default(),
             pool_shape: None,
             backward_pending: false,
+            last_mode: None,
             checkpoint_segments: 0,
         })
     }
@@ -212,6 +215,13 @@ impl<B: Backend> Network<B> {
             self.pool = Pool::default();
             self.pool_shape = Some(x.shape);
         }
+        // Filters an evaluation pass kept would sit beside the training buffers
+        // (frozen layers prepare theirs again once, then keep them).
+        if mode != Mode::Eval && self.last_mode == Some(Mode::Eval) {
+            self.conv1.release_filters();
+            self.blocks.iter_mut().flat_map(Block::convs_mut).for_each(Conv2d::release_filters);
+        }
+        self.last_mode = Some(mode);
         self.backward_pending = mode == Mode::Train;
         let b = self.backend.clone();
         b.scope(|| self.forward_ops(x, mode))

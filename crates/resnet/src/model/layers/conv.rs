@@ -96,6 +96,8 @@ impl<B: Backend> Conv2d<B> {
         let d = self.prepare_forward(b, x)?;
         let w = self.fwd.get(b, &d, &self.weight, FilterUse::Forward)?;
         let known = b.conv_forward_stats(&d, &x.buf, w, &mut self.y.buf, &mut self.stats)?;
+        // The weights change at every training step: the filter serves this pass
+        // only (one is alive at a time, as the training memory plan counts them).
         self.fwd = PreparedFilter::default();
         Ok((&self.y, known.then_some(&self.stats)))
     }
@@ -108,17 +110,19 @@ impl<B: Backend> Conv2d<B> {
         Ok(self.desc(x.shape))
     }
 
-    /// `y = conv(x)`. The prepared filter serves this pass only: it is
-    /// released after use (one is alive at a time, as the training memory
-    /// plan counts them). In training the weights change at every step, and a
-    /// filter kept for evaluation would sit beside the training buffers;
-    /// preparing one costs little next to the convolution of a batch.
+    /// `y = conv(x)`. The prepared filter stays for the next call while the
+    /// weights do not change (evaluation, frozen layers); a training pass
+    /// releases it (see [`Conv2d::forward_for_norm`], [`Conv2d::release_filters`]).
     pub fn forward(&mut self, b: &B, x: &Tensor<B>) -> Result<&Tensor<B>> {
         let d = self.prepare_forward(b, x)?;
         let w = self.fwd.get(b, &d, &self.weight, FilterUse::Forward)?;
         b.conv_forward(&d, &x.buf, w, &mut self.y.buf, &ConvEpilogue::default())?;
-        self.fwd = PreparedFilter::default();
         Ok(&self.y)
+    }
+
+    /// Drops the prepared filters (they are prepared again when needed).
+    pub fn release_filters(&mut self) {
+        (self.fwd, self.bwd) = (PreparedFilter::default(), PreparedFilter::default());
     }
 
     /// Accumulates the filter gradient and, when `want_dx`, writes `self.dx`.
