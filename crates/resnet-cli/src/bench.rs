@@ -120,16 +120,15 @@ pub fn run(a: Args) -> Result<()> {
     let mut metrics = cpu.alloc(resnet::backend::DType::F32, 2)?;
     let macs = net.summary(side, side)?.macs as f64;
     let sgd_config = SgdConfig::default();
-    let memory = match train {
-        true => {
-            let c = crate::memory::choose(&net, batch, (side, side), sgd_config.momentum > 0.0, &a.memory)?;
-            net.set_checkpoint_segments(c.segments);
-            Some(c.plan)
-        }
-        false if a.memory.checkpoint_segments.is_some() || a.memory.memory_budget.is_some() => {
-            bail!("--checkpoint-segments and --memory-budget are for --mode train")
-        }
-        false => None,
+    if !train && (a.memory.checkpoint_segments.is_some() || a.memory.memory_budget.is_some()) {
+        bail!("--checkpoint-segments and --memory-budget are for --mode train");
+    }
+    let memory = if train {
+        let c = crate::memory::choose(&net, batch, (side, side), sgd_config.momentum > 0.0, &a.memory)?;
+        net.set_checkpoint_segments(c.segments);
+        Some(c.plan)
+    } else {
+        None
     };
     let mut sgd: Sgd<resnet::backend::Cpu> = Sgd::new(sgd_config)?;
     let mut dl = Tensor::empty();

@@ -148,10 +148,7 @@ pub fn run_variants<B: Backend>(
     std::fs::create_dir_all(out.join("runs"))
         .map_err(|e| Error::Invalid(format!("cannot create output folder {}: {e}", out.display())))?;
     let data = load_data(&base.data, base.train_per_class, base.test_per_class)?;
-    let side = match &data.train.images {
-        crate::data::Images::Memory { h, .. } => base.pad_to.unwrap_or(*h).max(*h),
-        crate::data::Images::Files(_) => base.image_size,
-    };
+    let side = input_size(base, &data).0;
     let work: Vec<f64> = variants.iter().map(|v| macs_per_image(&v.spec, side)).collect();
     let total: f64 = work.iter().sum();
     let mut results = Vec::new();

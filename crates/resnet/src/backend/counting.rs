@@ -287,8 +287,7 @@ impl<B: Backend> Backend for Counting<B> {
     ) -> Result<()> {
         Ok(())
     }
-    fn sgd_update(&self, _: &SgdStep, _: &mut CountBuf, _: &CountBuf, momentum: &mut CountBuf) -> Result<()> {
-        let _ = momentum;
+    fn sgd_update(&self, _: &SgdStep, _: &mut CountBuf, _: &CountBuf, _: &mut CountBuf) -> Result<()> {
         Ok(())
     }
     fn sum_squares(&self, _: &CountBuf) -> Result<f64> {

@@ -91,16 +91,6 @@ impl<B: Backend> Pool<B> {
             self.free.push(std::mem::take(t));
         }
     }
-
-    /// Buffers waiting in the pool.
-    pub fn len(&self) -> usize {
-        self.free.len()
-    }
-
-    /// True when no buffer waits in the pool.
-    pub fn is_empty(&self) -> bool {
-        self.free.is_empty()
-    }
 }
 
 /// The memory a training step is planned to take (bytes; f32 throughout),
