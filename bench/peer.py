@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """One timed measurement of a peer engine, as `resnet bench --json` does for ours.
 
-    peer.py --engine ort|torch|torch-cl --arch resnet50 [--weights w.safetensors] --batch 16
-            --threads 2 --mode infer|train --input 224 --iters 20 --warmup 3 [--logits-out f.json]
+    peer.py --engine ort|ort-int8|torch|torch-cl --arch resnet50 [--weights w.safetensors] [--onnx m.onnx]
+            --batch 16 --threads 2 --mode infer|train --input 224 --iters 20 --warmup 3 [--logits-out f.json]
+
+ort and ort-int8 run the --onnx model (ort-int8: ONNX Runtime's QDQ int8 model from bench/ort_quant.py; the
+engine name only labels the result).
 
 Prints one JSON object: images_per_second, latency_ms_p50, latency_ms_p99, peak_rss_mb.
 The input is the formula input of tools/make_fixtures.py (the same values `resnet bench` uses).
@@ -39,7 +42,7 @@ def build(arch, weights):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--engine", required=True, choices=["ort", "torch", "torch-cl"])
+    p.add_argument("--engine", required=True, choices=["ort", "ort-int8", "torch", "torch-cl"])
     p.add_argument("--arch", required=True)
     p.add_argument("--weights", help="safetensors to load (default: the model's own random initialisation)")
     p.add_argument("--onnx")
@@ -51,10 +54,12 @@ def main():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--logits-out")
     a = p.parse_args()
+    if a.engine.startswith("ort") and not a.onnx:
+        p.error(f"--engine {a.engine} needs --onnx")
     shape = [a.batch, 3, a.input, a.input]
     x = formula_input(shape)
     times = []
-    if a.engine == "ort":
+    if a.engine in ("ort", "ort-int8"):
         import onnxruntime as ort
 
         so = ort.SessionOptions()

@@ -3,8 +3,9 @@
 use std::time::Instant;
 
 use anyhow::{Result, bail};
-use resnet::backend::Backend;
-use resnet::infer::InferencePlan;
+use resnet::backend::{Backend, Precision};
+use resnet::infer::quant::QuantModel;
+use resnet::infer::{CompiledModel, InferencePlan};
 use resnet::model::{Mode, Network, ResNetSpec, Stem};
 use resnet::rng::Rng;
 use resnet::tensor::Tensor;
@@ -89,10 +90,27 @@ pub fn run(a: Args) -> Result<()> {
     }
     let cpu = a.compute.backend()?;
     if train && a.precision.precision != PrecisionArg::F32 {
-        bail!("--precision bf16 is for inference; training runs in f32");
+        bail!("--precision bf16 and int8 are for inference; training runs in f32");
     }
     let precision = precision(a.precision.precision, &cpu);
-    let spec = ResNetSpec::named(&arch)?;
+    let mut spec = ResNetSpec::named(&arch)?;
+    let sd = match &a.weights {
+        Some(w) => Some(resnet::io::read_state_dict(&crate::weights::resolve(w)?.0)?),
+        None => None,
+    };
+    // An int8 model (from `resnet quantize`) is compiled from its file as it is.
+    let quantized = sd.as_ref().filter(|sd| QuantModel::is_quantized(sd));
+    if precision == Precision::Int8 && quantized.is_none() {
+        bail!("--precision int8 needs quantized weights: --weights W8 from `resnet quantize`");
+    }
+    if let Some(sd) = quantized {
+        if let Some(t) = sd.get("fc.weight") {
+            spec.num_classes = t.shape[0];
+        }
+        if let Some(t) = sd.get("conv1.weight") {
+            spec.in_channels = t.shape[1];
+        }
+    }
     let side = a.input.unwrap_or(if spec.stem == Stem::Imagenet { 224 } else { 32 });
     if side == 0 || side > 4096 {
         bail!("--input must be between 1 and 4096");
@@ -105,9 +123,8 @@ pub fn run(a: Args) -> Result<()> {
         }
         net.set_freeze(f.into())?;
     }
-    if let Some(w) = &a.weights {
-        let (w, _) = crate::weights::resolve(w)?;
-        resnet::io::load_state_dict(&mut net, &resnet::io::read_state_dict(&w)?, resnet::io::LoadMode::Strict)?;
+    if let Some(sd) = sd.as_ref().filter(|_| quantized.is_none()) {
+        resnet::io::load_state_dict(&mut net, sd, resnet::io::LoadMode::Strict)?;
     }
     // The formula input of tools/make_fixtures.py (unit variance), so peers can use the same values.
     let c = spec.in_channels;
@@ -133,7 +150,14 @@ pub fn run(a: Args) -> Result<()> {
     let mut sgd: Sgd<resnet::backend::Cpu> = Sgd::new(sgd_config)?;
     let mut dl = Tensor::empty();
     // Inference runs the compiled plan; the network itself is then dropped (as a deployment would).
-    let mut plan = if train { None } else { Some(InferencePlan::with_precision(&mut net, precision)?) };
+    let mut plan = match (train, quantized) {
+        (true, _) => None,
+        (false, Some(sd)) => {
+            let model = CompiledModel::new(&cpu, net.graph(), sd, precision)?;
+            Some(InferencePlan::from_model(std::sync::Arc::new(model)))
+        }
+        (false, None) => Some(InferencePlan::with_precision(&mut net, precision)?),
+    };
     if let (true, Some(p)) = (a.profile, plan.as_mut()) {
         p.enable_profiling();
     }

@@ -35,6 +35,9 @@ pub struct Args {
     /// Print one JSON object: top1, top5 (fractions), loss, per_class, confusion, classes.
     #[arg(long)]
     json: bool,
+    /// Write each test image's predicted class to this file, one per line, in the data set's order.
+    #[arg(long)]
+    predictions: Option<PathBuf>,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -55,7 +58,13 @@ pub fn run(a: Args) -> Result<()> {
     let tf = eval_transform(arch.in_channels, &ds, card.as_ref());
     tf.validate(ds.channels)?;
     let workers = if matches!(ds.test.images, resnet_train::data::Images::Files(_)) { 2 * cpu.threads() } else { 1 };
-    let r = evaluate(&mut plan, ds.test.clone(), Arc::new(tf), batch, workers, |_, _| {}, |_, _, _| {})?;
+    let mut preds = vec![0usize; ds.test.len()];
+    let record = |idx: &[usize], _: &[u32], p: &[usize]| idx.iter().zip(p).for_each(|(&i, &c)| preds[i] = c);
+    let r = evaluate(&mut plan, ds.test.clone(), Arc::new(tf), batch, workers, |_, _| {}, record)?;
+    if let Some(path) = &a.predictions {
+        let text: String = preds.iter().map(|p| format!("{p}\n")).collect();
+        resnet::io::atomic::write(path, text.as_bytes())?;
+    }
     let title = format!("{} on {} ({} images)", arch.name, spec.kind_name(), r.n);
     let json = serde_json::json!({
         "arch": arch.name, "weights": a.weights, "data": spec.to_string(), "n": r.n, "precision": precision.to_string(),

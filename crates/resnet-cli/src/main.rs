@@ -14,6 +14,7 @@ mod experiment;
 mod export;
 mod inspect;
 mod memory;
+mod quantize;
 mod serve;
 mod summary;
 mod train;
@@ -42,6 +43,8 @@ enum Command {
     Embed(embed::Args),
     /// Export a network and its weights as an ONNX model (input `input`, NCHW float32; output `logits`).
     Export(export::Args),
+    /// Quantize weights to int8 (per-channel weights with batch norm folded, activation scales from calibration images).
+    Quantize(quantize::Args),
     /// Train a ResNet-20 on a bundled Fashion-MNIST subset in about a minute and show the results.
     Demo(demo::Args),
     /// The residual-learning lab: experiments that reproduce the papers' findings.
@@ -78,6 +81,7 @@ fn main() {
         Command::Demo(a) => demo::run(a),
         Command::Embed(a) => embed::run(a),
         Command::Export(a) => export::run(a),
+        Command::Quantize(a) => quantize::run(a),
         Command::Experiment(a) => experiment::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Weights(a) => weights::run(a),

@@ -136,6 +136,8 @@ pub enum PrecisionArg {
     F32,
     /// Convolutions on bf16 weights and inputs with f32 sums (needs AVX-512 BF16, else runs f32).
     Bf16,
+    /// Convolutions on int8 weights and u8 activations (weights from `resnet quantize`; fast with AVX-512 VNNI).
+    Int8,
 }
 
 impl From<PrecisionArg> for Precision {
@@ -143,6 +145,7 @@ impl From<PrecisionArg> for Precision {
         match p {
             PrecisionArg::F32 => Precision::F32,
             PrecisionArg::Bf16 => Precision::Bf16,
+            PrecisionArg::Int8 => Precision::Int8,
         }
     }
 }
@@ -160,6 +163,9 @@ pub struct PrecisionFlag {
 /// slower than f32.
 pub fn precision(arg: PrecisionArg, cpu: &resnet::backend::Cpu) -> Precision {
     let p = Precision::from(arg);
+    if p == Precision::Int8 && !resnet::backend::cpu::int8_native() {
+        eprintln!("note: this CPU has no AVX-512 VNNI; int8 runs in portable code, slower than f32");
+    }
     if !cpu.supports(p) {
         eprintln!("note: this CPU has no AVX-512 BF16; running in f32");
         return Precision::F32;

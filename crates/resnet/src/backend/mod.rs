@@ -91,6 +91,9 @@ pub enum DType {
     Bf16,
     /// 32-bit unsigned integer (class labels).
     U32,
+    /// 8-bit unsigned integer: the activations of an int8 plan (their scale
+    /// and zero point live with the plan, not the buffer).
+    U8,
 }
 
 impl DType {
@@ -99,6 +102,7 @@ impl DType {
         match self {
             DType::F32 | DType::U32 => 4,
             DType::Bf16 => 2,
+            DType::U8 => 1,
         }
     }
 }
@@ -142,6 +146,8 @@ pub enum HostSlice<'a> {
     Bf16(&'a [Bf16]),
     /// Labels.
     U32(&'a [u32]),
+    /// Quantized activations.
+    U8(&'a [u8]),
 }
 
 impl Element for f32 {
@@ -158,6 +164,13 @@ impl Element for Bf16 {
     }
 }
 
+impl Element for u8 {
+    const DTYPE: DType = DType::U8;
+    fn host(values: &[u8]) -> HostSlice<'_> {
+        HostSlice::U8(values)
+    }
+}
+
 impl Element for u32 {
     const DTYPE: DType = DType::U32;
     fn host(values: &[u32]) -> HostSlice<'_> {
@@ -170,6 +183,7 @@ mod sealed {
     impl Sealed for f32 {}
     impl Sealed for super::Bf16 {}
     impl Sealed for u32 {}
+    impl Sealed for u8 {}
 }
 
 /// What every backend buffer knows about itself.
@@ -206,6 +220,57 @@ impl<B: Backend> Default for ConvEpilogue<'_, B> {
     }
 }
 
+/// Affine quantization of a tensor: `real = scale * (q - zero)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Quant {
+    /// The real value of one step.
+    pub scale: f32,
+    /// The stored value of a real zero.
+    pub zero: u8,
+}
+
+impl Quant {
+    /// `x` quantized: `round(x * (1 / scale)) + zero` (ties to even), clamped
+    /// to `0..=255` (NaN gives 0). Every backend quantizes with these
+    /// operations, so their bits agree.
+    #[inline]
+    pub fn quantize(self, x: f32) -> u8 {
+        let q = (x * (1.0 / self.scale)).round_ties_even() + self.zero as f32;
+        q.clamp(0.0, 255.0) as u8
+    }
+}
+
+/// The epilogue of an int8 convolution ([`Backend::conv_forward_int8`]):
+/// the i32 sums `acc` of `(x - x.zero) * w` become
+/// `y = relu?(acc * multiplier + bias + residual)`, stored as f32 or
+/// requantized to u8 ([`Quant::quantize`]); a u8 residual adds
+/// `(r - zero) * scale`, one fused multiply-add.
+pub struct QuantEpilogue<'a, B: Backend> {
+    /// How the input is quantized: a u8 input's zero point, or how an f32
+    /// input is quantized as it is read (the first layer's).
+    pub input: Quant,
+    /// Per output channel: the input's scale times the channel's weight scale, f32.
+    pub multiplier: &'a B::Buf,
+    /// Per-output-channel addend (the folded batch norm's shift), f32.
+    pub bias: Option<&'a B::Buf>,
+    /// Added after the bias.
+    pub residual: Option<QuantResidual<'a, B>>,
+    /// Clamp at zero.
+    pub relu: bool,
+    /// `Some(q)`: store u8 quantized by `q`; `None`: store f32.
+    pub output: Option<Quant>,
+}
+
+/// The residual an int8 convolution adds.
+pub enum QuantResidual<'a, B: Backend> {
+    /// A buffer of its own: f32, or u8 quantized as given.
+    Apart(&'a B::Buf, Quant),
+    /// u8 values quantized as given, already in the (u8) output buffer:
+    /// each is read just before it is overwritten (an int8 convolution
+    /// never stores partial sums).
+    InOutput(Quant),
+}
+
 /// What a prepared filter is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FilterUse {
@@ -217,6 +282,9 @@ pub enum FilterUse {
     ForwardBf16,
     /// `conv_backward_data`.
     BackwardData,
+    /// [`Backend::conv_forward_int8`]: the weights are integers in
+    /// `-127..=127` (per-output-channel symmetric quantization), held as f32.
+    ForwardInt8,
 }
 
 /// The arithmetic of inference.
@@ -227,6 +295,9 @@ pub enum Precision {
     F32,
     /// Convolutions on bf16 weights and inputs with f32 sums; the rest f32.
     Bf16,
+    /// Convolutions on int8 weights and uint8 activations with i32 sums,
+    /// requantized in their epilogue (weights quantized by `resnet quantize`).
+    Int8,
 }
 
 impl std::str::FromStr for Precision {
@@ -235,7 +306,8 @@ impl std::str::FromStr for Precision {
         match s {
             "f32" => Ok(Self::F32),
             "bf16" => Ok(Self::Bf16),
-            _ => Err(crate::Error::Invalid(format!("unknown precision {s:?} (expected f32 or bf16)"))),
+            "int8" => Ok(Self::Int8),
+            _ => Err(crate::Error::Invalid(format!("unknown precision {s:?} (expected f32, bf16 or int8)"))),
         }
     }
 }
@@ -245,6 +317,7 @@ impl std::fmt::Display for Precision {
         f.write_str(match self {
             Self::F32 => "f32",
             Self::Bf16 => "bf16",
+            Self::Int8 => "int8",
         })
     }
 }
@@ -463,6 +536,22 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// `dw += correlation(x, dy)` (accumulates).
     fn conv_backward_filter(&self, d: &ConvDesc, x: &Self::Buf, dy: &Self::Buf, dw: &mut Self::Buf) -> Result<()>;
 
+    /// An int8 convolution: `x` u8 (stored with `q.input`'s zero point) or
+    /// f32 (quantized with `q.input` as it is read), `w` prepared for
+    /// [`FilterUse::ForwardInt8`], exact i32 sums, and `q`'s epilogue; `y`
+    /// u8 or f32 as `q.output_scale` says. Backends without int8 refuse.
+    fn conv_forward_int8(
+        &self,
+        d: &ConvDesc,
+        x: &Self::Buf,
+        w: &Self::Filter,
+        y: &mut Self::Buf,
+        q: &QuantEpilogue<'_, Self>,
+    ) -> Result<()> {
+        let _ = (d, x, w, y, q);
+        Err(crate::Error::Backend(format!("{} has no int8 convolutions", self.describe())))
+    }
+
     // ---- batch norm (per channel over `rows = n*h*w` rows of `c` channels) ----
     /// Inference: normalise with running statistics.
     #[allow(clippy::too_many_arguments)]
@@ -529,7 +618,8 @@ pub trait Backend: Clone + Send + Sync + 'static {
     ) -> Result<()>;
 
     // ---- pooling ----
-    /// Max pooling; `x` and `y` f32, or bf16 where [`Backend::max_pool_bf16`].
+    /// Max pooling; `x` and `y` f32, bf16 where [`Backend::max_pool_bf16`],
+    /// or u8 (where the backend has int8 convolutions).
     fn max_pool_forward(&self, d: &PoolDesc, x: &Self::Buf, y: &mut Self::Buf) -> Result<()>;
     /// Max-pool backward: each output's gradient goes to the first maximum of
     /// its window (PyTorch's tie rule). Overwrites `dx`.
@@ -539,6 +629,21 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// Backward of the global average pool. Overwrites `dx`.
     fn global_avg_pool_backward(&self, n: usize, hw: usize, c: usize, dy: &Self::Buf, dx: &mut Self::Buf)
     -> Result<()>;
+    /// Global average pooling of u8 values of scale `scale` (zero point 0)
+    /// into f32: `y = sum as f32 * (scale / hw as f32)`.
+    #[allow(clippy::too_many_arguments)]
+    fn global_avg_pool_int8(
+        &self,
+        n: usize,
+        hw: usize,
+        c: usize,
+        x: &Self::Buf,
+        scale: f32,
+        y: &mut Self::Buf,
+    ) -> Result<()> {
+        let _ = (n, hw, c, x, scale, y);
+        Err(crate::Error::Backend(format!("{} has no int8 pooling", self.describe())))
+    }
 
     // ---- dense ----
     /// `y[n, out] = x[n, in] · w[out, in]^T + b`.
@@ -574,7 +679,7 @@ pub trait Backend: Clone + Send + Sync + 'static {
     fn add(&self, a: &Self::Buf, b: &Self::Buf, relu: bool, y: &mut Self::Buf) -> Result<()>;
     /// `y += x`.
     fn add_assign(&self, y: &mut Self::Buf, x: &Self::Buf) -> Result<()>;
-    /// Option-A shortcut forward.
+    /// Option-A shortcut forward (f32, or u8 where the backend has int8 convolutions).
     fn pad_shortcut_forward(&self, d: &PadShortcutDesc, x: &Self::Buf, y: &mut Self::Buf) -> Result<()>;
     /// Option-A shortcut backward: `dx (+)= subsample-slice(dy)`.
     fn pad_shortcut_backward(

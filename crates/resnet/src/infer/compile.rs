@@ -5,7 +5,8 @@
 
 use std::collections::HashMap;
 
-use crate::backend::{Backend, ConvStorage, DType, FilterUse, InputRead, Precision};
+use super::quant::QuantModel;
+use crate::backend::{Backend, ConvStorage, DType, FilterUse, InputRead, Precision, Quant};
 use crate::error::{Error, Result};
 use crate::io::{HostTensor, StateDict, TensorData};
 use crate::model::graph::{Conv, Graph, Node, Op as GraphOp, Value};
@@ -23,6 +24,25 @@ pub(super) struct FusedConv<B: Backend> {
     pub weights: Weights<B>,
     /// Folded shift (the batch norm's), if any.
     pub bias: Option<B::Buf>,
+    /// An int8 convolution's quantization.
+    pub quant: Option<QuantConv<B>>,
+}
+
+/// How an int8 convolution reads its input and scales its sums.
+pub(super) struct QuantConv<B: Backend> {
+    /// The input's quantization (the image's, for a stem; else its scale and zero point 0).
+    pub input: Quant,
+    /// Input scale times each output channel's weight scale.
+    pub multiplier: B::Buf,
+}
+
+/// The weights a model is compiled from.
+#[derive(Clone, Copy)]
+pub(super) enum Source<'a> {
+    /// A (checked) f32 state dict.
+    Float(&'a StateDict),
+    /// A quantized model.
+    Int8(&'a QuantModel),
 }
 
 /// A fused convolution's weights as a compiled model keeps them.
@@ -45,7 +65,7 @@ impl<B: Backend> FusedConv<B> {
         } else {
             Weights::Folded(buf)
         };
-        Ok(Self { name: name.to_string(), conv, usage, weights, bias })
+        Ok(Self { name: name.to_string(), conv, usage, weights, bias, quant: None })
     }
 }
 
@@ -112,6 +132,8 @@ pub(super) struct Compiled<B: Backend> {
     /// Buffer slot of each value (`None` for the input) and the number of slots.
     pub slot: Vec<Option<usize>>,
     pub slots: usize,
+    /// Quantization of each value stored in u8 (int8 plans).
+    pub quant: Vec<Quant>,
 }
 
 impl<B: Backend> Compiled<B> {
@@ -199,29 +221,13 @@ impl Fusion {
 pub(super) fn compile<B: Backend>(
     b: &B,
     graph: &Graph,
-    sd: &StateDict,
+    source: Source<'_>,
     precision: Precision,
     outputs: &[Value],
 ) -> Result<Compiled<B>> {
     let nodes = &graph.nodes;
-    let consumers = graph.consumers();
-    // Plan the fusions; each operation is placed at the last node it covers,
-    // where its inputs (a shortcut included) have all been computed.
-    // In pre-activation units the batch norm after a convolution is the next
-    // unit's pre-activation; it stays a norm of its own, as the layer path
-    // computes it (folding it too would save a pass, and change the logits'
-    // rounding).
-    let fold_norms = !graph.spec.block.is_preact();
-    let mut placed: HashMap<usize, (usize, Fusion)> = HashMap::new();
-    let mut absorbed = vec![false; nodes.len()];
-    for i in 0..nodes.len() {
-        if absorbed[i] {
-            continue;
-        }
-        let f = Fusion::new(nodes, &consumers, i, fold_norms);
-        f.absorbed().for_each(|j| absorbed[j] = true);
-        placed.insert(f.last(i), (i, f));
-    }
+    let int8 = precision == Precision::Int8;
+    let mut placed = plan_fusions(graph);
     // Emit in the order of the nodes where the operations are placed.
     let mut value_of: Vec<Option<usize>> = vec![None; graph.values()];
     value_of[0] = Some(0);
@@ -234,6 +240,10 @@ pub(super) fn compile<B: Backend>(
         storage: Vec::new(),
         slot: Vec::new(),
         slots: 0,
+        quant: vec![match source {
+            Source::Int8(q) => q.input,
+            Source::Float(_) => NO_QUANT,
+        }],
     };
     let plan_value = |value_of: &[Option<usize>], v: Value, name: &str| {
         value_of[v.0]
@@ -247,10 +257,21 @@ pub(super) fn compile<B: Backend>(
         let op = match n.op {
             GraphOp::Conv(c) => {
                 let residual = f.add.map(|(_, r)| plan_value(&value_of, r, &n.name)).transpose()?;
-                out.convs.push(fold(b, sd, n, c, f.norm.map(|j| &nodes[j]), precision)?);
+                let fc = match source {
+                    Source::Float(sd) => fold(b, sd, n, c, f.norm.map(|j| &nodes[j]), precision)?,
+                    Source::Int8(q) => quantized(b, q, n, c, src, &out.quant)?,
+                };
+                out.convs.push(fc);
                 Op::Conv { conv: out.convs.len() - 1, src, dst, residual, relu: f.relu.is_some() }
             }
+            GraphOp::BatchNorm { .. } if int8 => {
+                return Err(Error::Invalid(format!(
+                    "int8 compiles post-activation networks only: `{}` is a batch norm of its own",
+                    n.name
+                )));
+            }
             GraphOp::BatchNorm { channels, eps, .. } => {
+                let Source::Float(sd) = source else { unreachable!("int8 refused above") };
                 let [gamma, beta, mean, var] = norm_tensors(sd, &n.name)?;
                 out.norms.push(FrozenNorm {
                     channels,
@@ -270,6 +291,10 @@ pub(super) fn compile<B: Backend>(
                 // The classifier is a 1x1 convolution of the pooled features, in
                 // f32 in every plan (a tiny share of the work; the logits stay f32).
                 let conv = Conv::square(c_in, c_out, 1, 1, 0, 1);
+                let sd = match source {
+                    Source::Float(sd) => sd,
+                    Source::Int8(q) => &q.classifier,
+                };
                 let weights = floats(sd, &format!("{}.weight", n.name))?;
                 let bias = Some(b.upload(floats(sd, &format!("{}.bias", n.name))?)?);
                 out.convs.push(FusedConv::new(b, &n.name, conv, FilterUse::Forward, weights, bias)?);
@@ -279,6 +304,13 @@ pub(super) fn compile<B: Backend>(
                 return Err(Error::Invalid(format!("cannot compile `{}`: no operation to fuse it into", n.name)));
             }
         };
+        // Pooling and shortcuts keep their input's scale (they move
+        // values, never change them).
+        out.quant.push(match (n.op, source) {
+            (GraphOp::Conv(_), Source::Int8(q)) => q.conv(&n.name)?.output,
+            (GraphOp::MaxPool { .. } | GraphOp::PadShortcut { .. }, _) => out.quant[src],
+            _ => NO_QUANT,
+        });
         value_of[at + 1] = Some(dst);
         out.graph_value.push(at + 1);
         out.ops.push(op);
@@ -296,9 +328,118 @@ pub(super) fn compile<B: Backend>(
         })?;
         out.outputs.push(p);
     }
-    out.storage = storage(b, &out);
+    out.storage = if int8 { storage_int8(&out) } else { storage(b, &out) };
     (out.slot, out.slots) = assign_slots(b, &out);
     Ok(out)
+}
+
+/// The fusions of `graph`, by the node where each operation is placed (the
+/// last it covers, where its inputs, a shortcut included, have all been
+/// computed): `(first node, what it absorbs)`.
+fn plan_fusions(graph: &Graph) -> HashMap<usize, (usize, Fusion)> {
+    let nodes = &graph.nodes;
+    let consumers = graph.consumers();
+    // In pre-activation units the batch norm after a convolution is the next
+    // unit's pre-activation; it stays a norm of its own, as the layer path
+    // computes it (folding it too would save a pass, and change the logits'
+    // rounding).
+    let fold_norms = !graph.spec.block.is_preact();
+    let mut placed = HashMap::new();
+    let mut absorbed = vec![false; nodes.len()];
+    for i in 0..nodes.len() {
+        if absorbed[i] {
+            continue;
+        }
+        let f = Fusion::new(nodes, &consumers, i, fold_norms);
+        f.absorbed().for_each(|j| absorbed[j] = true);
+        placed.insert(f.last(i), (i, f));
+    }
+    placed
+}
+
+/// Every convolution of `graph` (the classifier aside) with the batch norm
+/// folded into it, if any: `(convolution node, norm node)`, in node order.
+pub(super) fn folded_convs(graph: &Graph) -> Vec<(usize, Option<usize>)> {
+    let mut v: Vec<_> = plan_fusions(graph)
+        .into_values()
+        .filter(|(i, _)| matches!(graph.nodes[*i].op, GraphOp::Conv(_)))
+        .map(|(i, f)| (i, f.norm))
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// Convolution `n`'s weights (OHWI) and bias with batch norm `norm` (if
+/// any) folded in: `W' = W * scale` per output channel, bias = the norm's shift.
+pub(super) fn fold_weights(
+    sd: &StateDict,
+    n: &Node,
+    c: Conv,
+    norm: Option<&Node>,
+) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+    let shape = c.weight_shape();
+    let mut w = to_internal(ParamLayout::ConvOhwi, &shape, floats(sd, &format!("{}.weight", n.name))?);
+    let bias = match norm.map(|m| (m, m.op)) {
+        Some((m, GraphOp::BatchNorm { eps, .. })) => {
+            let [gamma, beta, mean, var] = norm_tensors(sd, &m.name)?;
+            let (scale, shift) = fold_norm(gamma, beta, mean, var, eps);
+            let row = w.len() / c.c_out;
+            for (co, s) in scale.iter().enumerate() {
+                w[co * row..(co + 1) * row].iter_mut().for_each(|v| *v *= s);
+            }
+            Some(shift)
+        }
+        _ => None,
+    };
+    Ok((w, bias))
+}
+
+/// Convolution `n` of quantized model `q`, reading plan value `src` (whose
+/// scale `scales` holds; the input's quantization for value 0).
+fn quantized<B: Backend>(
+    b: &B,
+    q: &QuantModel,
+    n: &Node,
+    c: Conv,
+    src: usize,
+    quant: &[Quant],
+) -> Result<FusedConv<B>> {
+    if c.groups != 1 {
+        return Err(Error::Invalid(format!("int8 has no grouped convolutions (`{}` has {} groups)", n.name, c.groups)));
+    }
+    let qc = q.conv(&n.name)?;
+    let input = if src == 0 { q.input } else { quant[src] };
+    let multiplier: Vec<f32> = qc.weight_scale.iter().map(|&s| input.scale * s).collect();
+    let bias = Some(b.upload(&qc.bias)?);
+    let mut fc = FusedConv::new(b, &n.name, c, FilterUse::ForwardInt8, &qc.weight, bias)?;
+    fc.quant = Some(QuantConv { input, multiplier: b.upload(&multiplier)? });
+    Ok(fc)
+}
+
+/// The quantization of values an int8 plan stores in f32.
+const NO_QUANT: Quant = Quant { scale: 1.0, zero: 0 };
+
+/// Which values an int8 plan stores in u8: the outputs of its int8
+/// convolutions (after a ReLU with zero point 0, projection shortcuts with
+/// their own), and what max pooling and option-A shortcuts make of u8
+/// values. The values a run returns, the input and everything else stay
+/// f32; an int8 convolution reads an f32 input by quantizing it as it goes
+/// (the stem).
+fn storage_int8<B: Backend>(c: &Compiled<B>) -> Vec<DType> {
+    let mut storage = vec![DType::F32; c.values()];
+    let returned = |v: usize| c.outputs.contains(&v);
+    for op in &c.ops {
+        let (src, dst) = op.io();
+        let u8 = match *op {
+            Op::Conv { conv, .. } => c.convs[conv].quant.is_some(),
+            Op::MaxPool { .. } | Op::Pad { .. } => storage[src] == DType::U8,
+            _ => false,
+        };
+        if u8 && !returned(dst) {
+            storage[dst] = DType::U8;
+        }
+    }
+    storage
 }
 
 /// Folds batch norm `norm` (if any) into convolution `n`: `W' = W * scale`
@@ -311,20 +452,8 @@ fn fold<B: Backend>(
     norm: Option<&Node>,
     precision: Precision,
 ) -> Result<FusedConv<B>> {
-    let shape = c.weight_shape();
-    let mut w = to_internal(ParamLayout::ConvOhwi, &shape, floats(sd, &format!("{}.weight", n.name))?);
-    let bias = match norm.map(|m| (m, m.op)) {
-        Some((m, GraphOp::BatchNorm { eps, .. })) => {
-            let [gamma, beta, mean, var] = norm_tensors(sd, &m.name)?;
-            let (scale, shift) = fold_norm(gamma, beta, mean, var, eps);
-            let row = w.len() / c.c_out;
-            for (co, s) in scale.iter().enumerate() {
-                w[co * row..(co + 1) * row].iter_mut().for_each(|v| *v *= s);
-            }
-            Some(b.upload(&shift)?)
-        }
-        _ => None,
-    };
+    let (w, bias) = fold_weights(sd, n, c, norm)?;
+    let bias = bias.map(|v| b.upload(&v)).transpose()?;
     let usage = if precision == Precision::Bf16 { FilterUse::ForwardBf16 } else { FilterUse::Forward };
     FusedConv::new(b, &n.name, c, usage, &w, bias)
 }
@@ -406,6 +535,8 @@ fn storage<B: Backend>(b: &B, c: &Compiled<B>) -> Vec<DType> {
 /// a residual in place ([`ConvStorage::residual_in_output`]), nothing reads
 /// the residual afterwards and both are stored alike: the kernel then
 /// touches one buffer where it would read one and fetch another for writing.
+/// int8 convolutions never store partial sums, so any of them may take its
+/// residual in place where both are u8.
 fn assign_slots<B: Backend>(b: &B, c: &Compiled<B>) -> (Vec<Option<usize>>, usize) {
     let values = c.values();
     let mut last_use = vec![0usize; values];
@@ -425,7 +556,7 @@ fn assign_slots<B: Backend>(b: &B, c: &Compiled<B>) -> (Vec<Option<usize>>, usiz
         let (src, dst) = op.io();
         let in_place = match *op {
             Op::Conv { conv, residual: Some(r), .. }
-                if conv_storage(b, c, conv).residual_in_output
+                if (c.convs[conv].quant.is_some() || conv_storage(b, c, conv).residual_in_output)
                     && last_use[r] == i
                     && r != src
                     && c.storage[r] == c.storage[dst] =>

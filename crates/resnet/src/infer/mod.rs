@@ -27,17 +27,25 @@
 //! both agree.
 
 mod compile;
+pub mod quant;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::backend::{Backend, BnParams, BnTail, ConvDesc, ConvEpilogue, DType, PadShortcutDesc, PoolDesc, Precision};
+use crate::backend::{
+    Backend, BnParams, BnTail, ConvDesc, ConvEpilogue, DType, PadShortcutDesc, PoolDesc, Precision, QuantEpilogue,
+    QuantResidual,
+};
 use crate::error::{Error, Result};
 use crate::io::{self, LoadMode, StateDict};
 use crate::model::{Graph, Network, ResNetSpec};
 use crate::tensor::Tensor;
-use compile::{Compiled, Op, Weights};
+use compile::{Compiled, Op, Source, Weights};
+use quant::QuantModel;
+
+/// Called with each operation's output value and tensor (calibration).
+type Observer<'a, B> = &'a mut (dyn FnMut(usize, &Tensor<B>) + Send);
 
 /// A network compiled for inference: fused operations, their weights, and
 /// the buffer plan. Immutable; run it with a [`Workspace`].
@@ -114,15 +122,52 @@ impl<B: Backend> CompiledModel<B> {
         if outputs.is_empty() {
             return Err(Error::Invalid("a compiled model needs at least one output".into()));
         }
-        io::check_state_dict(graph, sd, LoadMode::Strict)?;
         let values = outputs.iter().map(|n| graph.feature_value(n)).collect::<Result<Vec<_>>>()?;
-        let c = compile::compile(backend, graph, sd, precision, &values)?;
+        let quantized = QuantModel::is_quantized(sd);
+        let c = match precision {
+            Precision::Int8 if !quantized => {
+                return Err(Error::Invalid(
+                    "int8 inference needs quantized weights: make them with `resnet quantize --weights W \
+                     --calibrate DATA --out W8`"
+                        .into(),
+                ));
+            }
+            Precision::Int8 => {
+                let q = QuantModel::from_state_dict(graph, sd)?;
+                compile::compile(backend, graph, Source::Int8(&q), precision, &values)?
+            }
+            _ if quantized => {
+                return Err(Error::Invalid(format!(
+                    "these weights are quantized to int8: run them with --precision int8 (not {precision})"
+                )));
+            }
+            _ => {
+                io::check_state_dict(graph, sd, LoadMode::Strict)?;
+                compile::compile(backend, graph, Source::Float(sd), precision, &values)?
+            }
+        };
         Ok(Self {
             backend: backend.clone(),
             graph: graph.clone(),
             precision,
             c,
             output_names: outputs.iter().map(|n| n.to_string()).collect(),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            filters: Mutex::new(HashMap::new()),
+            shapes: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Compiles the quantized model `q` of `graph`'s architecture for int8.
+    pub fn from_quantized(backend: &B, graph: &Graph, q: &QuantModel) -> Result<Self> {
+        let values = ["avgpool", "fc"].iter().map(|n| graph.feature_value(n)).collect::<Result<Vec<_>>>()?;
+        let c = compile::compile(backend, graph, Source::Int8(q), Precision::Int8, &values)?;
+        Ok(Self {
+            backend: backend.clone(),
+            graph: graph.clone(),
+            precision: Precision::Int8,
+            c,
+            output_names: vec!["avgpool".into(), "fc".into()],
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             filters: Mutex::new(HashMap::new()),
             shapes: Mutex::new(HashMap::new()),
@@ -233,6 +278,26 @@ impl<B: Backend> CompiledModel<B> {
     /// Runs the model on an NHWC batch in `ws`; returns its last output (the
     /// logits `[n, 1, 1, classes]` of a model from [`CompiledModel::new`]).
     pub fn run<'w>(&self, ws: &'w mut Workspace<B>, x: &Tensor<B>) -> Result<&'w Tensor<B>> {
+        self.run_with(ws, x, None)
+    }
+
+    /// [`CompiledModel::run`], calling `observe` with each operation's
+    /// output (its plan value and tensor) as it is made.
+    pub(crate) fn run_observed<'w>(
+        &self,
+        ws: &'w mut Workspace<B>,
+        x: &Tensor<B>,
+        observe: Observer<'_, B>,
+    ) -> Result<&'w Tensor<B>> {
+        self.run_with(ws, x, Some(observe))
+    }
+
+    fn run_with<'w>(
+        &self,
+        ws: &'w mut Workspace<B>,
+        x: &Tensor<B>,
+        observe: Option<Observer<'_, B>>,
+    ) -> Result<&'w Tensor<B>> {
         if ws.model != self.id {
             return Err(Error::Invalid("a workspace runs only the model that made it".into()));
         }
@@ -249,12 +314,12 @@ impl<B: Backend> CompiledModel<B> {
             ws.plan = Some(self.shape_plan(x.shape)?);
         }
         let b = self.backend.clone();
-        b.scope(|| self.run_ops(ws, x))?;
+        b.scope(|| self.run_ops(ws, x, observe))?;
         Ok(self.output(ws, self.c.outputs.len() - 1))
     }
 
     /// [`CompiledModel::run`]'s operations, in the backend's scope.
-    fn run_ops(&self, ws: &mut Workspace<B>, x: &Tensor<B>) -> Result<()> {
+    fn run_ops(&self, ws: &mut Workspace<B>, x: &Tensor<B>, mut observe: Option<Observer<'_, B>>) -> Result<()> {
         let b = &self.backend;
         let plan = ws.plan.clone().expect("a shape plan was made");
         if let Some(t) = ws.timings.as_mut() {
@@ -279,6 +344,23 @@ impl<B: Backend> CompiledModel<B> {
             };
             let get = |v: usize| -> &Tensor<B> { if v == 0 { x } else { &ws.bufs[self.c.slot[v].expect("slot")] } };
             let result = result.and_then(|_| match *op {
+                Op::Conv { conv, residual, relu, .. } if self.c.convs[conv].quant.is_some() => {
+                    let (d, filter) = convs.next().expect("one prepared filter per convolution");
+                    let (fc, stored) = (&self.c.convs[conv], |v: usize| self.c.storage[v]);
+                    let q = fc.quant.as_ref().expect("an int8 convolution");
+                    let epi = QuantEpilogue {
+                        input: q.input,
+                        multiplier: &q.multiplier,
+                        bias: fc.bias.as_ref(),
+                        residual: residual.map(|r| match in_output {
+                            true => QuantResidual::InOutput(self.c.quant[r]),
+                            false => QuantResidual::Apart(&get(r).buf, self.c.quant[r]),
+                        }),
+                        relu,
+                        output: (stored(dst) == DType::U8).then_some(self.c.quant[dst]),
+                    };
+                    b.conv_forward_int8(d, &get(src).buf, filter, &mut y.buf, &epi)
+                }
                 Op::Conv { conv, residual, relu, .. } => {
                     let (d, filter) = convs.next().expect("one prepared filter per convolution");
                     let epi = ConvEpilogue {
@@ -304,8 +386,18 @@ impl<B: Backend> CompiledModel<B> {
                     let d = PadShortcutDesc::new(s[0], s[1], s[2], c_in, c_out, stride);
                     b.pad_shortcut_forward(&d, &get(src).buf, &mut y.buf)
                 }
+                Op::Gap { .. } if self.c.storage[src] == DType::U8 => {
+                    let q = self.c.quant[src];
+                    if q.zero != 0 {
+                        return Err(Error::Backend("int8 pooling of values with a zero point".into()));
+                    }
+                    b.global_avg_pool_int8(s[0], s[1] * s[2], s[3], &get(src).buf, q.scale, &mut y.buf)
+                }
                 Op::Gap { .. } => b.global_avg_pool_forward(s[0], s[1] * s[2], s[3], &get(src).buf, &mut y.buf),
             });
+            if let (Ok(()), Some(f)) = (&result, observe.as_mut()) {
+                f(dst, &y);
+            }
             ws.bufs[dslot] = y;
             result?;
             if let (Some(t0), Some(t)) = (t0, ws.timings.as_mut()) {

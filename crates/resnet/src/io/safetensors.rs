@@ -32,6 +32,7 @@ pub fn read(path: &Path, bytes: &[u8]) -> Result<StateDict> {
                 raw.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32).collect(),
             ),
             Dtype::U8 => TensorData::F32(raw.iter().map(|&b| b as f32).collect()),
+            Dtype::I8 => TensorData::F32(raw.iter().map(|&b| b as i8 as f32).collect()),
             Dtype::I64 => TensorData::I64(
                 raw.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))).collect(),
             ),
@@ -73,16 +74,28 @@ impl View for &Raw<'_> {
 
 /// Serialises a state dict (f32 and i64 tensors) with optional metadata.
 pub fn to_bytes(sd: &StateDict, metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
+    to_bytes_int8(sd, &[], metadata)
+}
+
+/// [`to_bytes`], storing the f32 tensors named in `int8` (integers within
+/// `-128..=127`, as a quantized model's weights are) as int8.
+pub fn to_bytes_int8(sd: &StateDict, int8: &[String], metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
     let raws: Vec<(String, Raw<'_>)> = sd
         .iter()
         .map(|(k, t)| {
             let (dtype, bytes) = match &t.data {
+                TensorData::F32(v) if int8.contains(k) => {
+                    if let Some(x) = v.iter().find(|x| x.fract() != 0.0 || !(-128.0..=127.0).contains(*x)) {
+                        return Err(Error::Invalid(format!("`{k}` holds {x}, not an int8 value")));
+                    }
+                    (Dtype::I8, v.iter().map(|&x| x as i8 as u8).collect())
+                }
                 TensorData::F32(v) => (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
                 TensorData::I64(v) => (Dtype::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
             };
-            (k.clone(), Raw { dtype, shape: &t.shape, bytes })
+            Ok((k.clone(), Raw { dtype, shape: &t.shape, bytes }))
         })
-        .collect();
+        .collect::<Result<_>>()?;
     safetensors::tensor::serialize(raws.iter().map(|(k, r)| (k.as_str(), r)), metadata)
         .map_err(|e| Error::Invalid(format!("cannot serialise weights: {e}")))
 }

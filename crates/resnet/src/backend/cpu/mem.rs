@@ -60,6 +60,8 @@ unsafe impl Pod for f32 {}
 unsafe impl Pod for u32 {}
 // SAFETY: as above.
 unsafe impl Pod for u8 {}
+// SAFETY: as above.
+unsafe impl Pod for i8 {}
 // SAFETY: `Bf16` is a `repr(transparent)` `u16`.
 unsafe impl Pod for Bf16 {}
 
@@ -318,7 +320,7 @@ impl CpuBuf {
     /// Overwrites the buffer with `src`, taking its type and length.
     pub fn write<T: Element>(&mut self, src: &[T]) -> Result<()> {
         self.resize(T::DTYPE, src.len())?;
-        // SAFETY: `Element` types (f32, bf16, u32) are plain numbers: their bytes can be read as `u8`.
+        // SAFETY: `Element` types (f32, bf16, u32, u8) are plain numbers: their bytes can be read as `u8`.
         let bytes = unsafe { std::slice::from_raw_parts(src.as_ptr().cast::<u8>(), std::mem::size_of_val(src)) };
         self.bytes.copy_from_slice(bytes);
         Ok(())
@@ -353,6 +355,18 @@ impl CpuBuf {
     /// The values for writing, which must be bf16.
     pub fn bf16_mut(&mut self) -> Result<&mut [Bf16]> {
         self.check(DType::Bf16)?;
+        Ok(self.view_mut())
+    }
+
+    /// The values, which must be u8.
+    pub fn u8(&self) -> Result<&[u8]> {
+        self.check(DType::U8)?;
+        Ok(self.view())
+    }
+
+    /// The values for writing, which must be u8.
+    pub fn u8_mut(&mut self) -> Result<&mut [u8]> {
+        self.check(DType::U8)?;
         Ok(self.view_mut())
     }
 

@@ -34,6 +34,7 @@ pub(crate) mod bf16;
 mod conv;
 mod direct;
 mod gemm;
+pub(crate) mod int8;
 mod kernel;
 mod mem;
 mod norm;
@@ -48,11 +49,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use rayon::prelude::*;
 
 pub use conv::{CpuAlgo, CpuFilter};
+pub use int8::native as int8_native;
 pub use mem::{CpuBuf, allocated, reset_peak};
 
 use super::{
     Backend, BnGrads, BnParams, BnSaved, BnTail, Buffer, ConvDesc, ConvEpilogue, ConvStorage, DType, Element,
-    FilterUse, PadShortcutDesc, PoolDesc, Precision, SgdStep,
+    FilterUse, PadShortcutDesc, PoolDesc, Precision, QuantEpilogue, QuantResidual, SgdStep,
 };
 use crate::error::{Error, Result};
 
@@ -131,6 +133,19 @@ fn f32s(buf: &CpuBuf, len: usize) -> Result<&[f32]> {
     v.get(..len).ok_or_else(|| short(v.len(), len))
 }
 
+/// The first `len` u8 values of `buf` (which must hold u8).
+fn u8s(buf: &CpuBuf, len: usize) -> Result<&[u8]> {
+    let v = buf.u8()?;
+    v.get(..len).ok_or_else(|| short(v.len(), len))
+}
+
+/// [`u8s`] for writing.
+fn u8s_mut(buf: &mut CpuBuf, len: usize) -> Result<&mut [u8]> {
+    let v = buf.u8_mut()?;
+    let have = v.len();
+    v.get_mut(..len).ok_or_else(|| short(have, len))
+}
+
 /// [`f32s`] for writing.
 fn f32s_mut(buf: &mut CpuBuf, len: usize) -> Result<&mut [f32]> {
     let v = buf.f32_mut()?;
@@ -170,8 +185,10 @@ impl Backend for Cpu {
         format!("cpu ({} thread{plural}, {}{bf16})", self.threads, isa_name())
     }
 
+    /// int8 runs everywhere (portable kernels where the CPU lacks VNNI:
+    /// correct, and slower than f32; see [`int8::native`]).
     fn supports(&self, precision: Precision) -> bool {
-        precision == Precision::F32 || bf16::native()
+        precision != Precision::Bf16 || bf16::native()
     }
 
     /// Runs `f` on a pool thread while the other threads wait for its work
@@ -246,6 +263,7 @@ impl Backend for Cpu {
         match buf.dtype() {
             DType::F32 => Ok(buf.f32()?.to_vec()),
             DType::Bf16 => Ok(buf.bf16()?.iter().map(|v| v.to_f32()).collect()),
+            DType::U8 => Ok(buf.u8()?.iter().map(|&v| v as f32).collect()),
             DType::U32 => Err(Error::Backend("labels are not downloaded as floats".into())),
         }
     }
@@ -263,8 +281,8 @@ impl Backend for Cpu {
     fn conv_algorithm(&self, d: &ConvDesc, usage: FilterUse) -> CpuAlgo {
         conv::algorithm(d, usage)
     }
-    fn conv_algorithm_is_fixed(&self, d: &ConvDesc, _: FilterUse) -> bool {
-        conv::algorithm_is_fixed(d)
+    fn conv_algorithm_is_fixed(&self, d: &ConvDesc, usage: FilterUse) -> bool {
+        usage == FilterUse::ForwardInt8 || conv::algorithm_is_fixed(d)
     }
     fn conv_storage(&self, d: &ConvDesc, usage: FilterUse) -> ConvStorage {
         conv::storage(d, usage)
@@ -308,6 +326,43 @@ impl Backend for Cpu {
         };
         let y = rows_mut(y, d.out_len())?;
         self.install(|| conv::forward_stored(d, x, w, y, &epi, residual));
+        Ok(())
+    }
+
+    fn conv_forward_int8(
+        &self,
+        d: &ConvDesc,
+        x: &CpuBuf,
+        w: &CpuFilter,
+        y: &mut CpuBuf,
+        q: &QuantEpilogue<'_, Self>,
+    ) -> Result<()> {
+        w.check(d, &[FilterUse::ForwardInt8])?;
+        let panels = w.int8().ok_or_else(|| Error::Backend("an int8 filter without panels".into()))?;
+        let (n, m) = (d.c_out, d.out_len());
+        let p = int8::Params {
+            multiplier: f32s(q.multiplier, n)?,
+            bias: q.bias.map(|b| f32s(b, n)).transpose()?,
+            relu: q.relu,
+        };
+        let src = match x.dtype() {
+            DType::U8 => int8::Src::U8(u8s(x, d.in_len())?, q.input.zero),
+            _ => int8::Src::F32(f32s(x, d.in_len())?, q.input),
+        };
+        let res = match q.residual {
+            Some(QuantResidual::Apart(r, s)) if r.dtype() == DType::U8 => Some(int8::Res::U8(u8s(r, m)?, s)),
+            Some(QuantResidual::Apart(r, _)) => Some(int8::Res::F32(f32s(r, m)?)),
+            Some(QuantResidual::InOutput(_)) if q.output.is_none() => {
+                return Err(Error::Backend("a residual in an f32 output of an int8 convolution".into()));
+            }
+            Some(QuantResidual::InOutput(s)) => Some(int8::Res::InOutput(s)),
+            None => None,
+        };
+        let dst = match q.output {
+            Some(o) => int8::Dst::U8(u8s_mut(y, m)?, o),
+            None => int8::Dst::F32(f32s_mut(y, m)?),
+        };
+        self.install(|| int8::conv(d, src, panels, &p, res, dst));
         Ok(())
     }
 
@@ -438,6 +493,11 @@ impl Backend for Cpu {
     }
 
     fn max_pool_forward(&self, d: &PoolDesc, x: &CpuBuf, y: &mut CpuBuf) -> Result<()> {
+        if x.dtype() == DType::U8 {
+            let (x, y) = (u8s(x, d.n * d.h * d.w * d.c)?, u8s_mut(y, d.n * d.out_h() * d.out_w() * d.c)?);
+            self.install(|| int8::max_pool(d, x, y));
+            return Ok(());
+        }
         let x = rows(x, d.n * d.h * d.w * d.c)?;
         let y = rows_mut(y, d.n * d.out_h() * d.out_w() * d.c)?;
         self.install(|| pool::max_forward_stored(d, x, y));
@@ -453,6 +513,19 @@ impl Backend for Cpu {
     fn global_avg_pool_forward(&self, n: usize, hw: usize, c: usize, x: &CpuBuf, y: &mut CpuBuf) -> Result<()> {
         let (x, y) = (f32s(x, n * hw * c)?, f32s_mut(y, n * c)?);
         self.install(|| pool::gap_forward(hw, c, x, y));
+        Ok(())
+    }
+    fn global_avg_pool_int8(
+        &self,
+        n: usize,
+        hw: usize,
+        c: usize,
+        x: &CpuBuf,
+        scale: f32,
+        y: &mut CpuBuf,
+    ) -> Result<()> {
+        let (x, y) = (u8s(x, n * hw * c)?, f32s_mut(y, n * c)?);
+        self.install(|| int8::gap(hw, c, x, scale, y));
         Ok(())
     }
     fn global_avg_pool_backward(&self, n: usize, hw: usize, c: usize, dy: &CpuBuf, dx: &mut CpuBuf) -> Result<()> {
@@ -539,6 +612,11 @@ impl Backend for Cpu {
         Ok(())
     }
     fn pad_shortcut_forward(&self, d: &PadShortcutDesc, x: &CpuBuf, y: &mut CpuBuf) -> Result<()> {
+        if x.dtype() == DType::U8 {
+            let (x, y) = (u8s(x, d.in_len())?, u8s_mut(y, d.out_len())?);
+            self.install(|| int8::pad_shortcut(d, x, y));
+            return Ok(());
+        }
         let (x, y) = (f32s(x, d.in_len())?, f32s_mut(y, d.out_len())?);
         self.install(|| ops::pad_shortcut_forward(d, x, y));
         Ok(())

@@ -35,11 +35,18 @@ pub struct CpuFilter {
     /// bf16 panels per group (inference in bf16), over `bf16_cin` input channels.
     bf16: Vec<Panels<Bf16>>,
     bf16_cin: usize,
+    /// int8 panels (inference in int8).
+    int8: Option<super::int8::QPanels>,
     /// What it was prepared for: the layer (batch and size zero), the use and the algorithm.
     prepared: Option<(ConvDesc, FilterUse, CpuAlgo)>,
 }
 
 impl CpuFilter {
+    /// The int8 panels of a filter prepared for [`FilterUse::ForwardInt8`].
+    pub(super) fn int8(&self) -> Option<&super::int8::QPanels> {
+        self.int8.as_ref()
+    }
+
     /// Checks that the filter was prepared for `d`'s layer, for one of
     /// `uses`, with the algorithm `d` gets (a filter serves every shape of its
     /// algorithm, no other).
@@ -101,6 +108,8 @@ pub enum CpuAlgo {
     Winograd(u8),
     /// The indirect kernels over bf16 panels (`bf16.rs`).
     DirectBf16,
+    /// The indirect kernels over int8 panels (`int8/`).
+    DirectInt8,
 }
 
 /// The algorithm of a convolution for `usage` (see [`winograd_tile`]):
@@ -108,6 +117,7 @@ pub enum CpuAlgo {
 /// form.
 pub fn algorithm(d: &ConvDesc, usage: FilterUse) -> CpuAlgo {
     match winograd_tile(d) {
+        _ if usage == FilterUse::ForwardInt8 => CpuAlgo::DirectInt8,
         0 if usage == FilterUse::ForwardBf16 && bf16_channels(d).is_some() => CpuAlgo::DirectBf16,
         0 => CpuAlgo::Direct,
         m => CpuAlgo::Winograd(m as u8),
@@ -149,6 +159,7 @@ pub fn prepare(d: &ConvDesc, w: &[f32], usage: FilterUse, out: &mut CpuFilter) {
         FilterUse::Forward => prepare_forward(d, w, out),
         FilterUse::ForwardBf16 => prepare_forward_bf16(d, w, out),
         FilterUse::BackwardData => prepare_backward_data(d, w, out),
+        FilterUse::ForwardInt8 => out.int8 = Some(super::int8::QPanels::pack(d, w)),
     }
     out.prepared = Some((ConvDesc { n: 0, h: 0, w: 0, ..*d }, usage, algorithm(d, usage)));
 }
@@ -164,6 +175,8 @@ pub fn prepared_len(d: &ConvDesc, usage: FilterUse) -> usize {
         _ => (d.c_out, d.c_in),
     };
     match usage {
+        // Bytes, counted in f32s.
+        FilterUse::ForwardInt8 => d.c_out.div_ceil(nr) * nr * d.k_len().next_multiple_of(4) / 4,
         _ if m > 0 => (m + 2) * (m + 2) * c_out.div_ceil(nr) * nr * c_in,
         FilterUse::BackwardData => d.groups * d.cin_g().div_ceil(nr) * nr * d.k_len() / d.cin_g() * d.cout_g(),
         _ => d.groups * d.cout_g().div_ceil(nr) * nr * d.k_len(),

@@ -340,6 +340,31 @@ unsafe fn panel_tile<T: Elem>(
     }
 }
 
+/// How a convolution of `groups` row groups and `np` panels is cut into
+/// tasks on `threads` threads: `(runs of row groups, panels per task)`.
+pub(super) fn split(groups: usize, np: usize, threads: usize) -> (usize, usize) {
+    // Tasks: runs of row groups x chunks of panels, about four per thread;
+    // the longer dimension is split first, so a task keeps the other whole
+    // (and can reuse it from cache). Rows are split as well when there are
+    // at least 8 groups per thread (ResNet-50's 14x14 layers at batch 1):
+    // then each thread reads the input rows it wrote in the layer before
+    // (split the same way: rayon hands the first half of the tasks to the
+    // calling thread), instead of every thread reading all of them, half
+    // from the other core's cache (see ARCHITECTURE.md, "Which thread
+    // touches which data").
+    // Runs are dealt out evenly: group counts differ by one at most.
+    let want = 4 * threads;
+    let by_rows = groups * MR > np * NR || groups >= 8 * threads;
+    if !by_rows {
+        let pc = np.div_ceil(want).max(2).min(np);
+        let pt = np.div_ceil(pc);
+        (if pt >= 2 * threads { 1 } else { want.div_ceil(pt).min(groups) }, pc)
+    } else {
+        let tg = want.min(groups);
+        (tg, if tg >= 2 * threads { np } else { np.div_ceil(want.div_ceil(tg)) })
+    }
+}
+
 /// `out[m][col0 + j] = epilogue(sum over taps and runs)` for every destination
 /// pixel `m` and output channel `j < panels.n`; rows of `out` have stride `ld`.
 ///
@@ -363,26 +388,7 @@ pub fn run<T: Elem>(
     let np = panels.n.div_ceil(NR);
     let groups = m.div_ceil(MR);
     let threads = rayon::current_num_threads();
-    // Tasks: runs of row groups x chunks of panels, about four per thread;
-    // the longer dimension is split first, so a task keeps the other whole
-    // (and can reuse it from cache). Rows are split as well when there are
-    // at least 8 groups per thread (ResNet-50's 14x14 layers at batch 1):
-    // then each thread reads the input rows it wrote in the layer before
-    // (split the same way: rayon hands the first half of the tasks to the
-    // calling thread), instead of every thread reading all of them, half
-    // from the other core's cache (see ARCHITECTURE.md, "Which thread
-    // touches which data").
-    // Runs are dealt out evenly: group counts differ by one at most.
-    let want = 4 * threads;
-    let by_rows = groups * MR > np * NR || groups >= 8 * threads;
-    let (tasks_g, pchunk) = if !by_rows {
-        let pc = np.div_ceil(want).max(2).min(np);
-        let pt = np.div_ceil(pc);
-        (if pt >= 2 * threads { 1 } else { want.div_ceil(pt).min(groups) }, pc)
-    } else {
-        let tg = want.min(groups);
-        (tg, if tg >= 2 * threads { np } else { np.div_ceil(want.div_ceil(tg)) })
-    };
+    let (tasks_g, pchunk) = split(groups, np, threads);
     let tasks = tasks_g * np.div_ceil(pchunk);
     let (optr, bf16_out) = match &mut out {
         RowsMut::F32(o) => (SendPtr(o.as_mut_ptr()), false),

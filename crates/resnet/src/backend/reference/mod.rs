@@ -8,14 +8,23 @@
 //! prepared for [`FilterUse::ForwardBf16`] rounds its weights and its input
 //! to bf16 before the f64 sums.
 //!
-//! Also here: layout conversions and a plain NCHW convolution, used to turn
+//! int8 is exact integer arithmetic (`int8.rs`): u8 buffers hold integers
+//! as f32, sums are i32, and the epilogue is the CPU's sequence of f32
+//! operations, so that every backend's bits agree.
+//!
+//! Also here (`layout.rs`): layout conversions and a plain NCHW convolution, used to turn
 //! PyTorch's tensors into ours and by the kernel tests.
 
 use super::{
     Backend, BnGrads, BnParams, BnSaved, BnTail, Buffer, ConvDesc, ConvEpilogue, ConvStorage, DType, Element,
-    FilterUse, HostSlice, InputRead, PadShortcutDesc, PoolDesc, Precision, SgdStep,
+    FilterUse, HostSlice, InputRead, PadShortcutDesc, PoolDesc, Precision, QuantEpilogue, SgdStep,
 };
 use crate::error::{Error, Result};
+
+mod int8;
+mod layout;
+
+pub use layout::{conv2d_nchw, nchw_to_nhwc, nhwc_to_nchw, ohwi_to_oihw, oihw_to_ohwi};
 
 /// The reference backend (stateless).
 #[derive(Clone, Copy, Debug, Default)]
@@ -78,6 +87,12 @@ fn f32s_mut(b: &mut RefBuf, len: usize) -> Result<&mut [f32]> {
     Ok(&mut b.values[..len])
 }
 
+/// [`floats`] for writing.
+fn floats_mut(b: &mut RefBuf, len: usize) -> Result<&mut [f32]> {
+    floats(b, len)?;
+    Ok(&mut b.values[..len])
+}
+
 /// A filter prepared for `d`'s layer has its weights.
 fn check_filter(d: &ConvDesc, w: &RefFilter) -> Result<()> {
     match w.weights.len() == d.weight_len() {
@@ -127,6 +142,7 @@ impl Backend for Reference {
             HostSlice::F32(v) => dst.values.copy_from_slice(v),
             HostSlice::Bf16(v) => dst.values.iter_mut().zip(v).for_each(|(o, b)| *o = b.to_f32()),
             HostSlice::U32(v) => dst.labels.copy_from_slice(v),
+            HostSlice::U8(v) => dst.values.iter_mut().zip(v).for_each(|(o, &b)| *o = b as f32),
         }
         Ok(())
     }
@@ -182,7 +198,12 @@ impl Backend for Reference {
     fn prepare_filter(&self, d: &ConvDesc, weight: &RefBuf, usage: FilterUse, out: &mut RefFilter) -> Result<()> {
         let w = f32s(weight, d.weight_len())?;
         let bf16 = usage == FilterUse::ForwardBf16;
-        out.weights = if bf16 { w.iter().map(|&v| round_bf16(v)).collect() } else { w.to_vec() };
+        out.weights = match usage {
+            FilterUse::ForwardBf16 => w.iter().map(|&v| round_bf16(v)).collect(),
+            // As the CPU packs them: integers in -127..=127.
+            FilterUse::ForwardInt8 => w.iter().map(|&v| v.clamp(-127.0, 127.0).trunc()).collect(),
+            _ => w.to_vec(),
+        };
         out.bf16 = bf16;
         Ok(())
     }
@@ -238,6 +259,18 @@ impl Backend for Reference {
             }
         }
         Ok(())
+    }
+
+    fn conv_forward_int8(
+        &self,
+        d: &ConvDesc,
+        x: &RefBuf,
+        w: &RefFilter,
+        y: &mut RefBuf,
+        q: &QuantEpilogue<'_, Self>,
+    ) -> Result<()> {
+        check_filter(d, w)?;
+        int8::conv_forward(d, x, &w.weights, y, q)
     }
 
     fn conv_backward_data(
@@ -475,6 +508,18 @@ impl Backend for Reference {
         Ok(())
     }
 
+    fn global_avg_pool_int8(
+        &self,
+        n: usize,
+        hw: usize,
+        c: usize,
+        x: &RefBuf,
+        scale: f32,
+        y: &mut RefBuf,
+    ) -> Result<()> {
+        int8::global_avg_pool(n, hw, c, x, scale, y)
+    }
+
     fn global_avg_pool_backward(&self, n: usize, hw: usize, c: usize, dy: &RefBuf, dx: &mut RefBuf) -> Result<()> {
         let dy = f32s(dy, n * c)?;
         let dx = f32s_mut(dx, n * hw * c)?;
@@ -564,7 +609,10 @@ impl Backend for Reference {
 
     fn pad_shortcut_forward(&self, d: &PadShortcutDesc, x: &RefBuf, y: &mut RefBuf) -> Result<()> {
         let (oh, ow) = (d.out_h(), d.out_w());
-        let (x, y) = (f32s(x, d.in_len())?, f32s_mut(y, d.out_len())?);
+        if x.dtype != y.dtype || !matches!(x.dtype, DType::F32 | DType::U8) {
+            return Err(Error::Backend(format!("pad shortcut from {:?} to {:?}", x.dtype, y.dtype)));
+        }
+        let (x, y) = (floats(x, d.in_len())?, floats_mut(y, d.out_len())?);
         for n in 0..d.n {
             for oy in 0..oh {
                 for ox in 0..ow {
@@ -705,89 +753,4 @@ fn for_each_window(d: &PoolDesc, mut f: impl FnMut(usize, &mut dyn Iterator<Item
             }
         }
     }
-}
-
-/// Direct convolution, `x[n, c_in, h, w]`, `w[c_out, c_in/groups, kh, kw]`,
-/// returns `[n, c_out, oh, ow]`.
-#[allow(clippy::too_many_arguments)]
-pub fn conv2d_nchw(
-    x: &[f32],
-    n: usize,
-    c_in: usize,
-    h: usize,
-    w: usize,
-    weight: &[f32],
-    c_out: usize,
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    pad: [usize; 2],
-    dilation: [usize; 2],
-    groups: usize,
-) -> Vec<f32> {
-    let oh = super::out_size(h, kernel[0], stride[0], pad[0], dilation[0]);
-    let ow = super::out_size(w, kernel[1], stride[1], pad[1], dilation[1]);
-    let (cig, cog) = (c_in / groups, c_out / groups);
-    let mut y = vec![0.0f32; n * c_out * oh * ow];
-    for b in 0..n {
-        for co in 0..c_out {
-            let g = co / cog;
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let mut s = 0.0f64;
-                    for ci in 0..cig {
-                        for ky in 0..kernel[0] {
-                            for kx in 0..kernel[1] {
-                                let iy = (oy * stride[0] + ky * dilation[0]) as isize - pad[0] as isize;
-                                let ix = (ox * stride[1] + kx * dilation[1]) as isize - pad[1] as isize;
-                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
-                                    continue;
-                                }
-                                let xv = x[((b * c_in + g * cig + ci) * h + iy as usize) * w + ix as usize];
-                                let wv = weight[((co * cig + ci) * kernel[0] + ky) * kernel[1] + kx];
-                                s += xv as f64 * wv as f64;
-                            }
-                        }
-                    }
-                    y[((b * c_out + co) * oh + oy) * ow + ox] = s as f32;
-                }
-            }
-        }
-    }
-    y
-}
-
-/// `[n, c, h, w] -> [n, h, w, c]`.
-pub fn nchw_to_nhwc(x: &[f32], n: usize, c: usize, h: usize, w: usize) -> Vec<f32> {
-    let mut y = vec![0.0; x.len()];
-    for b in 0..n {
-        for ch in 0..c {
-            for p in 0..h * w {
-                y[(b * h * w + p) * c + ch] = x[(b * c + ch) * h * w + p];
-            }
-        }
-    }
-    y
-}
-
-/// `[n, h, w, c] -> [n, c, h, w]`.
-pub fn nhwc_to_nchw(x: &[f32], n: usize, c: usize, h: usize, w: usize) -> Vec<f32> {
-    let mut y = vec![0.0; x.len()];
-    for b in 0..n {
-        for ch in 0..c {
-            for p in 0..h * w {
-                y[(b * c + ch) * h * w + p] = x[(b * h * w + p) * c + ch];
-            }
-        }
-    }
-    y
-}
-
-/// Filter layout `[o, i, kh, kw] -> [o, kh, kw, i]`.
-pub fn oihw_to_ohwi(w: &[f32], o: usize, i: usize, kh: usize, kw: usize) -> Vec<f32> {
-    nchw_to_nhwc(w, o, i, kh, kw)
-}
-
-/// Filter layout `[o, kh, kw, i] -> [o, i, kh, kw]`.
-pub fn ohwi_to_oihw(w: &[f32], o: usize, i: usize, kh: usize, kw: usize) -> Vec<f32> {
-    nhwc_to_nchw(w, o, i, kh, kw)
 }
