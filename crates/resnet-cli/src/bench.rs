@@ -229,7 +229,7 @@ pub fn run(a: Args) -> Result<()> {
         println!("{v}");
     } else {
         println!(
-            "{} {} {precision} batch {} at {side}x{side}, {}: {:.1} images/s, latency p50 {:.2} ms, p99 {:.2} ms, {:.0} GFLOP/s, peak RSS {:.0} MB",
+            "{} {} {precision} batch {} at {side}x{side}, {}: {:.1} images/s, latency p50 {:.2} ms, p99 {:.2} ms, {:.0} {}, peak RSS {:.0} MB",
             spec.name,
             a.mode.name(),
             batch,
@@ -238,6 +238,8 @@ pub fn run(a: Args) -> Result<()> {
             pct(0.5),
             pct(0.99),
             gflops,
+            // Multiply-adds count two operations whatever their type.
+            if precision == Precision::Int8 { "G op/s" } else { "GFLOP/s" },
             peak_rss_mb()
         );
         if let Some(plan) = &memory {

@@ -54,6 +54,13 @@ pub fn run(a: Args) -> Result<()> {
     let (weights, entry) = crate::weights::resolve(&a.weights)?;
     let mut m = Loaded::read(a.arch.as_deref(), &weights, None)
         .with_context(|| format!("cannot load {}", weights.display()))?;
+    if resnet::infer::quant::QuantModel::is_quantized(&m.sd) {
+        bail!(
+            "{} holds int8-quantized weights: export the f32 weights they came from (ONNX Runtime quantizes \
+             an f32 model itself)",
+            weights.display()
+        );
+    }
     a.transform.apply(&mut m.transform, entry.as_ref().map(|e| e.preset.as_str()))?;
     let size = a.size.unwrap_or(m.transform.size());
     if size == 0 || size > resnet::preprocess::MAX_TRANSFORM_SIDE {

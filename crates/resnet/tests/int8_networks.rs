@@ -109,3 +109,34 @@ fn the_file_form_reads_back_and_is_strict() {
     let e = CompiledModel::from_quantized(&cpu, &g, &q).err().expect("refused").to_string();
     assert!(e.contains("post-activation"), "{e}");
 }
+
+#[test]
+fn int8_feature_extractors_return_f32_values_of_every_kind() {
+    let spec = ResNetSpec::named("resnet18").unwrap();
+    let graph = Graph::new(&spec).unwrap();
+    let (_, q, x) = quantized(&spec, 32);
+    let sd8 = q.to_state_dict(&graph).unwrap();
+    let outputs = ["stem", "maxpool", "layer1.0", "layer2", "avgpool"];
+    let on = |be: &str| -> Vec<Vec<f32>> {
+        fn go<B: Backend>(b: &B, graph: &Graph, sd: &io::StateDict, outputs: &[&str], x: &[f32]) -> Vec<Vec<f32>> {
+            let m = CompiledModel::with_outputs(b, graph, sd, Precision::Int8, outputs).unwrap();
+            let mut ws = m.workspace();
+            let t = Tensor::from_host(b, [3, 32, 32, 3], x).unwrap();
+            m.run(&mut ws, &t).unwrap();
+            (0..outputs.len()).map(|i| m.output(&ws, i).to_host(b).unwrap()).collect()
+        }
+        match be {
+            "cpu" => go(&Cpu::new(Some(2)).unwrap(), &graph, &sd8, &outputs, &x),
+            _ => go(&Reference::new(), &graph, &sd8, &outputs, &x),
+        }
+    };
+    let (got, want) = (on("cpu"), on("reference"));
+    for ((g, w), name) in got.iter().zip(&want).zip(outputs) {
+        assert_eq!(
+            g.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            w.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            "{name}"
+        );
+        assert!(g.iter().any(|&v| v != 0.0), "{name}");
+    }
+}

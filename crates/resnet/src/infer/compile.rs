@@ -439,6 +439,15 @@ fn storage_int8<B: Backend>(c: &Compiled<B>) -> Vec<DType> {
             storage[dst] = DType::U8;
         }
     }
+    // Pooling and shortcuts write what they read: a returned (f32) one reads
+    // f32, last first so that the answer passes back along a chain.
+    for op in c.ops.iter().rev() {
+        if let Op::MaxPool { src, dst, .. } | Op::Pad { src, dst, .. } = *op
+            && storage[dst] == DType::F32
+        {
+            storage[src] = DType::F32;
+        }
+    }
     storage
 }
 

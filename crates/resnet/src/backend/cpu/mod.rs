@@ -181,8 +181,9 @@ impl Backend for Cpu {
 
     fn describe(&self) -> String {
         let bf16 = if bf16::native() { ", avx512-bf16" } else { "" };
+        let vnni = if int8::native() { ", avx512-vnni" } else { "" };
         let plural = if self.threads == 1 { "" } else { "s" };
-        format!("cpu ({} thread{plural}, {}{bf16})", self.threads, isa_name())
+        format!("cpu ({} thread{plural}, {}{bf16}{vnni})", self.threads, isa_name())
     }
 
     /// int8 runs everywhere (portable kernels where the CPU lacks VNNI:
