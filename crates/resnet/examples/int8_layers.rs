@@ -11,6 +11,7 @@ fn main() {
         ("1x1 64->256 +res", Conv::square(64, 256, 1, 1, 0, 1).desc(16, 56, 56), false, true),
         ("1x1 128->512@28 +res", Conv::square(128, 512, 1, 1, 0, 1).desc(16, 28, 28), false, true),
         ("1x1 256->1024@14 +res", Conv::square(256, 1024, 1, 1, 0, 1).desc(16, 14, 14), false, true),
+        ("proj 1x1 64->256", Conv::square(64, 256, 1, 1, 0, 1).desc(16, 56, 56), false, false),
         ("1x1 64->256", Conv::square(64, 256, 1, 1, 0, 1).desc(16, 56, 56), false, false),
         ("1x1 256->64", Conv::square(256, 64, 1, 1, 0, 1).desc(16, 56, 56), false, false),
         ("1x1 256->128", Conv::square(256, 128, 1, 1, 0, 1).desc(16, 56, 56), false, false),
@@ -39,8 +40,8 @@ fn main() {
             multiplier: &m,
             bias: None,
             residual: res.then_some(QuantResidual::Apart(&r, Quant { scale: 0.1, zero: 0 })),
-            relu: true,
-            output: Some(Quant { scale: 0.05, zero: 0 }),
+            relu: !name.starts_with("proj"),
+            output: Some(Quant { scale: 0.05, zero: if name.starts_with("proj") { 100 } else { 0 } }),
         };
         let mut y = cpu.alloc(DType::U8, d.out_len()).unwrap();
         let mut best = f64::MAX;

@@ -242,9 +242,13 @@ impl Quant {
 
 /// The epilogue of an int8 convolution ([`Backend::conv_forward_int8`]):
 /// the i32 sums `acc` of `(x - x.zero) * w` become
-/// `y = relu?(acc * multiplier + bias + residual)`, stored as f32 or
-/// requantized to u8 ([`Quant::quantize`]); a u8 residual adds
-/// `(r - zero) * scale`, one fused multiply-add.
+/// `y = relu?(acc * multiplier + bias + residual)` in f32 by fused
+/// multiply-adds: `fma(acc, m, b)`, then `fma(r - r.zero, r.scale, y)` for a
+/// u8 residual or `fma(r, 1, y)` for an f32 one. For a u8 output `m`, `b` and
+/// the residual's scale are first multiplied by `1 / output.scale`, so that
+/// `y` counts output steps: the stored value is `round(y) + output.zero`
+/// (ties to even), clamped to `0..=255`, NaN giving 0. Every backend performs
+/// exactly these operations, so their bits agree.
 pub struct QuantEpilogue<'a, B: Backend> {
     /// How the input is quantized: a u8 input's zero point, or how an f32
     /// input is quantized as it is read (the first layer's).

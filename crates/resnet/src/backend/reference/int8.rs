@@ -5,7 +5,7 @@ use crate::backend::{ConvDesc, QuantEpilogue, QuantResidual, Reference};
 
 /// `y = epilogue(sum (x - zero) * w)` over exact i32 sums; padding reads the
 /// zero point (a real zero). The epilogue's f32 operations are those of the
-/// CPU's kernels, one by one.
+/// CPU's kernels, one by one (see [`QuantEpilogue`]).
 pub(super) fn conv_forward(
     d: &ConvDesc,
     x: &RefBuf,
@@ -41,6 +41,8 @@ pub(super) fn conv_forward(
     if y.dtype != want || y.values.len() < d.out_len() {
         return Err(Error::Backend(format!("int8 convolution: a {:?} output where {want:?} is written", y.dtype)));
     }
+    // A u8 output's steps: every term times `1 / scale`.
+    let steps = |v: f32| q.output.map_or(v, |o| v * (1.0 / o.scale));
     let (oh, ow) = (d.out_h(), d.out_w());
     for n in 0..d.n {
         for oy in 0..oh {
@@ -59,17 +61,17 @@ pub(super) fn conv_forward(
                         }
                     }
                     let o = at(n, oy, ox, co, (oh, ow, d.c_out));
-                    let mut v = (acc as f32).mul_add(mult[co], bias.map_or(0.0, |b| b[co]));
+                    let mut v = (acc as f32).mul_add(steps(mult[co]), steps(bias.map_or(0.0, |b| b[co])));
                     v = match residual {
-                        Some((r, Some(rq))) => ((r[o] as i32 - rq.zero as i32) as f32).mul_add(rq.scale, v),
-                        Some((r, None)) => v + r[o],
+                        Some((r, Some(rq))) => ((r[o] as i32 - rq.zero as i32) as f32).mul_add(steps(rq.scale), v),
+                        Some((r, None)) => r[o].mul_add(steps(1.0), v),
                         None => v,
                     };
                     if q.relu {
                         v = crate::backend::relu(v);
                     }
                     y.values[o] = match q.output {
-                        Some(oq) => oq.quantize(v) as f32,
+                        Some(oq) => ((v.round_ties_even() + oq.zero as f32).clamp(0.0, 255.0) as u8) as f32,
                         None => v,
                     };
                 }

@@ -19,9 +19,11 @@
 //!
 //! The epilogue: `y = relu?((acc - zero * colsum) * multiplier + bias +
 //! residual)`, `acc - zero * colsum` exact in i32, the rest in f32 with one
-//! fused multiply-add per step, stored as f32 or as `round(y * (1 / scale))`
-//! in u8 (ties to even). The reference backend computes the same operations
-//! in the same order, so the two agree bit for bit.
+//! fused multiply-add per step. For a u8 output the multipliers, the bias and
+//! the residual's scale are first multiplied by `1 / output scale`, so `y` is
+//! already in output steps: it is rounded (ties to even), offset by the zero
+//! point and clamped. The reference backend computes the same operations in
+//! the same order, so the two agree bit for bit.
 
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -149,19 +151,20 @@ pub struct Params<'a> {
 }
 
 /// An epilogue ready for the kernels: per-channel terms for every column.
-struct Epi<'a> {
+/// Per-channel terms are in output steps for a u8 output (times `1 / scale`).
+struct Epi {
     comp: Vec<i32>,
     /// Whether any of `comp` is not 0 (the input has a zero point).
     with_comp: bool,
-    mult: &'a [f32],
+    mult: Vec<f32>,
     bias: Vec<f32>,
     relu: bool,
-    /// Scale and zero point of a u8 residual (unused when it is f32 or absent).
+    /// What one step of the residual adds (its scale; 1 for f32), and the
+    /// zero point of a u8 residual.
     res_scale: f32,
     res_zero: i32,
     res_u8: bool,
-    /// `1 / scale` and zero point of a u8 output (unused for f32 output).
-    inv_out: f32,
+    /// Zero point of a u8 output.
     out_zero: i32,
     out_u8: bool,
 }
@@ -189,26 +192,26 @@ unsafe impl Sync for SendPtr {}
 /// The y = relu?(...) of one value (the portable epilogue; the vector one
 /// computes the same operations).
 #[inline(always)]
-fn finish(acc: i32, j: usize, e: &Epi<'_>, res: Option<f32>) -> f32 {
+fn finish(acc: i32, j: usize, e: &Epi, res: Option<f32>) -> f32 {
     let mut y = ((acc - e.comp[j]) as f32).mul_add(e.mult[j], e.bias[j]);
     if let Some(r) = res {
-        y = if e.res_u8 { r.mul_add(e.res_scale, y) } else { y + r };
+        y = r.mul_add(e.res_scale, y);
     }
     if e.relu { crate::backend::relu(y) } else { y }
 }
 
-/// `y` requantized: `round(y * inv) + zero` clamped to `0..=255` (NaN gives 0),
-/// as [`Quant::quantize`].
+/// `y` (in output steps) requantized: `round(y) + zero` clamped to
+/// `0..=255` (ties to even, NaN giving 0).
 #[inline(always)]
-fn requantize(y: f32, inv: f32, zero: i32) -> u8 {
-    ((y * inv).round_ties_even() + zero as f32).clamp(0.0, 255.0) as u8
+fn requantize(y: f32, zero: i32) -> u8 {
+    (y.round_ties_even() + zero as f32).clamp(0.0, 255.0) as u8
 }
 
 /// Stores a tile's sums (portable).
 ///
 /// # Safety
 /// Non-null rows are valid for `col + nr` values of their type, this call's alone.
-unsafe fn store_portable(acc: &[[i32; NR]; MR], rows: &Rows, col: usize, nr: usize, e: &Epi<'_>) {
+unsafe fn store_portable(acc: &[[i32; NR]; MR], rows: &Rows, col: usize, nr: usize, e: &Epi) {
     for (i, a) in acc.iter().enumerate() {
         if rows.out[i].is_null() {
             continue;
@@ -223,7 +226,7 @@ unsafe fn store_portable(acc: &[[i32; NR]; MR], rows: &Rows, col: usize, nr: usi
                 });
                 let y = finish(v, c, e, res);
                 if e.out_u8 {
-                    *rows.out[i].add(c) = requantize(y, e.inv_out, e.out_zero);
+                    *rows.out[i].add(c) = requantize(y, e.out_zero);
                 } else {
                     *rows.out[i].cast::<f32>().add(c) = y;
                 }
@@ -245,7 +248,7 @@ unsafe fn kernel_portable(
     rows: &Rows,
     col: usize,
     n: usize,
-    e: &Epi<'_>,
+    e: &Epi,
 ) {
     for (q, panel) in b.iter().enumerate() {
         let mut acc = [[0i32; NR]; MR];
@@ -296,25 +299,27 @@ pub fn conv(d: &ConvDesc, src: Src<'_>, f: &QPanels, p: &Params<'_>, res: Option
     assert_eq!(taps * klen, f.taps * f.klen, "filter does not match the layer");
     assert_eq!(f.n, n, "filter does not match the layer");
     let quads = klen.div_ceil(QUAD);
+    // A u8 output's steps: every term times `1 / scale`.
+    let inv = match dst {
+        Dst::U8(_, q) => Some(1.0 / q.scale),
+        Dst::F32(_) => None,
+    };
+    let steps = |v: f32| inv.map_or(v, |i| v * i);
     let e = Epi {
         comp: f.colsum.iter().map(|&s| s * zero as i32).collect(),
         with_comp: zero != 0,
-        mult: p.multiplier,
-        bias: p.bias.map_or_else(|| vec![0.0; n], |b| b[..n].to_vec()),
+        mult: p.multiplier[..n].iter().map(|&v| steps(v)).collect(),
+        bias: (0..n).map(|c| steps(p.bias.map_or(0.0, |b| b[c]))).collect(),
         relu: p.relu,
-        res_scale: match res {
+        res_scale: steps(match res {
             Some(Res::U8(_, q) | Res::InOutput(q)) => q.scale,
-            _ => 0.0,
-        },
+            _ => 1.0,
+        }),
         res_zero: match res {
             Some(Res::U8(_, q) | Res::InOutput(q)) => q.zero as i32,
             _ => 0,
         },
         res_u8: matches!(res, Some(Res::U8(..) | Res::InOutput(_))),
-        inv_out: match dst {
-            Dst::U8(_, q) => 1.0 / q.scale,
-            Dst::F32(_) => 0.0,
-        },
         out_zero: match dst {
             Dst::U8(_, q) => q.zero as i32,
             Dst::F32(_) => 0,

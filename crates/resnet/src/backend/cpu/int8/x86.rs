@@ -58,7 +58,7 @@ pub(super) unsafe fn kernel(
     rows: &Rows,
     col: usize,
     n: usize,
-    e: &Epi<'_>,
+    e: &Epi,
 ) {
     let live = rows.out.iter().rposition(|r| !r.is_null()).map_or(0, |i| i + 1);
     macro_rules! call {
@@ -96,7 +96,7 @@ unsafe fn tile<const R: usize, const TWO: bool>(
     rows: &Rows,
     col: usize,
     n: usize,
-    e: &Epi<'_>,
+    e: &Epi,
 ) {
     // The next row group's output and residual lines at these columns: the
     // hardware prefetchers follow twelve rows written a few bytes at a time
@@ -149,7 +149,7 @@ unsafe fn tile<const R: usize, const TWO: bool>(
 /// # Safety
 /// As [`kernel`], with the features enabled.
 #[inline(always)]
-unsafe fn store<const R: usize>(acc: &[__m512i; R], rows: &Rows, col: usize, nr: usize, e: &Epi<'_>) {
+unsafe fn store<const R: usize>(acc: &[__m512i; R], rows: &Rows, col: usize, nr: usize, e: &Epi) {
     let mask: __mmask16 = if nr >= NR { 0xffff } else { (1u16 << nr) - 1 };
     // SAFETY: per-channel terms hold `n >= col + nr` values; masks keep
     // accesses inside; rows are valid (contract).
@@ -158,7 +158,6 @@ unsafe fn store<const R: usize>(acc: &[__m512i; R], rows: &Rows, col: usize, nr:
         let mult = _mm512_maskz_loadu_ps(mask, e.mult.as_ptr().add(col));
         let bias = _mm512_maskz_loadu_ps(mask, e.bias.as_ptr().add(col));
         let (res_scale, res_zero) = (_mm512_set1_ps(e.res_scale), _mm512_set1_epi32(e.res_zero));
-        let inv = _mm512_set1_ps(e.inv_out);
         let out_zero = (e.out_zero != 0).then(|| _mm512_set1_epi32(e.out_zero));
         let (with_comp, with_res_zero) = (e.with_comp, e.res_zero != 0);
         // A ReLU before a u8 output of zero point 0 changes nothing: the
@@ -176,7 +175,8 @@ unsafe fn store<const R: usize>(acc: &[__m512i; R], rows: &Rows, col: usize, nr:
                     let r = if with_res_zero { _mm512_sub_epi32(r, res_zero) } else { r };
                     y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(r), res_scale, y);
                 } else {
-                    y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, rows.res[i].cast::<f32>().add(col)));
+                    let r = _mm512_maskz_loadu_ps(mask, rows.res[i].cast::<f32>().add(col));
+                    y = _mm512_fmadd_ps(r, res_scale, y);
                 }
             }
             if relu {
@@ -184,7 +184,7 @@ unsafe fn store<const R: usize>(acc: &[__m512i; R], rows: &Rows, col: usize, nr:
                 y = _mm512_max_ps(_mm512_setzero_ps(), y);
             }
             if e.out_u8 {
-                _mm_mask_storeu_epi8(rows.out[i].add(col).cast(), mask, to_u8(_mm512_mul_ps(y, inv), out_zero));
+                _mm_mask_storeu_epi8(rows.out[i].add(col).cast(), mask, to_u8(y, out_zero));
             } else {
                 _mm512_mask_storeu_ps(rows.out[i].cast::<f32>().add(col), mask, y);
             }
