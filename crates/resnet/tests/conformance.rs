@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::Scale;
+use common::{Rng, Scale};
 use resnet::backend::reference::round_bf16;
 use resnet::backend::{
     Backend, Bf16, BnGrads, BnParams, BnSaved, BnTail, Buffer, ConvDesc, ConvEpilogue, DType, FilterUse, InputRead,
@@ -20,19 +20,8 @@ use resnet::backend::{
 };
 use resnet::model::graph::Conv;
 
-/// A small xorshift generator: uniform values in [-1, 1).
-struct Rng(u64);
-
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
+    /// Uniform values in [-1, 1).
     fn vec(&mut self, len: usize) -> Vec<f32> {
         (0..len).map(|_| (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0).collect()
     }

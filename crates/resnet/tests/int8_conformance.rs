@@ -8,25 +8,13 @@
 
 mod common;
 
-use common::Scale;
+use common::{Rng, Scale};
 use resnet::backend::{
     Backend, ConvDesc, DType, FilterUse, PadShortcutDesc, PoolDesc, Quant, QuantEpilogue, QuantResidual, Reference,
 };
 use resnet::model::graph::Conv;
 
-/// A small xorshift generator.
-struct Rng(u64);
-
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
     fn bytes(&mut self, len: usize) -> Vec<u8> {
         (0..len).map(|_| (self.next() >> 32) as u8).collect()
     }

@@ -73,3 +73,20 @@ pub fn assert_close(what: &str, a: &[f32], b: &[f32], tol: f32) {
     let d = max_abs_diff(a, b);
     assert!(d <= tol * scale, "{what}: max abs diff {d:e} > {tol:e} x {scale}");
 }
+
+/// A small xorshift generator for test data.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next 64 bits.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    /// Uniform in `0..n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}

@@ -615,7 +615,7 @@ impl Backend for Cpu {
     fn pad_shortcut_forward(&self, d: &PadShortcutDesc, x: &CpuBuf, y: &mut CpuBuf) -> Result<()> {
         if x.dtype() == DType::U8 {
             let (x, y) = (u8s(x, d.in_len())?, u8s_mut(y, d.out_len())?);
-            self.install(|| int8::pad_shortcut(d, x, y));
+            self.install(|| ops::pad_shortcut_forward(d, x, y));
             return Ok(());
         }
         let (x, y) = (f32s(x, d.in_len())?, f32s_mut(y, d.out_len())?);

@@ -26,17 +26,18 @@ pub fn update(y: &mut [f32], x: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) {
     });
 }
 
-/// Option-A shortcut: subsample, then zero-pad channels.
-pub fn pad_shortcut_forward(d: &PadShortcutDesc, x: &[f32], y: &mut [f32]) {
+/// Option-A shortcut: subsample, then zero-pad channels (f32, or u8 of zero
+/// point 0).
+pub fn pad_shortcut_forward<T: Copy + Default + Send + Sync>(d: &PadShortcutDesc, x: &[T], y: &mut [T]) {
     let (oh, ow) = (d.out_h(), d.out_w());
     y.par_chunks_mut(ow * d.c_out).enumerate().for_each(|(row, yr)| {
         let (n, oy) = (row / oh, row % oh);
         for ox in 0..ow {
             let out = &mut yr[ox * d.c_out..(ox + 1) * d.c_out];
             let src = &x[((n * d.h + oy * d.stride) * d.w + ox * d.stride) * d.c_in..][..d.c_in];
-            out[..d.pad_before].fill(0.0);
+            out[..d.pad_before].fill(T::default());
             out[d.pad_before..d.pad_before + d.c_in].copy_from_slice(src);
-            out[d.pad_before + d.c_in..].fill(0.0);
+            out[d.pad_before + d.c_in..].fill(T::default());
         }
     });
 }

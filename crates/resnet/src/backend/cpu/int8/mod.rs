@@ -33,7 +33,7 @@ use rayon::prelude::*;
 use super::direct::split;
 use super::mem::AlignedVec;
 use super::tile::{MR, zeros};
-use crate::backend::{ConvDesc, PadShortcutDesc, PoolDesc, Quant};
+use crate::backend::{ConvDesc, PoolDesc, Quant};
 
 /// Output channels per panel (one vector of 16 i32 lanes).
 pub const NR: usize = 16;
@@ -533,20 +533,6 @@ pub fn gap(hw: usize, c: usize, x: &[u8], scale: f32, y: &mut [f32]) {
             acc.iter_mut().zip(&x[(n * hw + p) * c..][..c]).for_each(|(a, &v)| *a += v as u32);
         }
         yr.iter_mut().zip(acc).for_each(|(o, a)| *o = a as f32 * k);
-    });
-}
-
-/// Option-A shortcut of u8 values (zero point 0: the padded channels are 0).
-pub fn pad_shortcut(d: &PadShortcutDesc, x: &[u8], y: &mut [u8]) {
-    let (oh, ow) = (d.out_h(), d.out_w());
-    y.par_chunks_mut(ow * d.c_out).enumerate().for_each(|(row, yr)| {
-        let (n, oy) = (row / oh, row % oh);
-        for ox in 0..ow {
-            let out = &mut yr[ox * d.c_out..(ox + 1) * d.c_out];
-            let src = &x[((n * d.h + oy * d.stride) * d.w + ox * d.stride) * d.c_in..][..d.c_in];
-            out.fill(0);
-            out[d.pad_before..d.pad_before + d.c_in].copy_from_slice(src);
-        }
     });
 }
 
