@@ -220,7 +220,7 @@ fn bf16_precision_classifies_and_benches() {
     assert_eq!(v["precision"], ran);
     assert!(v["images_per_second"].as_f64().unwrap() > 0.0);
 
-    fails_with(&["bench", "--arch", "resnet20", "--precision", "fp8"], 2, "[possible values: f32, bf16]");
+    fails_with(&["bench", "--arch", "resnet20", "--precision", "fp8"], 2, "[possible values: f32, bf16, int8]");
     fails_with(&["bench", "--arch", "resnet20", "--mode", "train", "--precision", "bf16"], 1, "training runs in f32");
     let w = w.to_str().unwrap();
     fails_with(&["classify", img.to_str().unwrap(), "--weights", w, "--precision", "half"], 2, "possible values");
