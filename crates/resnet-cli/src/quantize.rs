@@ -114,19 +114,7 @@ fn calibrate(
     let mut x = Tensor::empty();
     let path = Path::new(data);
     if path.is_dir() && !data.contains(':') {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-            .with_context(|| format!("cannot read {}", path.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-                    matches!(
-                        e.to_ascii_lowercase().as_str(),
-                        "jpg" | "jpeg" | "png" | "bmp" | "gif" | "webp" | "tif" | "tiff"
-                    )
-                })
-            })
-            .collect();
-        files.sort();
+        let files = resnet_train::data::folder::image_files(path)?;
         if files.is_empty() {
             bail!("{} holds no images to calibrate with", path.display());
         }

@@ -23,6 +23,11 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
+/// The image files (`.jpg`, `.jpeg`, `.png`) directly in `dir`, sorted by name.
+pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    Ok(sorted_entries(dir)?.into_iter().filter(|f| f.is_file() && is_image(f)).collect())
+}
+
 fn load_split(root: &Path, classes: &[String]) -> Result<Split> {
     let mut paths = Vec::new();
     let mut labels = Vec::new();

@@ -100,7 +100,8 @@ impl<B: Backend> CompiledModel<B> {
     /// Compiles the architecture of `graph` with the weights of `sd` (checked
     /// strictly against the graph's key/shape table) for `precision`. A run
     /// returns the logits; [`CompiledModel::features`] reads the pooled
-    /// features it also keeps.
+    /// features it also keeps. For [`Precision::Int8`], `sd` is the file
+    /// form of a [`QuantModel`] (`resnet quantize`), and nothing else is.
     pub fn new(backend: &B, graph: &Graph, sd: &StateDict, precision: Precision) -> Result<Self> {
         Self::with_outputs(backend, graph, sd, precision, &["avgpool", "fc"])
     }
@@ -122,52 +123,48 @@ impl<B: Backend> CompiledModel<B> {
         if outputs.is_empty() {
             return Err(Error::Invalid("a compiled model needs at least one output".into()));
         }
-        let values = outputs.iter().map(|n| graph.feature_value(n)).collect::<Result<Vec<_>>>()?;
         let quantized = QuantModel::is_quantized(sd);
-        let c = match precision {
-            Precision::Int8 if !quantized => {
-                return Err(Error::Invalid(
-                    "int8 inference needs quantized weights: make them with `resnet quantize --weights W \
-                     --calibrate DATA --out W8`"
-                        .into(),
-                ));
-            }
+        match precision {
+            Precision::Int8 if !quantized => Err(Error::Invalid(
+                "int8 inference needs quantized weights: make them with `resnet quantize --weights W \
+                 --calibrate DATA --out W8`"
+                    .into(),
+            )),
             Precision::Int8 => {
                 let q = QuantModel::from_state_dict(graph, sd)?;
-                compile::compile(backend, graph, Source::Int8(&q), precision, &values)?
+                Self::compiled(backend, graph, Source::Int8(&q), precision, outputs)
             }
-            _ if quantized => {
-                return Err(Error::Invalid(format!(
-                    "these weights are quantized to int8: run them with --precision int8 (not {precision})"
-                )));
-            }
+            _ if quantized => Err(Error::Invalid(format!(
+                "these weights are quantized to int8: run them with --precision int8 (not {precision})"
+            ))),
             _ => {
                 io::check_state_dict(graph, sd, LoadMode::Strict)?;
-                compile::compile(backend, graph, Source::Float(sd), precision, &values)?
+                Self::compiled(backend, graph, Source::Float(sd), precision, outputs)
             }
-        };
+        }
+    }
+
+    /// Compiles the quantized model `q` of `graph`'s architecture for int8.
+    pub fn from_quantized(backend: &B, graph: &Graph, q: &QuantModel) -> Result<Self> {
+        Self::compiled(backend, graph, Source::Int8(q), Precision::Int8, &["avgpool", "fc"])
+    }
+
+    /// Compiles checked weights to return the values named by `outputs`.
+    fn compiled(
+        backend: &B,
+        graph: &Graph,
+        source: Source<'_>,
+        precision: Precision,
+        outputs: &[&str],
+    ) -> Result<Self> {
+        let values = outputs.iter().map(|n| graph.feature_value(n)).collect::<Result<Vec<_>>>()?;
+        let c = compile::compile(backend, graph, source, precision, &values)?;
         Ok(Self {
             backend: backend.clone(),
             graph: graph.clone(),
             precision,
             c,
             output_names: outputs.iter().map(|n| n.to_string()).collect(),
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            filters: Mutex::new(HashMap::new()),
-            shapes: Mutex::new(HashMap::new()),
-        })
-    }
-
-    /// Compiles the quantized model `q` of `graph`'s architecture for int8.
-    pub fn from_quantized(backend: &B, graph: &Graph, q: &QuantModel) -> Result<Self> {
-        let values = ["avgpool", "fc"].iter().map(|n| graph.feature_value(n)).collect::<Result<Vec<_>>>()?;
-        let c = compile::compile(backend, graph, Source::Int8(q), Precision::Int8, &values)?;
-        Ok(Self {
-            backend: backend.clone(),
-            graph: graph.clone(),
-            precision: Precision::Int8,
-            c,
-            output_names: vec!["avgpool".into(), "fc".into()],
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             filters: Mutex::new(HashMap::new()),
             shapes: Mutex::new(HashMap::new()),

@@ -178,7 +178,6 @@ impl<B: Backend> Calibration<B> {
         let b = self.model.backend.clone();
         let image = x.to_host(&b)?;
         self.input.add(&image);
-        self.input.min = self.input.min.min(image.iter().copied().fold(f32::INFINITY, f32::min));
         let values = &mut self.values;
         let mut failed = None;
         self.model.run_observed(&mut self.ws, x, &mut |v, t: &Tensor<B>| match b.download(&t.buf) {

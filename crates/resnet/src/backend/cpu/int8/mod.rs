@@ -451,8 +451,8 @@ pub fn conv(d: &ConvDesc, src: Src<'_>, f: &QPanels, p: &Params<'_>, res: Option
                         x86::kernel(active, toffs, quads, f.panel(p), b1, two, &rows, p * NR, n, &e);
                         continue;
                     }
-                    let b = if two { vec![f.panel(p), b1] } else { vec![f.panel(p)] };
-                    kernel_portable(active, toffs, quads, &b, &rows, p * NR, n, &e);
+                    let pair = [f.panel(p), b1];
+                    kernel_portable(active, toffs, quads, &pair[..1 + two as usize], &rows, p * NR, n, &e);
                 }
             }
         }
@@ -468,8 +468,8 @@ pub fn conv(d: &ConvDesc, src: Src<'_>, f: &QPanels, p: &Params<'_>, res: Option
 /// quad's slack at the end: row taps read whole quads.
 fn padded_copy(d: &ConvDesc, src: &Src<'_>, zero: u8, hp: usize, wp: usize) -> AlignedVec<u8> {
     let (c, [ph, pw]) = (d.c_in, d.pad);
-    let mut xp = AlignedVec::zeroed(d.n * hp * wp * c + QUAD);
-    xp.fill(zero);
+    let mut xp = AlignedVec::new();
+    xp.resize(d.n * hp * wp * c + QUAD, zero);
     xp[..d.n * hp * wp * c].par_chunks_mut(wp * c).enumerate().for_each(|(row, out)| {
         let (b, y) = (row / hp, row % hp);
         if y < ph || y >= ph + d.h {
